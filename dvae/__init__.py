@@ -1,0 +1,6 @@
+"""dvae: dynamical variational autoencoders (latent state-space models) as Pyro programs."""
+
+from dvae.data.batch import SequenceBatch
+
+__version__ = "0.1.0"
+__all__ = ["SequenceBatch", "__version__"]

@@ -1,0 +1,77 @@
+"""`SequenceBatch`: padded, batch-first sequences with a mask, and their collation."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+
+class SequenceBatch(NamedTuple):
+    """A batch of variable-length sequences, batch first, padded at the end.
+
+    Fields:
+        x: (B, T, x_dim) float observations x_0 .. x_{T-1}.
+        u: (B, T, u_dim) float controls or None; ``u[:, t]`` is applied after ``x[:, t]`` is
+            observed and drives the transition into ``z[:, t + 1]`` (the last one is unused).
+        mask: (B, T) bool, true on real steps.
+        lengths: (B,) int64, the number of real steps of each sequence.
+    """
+
+    x: torch.Tensor
+    u: Optional[torch.Tensor]
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def x_dim(self) -> int:
+        return self.x.shape[2]
+
+    @property
+    def u_dim(self) -> int:
+        return 0 if self.u is None else self.u.shape[2]
+
+    def to(self, device) -> "SequenceBatch":
+        u = None if self.u is None else self.u.to(device)
+        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device))
+
+    def check(self) -> "SequenceBatch":
+        """Assert the shapes of the contract; returns self."""
+        B, T, _ = self.x.shape
+        assert self.mask.shape == (B, T) and self.mask.dtype == torch.bool, self.mask.shape
+        assert self.lengths.shape == (B,), self.lengths.shape
+        if self.u is not None:
+            assert self.u.shape[:2] == (B, T), (self.u.shape, self.x.shape)
+        return self
+
+    def slice_steps(self, start: int, stop: int) -> "SequenceBatch":
+        """Steps ``start:stop`` of every sequence (lengths clipped to the window)."""
+        u = None if self.u is None else self.u[:, start:stop]
+        lengths = (self.lengths - start).clamp(0, stop - start)
+        return SequenceBatch(self.x[:, start:stop], u, self.mask[:, start:stop], lengths)
+
+
+def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
+    """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch."""
+    if len(xs) == 0:
+        raise ValueError("cannot collate an empty list of sequences")
+    lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)  # (B,)
+    B, T = len(xs), int(lengths.max())
+    x = xs[0].new_zeros(B, T, xs[0].shape[-1])  # (B, T, x_dim)
+    for i, xi in enumerate(xs):
+        x[i, : len(xi)] = xi
+    u = None
+    if us is not None:
+        u = us[0].new_zeros(B, T, us[0].shape[-1])  # (B, T, u_dim)
+        for i, ui in enumerate(us):
+            u[i, : len(ui)] = ui
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    return SequenceBatch(x, u, mask, lengths)

@@ -1,0 +1,216 @@
+"""Sequence data sets: trajectory .npz files, polyphonic pickles, and the built-in Pendulum source.
+
+Every loader returns a :class:`SequenceData` with deterministic train/valid/test splits. Sequences
+are kept as lists of float32 numpy arrays ``x_i`` (L_i, x_dim) and ``u_i`` (L_i, u_dim); batching
+and padding happen in :func:`dvae.data.batch.collate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from dvae.data.safe_pickle import safe_load
+from dvae.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+BUILTIN_SOURCES = ("pendulum",)
+PIANO_LOW, PIANO_KEYS = 21, 88  # MIDI note 21 (A0) is column 0 of an 88-key piano roll
+
+
+@dataclass
+class SequenceData:
+    """Sequences of one source with their split.
+
+    Attributes:
+        xs: observations, one (L_i, x_dim) float32 array per sequence, in file order.
+        us: controls, one (L_i, u_dim) float32 array per sequence (the last row unused), or None.
+        splits: split name -> list of sequence indices (positions in ``xs``).
+        kind: "continuous" (Gaussian emitter, standardised) or "binary" (Bernoulli emitter).
+        source: the source string it was loaded from.
+        meta: metadata of the file (env id, seed, ...), JSON-serialisable.
+    """
+
+    xs: List[np.ndarray]
+    us: Optional[List[np.ndarray]]
+    splits: Dict[str, List[int]]
+    kind: str
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def x_dim(self) -> int:
+        return self.xs[0].shape[1]
+
+    @property
+    def u_dim(self) -> int:
+        return 0 if self.us is None else self.us[0].shape[1]
+
+    def indices(self, split: str) -> List[int]:
+        if split == "all":
+            return list(range(len(self.xs)))
+        if split not in self.splits:
+            raise DataError(f"{self.source}: unknown split {split!r} (choose from train, valid, test, all)")
+        return self.splits[split]
+
+    def subset(self, split: str):
+        """(xs, us) of one split; ``us`` is None for uncontrolled data."""
+        idx = self.indices(split)
+        return [self.xs[i] for i in idx], (None if self.us is None else [self.us[i] for i in idx])
+
+
+def split_indices(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Dict[str, List[int]]:
+    """Deterministic split of ``n`` sequences by a seeded permutation (sorted within each split)."""
+    if n < 3:  # too few to hold any out: every split sees every sequence
+        return {s: list(range(n)) for s in SPLITS}
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    n_train = n - n_valid - n_test
+    parts = (perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
+    return {s: sorted(int(i) for i in p) for s, p in zip(SPLITS, parts)}
+
+
+def _first_nonfinite(path, name, arr, lengths=None):
+    """Raise DataError naming the first NaN/inf of ``arr`` (N, T, ...) within the real steps."""
+    bad = ~np.isfinite(arr)
+    if lengths is not None:
+        steps = np.arange(arr.shape[1])
+        valid = steps[None, :] < lengths[:, None]  # (N, T)
+        bad &= valid.reshape(valid.shape + (1,) * (arr.ndim - 2))
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        value = arr[tuple(where)]
+        extra = f", dim {where[2]}" if arr.ndim > 2 else ""
+        raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}")
+
+
+def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None) -> SequenceData:
+    """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`)."""
+    obs = np.asarray(obs)
+    if obs.ndim == 2:
+        obs = obs[..., None]  # (N, T+1, 1)
+    if obs.ndim != 3:
+        raise DataError(f"{path}: obs must have shape (N, T+1, obs_dim), got {obs.shape}")
+    if not np.issubdtype(obs.dtype, np.number) or np.iscomplexobj(obs):
+        raise DataError(f"{path}: obs must be a real numeric array, got dtype {obs.dtype}")
+    N, T1, _ = obs.shape
+    if N == 0 or T1 == 0:
+        raise DataError(f"{path}: obs is empty (shape {obs.shape})")
+    meta = dict(meta or {})
+    if actions is not None:
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (N,) or actions.ndim not in (2, 3):
+            raise DataError(f"{path}: actions must have shape (N, T[, act_dim]) with N = {N}, got {actions.shape}")
+        if actions.shape[1] != T1 - 1:
+            raise DataError(f"{path}: actions have {actions.shape[1]} steps but obs has {T1} "
+                            f"(expected T = {T1 - 1} actions for T+1 observations)")
+    if lengths is None:
+        lengths = np.full(N, T1 - 1, dtype=np.int64)
+    else:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer):
+            raise DataError(f"{path}: lengths must be an integer array of shape ({N},), got {lengths.shape} {lengths.dtype}")
+        bad = np.flatnonzero((lengths < 0) | (lengths > T1 - 1))
+        if bad.size:
+            raise DataError(f"{path}: lengths[{bad[0]}] = {lengths[bad[0]]} is outside 0..{T1 - 1}")
+    num_obs = lengths.astype(np.int64) + 1  # observations per sequence: actions + 1
+    _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs)
+    xs = [obs[i, :num_obs[i]].astype(np.float32) for i in range(N)]  # each (L_i, obs_dim)
+    us = None
+    if actions is not None:
+        if actions.ndim == 2:  # discrete actions (N, T) -> one-hot
+            if not np.issubdtype(actions.dtype, np.integer):
+                raise DataError(f"{path}: 2-D actions must be integer (discrete), got {actions.dtype}")
+            n_act = int(meta.get("num_actions", -1))
+            n_act = n_act if n_act > 0 else int(actions.max()) + 1
+            for i in range(N):
+                a = actions[i, :lengths[i]]
+                bad = np.flatnonzero((a < 0) | (a >= n_act))
+                if bad.size:
+                    raise DataError(f"{path}: actions has {a[bad[0]]} outside 0..{n_act - 1} "
+                                    f"at sequence {i}, step {bad[0]}")
+            onehot = np.eye(n_act, dtype=np.float32)[np.clip(actions, 0, n_act - 1)]  # (N, T, n_act)
+            meta["num_actions"] = n_act
+            actions = onehot
+        _first_nonfinite(path, "actions", actions.astype(np.float64), lengths)
+        act = np.concatenate([actions, np.zeros_like(actions[:, :1])], axis=1).astype(np.float32)  # (N, T+1, u_dim)
+        us = [act[i, :num_obs[i]] for i in range(N)]
+    return SequenceData(xs, us, split_indices(N), "continuous", path, meta)
+
+
+def load_npz(path: str) -> SequenceData:
+    """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
+    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    with f:
+        if "obs" not in f.files:
+            raise DataError(f"{path}: no 'obs' array (found {', '.join(f.files) or 'nothing'})")
+        try:
+            arrays = {k: f[k] for k in f.files}
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
+    meta = {k: v.item() for k, v in arrays.items() if v.ndim == 0}
+    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta)
+
+
+def load_polyphonic(path: str) -> SequenceData:
+    """Load a polyphonic pickle (Boulanger-Lewandowski layout) as 88-key binary piano rolls.
+
+    The file holds ``{"train": [...], "valid": [...], "test": [...]}``; each sequence is a list of
+    time steps; each step a tuple of MIDI note numbers 21..108 (possibly empty).
+    """
+    data = safe_load(path)
+    if not isinstance(data, dict) or not all(s in data for s in SPLITS):
+        raise DataError(f"{path}: expected a dict with keys train, valid, test")
+    xs, splits = [], {}
+    for split in SPLITS:
+        splits[split] = []
+        for i, seq in enumerate(data[split]):
+            if len(seq) == 0:
+                raise DataError(f"{path}: {split} sequence {i} has no time steps")
+            roll = np.zeros((len(seq), PIANO_KEYS), dtype=np.float32)  # (L_i, 88)
+            for t, notes in enumerate(seq):
+                for n in notes:
+                    k = int(n) - PIANO_LOW
+                    if not (0 <= k < PIANO_KEYS) or int(n) != n:
+                        raise DataError(f"{path}: {split} sequence {i}, step {t}: note {n!r} outside 21..108")
+                    roll[t, k] = 1.0
+            splits[split].append(len(xs))
+            xs.append(roll)
+    if not splits["train"]:
+        raise DataError(f"{path}: the train split is empty")
+    return SequenceData(xs, None, splits, "binary", path, {"format": "polyphonic"})
+
+
+def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
+    """The built-in source: Gymnasium's Pendulum-v1 under smooth (Ornstein-Uhlenbeck) random torques."""
+    from envs import collect
+
+    d = collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
+    meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
+    return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta)
+
+
+def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, or a polyphonic pickle."""
+    if source == "pendulum":
+        data = load_pendulum(seed, episodes, steps)
+    elif source.endswith(".npz"):
+        data = load_npz(source)
+    elif source.endswith((".pickle", ".pkl")):
+        data = load_polyphonic(source)
+    elif not os.path.exists(source):
+        raise DataError(f"{source}: no such file, and not a built-in source ({', '.join(BUILTIN_SOURCES)})")
+    else:
+        raise DataError(f"{source}: unknown data format (expected .npz, .pickle/.pkl or a built-in name)")
+    data.source = source
+    return data

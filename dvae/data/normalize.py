@@ -1,0 +1,71 @@
+"""Standardisation of continuous data, with the log-Jacobian that keeps bounds in original units.
+
+If x = mean + std * y, then log p(x) = log p(y) - sum_d log std_d at every observed step, so a bound
+computed on standardised data y is moved to the data's units by subtracting ``log_det_per_step``
+per observed step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+STD_FLOOR = 1e-6
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension affine maps for x and u (identity where the data is not standardised)."""
+
+    x_mean: List[float]
+    x_std: List[float]
+    u_mean: Optional[List[float]] = None
+    u_std: Optional[List[float]] = None
+
+    @classmethod
+    def fit(cls, xs, us=None, standardize: bool = True) -> "Normalizer":
+        """Statistics of the training split: ``xs`` list of (L_i, x_dim), ``us`` list of (L_i, u_dim)."""
+        def stats(arrs, drop_last=False):
+            if drop_last:  # the last control of each sequence is padding (unused)
+                arrs = [a[:-1] for a in arrs if len(a) > 1] or arrs
+            cat = np.concatenate(arrs, 0).astype(np.float64)  # (sum L_i, dim)
+            return cat.mean(0).tolist(), np.maximum(cat.std(0), STD_FLOOR).tolist()
+
+        x_dim = xs[0].shape[1]
+        x_mean, x_std = stats(xs) if standardize else ([0.0] * x_dim, [1.0] * x_dim)
+        u_mean = u_std = None
+        if us is not None:
+            u_mean, u_std = stats(us, drop_last=True)
+        return cls(x_mean, x_std, u_mean, u_std)
+
+    @property
+    def log_det_per_step(self) -> float:
+        """sum_d log std_d: added to a per-step NLL of standardised data gives the NLL in data units."""
+        return float(np.sum(np.log(self.x_std)))
+
+    def x(self, xs):
+        m, s = np.float32(self.x_mean), np.float32(self.x_std)
+        return [((x - m) / s).astype(np.float32) for x in xs]
+
+    def u(self, us):
+        if us is None or self.u_mean is None:
+            return us
+        m, s = np.float32(self.u_mean), np.float32(self.u_std)
+        return [((u - m) / s).astype(np.float32) for u in us]
+
+    def x_inverse(self, y):
+        """Map standardised values (numpy or torch, last dim x_dim) back to data units."""
+        if torch.is_tensor(y):
+            m = torch.tensor(self.x_mean, dtype=y.dtype, device=y.device)
+            s = torch.tensor(self.x_std, dtype=y.dtype, device=y.device)
+            return y * s + m
+        return np.asarray(y) * np.float32(self.x_std) + np.float32(self.x_mean)
+
+    def x_scale_inverse(self, scale):
+        """Map a standard deviation in standardised units back to data units."""
+        if torch.is_tensor(scale):
+            return scale * torch.tensor(self.x_std, dtype=scale.dtype, device=scale.device)
+        return np.asarray(scale) * np.float32(self.x_std)

@@ -1,0 +1,114 @@
+"""Matplotlib (Agg) figures for training curves, reconstructions and forecasts.
+
+Every function saves a PNG to ``path`` and closes its figure.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MAX_DIMS = 6
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+
+
+def _dim_axes(n, title):
+    fig, axes = plt.subplots(n, 1, figsize=(8, 1.8 * n + 0.8), sharex=True, squeeze=False)
+    fig.suptitle(title)
+    return fig, axes[:, 0]
+
+
+def _names(dim_names, n):
+    return list(dim_names) if dim_names is not None else [f"x[{d}]" for d in range(n)]
+
+
+def plot_training_curves(rows: list, path) -> None:
+    """rows: metrics.jsonl dicts with 'epoch', 'train_loss', 'valid_neg_elbo_per_step'
+    (optional 'kl_per_step', 'recon_per_step', drawn on the validation panel)."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def series(key):
+        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        return ([p[0] for p in pts], [p[1] for p in pts])
+
+    ax0.plot(*series("train_loss"), marker=".", label="train loss")
+    ax0.set(title="Training loss", xlabel="epoch", ylabel="loss")
+    ax1.plot(*series("valid_neg_elbo_per_step"), marker=".", label="-ELBO / step")
+    for key, lab in (("kl_per_step", "KL / step"), ("recon_per_step", "recon / step")):
+        ep, val = series(key)
+        if ep:
+            ax1.plot(ep, val, linestyle="--", label=lab)
+    ax1.set(title="Validation -ELBO per step", xlabel="epoch", ylabel="nats per step")
+    for ax in (ax0, ax1):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_reconstructions(truth, recon_mean, recon_lo, recon_hi, path, dim_names=None, binary=False) -> None:
+    """truth, recon_mean, recon_lo, recon_hi: (L, x_dim). One panel per dim (max 6) with a
+    shaded [lo, hi] band; binary=True draws piano-roll images (truth, reconstruction probabilities)."""
+    truth, mean = np.asarray(truth), np.asarray(recon_mean)  # (L, x_dim)
+    if binary:
+        fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+        for ax, img, ttl in ((axes[0], truth, "Truth (piano roll)"), (axes[1], mean, "Reconstruction probabilities")):
+            im = ax.imshow(img.T, aspect="auto", origin="lower", cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.set(title=ttl, ylabel="dimension")
+            fig.colorbar(im, ax=ax)
+        axes[1].set_xlabel("time step")
+        _save(fig, path)
+        return
+    n = min(truth.shape[1], MAX_DIMS)
+    names = _names(dim_names, truth.shape[1])
+    fig, axes = _dim_axes(n, "Reconstruction")
+    t = np.arange(truth.shape[0])  # (L,)
+    for d, ax in enumerate(axes):
+        ax.plot(t, truth[:, d], color="k", label="truth")
+        ax.plot(t, mean[:, d], color="C0", label="recon mean")
+        if recon_lo is not None and recon_hi is not None:
+            ax.fill_between(t, np.asarray(recon_lo)[:, d], np.asarray(recon_hi)[:, d], color="C0", alpha=0.25, label="band")
+        ax.set_ylabel(names[d])
+    axes[0].legend(loc="upper right", fontsize="small")
+    axes[-1].set_xlabel("time step")
+    _save(fig, path)
+
+
+def plot_predictions(truth, context: int, pred_mean, pred_lo, pred_hi, path, dim_names=None, baselines=None) -> None:
+    """truth: (L, x_dim) whole window; pred_mean, pred_lo, pred_hi: (H, x_dim) for steps
+    context..context+H-1; baselines: {name: (H, x_dim)} drawn dashed. One panel per dim (max 6)."""
+    truth, mean = np.asarray(truth), np.asarray(pred_mean)
+    n = min(truth.shape[1], MAX_DIMS)
+    names = _names(dim_names, truth.shape[1])
+    fig, axes = _dim_axes(n, "Prediction")
+    t = np.arange(truth.shape[0])  # (L,)
+    tp = context + np.arange(mean.shape[0])  # (H,)
+    for d, ax in enumerate(axes):
+        ax.plot(t, truth[:, d], color="k", label="truth")
+        ax.axvline(context - 0.5, color="gray", linestyle=":", label="context end")
+        ax.plot(tp, mean[:, d], color="C0", label="prediction mean")
+        if pred_lo is not None and pred_hi is not None:
+            ax.fill_between(tp, np.asarray(pred_lo)[:, d], np.asarray(pred_hi)[:, d], color="C0", alpha=0.25, label="90% band")
+        for j, (name, b) in enumerate((baselines or {}).items()):
+            ax.plot(tp, np.asarray(b)[:, d], linestyle="--", color=f"C{j + 1}", label=name)
+        ax.set_ylabel(names[d])
+    axes[0].legend(loc="upper left", fontsize="small")
+    axes[-1].set_xlabel("time step")
+    _save(fig, path)
+
+
+def plot_kstep_errors(kstep: dict, path) -> None:
+    """kstep: {name: [RMSE at k=1..H]}; plots RMSE against horizon k for each model/baseline."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, vals in kstep.items():
+        ax.plot(np.arange(1, len(vals) + 1), vals, marker=".", label=name)
+    ax.set(title="k-step prediction error", xlabel="horizon k", ylabel="RMSE")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,19 @@
+"""Model families: each a Pyro model/guide pair with the interface of :class:`DynamicalVAE`."""
+
+from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist, repeat_batch
+from dvae.models.dmm import DMM
+from dvae.models.vrae import VRAE
+from dvae.models.vrnn import VRNN
+
+MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE}
+
+
+def build_model(config: ModelConfig) -> DynamicalVAE:
+    """The model family named by ``config.model``."""
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r} (choose {', '.join(MODELS)})")
+    return MODELS[config.model](config)
+
+
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "MODELS", "build_model",
+           "observation_dist", "repeat_batch"]

@@ -1,0 +1,171 @@
+"""The model interface every family implements, and its configuration.
+
+A model is an ``nn.Module`` whose ``model(batch)`` and ``guide(batch)`` are Pyro programs over a
+:class:`~dvae.data.SequenceBatch`, with one sample site per time step for per-step latents
+(``z_0 .. z_{T-1}``) and observations (``x_0 .. x_{T-1}``), sequences in ``pyro.plate("sequences")``,
+time in ``pyro.markov``, and padded steps masked out.
+
+What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``_predict_samples``.
+What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``; sample-vectorisation by
+repeating the batch; shape checks at the public boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+from pyro import poutine
+
+from dvae.data.batch import SequenceBatch
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model (saved in config.json)."""
+
+    model: str = "dmm"
+    """Model family: dmm, vrnn or vrae."""
+    x_dim: int = 1
+    """Observation dimension."""
+    u_dim: int = 0
+    """Control dimension (0: uncontrolled)."""
+    z_dim: int = 16
+    """Latent dimension."""
+    rnn_dim: int = 64
+    """Hidden size of the inference (and, for VRNN/VRAE, generative) RNN."""
+    rnn_type: str = "gru"
+    """RNN cell: gru, lstm or rnn (ReLU)."""
+    transition_dim: int = 64
+    """Hidden size of the transition / prior network."""
+    emission_dim: int = 64
+    """Hidden size of the emitter."""
+    likelihood: str = "gaussian"
+    """Observation density: gaussian (continuous, learned diagonal scale) or bernoulli (binary)."""
+    guide: str = "dks"
+    """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})) or mean_field (q(z_t | x_{t:T}))."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def observation_dist(params, likelihood: str) -> dist.TorchDistribution:
+    """The emitter's parameters -> a distribution over one x_t with event_shape (x_dim,)."""
+    if likelihood == "gaussian":
+        loc, scale = params
+        return dist.Normal(loc, scale).to_event(1)
+    return dist.Bernoulli(logits=params[0]).to_event(1)
+
+
+def repeat_batch(batch: SequenceBatch, n: int) -> SequenceBatch:
+    """Stack ``n`` copies of the batch along the batch dimension: (n * B, ...), copy-major."""
+    if n == 1:
+        return batch
+    u = None if batch.u is None else batch.u.repeat(n, 1, 1)
+    return SequenceBatch(batch.x.repeat(n, 1, 1), u, batch.mask.repeat(n, 1), batch.lengths.repeat(n))
+
+
+class DynamicalVAE(nn.Module):
+    """Base class: a Pyro model/guide pair plus the common interface."""
+
+    name = "dvae"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- the Pyro program (subclasses) -------------------------------------------------------------
+    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        raise NotImplementedError
+
+    def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        raise NotImplementedError
+
+    def _check(self, batch: SequenceBatch) -> SequenceBatch:
+        batch.check()
+        assert batch.x_dim == self.config.x_dim, (batch.x_dim, self.config.x_dim)
+        assert batch.u_dim == self.config.u_dim, (batch.u_dim, self.config.u_dim)
+        return batch
+
+    def _u(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
+        return None if batch.u is None else batch.u[:, t]
+
+    # --- the interface ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, batch: SequenceBatch, num_samples: int = 1) -> Dict[str, torch.Tensor]:
+        """Posterior samples of the latents: ``{"z": (S, B, T, z_dim)}`` (VRAE: (S, B, z_dim))."""
+        batch = self._check(batch)
+        z = self.guide(repeat_batch(batch, num_samples))  # (S * B, ...)
+        return {"z": z.reshape((num_samples, batch.batch_size) + z.shape[1:])}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: SequenceBatch, num_samples: int = 16) -> Dict[str, torch.Tensor]:
+        """Emitter means under posterior samples: ``{"x_mean": (S, B, T, x_dim)}``."""
+        batch = self._check(batch)
+        rep = repeat_batch(batch, num_samples)
+        guide_trace = poutine.trace(self.guide).get_trace(rep)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(rep)
+        T = batch.num_steps
+        means = torch.stack([model_trace.nodes[f"x_{t}"]["fn"].mean for t in range(T)], 1)  # (S*B, T, x_dim)
+        return {"x_mean": means.reshape(num_samples, batch.batch_size, T, -1)}
+
+    @torch.no_grad()
+    def generate(self, num_steps: int, u: Optional[torch.Tensor] = None, num_samples: int = 1) -> Dict[str, torch.Tensor]:
+        """Sequences from the prior: ``{"x": (S, T, x_dim), "x_mean": (S, T, x_dim), "z": ...}``.
+
+        ``u`` (T, u_dim) or (S, T, u_dim): controls (required when the model has them).
+        """
+        device = self.device
+        if self.config.u_dim:
+            if u is None:
+                raise ValueError("this model takes controls: pass u of shape (num_steps, u_dim)")
+            u = u.to(device)
+            u = u.expand(num_samples, num_steps, self.config.u_dim) if u.dim() == 2 else u
+            assert u.shape == (num_samples, num_steps, self.config.u_dim), u.shape
+        x = torch.zeros(num_samples, num_steps, self.config.x_dim, device=device)  # (S, T, x_dim)
+        lengths = torch.full((num_samples,), num_steps, dtype=torch.long, device=device)
+        mask = torch.ones(num_samples, num_steps, dtype=torch.bool, device=device)
+        batch = SequenceBatch(x, u, mask, lengths)
+        trace = poutine.trace(poutine.uncondition(self.model)).get_trace(batch)
+        xs = torch.stack([trace.nodes[f"x_{t}"]["value"] for t in range(num_steps)], 1)  # (S, T, x_dim)
+        means = torch.stack([trace.nodes[f"x_{t}"]["fn"].mean for t in range(num_steps)], 1)  # (S, T, x_dim)
+        return {"x": xs, "x_mean": means, "z": trace.nodes["_RETURN"]["value"]}
+
+    @torch.no_grad()
+    def predict(self, context: SequenceBatch, u_future: Optional[torch.Tensor], horizon: int,
+                num_samples: int = 64) -> Dict[str, torch.Tensor]:
+        """Condition on ``context`` (B, C, .), then roll the prior forward open loop.
+
+        ``u_future`` (B, H, u_dim): ``u_future[:, k]`` drives the transition into predicted step k
+        (it is u_{C-1+k} of the full sequence). Returns ``{"x": (S, B, H, x_dim)`` samples,
+        ``"x_mean": (S, B, H, x_dim)`` emitter means, ``"z": (S, B, H, z_dim)``}; each sequence's
+        predictions start after its last real context step.
+        """
+        context = self._check(context)
+        B = context.batch_size
+        if self.config.u_dim:
+            if u_future is None:
+                raise ValueError("this model takes controls: pass u_future of shape (B, horizon, u_dim)")
+            assert u_future.shape == (B, horizon, self.config.u_dim), u_future.shape
+            u_future = u_future.to(self.device).repeat(num_samples, 1, 1)  # (S*B, H, u_dim)
+        out = self._predict_samples(repeat_batch(context.to(self.device), num_samples), u_future, horizon)
+        return {k: v.reshape((num_samples, B) + v.shape[1:]) for k, v in out.items()}
+
+    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError

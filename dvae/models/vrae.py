@@ -1,0 +1,88 @@
+"""The variational recurrent autoencoder (Fabius & van Amersfoort 2014), with controls.
+
+One latent code per sequence::
+
+    z ~ N(0, I)
+    s_0 = tanh(W z)                           the decoder RNN starts from z
+    s_t = RNN_dec(u_{t-1}, s_{t-1})           fed the controls (zeros when uncontrolled)
+    x_t ~ Emitter(s_t)
+
+Guide: an encoder RNN reads (x_t, u_t) forward; its state at the last real step gives q(z | x, u).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn as nn
+from pyro import poutine
+
+from dvae.data.batch import SequenceBatch
+from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
+from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn
+
+
+class VRAE(DynamicalVAE):
+    name = "vrae"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        c = config
+        self.encoder = SequenceEncoder(c.x_dim + c.u_dim, c.rnn_dim, c.rnn_type, "forward")
+        self.posterior = GaussianHead(self.encoder.out_dim, c.transition_dim, c.z_dim)  # q(z | x, u)
+        self.z_to_state = nn.Linear(c.z_dim, c.rnn_dim)  # s_0 = tanh(W z)
+        self.decoder = make_rnn(c.rnn_type, max(c.u_dim, 1), c.rnn_dim)  # s_t
+        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | s_t)
+
+    def _decode(self, z, u_prev):
+        """Decoder states (N, T, rnn_dim) from z (N, z_dim) and the shifted controls (N, T, u_in)."""
+        s_0 = torch.tanh(self.z_to_state(z))[None]  # (1, N, rnn_dim)
+        init = (s_0, torch.zeros_like(s_0)) if isinstance(self.decoder, nn.LSTM) else s_0
+        return self.decoder(u_prev, init)[0]
+
+    def _shifted_controls(self, batch: SequenceBatch):
+        """u_{t-1} for every step (zeros at t = 0, and everywhere when uncontrolled): (B, T, u_in)."""
+        B, T = batch.batch_size, batch.num_steps
+        if batch.u is None:
+            return batch.x.new_zeros(B, T, 1)
+        return torch.cat([batch.u.new_zeros(B, 1, batch.u_dim), batch.u[:, :-1]], 1)
+
+    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """p(x, z | u). Returns z (B, z_dim)."""
+        pyro.module("vrae", self)
+        B, T = batch.batch_size, batch.num_steps
+        with pyro.plate("sequences", B, dim=-1):
+            zeros = batch.x.new_zeros(B, self.config.z_dim)
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
+            s = self._decode(z, self._shifted_controls(batch))  # (B, T, rnn_dim)
+            for t in pyro.markov(range(T)):
+                pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood)
+                            .mask(batch.mask[:, t]), obs=batch.x[:, t])
+        return z
+
+    def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """q(z | x, u). Returns z (B, z_dim)."""
+        pyro.module("vrae", self)
+        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        loc, scale = self.posterior(self.encoder.final(y, batch.lengths))
+        with pyro.plate("sequences", batch.batch_size, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
+        N, C = context.batch_size, context.num_steps
+        z = self.guide(context)  # (N, z_dim)
+        rows = torch.arange(N, device=z.device)[:, None]
+        steps = (context.lengths[:, None] + torch.arange(horizon, device=z.device)[None])  # (N, H) predicted
+        if u_future is None:
+            u_prev = z.new_zeros(N, C + horizon, 1)
+        else:  # u_{t-1} for t = 1 .. C + H - 1, with u_future placed after each context
+            u_full = torch.cat([context.u, u_future.new_zeros(N, horizon, u_future.shape[-1])], 1)
+            u_full[rows, steps - 1] = u_future
+            u_prev = torch.cat([u_full.new_zeros(N, 1, u_full.shape[-1]), u_full[:, :-1]], 1)  # (N, C+H, u_dim)
+        s = self._decode(z, u_prev)[rows, steps]  # (N, H, rnn_dim)
+        x_dist = observation_dist(self.emitter(s), self.config.likelihood)
+        z_rep = z[:, None].expand(N, horizon, z.shape[-1])
+        return {"x": x_dist.sample(), "x_mean": x_dist.mean, "z": z_rep}

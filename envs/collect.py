@@ -1,0 +1,209 @@
+"""Collect fixed-horizon trajectories from Gymnasium environments into numpy arrays.
+
+Layout returned by :func:`collect` (N episodes, T = ``steps``):
+
+====================  ==========================  ===================================
+key                   shape / dtype               meaning
+====================  ==========================  ===================================
+``obs``               (N, T+1, obs_dim) float32   obs_0 .. obs_T, flattened
+``actions``           (N, T, act_dim) float32     Box action spaces
+                      (N, T) int64                Discrete action spaces
+``rewards``           (N, T) float32
+``terminated``        (N, T) bool
+``truncated``         (N, T) bool
+``lengths``           (N,) int64                  actions actually taken per episode
+metadata              0-d arrays                  ``env_id``, ``policy``, ``seed``,
+                                                  ``action_space``, ``observation_space``,
+                                                  ``discrete_actions``, ``num_actions``
+====================  ==========================  ===================================
+
+Entries past ``lengths[i]`` are padding: observations repeat the last real one,
+actions, rewards and flags are zero/False.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from tqdm import tqdm
+
+
+def _box_bounds(space: spaces.Box) -> tuple[np.ndarray, np.ndarray]:
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError(f"policy needs a bounded Box action space, got {space}")
+    return low, high
+
+
+class RandomPolicy:
+    """Uniform random actions drawn from ``rng`` (not the space's own sampler).
+
+    Box: uniform in [low, high] (bounds must be finite), returned with the space's
+    shape and dtype. Discrete: uniform integer in [start, start + n).
+    """
+
+    def __init__(self, action_space: spaces.Space, rng: np.random.Generator):
+        self.space, self.rng = action_space, rng
+        if isinstance(action_space, spaces.Box):
+            self.low, self.high = _box_bounds(action_space)
+        elif not isinstance(action_space, spaces.Discrete):
+            raise ValueError(f"unsupported action space {action_space}")
+
+    def reset(self) -> None:
+        """No state; present for a uniform policy interface."""
+
+    def __call__(self, obs=None):
+        if isinstance(self.space, spaces.Discrete):
+            return int(self.space.start + self.rng.integers(self.space.n))
+        return self.rng.uniform(self.low, self.high).astype(self.space.dtype)
+
+
+class OUPolicy:
+    """Ornstein–Uhlenbeck exploration for Box actions (temporally smooth noise).
+
+    A unit-scale process x (shape of the action) evolves as
+    ``x += theta * (0 - x) * dt + sigma * sqrt(dt) * N(0, 1)`` and the action is
+    ``clip(centre + half_width * x, low, high)``, i.e. mean at the box centre and
+    noise scaled by half the box width. ``reset()`` sets x back to 0 (the centre).
+
+    For Discrete action spaces there is no notion of smoothness, so this policy
+    falls back to uniform random actions (same as :class:`RandomPolicy`).
+    """
+
+    def __init__(self, action_space: spaces.Space, rng: np.random.Generator,
+                 theta: float = 0.15, sigma: float = 0.3, dt: float = 1.0):
+        self.space, self.rng = action_space, rng
+        self.theta, self.sigma, self.dt = theta, sigma, dt
+        if isinstance(action_space, spaces.Discrete):
+            self._fallback = RandomPolicy(action_space, rng)
+        elif isinstance(action_space, spaces.Box):
+            self._fallback = None
+            low, high = _box_bounds(action_space)
+            self.low, self.high = low, high
+            self.centre, self.half_width = (high + low) / 2, (high - low) / 2
+        else:
+            raise ValueError(f"unsupported action space {action_space}")
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the process at the box centre (call at the start of each episode)."""
+        self.x = np.zeros(self.space.shape)
+
+    def __call__(self, obs=None):
+        if self._fallback is not None:
+            return self._fallback(obs)
+        noise = self.rng.standard_normal(self.space.shape)
+        self.x = self.x - self.theta * self.x * self.dt + self.sigma * np.sqrt(self.dt) * noise
+        action = np.clip(self.centre + self.half_width * self.x, self.low, self.high)
+        return action.astype(self.space.dtype)
+
+
+POLICIES = {"random": RandomPolicy, "ou": OUPolicy}
+
+
+def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
+            seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+    """Roll out ``episodes`` episodes of at most ``steps`` actions from ``gym.make(env_id)``.
+
+    Reproducible under ``seed``: episode i is reset with ``seed + i``, the policy's
+    Generator is ``np.random.default_rng(seed)`` and the action space is seeded with
+    ``seed``. ``policy`` is ``"random"`` or ``"ou"`` (``"ou"`` is random for Discrete
+    actions). Observations are flattened with ``gymnasium.spaces.flatten``.
+
+    An episode stops when the env terminates or truncates (e.g. its own TimeLimit);
+    the flag is set at its last real step. Reaching ``steps`` also sets
+    ``truncated=True`` at the last step (as Gymnasium's TimeLimit does, even if the
+    env terminated on that step).
+
+    Returns a dict of numpy arrays (N = episodes, T = steps): ``obs`` (N, T+1, obs_dim)
+    float32, ``actions`` (N, T, act_dim) float32 for Box or (N, T) int64 for Discrete,
+    ``rewards`` (N, T) float32, ``terminated`` / ``truncated`` (N, T) bool,
+    ``lengths`` (N,) int64, plus 0-d metadata arrays ``env_id``, ``policy``, ``seed``,
+    ``action_space``, ``observation_space`` (str), ``discrete_actions`` (bool),
+    ``num_actions`` (int; -1 unless Discrete). Padding past ``lengths`` repeats the
+    last observation; actions and rewards are zero.
+
+    Raises ValueError for an unknown env id, an unknown policy, non-positive
+    ``episodes``/``steps``, or an action space that is neither Box nor Discrete.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    if episodes < 1 or steps < 1:
+        raise ValueError(f"episodes and steps must be >= 1, got {episodes} and {steps}")
+    try:
+        env = gym.make(env_id)
+    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv):
+        raise ValueError(f"unknown Gymnasium env id {env_id!r}") from None
+    try:
+        act_space, obs_space = env.action_space, env.observation_space
+        discrete = isinstance(act_space, spaces.Discrete)
+        if not (discrete or isinstance(act_space, spaces.Box)):
+            raise ValueError(f"unsupported action space {act_space} (need Box or Discrete)")
+        act_space.seed(seed)
+        pol = POLICIES[policy](act_space, np.random.default_rng(seed))
+
+        N, T = episodes, steps
+        obs_dim = spaces.flatdim(obs_space)
+        obs = np.zeros((N, T + 1, obs_dim), np.float32)  # (N, T+1, obs_dim)
+        if discrete:
+            actions = np.zeros((N, T), np.int64)  # (N, T)
+        else:
+            actions = np.zeros((N, T, int(np.prod(act_space.shape))), np.float32)  # (N, T, act_dim)
+        rewards = np.zeros((N, T), np.float32)  # (N, T)
+        terminated = np.zeros((N, T), bool)  # (N, T)
+        truncated = np.zeros((N, T), bool)  # (N, T)
+        lengths = np.zeros(N, np.int64)  # (N,)
+
+        for i in tqdm(range(N), desc=env_id, unit="ep", file=sys.stderr, disable=not progress):
+            o, _ = env.reset(seed=seed + i)
+            pol.reset()
+            obs[i, 0] = spaces.flatten(obs_space, o)
+            for t in range(T):
+                a = pol(o)
+                o, r, term, trunc, _ = env.step(a)
+                obs[i, t + 1] = spaces.flatten(obs_space, o)
+                actions[i, t] = a if discrete else np.ravel(a)
+                rewards[i, t] = r
+                terminated[i, t] = term
+                truncated[i, t] = trunc or t == T - 1
+                if term or trunc:
+                    break
+            lengths[i] = t + 1
+            obs[i, t + 2:] = obs[i, t + 1]  # pad with the last real observation
+    finally:
+        env.close()
+
+    return {
+        "obs": obs, "actions": actions, "rewards": rewards,
+        "terminated": terminated, "truncated": truncated, "lengths": lengths,
+        "env_id": np.array(env_id), "policy": np.array(policy),
+        "seed": np.array(seed, np.int64),
+        "action_space": np.array(str(act_space)),
+        "observation_space": np.array(str(obs_space)),
+        "discrete_actions": np.array(discrete),
+        "num_actions": np.array(int(act_space.n) if discrete else -1, np.int64),
+    }
+
+
+def save_npz(path: str | os.PathLike, data: dict) -> None:
+    """Atomically write ``data`` to ``path`` with ``np.savez`` (path used verbatim).
+
+    Parent directories are created; the arrays go to a temporary file in the same
+    directory which then replaces ``path`` via ``os.replace``.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
