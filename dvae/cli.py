@@ -1,0 +1,284 @@
+"""The ``dvae`` command: collect, train, eval (see DESIGN.md for the stable contract).
+
+Errors a user can fix are printed as one line on stderr with a non-zero exit status (add --debug for
+the traceback); stdout carries only the JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _add_common(p):
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dvae.infer.trainer import TrainConfig
+    from dvae.models import ModelConfig
+    from dvae.run import DataConfig
+
+    mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
+    ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval}")
+    sub.required = True
+
+    p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
+    p.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True, help="actions per episode (observations: steps + 1)")
+    p.add_argument("--policy", choices=["random", "ou"], default="random",
+                   help="uniform random actions, or Ornstein-Uhlenbeck (smooth) for continuous actions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .npz")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
+    p.add_argument("--model", choices=["dmm", "vrnn", "vrae"], default=mc.model)
+    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, or a polyphonic pickle")
+    p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
+    p.add_argument("--batch-size", type=int, default=tc.batch_size)
+    p.add_argument("--lr", type=float, default=tc.lr)
+    p.add_argument("--z-dim", type=int, default=mc.z_dim)
+    p.add_argument("--rnn-dim", type=int, default=mc.rnn_dim)
+    p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
+    p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
+    p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
+    p.add_argument("--guide", choices=["dks", "mean_field"], default=mc.guide, help="DMM guide")
+    p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
+    p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
+    p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
+    p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
+    p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
+    p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--episodes", type=int, default=dc.episodes, help="built-in pendulum: episodes")
+    p.add_argument("--steps", type=int, default=dc.steps, help="built-in pendulum: actions per episode")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=tc.device)
+    p.add_argument("--seed", type=int, default=tc.seed)
+    p.add_argument("--out", default=None, help="run directory (default runs/MODEL-TIMESTAMP)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run to --epochs total")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="bounds per time step (and k-step open-loop errors) of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="default: the run's own source")
+    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    p.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted bound")
+    p.add_argument("--context", type=int, default=None)
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=64, help="samples of the predictive distribution")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    return ap
+
+
+# --- collect -----------------------------------------------------------------------------------------
+def cmd_collect(a) -> dict:
+    from envs import collect, save_npz
+
+    if a.episodes < 1 or a.steps < 1:
+        raise ValueError("--episodes and --steps must be at least 1")
+    data = collect(a.env, a.episodes, a.steps, policy=a.policy, seed=a.seed, progress=True)
+    save_npz(a.out, data)
+    return {"out": a.out, "env_id": a.env, "episodes": a.episodes, "steps": a.steps, "policy": a.policy,
+            "seed": a.seed, "obs_shape": list(data["obs"].shape), "actions_shape": list(data["actions"].shape),
+            "num_transitions": int(data["lengths"].sum())}
+
+
+# --- train -------------------------------------------------------------------------------------------
+def _prepare(data, normalizer, split):
+    xs, us = data.subset(split)
+    return normalizer.x(xs), normalizer.u(us)
+
+
+def cmd_train(a) -> dict:
+    import pyro
+    import torch
+
+    from dvae.data import Normalizer
+    from dvae.infer.trainer import TrainConfig, Trainer, resolve_device
+    from dvae.models import ModelConfig, build_model
+    from dvae.run import (BEST, CHECKPOINT, DataConfig, RunConfig, load_data, load_torch, read_config,
+                          read_metrics, save_torch, write_config, write_metrics)
+
+    if a.resume:
+        run_dir = a.resume
+        config = read_config(run_dir)
+        if a.epochs is not None:
+            config.train.epochs = a.epochs
+        if a.time_limit is not None:
+            config.train.time_limit = a.time_limit
+        data = load_data(config)
+        normalizer = config.normalizer
+    else:
+        if a.epochs is not None and a.epochs < 1:
+            raise ValueError("--epochs must be at least 1")
+        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed)
+        run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if os.path.exists(os.path.join(run_dir, "config.json")):
+            raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
+        config = RunConfig(data=data_cfg)
+        data = load_data(config)
+        train_xs, train_us = data.subset("train")
+        normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
+        config.normalizer, config.kind = normalizer, data.kind
+        config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
+                                   rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
+                                   emission_dim=a.emission_dim, guide=a.guide,
+                                   likelihood="bernoulli" if data.kind == "binary" else "gaussian")
+        config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
+                                   batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
+                                   kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
+                                   patience=a.patience, seed=a.seed, device=a.device)
+        os.makedirs(run_dir, exist_ok=True)
+        write_config(run_dir, config)
+
+    device = resolve_device(config.train.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.train.seed)
+    model = build_model(config.model).to(device)
+    trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
+                      normalizer.log_det_per_step, device)
+    rows = []
+    if a.resume:
+        trainer.load_checkpoint(load_torch(os.path.join(run_dir, CHECKPOINT), device))
+        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= trainer.state["epoch"]]
+
+    def on_epoch(row, improved):
+        rows.append(row)
+        if improved:
+            save_torch(os.path.join(run_dir, BEST), {"model": model.state_dict(), "epoch": row["epoch"]})
+        save_torch(os.path.join(run_dir, CHECKPOINT), trainer.checkpoint())
+        write_metrics(run_dir, rows)
+        if not sys.stderr.isatty() and not a.no_progress:
+            print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
+                  f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    interrupted = False
+    try:
+        trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:  # the last completed epoch is already checkpointed
+        interrupted = True
+    if not rows:
+        raise RuntimeError("no epoch completed (is the time limit too short?)")
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        save_torch(os.path.join(run_dir, CHECKPOINT), trainer.checkpoint())
+    best = load_torch(os.path.join(run_dir, BEST), device)
+    model.load_state_dict(best["model"])
+    plots = write_train_plots(run_dir, model, config, data, normalizer, rows)
+    summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
+               "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
+               "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
+               "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
+               "plots": plots, "interrupted": interrupted}
+    if interrupted:
+        print(json.dumps(summary))
+        raise SystemExit(EXIT_INTERRUPTED)
+    return summary
+
+
+def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
+    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence."""
+    import torch
+
+    from dvae.data import collate
+    from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
+
+    written = []
+    path = os.path.join(run_dir, "training_curves.png")
+    plot_training_curves(rows, path)
+    written.append(path)
+    xs, us = data.subset("test")
+    i = int(np.argmax([len(x) for x in xs]))
+    x, u = xs[i][:400], None if us is None else us[i][:400]
+    batch = collate([torch.from_numpy(normalizer.x([x])[0])],
+                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])]).to(model.device)
+    torch.manual_seed(config.train.seed)
+    rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
+    rec = normalizer.x_inverse(rec).cpu().numpy()
+    path = os.path.join(run_dir, "reconstruction.png")
+    plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
+                         binary=config.kind == "binary")
+    written.append(path)
+    if config.kind == "continuous" and len(x) >= 4:
+        context = max(2, len(x) // 3)
+        horizon = len(x) - context
+        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64)
+        path = os.path.join(run_dir, "prediction.png")
+        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
+        written.append(path)
+    return written
+
+
+# --- eval --------------------------------------------------------------------------------------------
+def cmd_eval(a) -> dict:
+    import pyro
+
+    from dvae.eval import kstep_report
+    from dvae.infer.trainer import evaluate, resolve_device
+    from dvae.run import load_data, load_model
+
+    device = resolve_device(a.device)
+    model, config = load_model(a.run_dir, device)
+    data = load_data(config, a.data)
+    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
+        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
+                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+    norm = config.normalizer
+    xs, us = data.subset(a.split)
+    if not xs:
+        raise ValueError(f"{data.source}: split {a.split!r} is empty")
+    if a.iw_samples < 0:
+        raise ValueError("--iw-samples must be >= 0")
+    pyro.set_rng_seed(a.seed)
+    out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
+    out.update(evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, config.train.eval_batch_size,
+                        iw_samples=a.iw_samples, device=device))
+    if (a.context is None) != (a.horizon is None):
+        raise ValueError("--context and --horizon go together")
+    if a.horizon is not None:
+        if a.context < 1 or a.horizon < 1:
+            raise ValueError("--context and --horizon must be at least 1")
+        train_xs, train_us = data.subset("train")
+        out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples))
+    return out
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        from dvae.errors import DvaeError
+
+        result = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval}[a.verb](a)
+        print(json.dumps(result, allow_nan=True))
+        return 0
+    except KeyboardInterrupt:
+        print("dvae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DvaeError, ValueError, RuntimeError, FloatingPointError, OSError) as e:
+        if a.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"dvae {a.verb}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

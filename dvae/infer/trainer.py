@@ -1,0 +1,263 @@
+"""Training by stochastic variational inference: batching, KL annealing, validation, checkpoints.
+
+The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient-norm clip and skips
+non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
+``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.util import zero_grads
+
+from dvae.data.batch import SequenceBatch, collate
+from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (saved in config.json)."""
+
+    epochs: int = 60
+    """Total number of epochs (a resumed run counts the epochs already done)."""
+    time_limit: Optional[float] = None
+    """Stop after this many seconds of training (checked between updates); None: no limit."""
+    batch_size: int = 16
+    """Sequences per update."""
+    lr: float = 3e-3
+    """Learning rate."""
+    optimizer: str = "adam"
+    """adam or clipped_adam (Pyro's ClippedAdam, with lr decay ``lr_decay`` per update)."""
+    lr_decay: float = 1.0
+    """ClippedAdam's per-update learning-rate decay."""
+    clip_norm: float = 10.0
+    """Global gradient-norm clip (0: none)."""
+    kl_start: float = 0.1
+    """Annealing factor on the KL at the first update, rising linearly to 1."""
+    anneal_epochs: float = 5.0
+    """Epochs of linear KL warm-up (0: none)."""
+    free_bits: float = 0.0
+    """Free bits: nats per latent dimension per step below which the KL is not pushed."""
+    patience: int = 20
+    """Early stopping: epochs without a better validation bound (0: never stop early)."""
+    seed: int = 0
+    """Seed of parameters, batches and samples."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    eval_batch_size: int = 64
+    """Sequences per batch when evaluating."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r} (choose auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
+            generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
+    """Collate sequences into SequenceBatches: shuffled by ``generator``, or sorted by length
+    (``by_length``, less padding; for evaluation), or in order."""
+    n = len(xs)
+    if generator is not None:
+        order = torch.randperm(n, generator=generator).tolist()
+    elif by_length:
+        order = sorted(range(n), key=lambda i: len(xs[i]))
+    else:
+        order = list(range(n))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield collate([torch.from_numpy(xs[i]) for i in idx],
+                      None if us is None else [torch.from_numpy(us[i]) for i in idx])
+
+
+class ClippedSVI(SVI):
+    """``pyro.infer.SVI`` with a global gradient-norm clip; a non-finite loss or gradient skips the
+    update (returns nan) instead of corrupting the parameters."""
+
+    def __init__(self, model, guide, optim, loss, clip_norm: float = 0.0):
+        super().__init__(model, guide, optim, loss)
+        self.clip_norm = clip_norm
+
+    def step(self, *args, **kwargs) -> float:
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = set(site["value"].unconstrained() for site in param_capture.trace.nodes.values())
+        grads = [p for p in params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
+        if not (math.isfinite(loss) and torch.isfinite(norm)):
+            zero_grads(params)
+            return math.nan
+        self.optim(params)
+        zero_grads(params)
+        return float(loss)
+
+
+@torch.no_grad()
+def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
+             num_particles: int = 1, device=None) -> Dict[str, float]:
+    """Per-step bounds on a set of sequences, in the data's original units.
+
+    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data).
+    Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
+    ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
+    when ``iw_samples`` > 0.
+    """
+    device = device or model.device
+    was_training = model.training
+    model.eval()
+    total = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
+    num_steps = 0
+    for batch in batches(xs, us, batch_size, by_length=True):
+        num_steps += int(batch.lengths.sum())
+        batch = batch.to(device)
+        terms = elbo_terms(model.model, model.guide, batch, num_particles)
+        total["elbo"] += terms["elbo"].sum().item()
+        total["log_lik"] += terms["log_lik"].sum().item()
+        total["kl"] += terms["kl"].sum().item()
+        if iw_samples:
+            total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
+    model.train(was_training)
+    out = {"num_sequences": len(xs), "num_steps": num_steps,
+           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
+           "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
+           "kl_per_step": total["kl"] / num_steps}
+    if iw_samples:
+        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det_per_step
+    return out
+
+
+class Trainer:
+    """Fits a model by SVI on the per-step dynamical ELBO.
+
+    ``state`` holds everything a resumed run needs (epoch, update count, best bound, RNG state);
+    :meth:`checkpoint` and :meth:`load_checkpoint` round-trip it with the parameters and the
+    optimiser's state. ``on_epoch(row)`` is called after each epoch with its metrics row.
+    """
+
+    def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
+                 device=None):
+        self.model, self.config = model, config
+        self.train_xs, self.train_us = train_data
+        self.valid_xs, self.valid_us = valid_data
+        self.log_det = log_det_per_step
+        self.device = device or model.device
+        c = config
+        optim_args = {"lr": c.lr}
+        if c.optimizer == "adam":
+            self.optim = pyro.optim.Adam(optim_args)
+        elif c.optimizer == "clipped_adam":
+            self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
+        else:
+            raise ValueError(f"unknown optimizer {c.optimizer!r} (choose adam or clipped_adam)")
+        self.elbo = DynamicalELBO(free_bits=c.free_bits)
+        self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
+        self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
+        self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
+                      "train_seconds": 0.0, "skipped_updates": 0}
+
+    # scaled programs: per-step ELBO of the batch, annealed KL
+    def _model(self, batch, annealing_factor, scale):
+        return poutine.scale(self.model.model, scale=scale)(batch, annealing_factor)
+
+    def _guide(self, batch, annealing_factor, scale):
+        return poutine.scale(self.model.guide, scale=scale)(batch, annealing_factor)
+
+    def annealing_factor(self, step: int) -> float:
+        warm = self.config.anneal_epochs * self.batches_per_epoch
+        if warm <= 0:
+            return 1.0
+        return min(1.0, self.config.kl_start + (1.0 - self.config.kl_start) * step / warm)
+
+    def train_epoch(self, deadline: Optional[float] = None) -> Dict[str, float]:
+        """One pass over the shuffled training set; returns the epoch's metrics."""
+        self.model.train()
+        gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
+        loss_sum, steps_sum, skipped = 0.0, 0, 0
+        start = time.perf_counter()
+        for batch in batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen):
+            n = int(batch.lengths.sum())
+            a = self.annealing_factor(self.state["step"])
+            loss = self.svi.step(batch.to(self.device), a, 1.0 / n)
+            self.state["step"] += 1
+            if math.isnan(loss):
+                skipped += 1
+            else:
+                loss_sum += loss * n
+                steps_sum += n
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        seconds = time.perf_counter() - start
+        self.state["skipped_updates"] += skipped
+        if steps_sum == 0:
+            raise FloatingPointError("every update of the epoch gave a non-finite loss or gradient")
+        return {"train_loss": loss_sum / steps_sum + self.log_det, "epoch_seconds": seconds,
+                "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": skipped}
+
+    def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True) -> List[dict]:
+        """Train until ``epochs`` (total), the time limit, or early stopping. ``on_epoch(row, improved)``
+        runs after every epoch (write metrics and checkpoints there). Returns the rows of this call."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        t0 = time.perf_counter()
+        budget = None if c.time_limit is None else c.time_limit - self.state["train_seconds"]
+        deadline = None if budget is None else t0 + budget
+        rows = []
+        bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        while self.state["epoch"] < c.epochs:
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            row = self.train_epoch(deadline)
+            self.state["epoch"] += 1
+            self.state["train_seconds"] += row["epoch_seconds"]
+            valid = evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, c.eval_batch_size,
+                             device=self.device)
+            row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
+                   "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
+            improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
+            if improved:
+                self.state.update(best_valid=valid["neg_elbo_per_step"], best_epoch=self.state["epoch"], since_best=0)
+            else:
+                self.state["since_best"] += 1
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", valid=f"{row['valid_neg_elbo_per_step']:.3f}")
+            if on_epoch is not None:
+                on_epoch(row, improved)
+            if c.patience and self.state["since_best"] >= c.patience:
+                break
+        bar.close()
+        return rows
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """Everything to resume: parameters, optimiser state, trainer state, RNG state (all tensors
+        and plain containers, loadable with ``torch.load(weights_only=True)``)."""
+        return {"model": self.model.state_dict(), "optim": self.optim.get_state(), "state": dict(self.state),
+                "rng": torch.get_rng_state()}
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optim.set_state(ckpt["optim"])
+        self.state.update(ckpt["state"])
+        torch.set_rng_state(ckpt["rng"])
+
+
+def config_dict(config) -> dict:
+    return asdict(config)

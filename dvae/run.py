@@ -1,0 +1,163 @@
+"""Run directories: config.json, checkpoints (atomic), metrics.jsonl, and rebuilding a trained model.
+
+A run directory holds ``config.json`` (model, training and data settings and the normalisation
+statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch),
+``checkpoint.pt`` (the latest state, to resume), ``best.pt`` (the parameters with the best validation
+bound) and plots. Every file is written to a temporary name and renamed, so a run killed at any
+moment keeps its last complete version of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+import torch
+
+from dvae.data import Normalizer, SequenceData, load_source
+from dvae.errors import RunDirError
+from dvae.infer.trainer import TrainConfig
+from dvae.models import ModelConfig, build_model
+
+CONFIG, METRICS, CHECKPOINT, BEST = "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt"
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from (saved in config.json so eval can reload it)."""
+
+    source: str = "pendulum"
+    """A built-in name (pendulum), a trajectory .npz, or a polyphonic pickle."""
+    episodes: int = 128
+    """Built-in pendulum: number of episodes collected."""
+    steps: int = 64
+    """Built-in pendulum: actions per episode (observations: steps + 1)."""
+    data_seed: int = 0
+    """Built-in pendulum: collection seed."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    normalizer: Optional[Normalizer] = None
+    kind: str = "continuous"
+
+    def to_dict(self) -> dict:
+        return {"model": asdict(self.model), "train": asdict(self.train), "data": asdict(self.data),
+                "normalizer": None if self.normalizer is None else asdict(self.normalizer), "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str = CONFIG) -> "RunConfig":
+        def build(kind, value):
+            if not isinstance(value, dict):
+                raise RunDirError(f"{path}: '{kind.__name__}' section must be an object")
+            names = {f.name for f in fields(kind)}
+            unknown = sorted(set(value) - names)
+            if unknown:
+                raise RunDirError(f"{path}: unknown keys {unknown} in the {kind.__name__} section")
+            try:
+                return kind(**value)
+            except TypeError as e:
+                raise RunDirError(f"{path}: {e}") from None
+
+        if not isinstance(d, dict) or not {"model", "train", "data"} <= set(d):
+            raise RunDirError(f"{path}: expected an object with model, train and data sections")
+        norm = d.get("normalizer")
+        return cls(build(ModelConfig, d["model"]), build(TrainConfig, d["train"]), build(DataConfig, d["data"]),
+                   None if norm is None else build(Normalizer, norm), d.get("kind", "continuous"))
+
+
+def atomic_write_bytes(path: str, write) -> None:
+    """Write through ``write(file_object)`` into a temporary file beside ``path``, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_torch(path: str, obj) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def load_torch(path: str, device="cpu"):
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # unpickling errors of a corrupt or hostile file
+        raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def read_config(run_dir: str) -> RunConfig:
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"{run_dir}: no such run directory")
+    path = os.path.join(run_dir, CONFIG)
+    try:
+        with open(path) as f:
+            return RunConfig.from_dict(json.load(f), path)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: missing (is {run_dir} a run directory written by `dvae train`?)") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_config(run_dir: str, config: RunConfig) -> None:
+    atomic_write_text(os.path.join(run_dir, CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def read_metrics(run_dir: str) -> list:
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics(run_dir: str, rows: list) -> None:
+    atomic_write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def load_data(config: RunConfig, source: Optional[str] = None) -> SequenceData:
+    d = config.data
+    return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps)
+
+
+def load_model(run_dir: str, device="cpu", which: str = "best"):
+    """Rebuild a trained model from its run directory: returns (model, RunConfig)."""
+    config = read_config(run_dir)
+    try:
+        model = build_model(config.model)
+    except (ValueError, TypeError) as e:
+        raise RunDirError(f"{os.path.join(run_dir, CONFIG)}: {e}") from None
+    path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
+    if which == "best" and not os.path.exists(path):
+        path = os.path.join(run_dir, CHECKPOINT)
+    ckpt = load_torch(path, device)
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise RunDirError(f"{path}: has no model parameters")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunDirError(f"{path}: does not match the model in config.json ({str(e).splitlines()[0]})") from None
+    return model.to(device), config
