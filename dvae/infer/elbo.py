@@ -16,6 +16,7 @@ from typing import Callable, Dict
 
 import torch
 from pyro import poutine
+from pyro.distributions import MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from pyro.infer import TraceMeanField_ELBO
@@ -28,6 +29,19 @@ def _site_kl(guide_site, model_site) -> torch.Tensor:
     """KL(q || p) of one latent site, masked, unscaled: batch-shaped (B,)."""
     kl = kl_divergence(guide_site["fn"], model_site["fn"])
     return scale_and_mask(kl, mask=guide_site["mask"])
+
+
+def _num_real(site, kl: torch.Tensor) -> torch.Tensor:
+    """How many batch entries of a site are real (not masked out), from ``.mask(...)`` or poutine.mask."""
+    mask = torch.ones_like(kl, dtype=torch.bool)
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):  # Masked / Expanded / Independent wrappers
+        if isinstance(fn, MaskedDistribution) and torch.is_tensor(fn._mask):
+            mask = mask & fn._mask
+        fn = fn.base_dist
+    if torch.is_tensor(site["mask"]):
+        mask = mask & site["mask"]
+    return mask.sum()
 
 
 class DynamicalELBO(TraceMeanField_ELBO):
@@ -54,7 +68,7 @@ class DynamicalELBO(TraceMeanField_ELBO):
                 continue
             guide_site = guide_trace.nodes[name]
             kl = _site_kl(guide_site, model_site)  # (B,)
-            n_real = kl.new_tensor(1.0) if guide_site["mask"] is None else guide_site["mask"].sum()
+            n_real = _num_real(guide_site, kl)
             floor = self.free_bits * guide_site["fn"].event_shape.numel() * n_real
             elbo = elbo - guide_site["scale"] * torch.maximum(kl.sum(), floor)
         loss = -elbo
