@@ -203,6 +203,9 @@ def save_npz(path: str | os.PathLike, data: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file is for sharing
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
