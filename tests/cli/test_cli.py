@@ -132,3 +132,12 @@ def test_contract_script_passes():
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     p = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=3000)
     assert p.returncode == 0, p.stdout[-3000:]
+
+
+def test_time_limit_stops_training_early_with_a_usable_run(capsys, tmp_path, traj):
+    args = [a for a in TINY if a not in ("--epochs", "1")]
+    code, summary, err = run(capsys, "train", "--data", traj, *args, "--epochs", "100000", "--time-limit", "1",
+                             "--out", tmp_path / "r")
+    assert code == 0, err
+    assert 1 <= summary["epochs"] < 100000
+    assert run(capsys, "eval", tmp_path / "r", "--data", traj, "--split", "all")[0] == 0
