@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -257,7 +257,3 @@ class Trainer:
         self.optim.set_state(ckpt["optim"])
         self.state.update(ckpt["state"])
         torch.set_rng_state(ckpt["rng"])
-
-
-def config_dict(config) -> dict:
-    return asdict(config)
