@@ -52,12 +52,6 @@ class SequenceBatch(NamedTuple):
             assert self.u.shape[:2] == (B, T), (self.u.shape, self.x.shape)
         return self
 
-    def slice_steps(self, start: int, stop: int) -> "SequenceBatch":
-        """Steps ``start:stop`` of every sequence (lengths clipped to the window)."""
-        u = None if self.u is None else self.u[:, start:stop]
-        lengths = (self.lengths - start).clamp(0, stop - start)
-        return SequenceBatch(self.x[:, start:stop], u, self.mask[:, start:stop], lengths)
-
 
 def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
     """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch."""

@@ -63,9 +63,3 @@ class Normalizer:
             s = torch.tensor(self.x_std, dtype=y.dtype, device=y.device)
             return y * s + m
         return np.asarray(y) * np.float32(self.x_std) + np.float32(self.x_mean)
-
-    def x_scale_inverse(self, scale):
-        """Map a standard deviation in standardised units back to data units."""
-        if torch.is_tensor(scale):
-            return scale * torch.tensor(self.x_std, dtype=scale.dtype, device=scale.device)
-        return np.asarray(scale) * np.float32(self.x_std)

@@ -12,7 +12,7 @@ repeating the batch; shape checks at the public boundary.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import pyro
@@ -48,17 +48,6 @@ class ModelConfig:
     """Observation density: gaussian (continuous, learned diagonal scale) or bernoulli (binary)."""
     guide: str = "dks"
     """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})) or mean_field (q(z_t | x_{t:T}))."""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def observation_dist(params, likelihood: str) -> dist.TorchDistribution:
