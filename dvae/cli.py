@@ -147,7 +147,6 @@ def cmd_train(a) -> dict:
         write_config(run_dir, config)
 
     device = resolve_device(config.train.device)
-    pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
     trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),

@@ -152,6 +152,9 @@ class Trainer:
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
                  device=None):
         self.model, self.config = model, config
+        # pyro.module registers parameters by name: a store left by another model with the same names
+        # would be optimised instead of this one's, silently. Start from a clean store.
+        pyro.clear_param_store()
         self.train_xs, self.train_us = train_data
         self.valid_xs, self.valid_us = valid_data
         self.log_det = log_det_per_step

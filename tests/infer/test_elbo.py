@@ -102,3 +102,16 @@ def test_iw_bound_with_one_sample_is_an_unbiased_elbo_estimate(family):
     se = draws.std(0) / math.sqrt(400)
     assert ((draws.mean(0) - analytic).abs() < 5 * se + 0.05 * analytic.abs()).all()
     assert (iw1 >= analytic - 5 * se).all()  # IW bound with many samples is at least the ELBO
+
+
+def test_a_second_trainer_in_one_process_trains_its_own_model():
+    from dvae.infer.trainer import TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(6, 3, generator=g).numpy() for _ in range(8)]
+    cfg = ModelConfig("dmm", x_dim=3, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8)
+    for _ in range(2):  # no pyro.clear_param_store() between the two
+        model = build_model(cfg)
+        before = model.emitter.raw_scale.detach().clone()
+        Trainer(model, TrainConfig(epochs=1, batch_size=4, patience=0), (xs, None), (xs, None)).fit(progress=False)
+        assert not torch.equal(before, model.emitter.raw_scale)
