@@ -111,8 +111,8 @@ def cmd_train(a) -> dict:
     from dvae.data import Normalizer
     from dvae.infer.trainer import TrainConfig, Trainer, resolve_device
     from dvae.models import ModelConfig, build_model
-    from dvae.run import (BEST, CHECKPOINT, DataConfig, RunConfig, load_data, load_torch, read_config,
-                          read_metrics, save_torch, write_config, write_metrics)
+    from dvae.run import (BEST, CHECKPOINT, DataConfig, RunConfig, load_data, load_torch, read_config, save_torch,
+                          write_config)
 
     if a.resume:
         run_dir = a.resume
@@ -151,46 +151,56 @@ def cmd_train(a) -> dict:
     model = build_model(config.model).to(device)
     trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
                       normalizer.log_det_per_step, device)
-    rows = []
+    ckpt_path, best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     if a.resume:
-        trainer.load_checkpoint(load_torch(os.path.join(run_dir, CHECKPOINT), device))
-        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= trainer.state["epoch"]]
+        trainer.load_checkpoint(load_torch(ckpt_path, device))
+        _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
 
     def on_epoch(row, improved):
-        rows.append(row)
-        if improved:
-            save_torch(os.path.join(run_dir, BEST), {"model": model.state_dict(), "epoch": row["epoch"]})
-        save_torch(os.path.join(run_dir, CHECKPOINT), trainer.checkpoint())
-        write_metrics(run_dir, rows)
+        save_torch(ckpt_path, trainer.checkpoint())  # the one file that restores the run, written first
+        _write_derived(run_dir, trainer, best=improved)
         if not sys.stderr.isatty() and not a.no_progress:
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
                   f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     def on_signal(signum, frame):
-        raise KeyboardInterrupt
+        if trainer._stop_requested:  # a second signal: stop now (the last checkpoint stands)
+            raise KeyboardInterrupt
+        print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
+              "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
+        trainer.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    interrupted = False
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
-    except KeyboardInterrupt:  # the last completed epoch is already checkpointed
-        interrupted = True
-    if not rows:
-        raise RuntimeError("no epoch completed (is the time limit too short?)")
-    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        save_torch(os.path.join(run_dir, CHECKPOINT), trainer.checkpoint())
-    best = load_torch(os.path.join(run_dir, BEST), device)
-    model.load_state_dict(best["model"])
-    plots = write_train_plots(run_dir, model, config, data, normalizer, rows)
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    if trainer.stopped:
+        save_torch(ckpt_path, trainer.checkpoint())
     summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
                "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
                "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
                "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "plots": plots, "interrupted": interrupted}
-    if interrupted:
+               "faults": trainer.state["faults"], "interrupted": trainer.stopped}
+    if trainer.stopped:
         print(json.dumps(summary))
+        print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
+    if trainer.best_model is None:
+        raise RuntimeError("no epoch completed (is the time limit too short?)")
+    model.load_state_dict(trainer.best_model)
+    summary["plots"] = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows)
     return summary
+
+
+def _write_derived(run_dir, trainer, best: bool = True) -> None:
+    """metrics.jsonl and best.pt, both derived from the trainer's state (and so from checkpoint.pt)."""
+    from dvae.run import BEST, save_torch, write_metrics
+
+    write_metrics(run_dir, trainer.rows)
+    if best and trainer.best_model is not None:
+        save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
 
 
 def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
@@ -230,6 +240,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
 def cmd_eval(a) -> dict:
     import pyro
 
+    from dvae.errors import DataError
     from dvae.eval import kstep_report
     from dvae.infer.trainer import evaluate, resolve_device
     from dvae.run import load_data, load_model
@@ -256,7 +267,10 @@ def cmd_eval(a) -> dict:
         if a.context < 1 or a.horizon < 1:
             raise ValueError("--context and --horizon must be at least 1")
         train_xs, train_us = data.subset("train")
-        out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples))
+        try:
+            out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples))
+        except ValueError as e:  # e.g. no sequence as long as context + horizon
+            raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out
 
 

@@ -10,17 +10,19 @@ moment keeps its last complete version of each.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
 
 import torch
 
 from dvae.data import Normalizer, SequenceData, load_source
 from dvae.errors import RunDirError
 from dvae.infer.trainer import TrainConfig
-from dvae.models import ModelConfig, build_model
+from dvae.models import MODELS, ModelConfig, build_model
 
 CONFIG, METRICS, CHECKPOINT, BEST = "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt"
 
@@ -53,23 +55,86 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, path: str = CONFIG) -> "RunConfig":
-        def build(kind, value):
-            if not isinstance(value, dict):
-                raise RunDirError(f"{path}: '{kind.__name__}' section must be an object")
-            names = {f.name for f in fields(kind)}
-            unknown = sorted(set(value) - names)
-            if unknown:
-                raise RunDirError(f"{path}: unknown keys {unknown} in the {kind.__name__} section")
-            try:
-                return kind(**value)
-            except TypeError as e:
-                raise RunDirError(f"{path}: {e}") from None
-
+        """Build and validate a RunConfig from parsed JSON; anything else raises RunDirError naming the
+        file, the section and the key."""
         if not isinstance(d, dict) or not {"model", "train", "data"} <= set(d):
             raise RunDirError(f"{path}: expected an object with model, train and data sections")
-        norm = d.get("normalizer")
-        return cls(build(ModelConfig, d["model"]), build(TrainConfig, d["train"]), build(DataConfig, d["data"]),
-                   None if norm is None else build(Normalizer, norm), d.get("kind", "continuous"))
+        config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, d["train"], path, "train"),
+                     _build(DataConfig, d["data"], path, "data"),
+                     None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
+                     d.get("kind", "continuous"))
+        problem = config.problem()
+        if problem:
+            raise RunDirError(f"{path}: {problem}")
+        return config
+
+    def problem(self) -> Optional[str]:
+        """The first value that makes no sense, as 'section.key = value: why', or None."""
+        m, t, n = self.model, self.train, self.normalizer
+        checks = [
+            ("model.model", m.model, m.model in MODELS, f"one of {', '.join(MODELS)}"),
+            ("model.rnn_type", m.rnn_type, m.rnn_type in ("gru", "lstm", "rnn"), "gru, lstm or rnn"),
+            ("model.likelihood", m.likelihood, m.likelihood in ("gaussian", "bernoulli"), "gaussian or bernoulli"),
+            ("model.guide", m.guide, m.guide in ("dks", "mean_field"), "dks or mean_field"),
+            ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
+            ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
+            ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+            ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a positive number"),
+            ("train.optimizer", t.optimizer, t.optimizer in ("adam", "clipped_adam"), "adam or clipped_adam"),
+            ("train.device", t.device, t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("kind", self.kind, self.kind in ("continuous", "binary"), "continuous or binary"),
+        ]
+        checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")
+                   for k in ("x_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim")]
+        for name, value, ok, want in checks:
+            if not ok:
+                return f"{name} = {value!r}: expected {want}"
+        if n is None:
+            return "normalizer section missing"
+        if len(n.x_mean) != m.x_dim or len(n.x_std) != m.x_dim:
+            return f"normalizer.x_mean/x_std must have x_dim = {m.x_dim} entries"
+        if not all(math.isfinite(v) for v in n.x_mean) or not all(math.isfinite(v) and v > 0 for v in n.x_std):
+            return "normalizer.x_std must be positive and x_mean finite"
+        if (n.u_mean is None) != (m.u_dim == 0) or (n.u_mean is not None and
+                                                    (len(n.u_mean) != m.u_dim or len(n.u_std or []) != m.u_dim)):
+            return f"normalizer.u_mean/u_std must have u_dim = {m.u_dim} entries"
+        return None
+
+
+def _build(kind, value, path, section):
+    """Instantiate a config dataclass from a JSON object, checking keys and value types."""
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: the {section} section must be an object")
+    hints = typing.get_type_hints(kind)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        raise RunDirError(f"{path}: unknown keys {unknown} in the {section} section")
+    for key, v in value.items():
+        if not _is_instance(v, hints[key]):
+            raise RunDirError(f"{path}: {section}.{key} = {v!r} is not of type {_type_name(hints[key])}")
+    try:
+        return kind(**value)
+    except TypeError as e:
+        raise RunDirError(f"{path}: {section}: {e}") from None
+
+
+def _is_instance(v, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_is_instance(v, a) for a in args)
+    if hint is type(None):
+        return v is None
+    if origin in (list, List):
+        return isinstance(v, list) and all(_is_instance(x, args[0]) for x in v)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, hint)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def atomic_write_bytes(path: str, write) -> None:

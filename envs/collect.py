@@ -125,7 +125,8 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
     ``rewards`` (N, T) float32, ``terminated`` / ``truncated`` (N, T) bool,
     ``lengths`` (N,) int64, plus 0-d metadata arrays ``env_id``, ``policy``, ``seed``,
     ``action_space``, ``observation_space`` (str), ``discrete_actions`` (bool),
-    ``num_actions`` (int; -1 unless Discrete). Padding past ``lengths`` repeats the
+    ``num_actions`` (int; -1 unless Discrete), and for Box actions ``action_low`` /
+    ``action_high`` (act_dim,) float32, the bounds loaders check actions against. Padding past ``lengths`` repeats the
     last observation; actions and rewards are zero.
 
     Raises ValueError for an unknown env id, an unknown policy, non-positive
@@ -187,6 +188,8 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
         "observation_space": np.array(str(obs_space)),
         "discrete_actions": np.array(discrete),
         "num_actions": np.array(int(act_space.n) if discrete else -1, np.int64),
+        **({} if discrete else {"action_low": np.ravel(act_space.low).astype(np.float32),  # (act_dim,)
+                                "action_high": np.ravel(act_space.high).astype(np.float32)}),
     }
 
 

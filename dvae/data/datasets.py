@@ -88,8 +88,25 @@ def _first_nonfinite(path, name, arr, lengths=None):
         raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}")
 
 
-def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None) -> SequenceData:
-    """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`)."""
+def _check_bounds(path, actions, lengths, low, high):
+    """Raise DataError at the first real action outside [low, high]."""
+    low, high = np.asarray(low, np.float64).ravel(), np.asarray(high, np.float64).ravel()
+    if actions.ndim != 3 or low.shape != (actions.shape[2],) or high.shape != low.shape:
+        raise DataError(f"{path}: action_low/action_high must have shape (act_dim,) = ({actions.shape[-1]},)")
+    tol = 1e-5 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    real = (np.arange(actions.shape[1])[None, :] < lengths[:, None])[..., None]  # (N, T, 1)
+    bad = real & ((actions < low - tol) | (actions > high + tol))
+    if bad.any():
+        i, t, d = np.argwhere(bad)[0]
+        raise DataError(f"{path}: actions has {actions[i, t, d]} outside the action space "
+                        f"[{low[d]}, {high[d]}] at sequence {i}, step {t}, dim {d}")
+
+
+def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None) -> SequenceData:
+    """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`).
+
+    ``action_bounds``: optional (low, high) arrays (act_dim,) of a Box action space; actions outside
+    them (beyond a relative tolerance of 1e-5) are refused."""
     obs = np.asarray(obs)
     if obs.ndim == 2:
         obs = obs[..., None]  # (N, T+1, 1)
@@ -137,6 +154,8 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
             meta["num_actions"] = n_act
             actions = onehot
         _first_nonfinite(path, "actions", actions.astype(np.float64), lengths)
+        if action_bounds is not None:
+            _check_bounds(path, actions, lengths, *action_bounds)
         act = np.concatenate([actions, np.zeros_like(actions[:, :1])], axis=1).astype(np.float32)  # (N, T+1, u_dim)
         us = [act[i, :num_obs[i]] for i in range(N)]
     return SequenceData(xs, us, split_indices(N), "continuous", path, meta)
@@ -159,7 +178,10 @@ def load_npz(path: str) -> SequenceData:
         except ValueError as e:
             raise DataError(f"{path}: {e}") from None
     meta = {k: v.item() for k, v in arrays.items() if v.ndim == 0}
-    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta)
+    bounds = None
+    if "action_low" in arrays and "action_high" in arrays:
+        bounds = (arrays["action_low"], arrays["action_high"])
+    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds)
 
 
 def load_polyphonic(path: str) -> SequenceData:
@@ -197,7 +219,8 @@ def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> Sequen
 
     d = collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
     meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
-    return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta)
+    return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta,
+                             (d["action_low"], d["action_high"]))
 
 
 def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:

@@ -7,6 +7,7 @@ non-finite updates). Each update maximises the per-step ELBO of a batch: model a
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -141,13 +142,30 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
     return out
 
 
+class TrainingDiverged(FloatingPointError):
+    """Raised when non-finite updates persist after ``max_fault_retries`` restores."""
+
+
 class Trainer:
     """Fits a model by SVI on the per-step dynamical ELBO.
 
-    ``state`` holds everything a resumed run needs (epoch, update count, best bound, RNG state);
-    :meth:`checkpoint` and :meth:`load_checkpoint` round-trip it with the parameters and the
-    optimiser's state. ``on_epoch(row)`` is called after each epoch with its metrics row.
+    ``state`` holds everything a resumed run needs (epoch, position inside the epoch, update count,
+    best bound, the partial epoch's sums); :meth:`checkpoint` and :meth:`load_checkpoint` round-trip
+    it with the parameters, the best parameters, the optimiser's state, the RNG state and the metrics
+    rows, so that one file restores a run exactly.
+
+    Faults: an update whose loss or gradient is not finite is skipped; the parameters and optimiser
+    state go back to the last good snapshot (taken every ``snapshot_every`` good updates), the learning
+    rate is multiplied by ``fault_lr_factor``, and training carries on; after ``max_fault_retries``
+    faults it raises :class:`TrainingDiverged`.
+
+    Stopping: :meth:`request_stop` (e.g. from a signal handler) makes :meth:`fit` return at the next
+    update boundary with ``stopped=True``; a checkpoint taken then resumes mid-epoch exactly.
     """
+
+    snapshot_every = 20
+    fault_lr_factor = 0.5
+    max_fault_retries = 5
 
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
                  device=None):
@@ -171,7 +189,13 @@ class Trainer:
         self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
         self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
-                      "train_seconds": 0.0, "skipped_updates": 0}
+                      "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
+                      "batch_in_epoch": 0, "partial": {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}}
+        self.rows: List[dict] = []
+        self.best_model = None
+        self.stopped = False
+        self._stop_requested = False
+        self._snapshot = None
 
     # scaled programs: per-step ELBO of the batch, annealed KL
     def _model(self, batch, annealing_factor, scale):
@@ -186,49 +210,106 @@ class Trainer:
             return 1.0
         return min(1.0, self.config.kl_start + (1.0 - self.config.kl_start) * step / warm)
 
-    def train_epoch(self, deadline: Optional[float] = None) -> Dict[str, float]:
-        """One pass over the shuffled training set; returns the epoch's metrics."""
+    def request_stop(self) -> None:
+        """Ask :meth:`fit` to return at the next update boundary (safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    # --- faults -------------------------------------------------------------------------------------
+    def _optim_state(self) -> dict:
+        return copy.deepcopy(self.optim.get_state())
+
+    def _take_snapshot(self) -> None:
+        self._snapshot = (copy.deepcopy(self.model.state_dict()), self._optim_state())
+
+    def _set_lr_scale(self, scale: float) -> None:
+        self.state["lr_scale"] = scale
+        lr = self.config.lr * scale
+        self.optim.pt_optim_args["lr"] = lr  # optimisers created later
+        for opt in self.optim.optim_objs.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _recover(self) -> None:
+        self.state["faults"] += 1
+        if self.state["faults"] > self.max_fault_retries:
+            raise TrainingDiverged(f"training diverged: {self.state['faults']} non-finite updates (loss or gradient); "
+                                   f"the learning rate was lowered to {self.config.lr * self.state['lr_scale']:.3g}; "
+                                   "the last checkpoint is kept")
+        if self._snapshot is not None:
+            model_state, optim_state = self._snapshot
+            self.model.load_state_dict(model_state)
+            store = pyro.get_param_store()
+            for p, opt in self.optim.optim_objs.items():
+                name = store.param_name(p)
+                if name in optim_state:
+                    opt.load_state_dict(copy.deepcopy(optim_state[name]))
+        self._set_lr_scale(self.state["lr_scale"] * self.fault_lr_factor)
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def train_epoch(self, deadline: Optional[float] = None) -> Optional[Dict[str, float]]:
+        """Train through the rest of the current epoch (the shuffle is a function of seed and epoch, so
+        an epoch resumed at batch k sees the same batches). Returns the epoch's metrics, or None if it
+        stopped early on request (the partial sums stay in ``state``)."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
-        loss_sum, steps_sum, skipped = 0.0, 0, 0
+        acc = self.state["partial"]
         start = time.perf_counter()
-        for batch in batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen):
-            n = int(batch.lengths.sum())
-            a = self.annealing_factor(self.state["step"])
-            loss = self.svi.step(batch.to(self.device), a, 1.0 / n)
-            self.state["step"] += 1
-            if math.isnan(loss):
-                skipped += 1
-            else:
-                loss_sum += loss * n
-                steps_sum += n
-            if deadline is not None and time.perf_counter() > deadline:
+        t_last = start
+        for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen)):
+            if i < self.state["batch_in_epoch"]:
+                continue
+            if self._stop_requested:
+                self.stopped = True
                 break
-        seconds = time.perf_counter() - start
-        self.state["skipped_updates"] += skipped
-        if steps_sum == 0:
-            raise FloatingPointError("every update of the epoch gave a non-finite loss or gradient")
-        return {"train_loss": loss_sum / steps_sum + self.log_det, "epoch_seconds": seconds,
-                "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": skipped}
+            if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
+                self._take_snapshot()
+            n = int(batch.lengths.sum())
+            loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), 1.0 / n)
+            if math.isnan(loss):
+                acc["skipped"] += 1
+                self._recover()
+            else:
+                acc["loss_sum"] += loss * n
+                acc["steps_sum"] += n
+            self.state["step"] += 1
+            self.state["batch_in_epoch"] = i + 1
+            now = time.perf_counter()
+            acc["seconds"] += now - t_last
+            t_last = now
+            if deadline is not None and now > deadline:
+                break
+        self.state["train_seconds"] += time.perf_counter() - start
+        if self.stopped:
+            return None
+        self.state["batch_in_epoch"] = 0
+        self.state["partial"] = {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}
+        self.state["skipped_updates"] += acc["skipped"]
+        if acc["steps_sum"] == 0:
+            raise TrainingDiverged("every update of the epoch gave a non-finite loss or gradient")
+        return {"train_loss": acc["loss_sum"] / acc["steps_sum"] + self.log_det, "epoch_seconds": acc["seconds"],
+                "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
+                "lr": self.config.lr * self.state["lr_scale"]}
 
     def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True) -> List[dict]:
-        """Train until ``epochs`` (total), the time limit, or early stopping. ``on_epoch(row, improved)``
-        runs after every epoch (write metrics and checkpoints there). Returns the rows of this call."""
+        """Train until ``epochs`` (total), the time limit, early stopping or :meth:`request_stop`.
+        ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows."""
         from tqdm.auto import tqdm
 
         c = self.config
         t0 = time.perf_counter()
         budget = None if c.time_limit is None else c.time_limit - self.state["train_seconds"]
         deadline = None if budget is None else t0 + budget
-        rows = []
         bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
                    dynamic_ncols=True, leave=False)
-        while self.state["epoch"] < c.epochs:
+        while self.state["epoch"] < c.epochs and not self.stopped:
             if deadline is not None and time.perf_counter() >= deadline:
                 break
+            if c.patience and self.state["since_best"] >= c.patience:
+                break
             row = self.train_epoch(deadline)
+            if row is None:
+                break
             self.state["epoch"] += 1
-            self.state["train_seconds"] += row["epoch_seconds"]
             valid = evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, c.eval_batch_size,
                              device=self.device)
             row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
@@ -236,27 +317,29 @@ class Trainer:
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
             if improved:
                 self.state.update(best_valid=valid["neg_elbo_per_step"], best_epoch=self.state["epoch"], since_best=0)
+                self.best_model = copy.deepcopy(self.model.state_dict())
             else:
                 self.state["since_best"] += 1
-            rows.append(row)
+            self.rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", valid=f"{row['valid_neg_elbo_per_step']:.3f}")
             if on_epoch is not None:
                 on_epoch(row, improved)
-            if c.patience and self.state["since_best"] >= c.patience:
-                break
         bar.close()
-        return rows
+        return self.rows
 
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict:
-        """Everything to resume: parameters, optimiser state, trainer state, RNG state (all tensors
-        and plain containers, loadable with ``torch.load(weights_only=True)``)."""
-        return {"model": self.model.state_dict(), "optim": self.optim.get_state(), "state": dict(self.state),
-                "rng": torch.get_rng_state()}
+        """Everything to resume: parameters, best parameters, optimiser state, trainer state, RNG state
+        and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
+        return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
+                "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
+        self.best_model = ckpt.get("best_model")
         self.optim.set_state(ckpt["optim"])
         self.state.update(ckpt["state"])
+        self._set_lr_scale(self.state["lr_scale"])
+        self.rows = list(ckpt.get("rows", []))
         torch.set_rng_state(ckpt["rng"])
