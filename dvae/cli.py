@@ -155,6 +155,8 @@ def cmd_train(a) -> dict:
     if a.resume:
         trainer.load_checkpoint(load_torch(ckpt_path, device))
         _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
+    else:  # from the first moment on, the run directory can be evaluated and resumed
+        save_torch(ckpt_path, trainer.checkpoint())
 
     def on_epoch(row, improved):
         save_torch(ckpt_path, trainer.checkpoint())  # the one file that restores the run, written first

@@ -8,6 +8,8 @@ and padding happen in :func:`dvae.data.batch.collate`.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -143,7 +145,7 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
             if not np.issubdtype(actions.dtype, np.integer):
                 raise DataError(f"{path}: 2-D actions must be integer (discrete), got {actions.dtype}")
             n_act = int(meta.get("num_actions", -1))
-            n_act = n_act if n_act > 0 else int(actions.max()) + 1
+            n_act = n_act if n_act > 0 else max(1, int(actions.max()) + 1 if actions.size else 1)
             for i in range(N):
                 a = actions[i, :lengths[i]]
                 bad = np.flatnonzero((a < 0) | (a >= n_act))
@@ -156,7 +158,9 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         _first_nonfinite(path, "actions", actions.astype(np.float64), lengths)
         if action_bounds is not None:
             _check_bounds(path, actions, lengths, *action_bounds)
-        act = np.concatenate([actions, np.zeros_like(actions[:, :1])], axis=1).astype(np.float32)  # (N, T+1, u_dim)
+        last = np.zeros((N, 1, actions.shape[2]), np.float32)  # no control after the last observation
+        act = np.concatenate([actions.astype(np.float32), last], axis=1)  # (N, T+1, u_dim)
+        act[np.arange(T1)[None, :] >= lengths[:, None]] = 0.0  # padding (and each episode's last slot)
         us = [act[i, :num_obs[i]] for i in range(N)]
     return SequenceData(xs, us, split_indices(N), "continuous", path, meta)
 
@@ -164,24 +168,34 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
 def load_npz(path: str) -> SequenceData:
     """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
     (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
     try:
         f = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    except unreadable as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not an .npz archive (a single array?)")
     with f:
         if "obs" not in f.files:
             raise DataError(f"{path}: no 'obs' array (found {', '.join(f.files) or 'nothing'})")
         try:
             arrays = {k: f[k] for k in f.files}
-        except ValueError as e:
-            raise DataError(f"{path}: {e}") from None
+        except unreadable as e:
+            raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     meta = {k: v.item() for k, v in arrays.items() if v.ndim == 0}
     bounds = None
     if "action_low" in arrays and "action_high" in arrays:
         bounds = (arrays["action_low"], arrays["action_high"])
     return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds)
+
+
+def _is_note(n) -> bool:
+    """A MIDI note number of the 88-key range: an integer (or integral float) in 21..108."""
+    if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)):
+        return False
+    return float(n).is_integer() and PIANO_LOW <= n < PIANO_LOW + PIANO_KEYS
 
 
 def load_polyphonic(path: str) -> SequenceData:
@@ -195,17 +209,20 @@ def load_polyphonic(path: str) -> SequenceData:
         raise DataError(f"{path}: expected a dict with keys train, valid, test")
     xs, splits = [], {}
     for split in SPLITS:
+        if not isinstance(data[split], (list, tuple)):
+            raise DataError(f"{path}: {split} must be a list of sequences")
         splits[split] = []
         for i, seq in enumerate(data[split]):
-            if len(seq) == 0:
-                raise DataError(f"{path}: {split} sequence {i} has no time steps")
+            if not isinstance(seq, (list, tuple)) or len(seq) == 0:
+                raise DataError(f"{path}: {split} sequence {i} has no time steps (or is not a list)")
             roll = np.zeros((len(seq), PIANO_KEYS), dtype=np.float32)  # (L_i, 88)
             for t, notes in enumerate(seq):
+                if not isinstance(notes, (list, tuple, set, frozenset)):
+                    raise DataError(f"{path}: {split} sequence {i}, step {t}: expected a tuple of notes, got {notes!r}")
                 for n in notes:
-                    k = int(n) - PIANO_LOW
-                    if not (0 <= k < PIANO_KEYS) or int(n) != n:
+                    if not _is_note(n):
                         raise DataError(f"{path}: {split} sequence {i}, step {t}: note {n!r} outside 21..108")
-                    roll[t, k] = 1.0
+                    roll[t, int(n) - PIANO_LOW] = 1.0
             splits[split].append(len(xs))
             xs.append(roll)
     if not splits["train"]:

@@ -55,5 +55,7 @@ def safe_load(path: str):
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path}: not a loadable data pickle: {e}") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a loadable data pickle: nested too deeply") from None
+    except Exception as e:  # any malformed stream: truncated, oversized, refused classes, bad opcodes
+        raise DataError(f"{path}: not a loadable data pickle: {type(e).__name__}: {e}") from None
