@@ -5,35 +5,60 @@
 Each per-step KL is computed in closed form given the sampled z_{t-1}: this is what Pyro's
 ``TraceMeanField_ELBO`` does for per-step Normal sites (the model and guide here satisfy its
 condition: the guide's z_t depends on no later latent, so the model's parents of z_t are never
-descendants of z_t in the guide). :class:`DynamicalELBO` is that estimator plus free bits.
+descendants of z_t in the guide). :class:`DynamicalELBO` is that estimator plus free bits, written
+once for both forms of every program:
+
+- per-step programs (``model``/``guide``): one latent site per step, whose KL is one column;
+- time-vectorized programs (``model_vectorized``/``guide_vectorized``): the path is one site whose
+  distributions (``dvae.models.paths``) give the per-step KL of every step at once, (B, T) columns.
+
+:func:`site_kl_steps` turns a latent site of either kind into KL columns (batch entries x steps), and
+everything else (scaling, annealing, free bits per step, ``elbo_terms``) works on those columns.
 KL annealing is ``poutine.scale`` on the latent sites (the ``annealing_factor`` of every model).
+
+Usage, for either form::
+
+    model, guide = dvae_model.programs(vectorized=True)   # or (dvae_model.model, dvae_model.guide)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), DynamicalELBO(free_bits=0.0))
+    svi.step(batch, annealing_factor)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, NamedTuple
 
 import torch
 from pyro import poutine
 from pyro.distributions import MaskedDistribution
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
 from torch.distributions import kl_divergence
 
 from dvae.models.base import repeat_batch
+from dvae.models.paths import as_path, observed_step_log_prob, steps_kl
 
 
-def _site_kl(guide_site, model_site) -> torch.Tensor:
-    """KL(q || p) of one latent site, masked, unscaled: batch-shaped (B,)."""
-    kl = kl_divergence(guide_site["fn"], model_site["fn"])
-    return scale_and_mask(kl, mask=guide_site["mask"])
+class SiteKL(NamedTuple):
+    """The KL of one latent site, as columns: ``kl`` (B, S) masked and unscaled, ``real`` (B, S) bool
+    (which entries are real), ``dims`` latent dimensions per column, ``steps`` whether the S columns are
+    the steps 0 .. T-1 of a path site (else S = 1: the site's own step), ``analytic`` whether it is in
+    closed form (else the one-draw estimate log q(z) - log p(z))."""
+
+    kl: torch.Tensor
+    real: torch.Tensor
+    dims: int
+    steps: bool
+    analytic: bool
 
 
-def _num_real(site, kl: torch.Tensor) -> torch.Tensor:
-    """How many batch entries of a site are real (not masked out), from ``.mask(...)`` or poutine.mask."""
-    mask = torch.ones_like(kl, dtype=torch.bool)
+def _site_mask(site, like: torch.Tensor) -> torch.Tensor:
+    """The batch mask of a per-step site (B,): ``.mask(...)`` wrappers and poutine.mask."""
+    mask = torch.ones_like(like, dtype=torch.bool)
     fn = site["fn"]
     while hasattr(fn, "base_dist"):  # Masked / Expanded / Independent wrappers
         if isinstance(fn, MaskedDistribution) and torch.is_tensor(fn._mask):
@@ -41,24 +66,79 @@ def _num_real(site, kl: torch.Tensor) -> torch.Tensor:
         fn = fn.base_dist
     if torch.is_tensor(site["mask"]):
         mask = mask & site["mask"]
-    return mask.sum()
+    return mask
+
+
+def _with_batch_mask(mask, extra):
+    if extra is None or extra is True:
+        return mask
+    return mask & (extra if torch.is_tensor(extra) else torch.tensor(bool(extra)))
+
+
+def site_kl_steps(guide_site, model_site) -> SiteKL:
+    """KL(q || p) of one latent site in columns: a path site gives every step's closed-form KL given the
+    drawn path (B, T); a per-step site its closed-form KL (B, 1); a site with no closed form the
+    one-draw estimate log q(z) - log p(z) (B, 1), flagged ``analytic=False``."""
+    q_fn, p_fn = guide_site["fn"], model_site["fn"]
+    q, q_mask = as_path(q_fn)
+    p, p_mask = as_path(p_fn)
+    if q is not None and p is not None:
+        extra = _with_batch_mask(_with_batch_mask(torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device),
+                                                  q_mask), guide_site["mask"])  # (B,)
+        kl = steps_kl(q, p)  # (B, T), zero on padded steps
+        real = extra[..., None] if q.mask is None else q.mask & extra[..., None]
+        kl = torch.where(extra[..., None], kl, kl.new_zeros(()))
+        return SiteKL(kl, real.expand_as(kl), q.event_shape[-1], True, True)
+    try:
+        kl = kl_divergence(q_fn, p_fn)  # batch shape, masked by the sites' .mask(...)
+        analytic = True
+    except NotImplementedError:  # sampled, as TraceMeanField_ELBO falls back
+        value = guide_site["value"]
+        kl = q_fn.log_prob(value) - p_fn.log_prob(value)
+        analytic = False
+    if not torch.is_tensor(kl):  # a KL masked out entirely comes back as the number 0
+        kl = torch.zeros(q_fn.batch_shape, device=guide_site["value"].device)
+    kl = scale_and_mask(kl, mask=guide_site["mask"])
+    real = _site_mask(guide_site, kl)
+    return SiteKL(kl[..., None], real[..., None], q_fn.event_shape.numel(), False, analytic)
 
 
 class DynamicalELBO(TraceMeanField_ELBO):
-    """TraceMeanField_ELBO (analytic per-step KL given the sampled past) with optional free bits.
+    """The factorized dynamical ELBO (analytic per-step KL given the sampled past) with optional free
+    bits, for per-step and time-vectorized programs alike.
 
-    Free bits (Kingma et al. 2016): a latent site's KL, summed over the batch, is counted as at least
-    ``free_bits`` nats per latent dimension per real sequence, so the optimiser gains nothing by pushing
-    it lower. With ``free_bits=0`` this is exactly ``TraceMeanField_ELBO``.
+    Free bits (Kingma et al. 2016): each step's KL of a latent site, summed over the batch, is counted as
+    at least ``free_bits`` nats per latent dimension per real sequence, so the optimiser gains nothing by
+    pushing it lower. With ``free_bits=0`` this is ``TraceMeanField_ELBO`` (same value and gradients
+    on per-step programs; on vectorized ones, the same as on the per-step form of the same program).
+
+    It computes only what the estimator uses: log densities of the observed sites, and the KL columns
+    of the latent ones (no log densities of latent sites unless a KL has no closed form).
     """
 
     def __init__(self, num_particles: int = 1, free_bits: float = 0.0, **kwargs):
         super().__init__(num_particles=num_particles, **kwargs)
         self.free_bits = free_bits
 
+    def _get_trace(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
+            *args, **kwargs)
+        validate = is_validation_enabled()
+        if validate:
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+            check_if_enumerated(guide_trace)
+            _check_mean_field_requirement(model_trace, guide_trace)
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
+        if validate:
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample" and site["is_observed"]:
+                    check_site_shape(site, self.max_plate_nesting)
+        return model_trace, guide_trace
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        if self.free_bits <= 0:
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
         elbo = 0.0
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
@@ -67,12 +147,31 @@ class DynamicalELBO(TraceMeanField_ELBO):
                 elbo = elbo + model_site["log_prob_sum"]
                 continue
             guide_site = guide_trace.nodes[name]
-            kl = _site_kl(guide_site, model_site)  # (B,)
-            n_real = _num_real(guide_site, kl)
-            floor = self.free_bits * guide_site["fn"].event_shape.numel() * n_real
-            elbo = elbo - guide_site["scale"] * torch.maximum(kl.sum(), floor)
+            if not guide_site["fn"].has_rsample:
+                raise NotImplementedError(f"DynamicalELBO needs reparameterized latent sites; {name!r} is not")
+            site = site_kl_steps(guide_site, model_site)
+            kl = site.kl.reshape(-1, site.kl.shape[-1]).sum(0)  # (S,): each column summed over the batch
+            if self.free_bits > 0:
+                n_real = site.real.reshape(-1, site.real.shape[-1]).sum(0)  # (S,)
+                kl = torch.maximum(kl, self.free_bits * site.dims * n_real)
+            elbo = elbo - guide_site["scale"] * kl.sum()
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as TraceMeanField_ELBO
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                assert guide_site["infer"].get("is_auxiliary")
+                log_q = guide_site["fn"].log_prob(guide_site["value"])
+                elbo = elbo - scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
         loss = -elbo
-        return loss.detach().item(), loss
+        # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss
+        # returns loss + (surrogate - surrogate.item()), which would double the gradient of a tensor loss
+        return torch_item(loss), loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        with torch.no_grad():
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[0] / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
 
 
 def _sample_sites(trace):
@@ -92,6 +191,7 @@ def _traces(model: Callable, guide: Callable, batch):
 def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) -> Dict[str, torch.Tensor]:
     """Per-sequence and per-step terms of the dynamical ELBO (the estimator of DynamicalELBO, free
     bits and annealing off), averaged over ``num_particles`` draws (vectorised by repeating the batch).
+    ``model``/``guide``: either form of a program (per-step or time-vectorized).
 
     Returns ``log_lik`` (B, T): log p(x_t | z_t) (zero on padding); ``kl`` (B, T): the per-step KL
     (the VRAE's single KL is put at step 0); ``elbo`` (B,): their sums, log_lik - kl.
@@ -101,11 +201,18 @@ def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) 
     log_lik = batch.x.new_zeros(num_particles * B, T)  # (S*B, T)
     kl = batch.x.new_zeros(num_particles * B, T)
     for name, site in _sample_sites(model_trace):
-        t = int(name.split("_")[1]) if "_" in name else 0
+        t = int(name.split("_")[1]) if "_" in name else 0  # per-step sites x_t, z_t; the VRAE's z at 0
         if site["is_observed"]:
-            log_lik[:, t] += site["log_prob"]
+            if len(site["fn"].event_shape) == 2:  # a vectorized program's x: (T, x_dim)
+                log_lik += observed_step_log_prob(site["fn"], site["value"])
+            else:
+                log_lik[:, t] += site["log_prob"]
         else:
-            kl[:, t] += _site_kl(guide_trace.nodes[name], site)
+            columns = site_kl_steps(guide_trace.nodes[name], site)
+            if columns.steps:
+                kl += columns.kl
+            else:
+                kl[:, t] += columns.kl[:, 0]
     log_lik = log_lik.reshape(num_particles, B, T).mean(0)
     kl = kl.reshape(num_particles, B, T).mean(0)
     return {"log_lik": log_lik, "kl": kl, "elbo": log_lik.sum(1) - kl.sum(1)}
@@ -113,7 +220,8 @@ def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) 
 
 @torch.no_grad()
 def iw_bound(model: Callable, guide: Callable, batch, num_samples: int, chunk: int = 64) -> torch.Tensor:
-    """The K-sample importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k | x), per sequence (B,).
+    """The K-sample importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k | x), per sequence (B,),
+    for either form of a program.
 
     Draws are vectorised ``chunk`` at a time by repeating the batch.
     """

@@ -5,7 +5,19 @@ A model is an ``nn.Module`` whose ``model(batch)`` and ``guide(batch)`` are Pyro
 (``z_0 .. z_{T-1}``) and observations (``x_0 .. x_{T-1}``), sequences in ``pyro.plate("sequences")``,
 time in ``pyro.markov``, and padded steps masked out.
 
-What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``_predict_samples``.
+Every model also has a time-vectorized form of the same program, ``model_vectorized(batch,
+annealing_factor=1.0)`` / ``guide_vectorized(...)``: the latent path is ONE site ``"z"`` (batch shape
+(B,), event shape (T, z_dim); the VRAE's single ``"z"`` is unchanged) and the observations ONE site
+``"x"`` (event shape (T, x_dim)), padded steps masked out inside the distributions
+(``dvae.models.paths``). The guide still samples step by step where it must (z_t depends on z_{t-1}),
+drawing the same normals in the same order as the per-step guide, so the two forms give the same ELBO
+and the same gradients on the same seed; the model scores every step in batched calls.
+:class:`dvae.infer.DynamicalELBO` scores both forms (analytic per-step KL, annealing, free bits).
+``programs(vectorized=True)`` returns the (model, guide) pair of either form. The per-step form is
+what ``encode``, ``generate``, ``predict``, ``reconstruct`` run (they read per-step site names).
+
+What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``model_vectorized``,
+``guide_vectorized``, ``_predict_samples``.
 What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``; sample-vectorisation by
 repeating the batch; shape checks at the public boundary.
 """
@@ -85,6 +97,18 @@ class DynamicalVAE(nn.Module):
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         raise NotImplementedError
+
+    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """The same p(x, z | u) with the latent path and the observations as one site each."""
+        raise NotImplementedError
+
+    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """The same q(z | x, u) with the latent path as one site."""
+        raise NotImplementedError
+
+    def programs(self, vectorized: bool = True):
+        """(model, guide): the time-vectorized Pyro programs, or the per-step ones."""
+        return (self.model_vectorized, self.guide_vectorized) if vectorized else (self.model, self.guide)
 
     def _check(self, batch: SequenceBatch) -> SequenceBatch:
         batch.check()

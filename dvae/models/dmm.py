@@ -8,6 +8,12 @@ Generative story, for each sequence::
 
 Guide (structured, "DKS"): a backward RNN reads (x_t, u_t) from the end, giving h_t, a summary of
 x_{t:T}; q(z_t | z_{t-1}, h_t) is the Combiner. The mean-field variant drops z_{t-1}.
+
+Two forms of the same program (see ``dvae.models.base``): ``model``/``guide`` with a site per step,
+and ``model_vectorized``/``guide_vectorized`` with the path as one site ``"z"`` (B, T, z_dim) and the
+observations as one site ``"x"`` (B, T, x_dim). In the vectorized guide only the combiner runs step
+by step (z_t needs z_{t-1}); the model computes the transition of every step in one batched call on
+the replayed path, and the emitter of every step in another.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
+from dvae.models.paths import GuidePath, PriorPath, observation_path
 from dvae.nn import Combiner, Emitter, GatedTransition, InitialState, SequenceEncoder
 
 
@@ -72,6 +79,57 @@ class DMM(DynamicalVAE):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(batch.mask[:, t]))
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
+
+    # --- the time-vectorized program ---------------------------------------------------------------
+    def _prior_params(self, z, batch: SequenceBatch):
+        """loc, scale (B, T, z_dim) of p(z_t | z_{t-1}, u_{t-1}) for every t at once, given the path z."""
+        B = batch.batch_size
+        loc_0, scale_0 = self.initial(B)  # (B, z_dim)
+        if batch.num_steps == 1:
+            return loc_0[:, None], scale_0[:, None]
+        loc, scale = self.transition(z[:, :-1], None if batch.u is None else batch.u[:, :-1])  # (B, T-1, z_dim)
+        return torch.cat([loc_0[:, None], loc], 1), torch.cat([scale_0[:, None], scale], 1)
+
+    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """p(x, z | u) with the path as one site. Returns the latent path (B, T, z_dim)."""
+        pyro.module("dmm", self)
+        B, T, z_dim = batch.batch_size, batch.num_steps, self.config.z_dim
+        prior = PriorPath(lambda z: self._prior_params(z, batch), (B, T, z_dim), batch.mask,
+                          step=lambda t, z_prev: self._prior(t, z_prev, batch))
+        with pyro.plate("sequences", B, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", prior)  # (B, T, z_dim)
+            x_dist = observation_dist(self.emitter(z), self.config.likelihood)  # batch (B, T)
+            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
+        return z
+
+    def guide_path(self, batch: SequenceBatch):
+        """Draw a path from q(z | x, u), plain torch: (loc, scale, path), each (B, T, z_dim).
+
+        Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step); only
+        the combiner runs step by step.
+        """
+        B, T = batch.batch_size, batch.num_steps
+        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
+        if self.combiner.mean_field:  # q(z_t | h_t): every step's parameters at once
+            loc, scale = self.combiner(None, h)  # (B, T, z_dim)
+            eps = torch.stack([torch.empty_like(loc[:, 0]).normal_() for _ in range(T)], 1)
+            return loc, scale, loc + eps * scale
+        z, locs, scales, zs = self.z_q_0.expand(B, -1), [], [], []
+        for t in range(T):
+            loc_t, scale_t = self.combiner(z, h[:, t])  # (B, z_dim)
+            z = loc_t + torch.empty_like(loc_t).normal_() * scale_t  # as Normal.rsample
+            locs.append(loc_t), scales.append(scale_t), zs.append(z)
+        return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)
+
+    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """q(z | x, u) with the path as one site. Returns the sampled latent path (B, T, z_dim)."""
+        pyro.module("dmm", self)
+        loc, scale, path = self.guide_path(batch)
+        with pyro.plate("sequences", batch.batch_size, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                return pyro.sample("z", GuidePath(loc, scale, path, batch.mask))
 
     def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
         z_path = self.guide(context)  # (N, C, z_dim)

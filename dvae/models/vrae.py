@@ -8,6 +8,10 @@ One latent code per sequence::
     x_t ~ Emitter(s_t)
 
 Guide: an encoder RNN reads (x_t, u_t) forward; its state at the last real step gives q(z | x, u).
+
+The time-vectorized form (``model_vectorized``/``guide_vectorized``) differs only in the observations:
+one site ``"x"`` (B, T, x_dim) scored with one emitter call over every step; ``"z"`` is one site in
+both forms, and ``guide_vectorized`` is ``guide``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
+from dvae.models.paths import observation_path
 from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn
 
 
@@ -48,6 +53,11 @@ class VRAE(DynamicalVAE):
             return batch.x.new_zeros(B, T, 1)
         return torch.cat([batch.u.new_zeros(B, 1, batch.u_dim), batch.u[:, :-1]], 1)
 
+    def posterior_params(self, batch: SequenceBatch):
+        """loc, scale (B, z_dim) of q(z | x, u)."""
+        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        return self.posterior(self.encoder.final(y, batch.lengths))
+
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u). Returns z (B, z_dim)."""
         pyro.module("vrae", self)
@@ -65,11 +75,27 @@ class VRAE(DynamicalVAE):
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u). Returns z (B, z_dim)."""
         pyro.module("vrae", self)
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
-        loc, scale = self.posterior(self.encoder.final(y, batch.lengths))
+        loc, scale = self.posterior_params(batch)
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             with poutine.scale(scale=annealing_factor):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """p(x, z | u) with the observations of every step as one site. Returns z (B, z_dim)."""
+        pyro.module("vrae", self)
+        B = batch.batch_size
+        with pyro.plate("sequences", B, dim=-1):
+            zeros = batch.x.new_zeros(B, self.config.z_dim)
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
+            s = self._decode(z, self._shifted_controls(batch))  # (B, T, rnn_dim)
+            x_dist = observation_dist(self.emitter(s), self.config.likelihood)  # batch (B, T)
+            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
+        return z
+
+    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """q(z | x, u): the per-step guide already has one site."""
+        return self.guide(batch, annealing_factor)
 
     def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
         N, C = context.batch_size, context.num_steps

@@ -8,6 +8,14 @@ the latent at each step is drawn from a prior that reads it::
     h_t = f(phi_x(x_t), phi_z(z_t), u_t, h_{t-1})
 
 Guide: q(z_t | x_t, h_{t-1}) = N(Posterior(phi_x(x_t), h_{t-1})), filtering, sharing f with the model.
+
+The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
+(B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
+needs z_t); the model, given the replayed path and the observed x, knows every input of the
+recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``), then the prior
+and the emitter of every step in one batched call each. Its ``"z"`` site is the product of
+p(z_t | h_{t-1}) with h built from the OBSERVED x_{<t}, so the vectorized model is a scoring program:
+it cannot run unconditioned (``generate`` and ``predict`` use the per-step program).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
+from dvae.models.paths import GuidePath, PriorPath, observation_path
 from dvae.nn import Emitter, GaussianHead, Recurrence
 
 
@@ -73,6 +82,71 @@ class VRNN(DynamicalVAE):
                 state = self._step(x, z, self._u(batch, t), state)
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
+
+    # --- the time-vectorized program ---------------------------------------------------------------
+    def path_features(self, phi_x, z, u):
+        """(phi_z(z), h_{t-1}) for every t, given phi_x(x) (B, T, feat), the path z (B, T, z_dim) and
+        the controls: the emitter's input is their concatenation and the prior reads h_{t-1}."""
+        phi_z = self.phi_z(z)
+        return phi_z, self._scan(phi_x, phi_z, u)
+
+    def _scan(self, phi_x, phi_z, u):
+        """h_{t-1} for every t (B, T, rnn_dim), h_{-1} being the learned initial state, from the features
+        of the observed x and of the path z (B, T, feat) and the controls: one multi-step RNN call."""
+        B, T = phi_x.shape[:2]
+        state = self.recurrence.initial(B)
+        h_init = Recurrence.output(state)[:, None]  # (B, 1, rnn_dim)
+        if T == 1:
+            return h_init
+        parts = [phi_x[:, :-1], phi_z[:, :-1]] + ([] if u is None else [u[:, :-1]])
+        h = self.recurrence.scan(torch.cat(parts, -1), state)  # h_0 .. h_{T-2}
+        return torch.cat([h_init, h], 1)
+
+    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """p(x, z | u) with the path and the observations as one site each, for scoring with x
+        observed. Returns the latent path (B, T, z_dim)."""
+        pyro.module("vrnn", self)
+        B, T = batch.batch_size, batch.num_steps
+        phi_x = self.phi_x(batch.x)  # (B, T, feat)
+        memo = {}
+
+        def features(z):  # phi_z(z) and h_{t-1} for the path z, computed once per path
+            if memo.get("z") is not z:
+                memo.update(z=z, features=self.path_features(phi_x, z, batch.u))
+            return memo["features"]
+
+        prior = PriorPath(lambda z: self.prior(features(z)[1]), (B, T, self.config.z_dim), batch.mask)
+        with pyro.plate("sequences", B, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", prior)  # (B, T, z_dim)
+            x_dist = observation_dist(self.emitter(torch.cat(features(z), -1)), self.config.likelihood)
+            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
+        return z
+
+    def guide_path(self, batch: SequenceBatch):
+        """Draw a path from q(z | x, u), filtering, plain torch: (loc, scale, path), each (B, T, z_dim).
+
+        Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step).
+        """
+        B, T = batch.batch_size, batch.num_steps
+        phi_x = self.phi_x(batch.x)  # (B, T, feat), every step at once
+        state, locs, scales, zs = self.recurrence.initial(B), [], [], []
+        for t in range(T):
+            loc, scale = self.posterior(torch.cat([phi_x[:, t], Recurrence.output(state)], -1))
+            z = loc + torch.empty_like(loc).normal_() * scale  # (B, z_dim), as Normal.rsample
+            locs.append(loc), scales.append(scale), zs.append(z)
+            if t + 1 < T:
+                parts = [phi_x[:, t], self.phi_z(z)] + ([] if batch.u is None else [batch.u[:, t]])
+                state = self.recurrence(torch.cat(parts, -1), state)
+        return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)
+
+    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """q(z | x, u), filtering, with the path as one site. Returns the sampled path (B, T, z_dim)."""
+        pyro.module("vrnn", self)
+        loc, scale, path = self.guide_path(batch)
+        with pyro.plate("sequences", batch.batch_size, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                return pyro.sample("z", GuidePath(loc, scale, path, batch.mask))
 
     def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
         N, C = context.batch_size, context.num_steps

@@ -204,3 +204,17 @@ class Recurrence(nn.Module):
 
     def forward(self, inp, state):
         return self.cell(inp, state)
+
+    def scan(self, inputs: torch.Tensor, state) -> torch.Tensor:
+        """The outputs h_0 .. h_{T-1} (B, T, hidden_dim) of the recurrence over ``inputs`` (B, T, input_dim),
+        all known in advance, from ``state`` (h_{-1}): the cell's own weights run as one multi-step RNN
+        call (what ``nn.GRU``/``nn.LSTM``/``nn.RNN`` call), equal to looping :meth:`forward` up to
+        float rounding."""
+        c = self.cell
+        weights = (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        args = (weights, True, 1, 0.0, self.training, False, True)  # biases, layers, dropout, train, bidir, batch_first
+        if self.is_lstm:
+            return torch._VF.lstm(inputs, tuple(s[None].contiguous() for s in state), *args)[0]
+        fn = torch._VF.gru if isinstance(c, nn.GRUCell) else (
+            torch._VF.rnn_relu if c.nonlinearity == "relu" else torch._VF.rnn_tanh)
+        return fn(inputs, state[None].contiguous(), *args)[0]

@@ -1,0 +1,209 @@
+"""Whole latent paths as one Pyro site: the distributions of the time-vectorized programs.
+
+The per-step programs sample ``z_0 .. z_{T-1}`` as T sites. The vectorized programs
+(``model_vectorized`` / ``guide_vectorized`` of every model) sample the path as ONE site ``"z"`` with
+batch shape (B,) and event shape (T, z_dim), and observe ``"x"`` as one site with event shape
+(T, x_dim). Two distributions carry the per-step diagonal Gaussians of a path:
+
+- :class:`GuidePath` (guide side): the loc and scale (B, T, z_dim) of q(z_t | z_{t-1}, .) computed
+  while the guide drew the path step by step, and the drawn path itself; ``rsample()`` returns that
+  path, so the guide's loop is the only sequential part.
+- :class:`PriorPath` (model side): p(z_t | z_{t-1}, .) whose loc and scale at EVERY step are computed
+  at once from a given path by ``params(path)`` (for the DMM: the transition applied to
+  ``z[:, :-1]`` in one batched call, the initial state at t = 0). Sampled step by step by ``step``
+  when the program runs unconditioned (generation); scored in one call otherwise.
+
+:func:`steps_kl` gives the per-step closed-form KL(q_t || p_t) given the path, (B, T), zero on padded
+steps; it is registered with ``torch.distributions.kl_divergence`` for (GuidePath, PriorPath) and
+(GuidePath, GuidePath), summed over steps. That sum is the chain rule of the KL taken at the drawn
+path: an unbiased one-draw estimate of KL(q(z) || p(z)) whose only randomness is the path z_{<t} fed to
+each step, exactly the estimator ``TraceMeanField_ELBO`` forms from T per-step sites.
+
+Both distributions implement ``expand``: ``pyro.plate`` calls ``expand`` on every site's distribution,
+and the default wraps a custom distribution in an ``ExpandedDistribution``, which hides its type from
+the KL registry, so the ELBO would silently fall back to a sampled KL (``tests/infer/test_vectorized.py``
+checks that it does not).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from pyro.distributions import MaskedDistribution, TorchDistribution
+from torch.distributions import Normal, constraints
+from torch.distributions.kl import _kl_normal_normal, register_kl
+
+Params = Tuple[torch.Tensor, torch.Tensor]
+
+
+def _normal_log_prob(value, loc, scale):
+    """log N(value; loc, scale), elementwise (torch's Normal.log_prob, without argument validation)."""
+    return Normal(loc, scale, validate_args=False).log_prob(value)
+
+
+def _masked_steps(per_step: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Zero the padded steps of a (..., T) tensor."""
+    return per_step if mask is None else torch.where(mask, per_step, per_step.new_zeros(()))
+
+
+class _PathBase(TorchDistribution):
+    """A distribution over a path (B, T, d) of per-step diagonal Gaussians, with a (B, T) step mask."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+
+    def __init__(self, batch_shape, event_shape, mask: Optional[torch.Tensor]):
+        self.mask = mask  # (B, T) bool: true on real steps, or None
+        super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
+
+    def params(self, value: torch.Tensor) -> Params:
+        """loc, scale (B, T, d) of every step's Gaussian at the path ``value``."""
+        raise NotImplementedError
+
+    def step_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log density of each step (B, T), zero on padded steps."""
+        loc, scale = self.params(value)
+        return _masked_steps(_normal_log_prob(value, loc, scale).sum(-1), self.mask)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.step_log_prob(value).sum(-1)  # (B,)
+
+
+class GuidePath(_PathBase):
+    """q(z) = prod_t N(z_t; loc_t, scale_t), with loc_t, scale_t computed from z_{t-1} while the guide
+    drew ``path``. Holds that draw: ``rsample()`` returns it, and ``log_prob`` is valid at it.
+
+    ``loc``, ``scale``, ``path``: (B, T, d); ``mask``: (B, T) bool or None.
+    """
+
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, path: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        assert loc.shape == scale.shape == path.shape and loc.dim() >= 2, (loc.shape, scale.shape, path.shape)
+        self.loc, self.scale, self.path = loc, scale, path
+        super().__init__(loc.shape[:-2], loc.shape[-2:], mask)
+
+    def params(self, value=None) -> Params:
+        return self.loc, self.scale
+
+    def rsample(self, sample_shape=torch.Size()):
+        if len(sample_shape):
+            raise NotImplementedError("GuidePath holds one drawn path; it cannot draw more")
+        return self.path
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample(sample_shape).detach()
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        shape = batch_shape + self.event_shape
+        mask = None if self.mask is None else self.mask.expand(batch_shape + self.event_shape[:1])
+        return GuidePath(self.loc.expand(shape), self.scale.expand(shape), self.path.expand(shape), mask)
+
+
+class PriorPath(_PathBase):
+    """p(z) = prod_t N(z_t; loc_t(z_{<t}), scale_t(z_{<t})), scored for every step at once.
+
+    ``params(path)`` -> loc, scale (B, T, d): every step's parameters from the path, in one batched
+    call (cached for the last path it saw, so the program and the ELBO share one evaluation).
+    ``step(t, z_prev)`` -> loc, scale (B, d): step t's parameters, for sampling step by step (None:
+    the path cannot be sampled, only scored). ``shape``: (B, T, d).
+    """
+
+    has_rsample = True
+
+    def __init__(self, params: Callable[[torch.Tensor], Params], shape, mask: Optional[torch.Tensor] = None,
+                 step: Optional[Callable[[int, Optional[torch.Tensor]], Params]] = None):
+        shape = torch.Size(shape)
+        self._params, self._step = params, step
+        self._cache = (None, None)
+        super().__init__(shape[:-2], shape[-2:], mask)
+
+    def params(self, value: torch.Tensor) -> Params:
+        if self._cache[0] is not value:
+            self._cache = (value, self._params(value))
+        return self._cache[1]
+
+    def rsample(self, sample_shape=torch.Size()):
+        if len(sample_shape):
+            raise NotImplementedError("PriorPath draws one path per batch entry")
+        if self._step is None:
+            raise NotImplementedError("this path can be scored but not sampled (use the per-step program)")
+        z, zs = None, []
+        for t in range(self.event_shape[0]):
+            loc, scale = self._step(t, z)
+            z = loc + torch.empty_like(loc).normal_() * scale  # (B, d), as Normal.rsample
+            zs.append(z)
+        return torch.stack(zs, -2)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        raise NotImplementedError("PriorPath cannot change its batch shape")
+
+
+def _unmask(fn):
+    """Strip MaskedDistribution wrappers: (the inner distribution, the combined batch mask or None)."""
+    mask = None
+    while isinstance(fn, MaskedDistribution):
+        m = fn._mask
+        if m is False:
+            m = torch.zeros(fn.batch_shape, dtype=torch.bool)
+        if torch.is_tensor(m):
+            mask = m if mask is None else mask & m
+        fn = fn.base_dist
+    return fn, mask
+
+
+def as_path(fn) -> Tuple[Optional[_PathBase], Optional[torch.Tensor]]:
+    """(the path distribution inside ``fn``, an extra (B,) batch mask), or (None, None) when ``fn`` is
+    not a path distribution (an ExpandedDistribution around one is NOT recognised, on purpose)."""
+    inner, mask = _unmask(fn)
+    return (inner, mask) if isinstance(inner, _PathBase) else (None, None)
+
+
+def steps_kl(q: _PathBase, p: _PathBase) -> torch.Tensor:
+    """Per-step closed-form KL(q(z_t | z_{<t}) || p(z_t | z_{<t})) at q's drawn path: (B, T), zero on
+    the steps padded in either q or p."""
+    if not isinstance(q, GuidePath):
+        raise TypeError(f"the KL of a path needs the guide's drawn path (a GuidePath), not {type(q).__name__}")
+    mq, sq = q.params()
+    mp, sp = p.params(q.path)
+    kl = _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False)).sum(-1)
+    mask = q.mask if p.mask is None or p.mask is q.mask else (p.mask if q.mask is None else q.mask & p.mask)
+    return _masked_steps(kl, mask)
+
+
+@register_kl(GuidePath, PriorPath)
+def _kl_guide_prior(q, p):
+    return steps_kl(q, p).sum(-1)
+
+
+@register_kl(GuidePath, GuidePath)
+def _kl_guide_guide(q, p):
+    return steps_kl(q, p).sum(-1)
+
+
+def observation_path(x_dist, mask: torch.Tensor):
+    """Observations of every step as one distribution with event shape (T, x_dim): ``x_dist`` has batch
+    shape (B, T) and event shape (x_dim,); padded steps (``mask`` false) contribute nothing."""
+    return x_dist.mask(mask).to_event(1)
+
+
+def observed_step_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
+    """log p(x_t | .) of every step (B, T) of an observation site built by :func:`observation_path`
+    (zero on padded steps)."""
+    inner, mask = _unmask(fn)
+    if isinstance(inner, _PathBase):
+        lp = inner.step_log_prob(value)
+    else:
+        assert getattr(inner, "reinterpreted_batch_ndims", None) == 1, type(inner)
+        lp = inner.base_dist.log_prob(value)  # (B, T), masked by the MaskedDistribution inside
+    return lp if mask is None else torch.where(mask[..., None], lp, lp.new_zeros(()))
