@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae"], default=mc.model)
+    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm"], default=mc.model,
+                   help="lgssm: the linear-Gaussian baseline with an exact likelihood")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, or a polyphonic pickle")
     p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
@@ -263,6 +264,8 @@ def cmd_eval(a) -> dict:
     out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
     out.update(evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, config.train.eval_batch_size,
                         iw_samples=a.iw_samples, device=device))
+    if getattr(model, "exact", False):  # the bound is the exact log-likelihood
+        out["nll_exact_per_step"] = out["neg_elbo_per_step"]
     if (a.context is None) != (a.horizon is None):
         raise ValueError("--context and --horizon go together")
     if a.horizon is not None:

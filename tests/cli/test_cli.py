@@ -31,7 +31,7 @@ def traj(tmp_path_factory):
     return d / "traj.npz"
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm"])
 def test_train_then_eval_writes_the_run_and_prints_the_contract_keys(capsys, tmp_path, traj, family):
     code, summary, err = run(capsys, "train", "--model", family, "--data", traj, *TINY, "--out", tmp_path / "run")
     assert code == 0, err
@@ -47,6 +47,10 @@ def test_train_then_eval_writes_the_run_and_prints_the_contract_keys(capsys, tmp
     assert np.isfinite(ev["neg_elbo_per_step"]) and np.isfinite(ev["nll_iw_per_step"])
     assert len(ev["kstep_rmse"]) == 4 and len(ev["baselines"]["linear"]["kstep_rmse"]) == 4
     assert len(ev["baselines"]["persistence"]["kstep_rmse"]) == 4
+    if family == "lgssm":  # an exact likelihood: the bound is the NLL itself
+        assert ev["nll_exact_per_step"] == ev["neg_elbo_per_step"]
+    else:
+        assert "nll_exact_per_step" not in ev
 
 
 def test_resume_continues_to_the_total_and_matches_an_uninterrupted_run(capsys, tmp_path, traj):
