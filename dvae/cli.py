@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=64, help="samples of the predictive distribution")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("score", help="anomaly scores per sequence and per time step, with a threshold")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="default: the run's own source")
+    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    p.add_argument("--iw-samples", type=int, default=0, help="also the K-sample importance-weighted bound")
+    p.add_argument("--quantile", type=float, default=0.99,
+                   help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -279,13 +291,50 @@ def cmd_eval(a) -> dict:
     return out
 
 
+# --- score -------------------------------------------------------------------------------------------
+def cmd_score(a):
+    import pyro
+
+    from dvae.infer.scores import sequence_scores, threshold_from
+    from dvae.infer.trainer import resolve_device
+    from dvae.run import load_data, load_model
+
+    if not 0 < a.quantile < 1:
+        raise ValueError("--quantile must lie strictly between 0 and 1")
+    if a.iw_samples < 0:
+        raise ValueError("--iw-samples must be >= 0")
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    data = load_data(config, a.data)
+    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
+        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
+                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+    norm = config.normalizer
+    pyro.set_rng_seed(a.seed)
+    idx = data.indices(a.split)
+    xs, us = data.subset(a.split)
+    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples)
+    reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
+    vx, vu = reference.subset("valid")
+    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step), a.quantile)
+    sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
+    result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
+              "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "sequences": sequences}
+    if a.format == "json":
+        return result
+    lines = [f"# threshold={threshold!r} (quantile {a.quantile} of neg_elbo_per_step on the validation split)",
+             "index,step,neg_elbo"]
+    lines += [f"{s['index']},{t},{v!r}" for s in sequences for t, v in enumerate(s["per_step"])]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         from dvae.errors import DvaeError
 
-        result = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval}[a.verb](a)
-        print(json.dumps(result, allow_nan=True))
+        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score}
+        result = verbs[a.verb](a)
+        print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
         return 0
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)

@@ -145,3 +145,27 @@ def test_time_limit_stops_training_early_with_a_usable_run(capsys, tmp_path, tra
     assert code == 0, err
     assert 1 <= summary["epochs"] < 100000
     assert run(capsys, "eval", tmp_path / "r", "--data", traj, "--split", "all")[0] == 0
+
+
+def test_score_per_step_sums_to_eval_and_flags_an_injected_fault(capsys, tmp_path, traj):
+    assert run(capsys, "train", "--data", traj, *TINY, "--out", tmp_path / "r")[0] == 0
+    code, sc, err = run(capsys, "score", tmp_path / "r", "--data", traj, "--split", "all", "--iw-samples", "2")
+    assert code == 0, err
+    code, ev, err = run(capsys, "eval", tmp_path / "r", "--data", traj, "--split", "all")
+    assert code == 0, err
+    seqs = sc["sequences"]
+    assert [s["index"] for s in seqs] == list(range(12)) and all(len(s["per_step"]) == 11 for s in seqs)
+    for s in seqs:
+        assert s["neg_elbo"] == pytest.approx(sum(s["per_step"]), rel=1e-5, abs=1e-4)
+    assert sum(s["neg_elbo"] for s in seqs) / ev["num_steps"] == pytest.approx(ev["neg_elbo_per_step"], rel=1e-5)
+    # a wild sequence scores above the threshold
+    f = np.load(traj)
+    obs = f["obs"].copy()
+    obs[0, 4:] += 50.0
+    np.savez(tmp_path / "fault.npz", obs=obs, actions=f["actions"])
+    code, sc, err = run(capsys, "score", tmp_path / "r", "--data", tmp_path / "fault.npz", "--split", "all")
+    assert code == 0, err
+    assert sc["sequences"][0]["anomalous"] and sc["sequences"][0]["neg_elbo_per_step"] > sc["threshold"]
+    code = main(["score", str(tmp_path / "r"), "--data", str(traj), "--split", "all", "--format", "csv"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and out[0].startswith("# threshold=") and out[1] == "index,step,neg_elbo" and len(out) == 2 + 12 * 11
