@@ -1,5 +1,30 @@
-"""Trajectory collection from Gymnasium environments (independent of ``dvae``)."""
+"""Trajectory collection from Gymnasium environments, and systems with a known latent state.
+
+Importing ``envs`` registers with Gymnasium (string entry points, TimeLimit 200):
+
+- ``dvae/LinearGaussian-v0``: :class:`envs.linear_gaussian.LinearGaussianEnv`, a controlled
+  linear-Gaussian state-space model with an exact Kalman log-likelihood;
+- ``dvae/PixelPendulum-v0``: :class:`envs.pixel_pendulum.PixelPendulumEnv`, Pendulum-v1
+  seen through 32 x 32 grayscale frames.
+
+This package does not import ``dvae``.
+"""
+
+import gymnasium as gym
 
 from envs.collect import OUPolicy, RandomPolicy, collect, save_npz
+from envs.linear_gaussian import LinearGaussianEnv, LinearGaussianParams, kalman_log_likelihood
+from envs.pixel_pendulum import PixelPendulumEnv, PixelPendulumParams
 
-__all__ = ["collect", "save_npz", "OUPolicy", "RandomPolicy"]
+ENV_IDS = {
+    "dvae/LinearGaussian-v0": "envs.linear_gaussian:LinearGaussianEnv",
+    "dvae/PixelPendulum-v0": "envs.pixel_pendulum:PixelPendulumEnv",
+}
+
+for _id, _entry_point in ENV_IDS.items():
+    if _id not in gym.registry:  # importing twice (e.g. after a reload) must not warn
+        gym.register(id=_id, entry_point=_entry_point, max_episode_steps=200)
+
+__all__ = ["collect", "save_npz", "OUPolicy", "RandomPolicy", "ENV_IDS",
+           "LinearGaussianEnv", "LinearGaussianParams", "kalman_log_likelihood",
+           "PixelPendulumEnv", "PixelPendulumParams"]

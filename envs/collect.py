@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -107,13 +108,25 @@ POLICIES = {"random": RandomPolicy, "ou": OUPolicy}
 
 
 def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
-            seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+            seed: int = 0, progress: bool = False, num_envs: int = 1) -> dict[str, np.ndarray]:
     """Roll out ``episodes`` episodes of at most ``steps`` actions from ``gym.make(env_id)``.
 
-    Reproducible under ``seed``: episode i is reset with ``seed + i``, the policy's
-    Generator is ``np.random.default_rng(seed)`` and the action space is seeded with
-    ``seed``. ``policy`` is ``"random"`` or ``"ou"`` (``"ou"`` is random for Discrete
-    actions). Observations are flattened with ``gymnasium.spaces.flatten``.
+    ``num_envs`` copies of the env are stepped together in a
+    ``gymnasium.vector.SyncVectorEnv`` (``autoreset_mode=DISABLED``: this function resets
+    each finished sub-env itself, with the next episode's seed); a sub-env that finishes
+    an episode takes the next episode not yet started, and once none are left it idles
+    (its steps are discarded).
+
+    Reproducible under ``seed`` and independent of ``num_envs``: episode i is reset with
+    ``seed + i`` and plays the i-th block of ``steps`` actions of an open-loop plan drawn
+    before any env step from the policy with Generator ``np.random.default_rng(seed)``
+    (``policy.reset()`` before each block; the built-in policies do not look at the
+    observation). The action space is seeded with ``seed``. When every episode runs the
+    full ``steps`` this is exactly the data of the earlier one-env loop; an episode that
+    ends early leaves the rest of its block unused. This holds for any env whose
+    randomness comes from ``reset(seed=...)``, as Gymnasium requires. ``policy`` is
+    ``"random"`` or ``"ou"`` (``"ou"`` is random for Discrete actions). Observations are
+    flattened with ``gymnasium.spaces.flatten``.
 
     An episode stops when the env terminates or truncates (e.g. its own TimeLimit);
     the flag is set at its last real step. Reaching ``steps`` also sets
@@ -130,25 +143,36 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
     last observation; actions and rewards are zero.
 
     Raises ValueError for an unknown env id, an unknown policy, non-positive
-    ``episodes``/``steps``, or an action space that is neither Box nor Discrete.
+    ``episodes``/``steps``/``num_envs``, or an action space that is neither Box nor Discrete.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got {episodes} and {steps}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    N, T = episodes, steps
+    K = min(num_envs, N)  # more sub-envs than episodes would only idle
     try:
-        env = gym.make(env_id)
+        env0 = gym.make(env_id)
     except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv):
         raise ValueError(f"unknown Gymnasium env id {env_id!r}") from None
+    vec = None
     try:
-        act_space, obs_space = env.action_space, env.observation_space
+        act_space, obs_space = env0.action_space, env0.observation_space
         discrete = isinstance(act_space, spaces.Discrete)
         if not (discrete or isinstance(act_space, spaces.Box)):
             raise ValueError(f"unsupported action space {act_space} (need Box or Discrete)")
         act_space.seed(seed)
         pol = POLICIES[policy](act_space, np.random.default_rng(seed))
 
-        N, T = episodes, steps
+        # The open-loop plan: block i (T actions) for episode i, drawn episode by episode.
+        plan = np.zeros((N, T) + act_space.shape, act_space.dtype)  # (N, T[, *act_shape])
+        for i in range(N):
+            pol.reset()
+            for t in range(T):
+                plan[i, t] = pol(None)
+
         obs_dim = spaces.flatdim(obs_space)
         obs = np.zeros((N, T + 1, obs_dim), np.float32)  # (N, T+1, obs_dim)
         if discrete:
@@ -160,24 +184,54 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
         truncated = np.zeros((N, T), bool)  # (N, T)
         lengths = np.zeros(N, np.int64)  # (N,)
 
-        for i in tqdm(range(N), desc=env_id, unit="ep", file=sys.stderr, disable=not progress):
-            o, _ = env.reset(seed=seed + i)
-            pol.reset()
-            obs[i, 0] = spaces.flatten(obs_space, o)
-            for t in range(T):
-                a = pol(o)
-                o, r, term, trunc, _ = env.step(a)
-                obs[i, t + 1] = spaces.flatten(obs_space, o)
-                actions[i, t] = a if discrete else np.ravel(a)
-                rewards[i, t] = r
-                terminated[i, t] = term
-                truncated[i, t] = trunc or t == T - 1
-                if term or trunc:
-                    break
-            lengths[i] = t + 1
-            obs[i, t + 2:] = obs[i, t + 1]  # pad with the last real observation
+        vec = gym.vector.SyncVectorEnv([lambda: env0] + [partial(gym.make, env_id)] * (K - 1),
+                                       autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+        def flat(o_batch):  # batched observation -> (K, obs_dim)
+            return np.stack([spaces.flatten(obs_space, o)
+                             for o in gym.vector.utils.iterate(vec.observation_space, o_batch)])
+
+        episode = np.arange(K)  # (K,) the episode each sub-env plays; -1 once it idles
+        t = np.zeros(K, np.int64)  # (K,) actions taken in that episode so far
+        o, _ = vec.reset(seed=[seed + i for i in range(K)])
+        obs[episode, 0] = flat(o)
+        next_episode = K
+        bar = tqdm(total=N, desc=env_id, unit="ep", file=sys.stderr, disable=not progress)
+        while (episode >= 0).any():
+            live = episode >= 0  # (K,)
+            ep, tk = episode[live], t[live]  # (K_live,)
+            a = np.broadcast_to(plan[0, 0], (K,) + act_space.shape).copy()  # idle: any valid action
+            a[live] = plan[ep, tk]
+            o, r, term, trunc, _ = vec.step(a)
+            ended = term | trunc  # (K,)
+            obs[ep, tk + 1] = flat(o)[live]
+            actions[ep, tk] = plan[ep, tk].reshape(actions[ep, tk].shape)
+            rewards[ep, tk] = r[live]
+            terminated[ep, tk] = term[live]
+            truncated[ep, tk] = trunc[live] | (tk == T - 1)
+            t[live] += 1
+            # DISABLED autoreset: every sub-env whose episode ended (or idles after an end)
+            # is reset here, live ones with their next episode's seed.
+            reset_mask = ended | (live & (t == T))  # (K,)
+            seeds: list[int | None] = [None] * K
+            for k in np.flatnonzero(reset_mask & live):
+                i, L = episode[k], t[k]
+                lengths[i] = L
+                obs[i, L + 1:] = obs[i, L]  # pad with the last real observation
+                bar.update(1)
+                episode[k], t[k] = (next_episode, 0) if next_episode < N else (-1, 0)
+                next_episode += 1
+                seeds[k] = seed + int(episode[k]) if episode[k] >= 0 else None
+            if reset_mask.any() and (episode >= 0).any():
+                o, _ = vec.reset(seed=seeds, options={"reset_mask": reset_mask})
+                fresh = reset_mask & (episode >= 0)
+                obs[episode[fresh], 0] = flat(o)[fresh]
+        bar.close()
     finally:
-        env.close()
+        if vec is not None:
+            vec.close()  # closes env0 too
+        else:
+            env0.close()
 
     return {
         "obs": obs, "actions": actions, "rewards": rewards,

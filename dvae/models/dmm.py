@@ -117,8 +117,8 @@ class DMM(DynamicalVAE):
             eps = torch.stack([torch.empty_like(loc[:, 0]).normal_() for _ in range(T)], 1)
             return loc, scale, loc + eps * scale
         z, locs, scales, zs = self.z_q_0.expand(B, -1), [], [], []
-        for t in range(T):
-            loc_t, scale_t = self.combiner(z, h[:, t])  # (B, z_dim)
+        for h_t in h.unbind(1):  # not h[:, t]: each slice's backward would fill a (B, T, rnn_dim) zero tensor
+            loc_t, scale_t = self.combiner(z, h_t)  # (B, z_dim)
             z = loc_t + torch.empty_like(loc_t).normal_() * scale_t  # as Normal.rsample
             locs.append(loc_t), scales.append(scale_t), zs.append(z)
         return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)

@@ -129,14 +129,15 @@ class VRNN(DynamicalVAE):
         Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step).
         """
         B, T = batch.batch_size, batch.num_steps
-        phi_x = self.phi_x(batch.x)  # (B, T, feat), every step at once
+        phi_x = self.phi_x(batch.x).unbind(1)  # (B, feat) per step, computed at once; unbind, not phi_x[:, t]
+        u = [None] * T if batch.u is None else batch.u.unbind(1)
         state, locs, scales, zs = self.recurrence.initial(B), [], [], []
         for t in range(T):
-            loc, scale = self.posterior(torch.cat([phi_x[:, t], Recurrence.output(state)], -1))
+            loc, scale = self.posterior(torch.cat([phi_x[t], Recurrence.output(state)], -1))
             z = loc + torch.empty_like(loc).normal_() * scale  # (B, z_dim), as Normal.rsample
             locs.append(loc), scales.append(scale), zs.append(z)
             if t + 1 < T:
-                parts = [phi_x[:, t], self.phi_z(z)] + ([] if batch.u is None else [batch.u[:, t]])
+                parts = [phi_x[t], self.phi_z(z)] + ([] if u[t] is None else [u[t]])
                 state = self.recurrence(torch.cat(parts, -1), state)
         return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)
 

@@ -123,3 +123,66 @@ def test_save_npz_roundtrip(tmp_path, cartpole):
     assert os.listdir(path.parent) == ["data.npz"]
     with np.load(path, allow_pickle=False) as f:
         assert f.files == ["x"]
+
+
+def _one_env_reference(env_id, episodes, steps, policy, seed):
+    """The plain loop collect replaces: one env, episode i reset with seed + i, one policy stream."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    pol = {"random": RandomPolicy, "ou": OUPolicy}[policy](env.action_space, np.random.default_rng(seed))
+    obs, acts = [], []
+    for i in range(episodes):
+        o, _ = env.reset(seed=seed + i)
+        pol.reset()
+        obs.append([o])
+        acts.append([])
+        for _ in range(steps):
+            a = pol(o)
+            o, *_ = env.step(a)
+            obs[-1].append(o)
+            acts[-1].append(a)
+    return np.array(obs, np.float32), np.array(acts, np.float32)
+
+
+@pytest.mark.parametrize("policy", ["random", "ou"])
+def test_full_length_episodes_match_one_env_loop(pendulum, policy):
+    """When no episode ends early the data are exactly the one-env loop's, whatever num_envs."""
+    obs, acts = _one_env_reference("Pendulum-v1", N, T, policy, 0)
+    for d in (pendulum[policy], collect("Pendulum-v1", N, T, policy=policy, seed=0, num_envs=2)):
+        np.testing.assert_array_equal(d["obs"], obs)
+        np.testing.assert_array_equal(d["actions"], acts)
+
+
+@pytest.mark.parametrize("num_envs", [2, 4, 9])
+def test_independent_of_num_envs(cartpole, pendulum, num_envs):
+    """Ragged episodes finish out of order across sub-envs; the data do not change."""
+    d = collect("CartPole-v1", 6, 300, policy="random", seed=1, num_envs=num_envs)
+    assert d.keys() == cartpole.keys()
+    for k, v in cartpole.items():
+        np.testing.assert_array_equal(d[k], v)
+        assert d[k].dtype == v.dtype
+    p = collect("Pendulum-v1", N, T, policy="ou", seed=0, num_envs=num_envs)
+    for k, v in pendulum["ou"].items():
+        np.testing.assert_array_equal(p[k], v)
+
+
+def test_ragged_with_vector_envs():
+    """Episodes of different lengths, more episodes than sub-envs: each is masked by its own length."""
+    d = collect("CartPole-v1", 9, 25, policy="random", seed=1, num_envs=4)
+    reached = d["lengths"] == 25
+    assert reached.any() and (~reached).any()  # some hit `steps`, some terminated
+    for i, L in enumerate(d["lengths"]):
+        assert d["truncated"][i].sum() == reached[i] and d["terminated"][i].sum() == (not reached[i])
+        assert d["terminated"][i, L - 1] or d["truncated"][i, L - 1]
+        assert (d["actions"][i, L:] == 0).all() and not d["terminated"][i, L:].any()
+        assert (d["obs"][i, L + 1:] == d["obs"][i, L]).all()
+
+
+def test_num_envs_validated_and_progress(capsys):
+    with pytest.raises(ValueError, match="num_envs"):
+        collect("Pendulum-v1", 1, 5, num_envs=0)
+    collect("Pendulum-v1", 3, 5, num_envs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "Pendulum-v1" in err and "3/3" in err
