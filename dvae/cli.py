@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=64, help="samples of the predictive distribution")
+    p.add_argument("--plots", metavar="DIR", default=None,
+                   help="with --horizon: write kstep_errors.png and prediction plots with bands into DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -285,7 +287,8 @@ def cmd_eval(a) -> dict:
             raise ValueError("--context and --horizon must be at least 1")
         train_xs, train_us = data.subset("train")
         try:
-            out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples))
+            out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
+                                    plot_dir=a.plots))
         except ValueError as e:  # e.g. no sequence as long as context + horizon
             raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out

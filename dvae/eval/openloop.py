@@ -3,6 +3,7 @@ and linear ARX baselines, all scored in the data's original units."""
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 import numpy as np
@@ -19,11 +20,12 @@ def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_s
 
     Returns ``x_context`` (B, C, x_dim), ``x_future`` (B, H, x_dim) truth, ``u_future`` or None,
     ``mean`` (B, H, x_dim) predictive mean, ``lo``/``hi`` (B, H, x_dim) its 5% and 95% quantiles,
-    ``index`` (B,) of the sequences used; all in data units.
+    ``std`` (B, H, x_dim) the standard deviation of the predictive samples, ``index`` (B,) of the
+    sequences used; all in data units.
     """
     x_ctx, u_fut, x_fut, index = kstep_windows(xs, us, context, horizon)
     device = model.device
-    means, los, his = [], [], []
+    means, los, his, stds = [], [], [], []
     for start in range(0, len(index), batch_size):
         sl = slice(start, start + batch_size)
         ctx_x = normalizer.x(list(x_ctx[sl]))
@@ -38,22 +40,50 @@ def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_s
         x_samples = normalizer.x_inverse(out["x"])  # (S, b, H, x_dim)
         q = torch.quantile(x_samples, torch.tensor([0.05, 0.95], device=device, dtype=x_samples.dtype), dim=0)
         means.append(x_mean.cpu().numpy()), los.append(q[0].cpu().numpy()), his.append(q[1].cpu().numpy())
+        stds.append(x_samples.std(0).cpu().numpy())
     return {"x_context": x_ctx, "x_future": x_fut, "u_future": u_fut, "index": index,
-            "mean": np.concatenate(means), "lo": np.concatenate(los), "hi": np.concatenate(his)}
+            "mean": np.concatenate(means), "lo": np.concatenate(los), "hi": np.concatenate(his),
+            "std": np.concatenate(stds)}
+
+
+def gaussian_nll(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """-log N(truth; mean, std^2) summed over the last dim: (B, H, x_dim) -> (B, H)."""
+    var = np.maximum(std, floor) ** 2
+    return 0.5 * (np.log(2 * np.pi * var) + (truth - mean) ** 2 / var).sum(-1)
 
 
 def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, horizon: int,
-                 num_samples: int = 64, windows: Optional[dict] = None) -> dict:
-    """``kstep_rmse`` of the model, ``kstep_coverage90`` of its 90% band, and the baselines' RMSE."""
-    w = windows or predict_windows(model, normalizer, xs, us, context, horizon, num_samples)
+                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3) -> dict:
+    """``kstep_rmse`` of the model, ``kstep_nll`` (nats per observation vector, of the truth under a
+    Gaussian matched to the predictive samples' mean and spread), ``kstep_coverage90`` of its 90% band,
+    and the baselines' RMSE. With ``plot_dir``: ``kstep_errors.png`` (RMSE against k for the model
+    and the baselines) and ``prediction_<i>.png`` for the first ``num_plots`` windows; their paths
+    are returned under ``plots``."""
+    w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples)
     truth = w["x_future"]
     inside = (truth >= w["lo"]) & (truth <= w["hi"])  # (B, H, x_dim)
-    arx = LinearARX().fit(train_xs, train_us)
-    linear = arx.forecast(w["x_context"][:, -1], w["u_future"], horizon)
-    return {
+    linear = LinearARX().fit(train_xs, train_us).forecast(w["x_context"][:, -1], w["u_future"], horizon)
+    persistence = persistence_forecast(w["x_context"], horizon)
+    out = {
         "context": context, "horizon": horizon, "num_windows": int(len(w["index"])),
         "kstep_rmse": kstep_rmse(w["mean"], truth),
+        "kstep_nll": gaussian_nll(truth, w["mean"], w["std"]).mean(0).tolist(),
         "kstep_coverage90": inside.mean(axis=(0, 2)).tolist(),
-        "baselines": {"persistence": {"kstep_rmse": kstep_rmse(persistence_forecast(w["x_context"], horizon), truth)},
+        "baselines": {"persistence": {"kstep_rmse": kstep_rmse(persistence, truth)},
                       "linear": {"kstep_rmse": kstep_rmse(linear, truth)}},
     }
+    if plot_dir is not None:
+        from dvae.eval.plots import plot_kstep_errors, plot_predictions
+
+        os.makedirs(plot_dir, exist_ok=True)
+        plots = [os.path.join(plot_dir, "kstep_errors.png")]
+        plot_kstep_errors({"model": out["kstep_rmse"], "persistence": out["baselines"]["persistence"]["kstep_rmse"],
+                           "linear": out["baselines"]["linear"]["kstep_rmse"]}, plots[0])
+        for j in range(min(num_plots, len(w["index"]))):
+            path = os.path.join(plot_dir, f"prediction_{int(w['index'][j])}.png")
+            window = np.concatenate([w["x_context"][j], truth[j]])  # (C + H, x_dim)
+            plot_predictions(window, context, w["mean"][j], w["lo"][j], w["hi"][j], path,
+                             baselines={"linear": linear[j], "persistence": persistence[j]})
+            plots.append(path)
+        out["plots"] = plots
+    return out

@@ -41,8 +41,11 @@ def test_train_then_eval_writes_the_run_and_prints_the_contract_keys(capsys, tmp
     row = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     assert {"epoch", "epoch_seconds", "train_loss", "valid_neg_elbo_per_step"} <= set(row)
     code, ev, err = run(capsys, "eval", tmp_path / "run", "--data", traj, "--split", "all", "--iw-samples", "3",
-                        "--context", "3", "--horizon", "4")
+                        "--context", "3", "--horizon", "4", "--plots", tmp_path / "plots")
     assert code == 0, err
+    assert len(ev["kstep_nll"]) == 4 and all(np.isfinite(ev["kstep_nll"]))
+    assert all(0 <= c <= 1 for c in ev["kstep_coverage90"])
+    assert len(ev["plots"]) == 4 and all(os.path.getsize(p) > 1000 for p in ev["plots"])
     assert ev["num_sequences"] == 12 and ev["num_steps"] == 12 * 11
     assert np.isfinite(ev["neg_elbo_per_step"]) and np.isfinite(ev["nll_iw_per_step"])
     assert len(ev["kstep_rmse"]) == 4 and len(ev["baselines"]["linear"]["kstep_rmse"]) == 4

@@ -84,3 +84,13 @@ def test_kstep_windows_too_short_raises():
     xs = [np.zeros((5, 1)), np.zeros((8, 1))]
     with pytest.raises(ValueError, match=r"longest length 8.*9"):
         kstep_windows(xs, None, context=4, horizon=5)
+
+
+def test_gaussian_nll_matches_a_hand_computation():
+    from dvae.eval.openloop import gaussian_nll
+
+    truth = np.array([[[1.0, 0.0]]])
+    mean = np.array([[[0.0, 0.0]]])
+    std = np.array([[[2.0, 1.0]]])
+    expected = 0.5 * (np.log(2 * np.pi * 4) + 1 / 4) + 0.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(gaussian_nll(truth, mean, std), [[expected]])
