@@ -213,6 +213,19 @@ def test_lg_true_params_fit_best():
     assert ll(true) > ll(wrong) + 10
 
 
+def test_lg_likelihood_accounts_for_controls():
+    """Same seed, so same noise, under two policies: the innovations are the same, and so is log p(x | u);
+    scoring one run's observations with the other run's controls is far less likely."""
+    a = envs.collect("dvae/LinearGaussian-v0", 4, 50, policy="random", seed=0)
+    b = envs.collect("dvae/LinearGaussian-v0", 4, 50, policy="ou", seed=0)
+    assert not np.allclose(a["obs"], b["obs"], atol=0.1)
+    for i in range(4):
+        la = lg.kalman_log_likelihood(a["obs"][i], a["actions"][i])
+        lb = lg.kalman_log_likelihood(b["obs"][i], b["actions"][i])
+        assert abs(la - lb) < 1e-4  # float32 observations
+        assert lg.kalman_log_likelihood(b["obs"][i], a["actions"][i]) < lb - 10
+
+
 # --- PixelPendulum -------------------------------------------------------------------------------------
 def test_pp_transition_matches_gymnasium_pendulum():
     """The batched dynamics and the reward are Pendulum-v1's."""
