@@ -42,8 +42,7 @@ def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> t
         kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
         log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask)
     elif model.name == "vrnn":
-        loc, scale, z = model.guide_path(batch)
-        phi_z, h_prev = model.path_features(model.phi_x(batch.x), z, batch.u)
+        loc, scale, z, (phi_z, h_prev) = model.guide_path(batch, features=True)  # h along the drawn path
         prior_loc, prior_scale = model.prior(h_prev)
         kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
         log_lik = _log_lik(model.emitter(torch.cat([phi_z, h_prev], -1)), lik, batch.x, batch.mask)

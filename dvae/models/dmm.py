@@ -106,22 +106,16 @@ class DMM(DynamicalVAE):
     def guide_path(self, batch: SequenceBatch):
         """Draw a path from q(z | x, u), plain torch: (loc, scale, path), each (B, T, z_dim).
 
-        Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step); only
-        the combiner runs step by step.
+        Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step); the
+        combiner's loop over steps is one fused autograd node (:meth:`Combiner.scan`).
         """
         B, T = batch.batch_size, batch.num_steps
         y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
         h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
-        if self.combiner.mean_field:  # q(z_t | h_t): every step's parameters at once
-            loc, scale = self.combiner(None, h)  # (B, T, z_dim)
-            eps = torch.stack([torch.empty_like(loc[:, 0]).normal_() for _ in range(T)], 1)
-            return loc, scale, loc + eps * scale
-        z, locs, scales, zs = self.z_q_0.expand(B, -1), [], [], []
-        for h_t in h.unbind(1):  # not h[:, t]: each slice's backward would fill a (B, T, rnn_dim) zero tensor
-            loc_t, scale_t = self.combiner(z, h_t)  # (B, z_dim)
-            z = loc_t + torch.empty_like(loc_t).normal_() * scale_t  # as Normal.rsample
-            locs.append(loc_t), scales.append(scale_t), zs.append(z)
-        return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)
+        eps = h.new_empty(T, B, self.config.z_dim)
+        for t in range(T):  # as Normal.rsample at each step of the per-step guide
+            eps[t].normal_()
+        return self.combiner.scan(self.z_q_0.expand(B, -1), h, eps)
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u) with the path as one site. Returns the sampled latent path (B, T, z_dim)."""

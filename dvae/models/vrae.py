@@ -25,7 +25,7 @@ from pyro import poutine
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.paths import observation_path
-from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn
+from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn, run_rnn
 
 
 class VRAE(DynamicalVAE):
@@ -44,7 +44,7 @@ class VRAE(DynamicalVAE):
         """Decoder states (N, T, rnn_dim) from z (N, z_dim) and the shifted controls (N, T, u_in)."""
         s_0 = torch.tanh(self.z_to_state(z))[None]  # (1, N, rnn_dim)
         init = (s_0, torch.zeros_like(s_0)) if isinstance(self.decoder, nn.LSTM) else s_0
-        return self.decoder(u_prev, init)[0]
+        return run_rnn(self.decoder, u_prev, init)
 
     def _shifted_controls(self, batch: SequenceBatch):
         """u_{t-1} for every step (zeros at t = 0, and everywhere when uncontrolled): (B, T, u_in)."""

@@ -11,9 +11,11 @@ Guide: q(z_t | x_t, h_{t-1}) = N(Posterior(phi_x(x_t), h_{t-1})), filtering, sha
 
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
-needs z_t); the model, given the replayed path and the observed x, knows every input of the
-recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``), then the prior
-and the emitter of every step in one batched call each. Its ``"z"`` site is the product of
+needs z_t). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
+path the guide just drew it reuses the guide's (the same function of the same inputs, so the same
+value and gradients, one recurrence instead of two); for any other path it knows every input of the
+recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``). Then the prior and
+the emitter of every step run in one batched call each. Its ``"z"`` site is the product of
 p(z_t | h_{t-1}) with h built from the OBSERVED x_{<t}, so the vectorized model is a scoring program:
 it cannot run unconditioned (``generate`` and ``predict`` use the per-step program).
 """
@@ -25,11 +27,16 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro import poutine
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.paths import GuidePath, PriorPath, observation_path
 from dvae.nn import Emitter, GaussianHead, Recurrence
+
+# path drawn by VRNN.guide_vectorized -> (model, x, u, (phi_z, h_{t-1})): the recurrence along that path,
+# for model_vectorized to reuse; an entry disappears with its path tensor
+_GUIDE_FEATURES = WeakTensorKeyDictionary()
 
 
 class VRNN(DynamicalVAE):
@@ -104,15 +111,24 @@ class VRNN(DynamicalVAE):
 
     def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u) with the path and the observations as one site each, for scoring with x
-        observed. Returns the latent path (B, T, z_dim)."""
+        observed. Returns the latent path (B, T, z_dim).
+
+        Given the path that :meth:`guide_vectorized` drew from this batch, it reuses the guide's
+        phi_z(z_t) and h_{t-1} (the same function of the same inputs, with their autograd graph: the
+        same value and gradients, one recurrence instead of two); given any other path it runs the
+        recurrence itself (:meth:`path_features`).
+        """
         pyro.module("vrnn", self)
         B, T = batch.batch_size, batch.num_steps
-        phi_x = self.phi_x(batch.x)  # (B, T, feat)
         memo = {}
 
         def features(z):  # phi_z(z) and h_{t-1} for the path z, computed once per path
             if memo.get("z") is not z:
-                memo.update(z=z, features=self.path_features(phi_x, z, batch.u))
+                hit = _GUIDE_FEATURES.get(z)
+                if hit is not None and hit[0] is self and hit[1] is batch.x and hit[2] is batch.u:
+                    memo.update(z=z, features=hit[3])
+                else:
+                    memo.update(z=z, features=self.path_features(self.phi_x(batch.x), z, batch.u))
             return memo["features"]
 
         prior = PriorPath(lambda z: self.prior(features(z)[1]), (B, T, self.config.z_dim), batch.mask)
@@ -123,28 +139,33 @@ class VRNN(DynamicalVAE):
             pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
         return z
 
-    def guide_path(self, batch: SequenceBatch):
-        """Draw a path from q(z | x, u), filtering, plain torch: (loc, scale, path), each (B, T, z_dim).
+    def guide_path(self, batch: SequenceBatch, features: bool = False):
+        """Draw a path from q(z | x, u), filtering, plain torch: (loc, scale, path), each (B, T, z_dim),
+        and with ``features`` also (phi_z(z), h_{t-1}) (B, T, .) as :meth:`path_features` gives them.
 
         Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step).
         """
         B, T = batch.batch_size, batch.num_steps
         phi_x = self.phi_x(batch.x).unbind(1)  # (B, feat) per step, computed at once; unbind, not phi_x[:, t]
         u = [None] * T if batch.u is None else batch.u.unbind(1)
-        state, locs, scales, zs = self.recurrence.initial(B), [], [], []
+        state = self.recurrence.initial(B)
+        locs, scales, zs, phi_zs, hs = [], [], [], [], []
         for t in range(T):
-            loc, scale = self.posterior(torch.cat([phi_x[t], Recurrence.output(state)], -1))
+            h = Recurrence.output(state)
+            loc, scale = self.posterior(torch.cat([phi_x[t], h], -1))
             z = loc + torch.empty_like(loc).normal_() * scale  # (B, z_dim), as Normal.rsample
-            locs.append(loc), scales.append(scale), zs.append(z)
+            phi_z = self.phi_z(z)
+            locs.append(loc), scales.append(scale), zs.append(z), phi_zs.append(phi_z), hs.append(h)
             if t + 1 < T:
-                parts = [phi_x[t], self.phi_z(z)] + ([] if u[t] is None else [u[t]])
-                state = self.recurrence(torch.cat(parts, -1), state)
-        return torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1)
+                state = self.recurrence(torch.cat([phi_x[t], phi_z] + ([] if u[t] is None else [u[t]]), -1), state)
+        out = (torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1))
+        return out + ((torch.stack(phi_zs, 1), torch.stack(hs, 1)),) if features else out
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u), filtering, with the path as one site. Returns the sampled path (B, T, z_dim)."""
         pyro.module("vrnn", self)
-        loc, scale, path = self.guide_path(batch)
+        loc, scale, path, feats = self.guide_path(batch, features=True)
+        _GUIDE_FEATURES[path] = (self, batch.x, batch.u, feats)  # for model_vectorized; dies with the path
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             with poutine.scale(scale=annealing_factor):
                 return pyro.sample("z", GuidePath(loc, scale, path, batch.mask))

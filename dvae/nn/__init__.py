@@ -118,6 +118,79 @@ class Combiner(nn.Module):
         hidden = h if self.mean_field else 0.5 * (torch.tanh(self.z_to_hidden(z_prev)) + h)
         return self.loc(hidden), positive(self.scale(hidden))
 
+    def scan(self, z_init: torch.Tensor, h: torch.Tensor, eps: torch.Tensor):
+        """Draw a whole path, z_t = loc_t + eps_t * scale_t with (loc_t, scale_t) = self(z_{t-1}, h_t), from
+        z_{-1} = ``z_init`` (B, z_dim), ``h`` (B, T, rnn_dim) and the standard normals ``eps`` (T, B, z_dim).
+        Returns loc, scale, z, each (B, T, z_dim): what looping :meth:`forward` gives, up to float rounding,
+        with the same gradients, but with minimal work per step (one fused autograd node, the loc and
+        scale heads as one matmul, every weight gradient as one matmul over all steps)."""
+        if self.mean_field:
+            loc, scale = self(None, h)
+            return loc, scale, loc + eps.transpose(0, 1) * scale
+        heads_w = torch.cat([self.loc.weight, self.scale.weight], 0)  # (2 z_dim, rnn_dim)
+        heads_b = torch.cat([self.loc.bias, self.scale.bias], 0)
+        loc, scale, z = _CombinerScan.apply(h.transpose(0, 1).contiguous(), z_init, eps, self.z_to_hidden.weight,
+                                            self.z_to_hidden.bias, heads_w, heads_b)  # (T, B, z_dim) each
+        return loc.transpose(0, 1), scale.transpose(0, 1), z.transpose(0, 1)
+
+
+class _CombinerScan(torch.autograd.Function):
+    """The DKS combiner run over a path, time-major, as one autograd node (see :meth:`Combiner.scan`).
+
+    Step t: a = z_{t-1} W1^T + b1, hid = (tanh(a) + h_t) / 2, [loc, raw] = hid Wc^T + bc,
+    scale = softplus(raw) + MIN_SCALE, z_t = loc + eps_t * scale. The backward pass runs the chain
+    z_t -> z_{t-1} step by step (two small matmuls a step) and forms every weight gradient afterwards.
+    """
+
+    @staticmethod
+    def forward(ctx, h, z_init, eps, w1, b1, wc, bc):
+        T, B, _ = h.shape
+        Z = z_init.shape[-1]
+        th = torch.empty_like(h)  # tanh(a_t)
+        hid = torch.empty_like(h)
+        out = h.new_empty(T, B, 2 * Z)  # [loc, raw]
+        z = h.new_empty(T, B, Z)
+        half_h = 0.5 * h
+        w1_t, wc_t = w1.t().contiguous(), wc.t().contiguous()
+        z_prev = z_init
+        for t in range(T):
+            torch.tanh(torch.addmm(b1, z_prev, w1_t), out=th[t])
+            torch.add(half_h[t], th[t], alpha=0.5, out=hid[t])
+            torch.addmm(bc, hid[t], wc_t, out=out[t])
+            loc_t, raw_t = out[t, :, :Z], out[t, :, Z:]
+            torch.addcmul(loc_t, eps[t], F.softplus(raw_t) + MIN_SCALE, out=z[t])
+            z_prev = z[t]
+        loc, raw = out[..., :Z], out[..., Z:]
+        scale = F.softplus(raw) + MIN_SCALE
+        ctx.save_for_backward(z_init, eps, w1, wc, th, hid, raw, z)
+        return loc, scale, z
+
+    @staticmethod
+    def backward(ctx, g_loc, g_scale, g_z):
+        z_init, eps, w1, wc, th, hid, raw, z = ctx.saved_tensors
+        T, B, H = th.shape
+        Z = z_init.shape[-1]
+        d_softplus = torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))  # as softplus' backward
+        half_dtanh = 0.5 * (1 - th * th)
+        g_scale_sp = g_scale * d_softplus
+        eps_sp = eps * d_softplus
+        d_out = th.new_empty(T, B, 2 * Z)  # d[loc, raw]
+        d_hid = torch.empty_like(th)
+        d_a = torch.empty_like(th)
+        carry = torch.zeros_like(z_init)  # dL/dz_t through step t + 1
+        for t in range(T - 1, -1, -1):
+            g = g_z[t] + carry
+            torch.add(g_loc[t], g, out=d_out[t, :, :Z])
+            torch.addcmul(g_scale_sp[t], g, eps_sp[t], out=d_out[t, :, Z:])
+            torch.mm(d_out[t], wc, out=d_hid[t])
+            torch.mul(d_hid[t], half_dtanh[t], out=d_a[t])
+            carry = d_a[t] @ w1
+        z_prev = torch.cat([z_init[None], z[:-1]], 0).reshape(T * B, Z)
+        d_a2, d_out2 = d_a.reshape(T * B, H), d_out.reshape(T * B, 2 * Z)
+        g_w1, g_b1 = d_a2.t() @ z_prev, d_a2.sum(0)
+        g_wc, g_bc = d_out2.t() @ hid.reshape(T * B, H), d_out2.sum(0)
+        return 0.5 * d_hid, carry, None, g_w1, g_b1, g_wc, g_bc
+
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence of ``x`` (B, T, d) within its length; padding stays at the end."""
@@ -137,6 +210,49 @@ def make_rnn(rnn_type: str, input_dim: int, hidden_dim: int, bidirectional: bool
     if rnn_type == "rnn":
         return nn.RNN(input_dim, hidden_dim, nonlinearity="relu", **kw)
     raise ValueError(f"unknown rnn type {rnn_type!r} (choose gru, lstm or rnn)")
+
+
+def run_rnn(rnn: nn.RNNBase, y: torch.Tensor, state=None) -> torch.Tensor:
+    """The outputs (B, T, hidden) of a batch-first RNN made by :func:`make_rnn` over ``y`` (B, T, input_dim)
+    from ``state`` (as ``rnn`` takes it; None: zeros). A one-layer ReLU RNN runs as :class:`_ReluRNNScan`
+    (same values and gradients, less work per step); GRU and LSTM run as ``rnn(y, state)``."""
+    if isinstance(rnn, nn.RNN) and rnn.nonlinearity == "relu" and rnn.num_layers == 1 and not rnn.bidirectional \
+            and rnn.bias and rnn.batch_first:
+        B = y.shape[0]
+        h0 = y.new_zeros(B, rnn.hidden_size) if state is None else state[0]
+        x_proj = F.linear(y, rnn.weight_ih_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0).transpose(0, 1).contiguous()
+        return _ReluRNNScan.apply(x_proj, h0, rnn.weight_hh_l0).transpose(0, 1)
+    return rnn(y, state)[0]
+
+
+class _ReluRNNScan(torch.autograd.Function):
+    """h_t = relu(x_t + h_{t-1} W^T) over a time-major input projection x (T, B, H), as one autograd node:
+    the backward pass runs the chain h_t -> h_{t-1} step by step (one matmul a step) and forms the weight
+    gradient as one matmul over all steps, where autograd would form and accumulate one per step."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w):
+        out = x.clone()
+        w_t = w.t().contiguous()
+        h = h0
+        for t in range(x.shape[0]):
+            out[t].addmm_(h, w_t).relu_()
+            h = out[t]
+        ctx.save_for_backward(h0, w, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        h0, w, out = ctx.saved_tensors
+        T, B, H = out.shape
+        d_pre = torch.empty_like(out)
+        positive_ = out > 0
+        carry = torch.zeros_like(h0)  # dL/dh_t through step t + 1
+        for t in range(T - 1, -1, -1):
+            torch.mul(g_out[t] + carry, positive_[t], out=d_pre[t])
+            carry = d_pre[t] @ w
+        h_prev = torch.cat([h0[None], out[:-1]], 0).reshape(T * B, H)
+        return d_pre, carry, d_pre.reshape(T * B, H).t() @ h_prev
 
 
 class SequenceEncoder(nn.Module):
@@ -159,22 +275,22 @@ class SequenceEncoder(nn.Module):
     def forward(self, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """y (B, T, input_dim) -> h (B, T, out_dim)."""
         if self.direction == "forward":
-            return self.rnn(y)[0]
+            return run_rnn(self.rnn, y)
         back_rnn = self.rnn_back if self.rnn_back is not None else self.rnn
-        back = reverse_padded(back_rnn(reverse_padded(y, lengths))[0], lengths)  # (B, T, rnn_dim)
+        back = reverse_padded(run_rnn(back_rnn, reverse_padded(y, lengths)), lengths)  # (B, T, rnn_dim)
         if self.direction == "backward":
             return back
-        return torch.cat([self.rnn(y)[0], back], -1)  # (B, T, 2 rnn_dim)
+        return torch.cat([run_rnn(self.rnn, y), back], -1)  # (B, T, 2 rnn_dim)
 
     def final(self, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The summary of the whole sequence (B, out_dim): the forward state at the last real step
         (and, bidirectionally, the backward state at step 0)."""
         B = y.shape[0]
         idx = (lengths.to(y.device) - 1).clamp(min=0)
-        fwd = self.rnn(y)[0][torch.arange(B, device=y.device), idx]  # (B, rnn_dim)
+        fwd = run_rnn(self.rnn, y)[torch.arange(B, device=y.device), idx]  # (B, rnn_dim)
         if self.rnn_back is None:
             return fwd
-        back = self.rnn_back(reverse_padded(y, lengths))[0]
+        back = run_rnn(self.rnn_back, reverse_padded(y, lengths))
         return torch.cat([fwd, back[torch.arange(B, device=y.device), idx]], -1)
 
 

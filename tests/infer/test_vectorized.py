@@ -78,8 +78,9 @@ def test_both_forms_give_the_same_elbo_and_gradients(family, guide, u_dim, annea
 
 
 @pytest.mark.parametrize("family, guide", VARIANTS)
-def test_both_forms_agree_in_float32_with_a_bernoulli_likelihood(family, guide):
-    m = tiny(family, 0, guide, likelihood="bernoulli", dtype=torch.float32)
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm", "rnn"])
+def test_both_forms_agree_in_float32_with_a_bernoulli_likelihood(family, guide, rnn_type):
+    m = tiny(family, 0, guide, likelihood="bernoulli", dtype=torch.float32, rnn_type=rnn_type)
     batch = ragged(0, lengths=(9, 2, 6, 1), dtype=torch.float32, binary=True)
     per_step = loss_and_grads(m, m.model, m.guide, batch, DynamicalELBO())
     vectorized = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO())
@@ -220,6 +221,83 @@ def test_the_vrnn_vectorized_model_cannot_run_unconditioned():
     m = tiny("vrnn")
     with pytest.raises(NotImplementedError, match="per-step"):
         poutine.trace(poutine.uncondition(m.model_vectorized)).get_trace(ragged())
+
+
+def test_the_vrnn_model_reuses_the_guides_recurrence_with_the_same_result(monkeypatch):
+    import dvae.models.vrnn as vrnn
+
+    m = tiny("vrnn")
+    batch = ragged()
+    with_memo = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.6)
+    hits = []
+    real_get = vrnn.WeakTensorKeyDictionary.get
+
+    class Spy(vrnn.WeakTensorKeyDictionary):
+        def get(self, key, default=None):
+            hits.append(real_get(self, key) is not None)
+            return real_get(self, key, default)
+
+    class Forgetful(vrnn.WeakTensorKeyDictionary):
+        def __setitem__(self, key, value):
+            pass
+
+    monkeypatch.setattr(vrnn, "_GUIDE_FEATURES", Spy())
+    loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO())
+    assert hits and all(hits)  # the model found the guide's recurrence for the guide's path
+    monkeypatch.setattr(vrnn, "_GUIDE_FEATURES", Forgetful())  # the model runs its own (Recurrence.scan)
+    without = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.6)
+    torch.testing.assert_close(without[0], with_memo[0], **TIGHT)
+    assert_same_grads(without[1], with_memo[1], **TIGHT)
+
+
+@pytest.mark.parametrize("h0", [False, True])
+def test_the_fused_relu_rnn_equals_torchs(h0):
+    from dvae.nn import make_rnn, run_rnn
+
+    rnn = make_rnn("rnn", 5, 7).double()
+    y = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(1, 3, 7, dtype=torch.float64, requires_grad=True) if h0 else None
+    w = torch.randn(3, 6, 7, dtype=torch.float64)
+    grads = []
+    for f in (lambda: rnn(y, state)[0], lambda: run_rnn(rnn, y, state)):
+        leaves = list(rnn.parameters()) + [y] + ([state] if h0 else [])
+        for p in leaves:
+            p.grad = None
+        out = f()
+        ((out * w).sum() + (out ** 2).sum()).backward()
+        grads.append([out.detach()] + [p.grad.clone() for p in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, **TIGHT)
+
+
+def test_the_fused_combiner_scan_equals_the_step_loop():
+    from dvae.nn import Combiner
+
+    c = Combiner(4, 8).double()
+    B, T = 3, 6
+    h = torch.randn(B, T, 8, dtype=torch.float64, requires_grad=True)
+    z0 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    eps = torch.randn(T, B, 4, dtype=torch.float64)
+    w = torch.randn(B, T, 4, dtype=torch.float64)
+
+    def loop():
+        z, out = z0.expand(B, -1), []
+        for t in range(T):
+            loc, scale = c(z, h[:, t])
+            z = loc + eps[t] * scale
+            out.append((loc, scale, z))
+        return [torch.stack(v, 1) for v in zip(*out)]
+
+    grads = []
+    for f in (loop, lambda: c.scan(z0.expand(B, -1), h, eps)):
+        leaves = list(c.parameters()) + [h, z0]
+        for p in leaves:
+            p.grad = None
+        loc, scale, z = f()
+        ((loc * w).sum() + (scale * w ** 2).sum() + (z.sin() * w).sum()).backward()
+        grads.append([loc.detach(), scale.detach(), z.detach()] + [p.grad.clone() for p in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, **TIGHT)
 
 
 @pytest.mark.parametrize("rnn_type", ["gru", "lstm", "rnn"])
