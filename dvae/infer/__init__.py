@@ -1,5 +1,11 @@
-"""Inference: the dynamical ELBO, annealing and free bits, importance-weighted bounds, the trainer."""
+"""Inference: the dynamical ELBO, annealing and free bits, importance-weighted bounds, the trainer.
 
-from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound
+``DynamicalELBO`` scores both forms of every model's program (``model``/``guide`` with a site per
+step, ``model_vectorized``/``guide_vectorized`` with the path as one site); ``direct_loss`` is the same
+ELBO written in plain torch (the reference for tests and benchmarks).
+"""
 
-__all__ = ["DynamicalELBO", "elbo_terms", "iw_bound"]
+from dvae.infer.direct import direct_loss
+from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound, site_kl_steps
+
+__all__ = ["DynamicalELBO", "elbo_terms", "iw_bound", "site_kl_steps", "direct_loss"]

@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""Training speed and memory: the per-step Pyro program, the time-vectorized one, and plain PyTorch.
+
+    python bench/bench_training.py            # the full run (a few minutes on a 2-core CPU)
+    python bench/bench_training.py --quick    # tiny sizes, seconds: a smoke test of this script
+
+For each model (DMM, VRNN, VRAE) at the configuration of Pyro's DMM example (z 100, transition 200,
+emission 100, ReLU RNN of 600 units, batch 20, Adam lr 3e-4, Bernoulli observations of 88 keys) on
+JSB-shaped synthetic piano rolls (lengths drawn uniformly in 60..160 steps; or ``--data`` a polyphonic
+pickle), it times training updates of four variants, all with the same networks and initial weights:
+
+    (a0) per-step program (a site per step), Pyro's TraceMeanField_ELBO
+    (a)  per-step program, dvae's DynamicalELBO
+    (b)  time-vectorized program (path and observations one site each), DynamicalELBO
+    (c)  plain PyTorch: ``dvae.infer.direct.direct_loss`` (same networks, same estimator, the ELBO
+         written in torch) with torch.optim.Adam
+
+An "epoch" is a fixed set of ``--batches`` batches (default 10) after ``--warmup`` batches (default 2).
+Every (model, variant) runs in its own forked process (fresh allocator, fresh Pyro param store), so
+its peak resident memory is its own; rounds repeat the whole grid in rotated order and the table gives
+the median over rounds (the machine may be shared). Memory, on CPU: ``peak_rss_delta_mb``, growth of
+the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before the
+first update to the end; ``saved_mb``, the bytes of the tensors autograd keeps for the backward pass
+of one update (parameters excluded, each storage counted once), an allocator-independent figure. On
+CUDA, ``peak_cuda_mb`` is ``torch.cuda.max_memory_allocated``.
+
+Writes a table to stdout and JSON to ``--out`` (default bench/results/training.json;
+bench/results/training-quick.json with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# no torch computation in this (parent) process: the workers are forked from it
+import pyro  # noqa: E402
+import torch  # noqa: E402
+
+try:  # imported lazily by the first optimizer step (~80 MB): import it once here, not in every worker
+    import torch._dynamo  # noqa: E402,F401
+except ImportError:  # pragma: no cover
+    pass
+
+FULL = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn_type="rnn", batch_size=20, lr=3e-4,
+            min_len=60, max_len=160, batches=10, warmup=2, rounds=3)
+QUICK = dict(z_dim=4, transition_dim=8, emission_dim=8, rnn_dim=16, rnn_type="rnn", batch_size=4, lr=3e-4,
+             min_len=5, max_len=12, batches=3, warmup=1, rounds=1)
+FAMILIES = ["dmm", "vrnn", "vrae"]
+VARIANTS = {
+    "per_step_tmf": "(a0) per-step, TraceMeanField_ELBO",
+    "per_step": "(a) per-step, DynamicalELBO",
+    "vectorized": "(b) vectorized, DynamicalELBO",
+    "torch": "(c) plain PyTorch",
+}
+X_DIM = 88
+
+
+# --- data ------------------------------------------------------------------------------------------
+def synthetic_rolls(n: int, min_len: int, max_len: int, seed: int):
+    """JSB-shaped binary piano rolls: lengths uniform in [min_len, max_len], 88 keys, about 4 notes on,
+    held for a few steps (each key keeps its state with probability 0.75)."""
+    rng = np.random.default_rng(seed)
+    rolls = []
+    for L in rng.integers(min_len, max_len + 1, size=n):
+        x = np.zeros((L, X_DIM), dtype=np.float32)
+        state = rng.random(X_DIM) < 0.05
+        for t in range(L):
+            keep = rng.random(X_DIM) < 0.75
+            state = np.where(keep, state, rng.random(X_DIM) < 0.05)
+            x[t] = state
+        rolls.append(x)
+    return rolls
+
+
+def polyphonic_rolls(path: str, n: int, seed: int):
+    from dvae.data import load_polyphonic
+
+    data = load_polyphonic(path)
+    train = data.subset("train")[0]
+    idx = np.random.default_rng(seed).permutation(len(train))[:n]
+    return [train[i] for i in idx]
+
+
+# --- one (model, variant) in a worker process -------------------------------------------------------
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _make_step(variant: str, model, lr: float):
+    from dvae.infer import DynamicalELBO
+    from dvae.infer.direct import direct_loss
+
+    if variant == "torch":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+        def step(batch):
+            loss = direct_loss(model, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss.item()
+
+        return step
+    elbo = pyro.infer.TraceMeanField_ELBO() if variant == "per_step_tmf" else DynamicalELBO()
+    programs = model.programs(vectorized=variant == "vectorized")
+    svi = pyro.infer.SVI(*programs, pyro.optim.Adam({"lr": lr}), elbo)
+    return svi.step
+
+
+def _saved_bytes(step, batch, model) -> int:
+    """Bytes of the tensors autograd saves for backward in one update (parameters excluded, each
+    storage once)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(batch)
+    return sum(seen.values())
+
+
+def run_one(spec: dict) -> dict:
+    from dvae.data import collate
+    from dvae.models import ModelConfig, build_model
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    c = spec["config"]
+    torch.manual_seed(spec["seed"])
+    model = build_model(ModelConfig(spec["family"], x_dim=X_DIM, z_dim=c["z_dim"], rnn_dim=c["rnn_dim"],
+                                    rnn_type=c["rnn_type"], transition_dim=c["transition_dim"],
+                                    emission_dim=c["emission_dim"], likelihood="bernoulli")).to(device)
+    rolls, B = spec["rolls"], c["batch_size"]
+    batches = [collate([torch.from_numpy(x) for x in rolls[i:i + B]]).to(device) for i in range(0, len(rolls), B)]
+    step = _make_step(spec["variant"], model, c["lr"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    pyro.set_rng_seed(spec["seed"])
+    rss_before = _maxrss_mb()
+    losses, seconds = [], []
+    for i, batch in enumerate(batches):
+        sync()
+        t0 = time.perf_counter()
+        losses.append(step(batch))
+        sync()
+        if i >= c["warmup"]:
+            seconds.append(time.perf_counter() - t0)
+    out = {"batch_seconds": seconds, "epoch_seconds": sum(seconds), "losses": losses,
+           "peak_rss_mb": _maxrss_mb(), "peak_rss_delta_mb": _maxrss_mb() - rss_before,
+           "steps": [int(b.lengths.sum()) for b in batches[c["warmup"]:]]}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    out["saved_mb"] = _saved_bytes(step, batches[0], model) / 2 ** 20
+    return out
+
+
+def _worker(conn, spec):
+    try:
+        conn.send(("ok", run_one(spec)))
+    except BaseException:  # report, never hang the parent
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_isolated(spec: dict) -> dict:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(child, spec))
+    proc.start()
+    child.close()
+    status, payload = parent.recv()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{spec['family']}/{spec['variant']} failed:\n{payload}")
+    return payload
+
+
+# --- the grid -------------------------------------------------------------------------------------
+def machine_info(threads: int, device: str) -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads, "device": device,
+            "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+            "platform": platform.platform(), "git_commit": commit}
+
+
+def summarise(results: dict) -> dict:
+    summary = {}
+    for fam, variants in results.items():
+        row = {}
+        for v, runs in variants.items():
+            epochs = [r["epoch_seconds"] for r in runs]
+            row[v] = {"epoch_seconds_median": statistics.median(epochs), "epoch_seconds_min": min(epochs),
+                      "epoch_seconds_rounds": epochs,
+                      "peak_rss_delta_mb": statistics.median(r["peak_rss_delta_mb"] for r in runs),
+                      "saved_mb": runs[0]["saved_mb"]}
+            if "peak_cuda_mb" in runs[0]:
+                row[v]["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in runs)
+        first = {v: runs[0]["losses"][0] for v, runs in variants.items()}  # same weights, same draws
+        ref = first["per_step"]
+        row["first_batch_loss"] = first
+        row["first_batch_loss_max_rel_diff"] = max(abs(x - ref) / abs(ref) for x in first.values())
+        b = row["vectorized"]["epoch_seconds_median"]
+        row["ratios"] = {"b_over_a": b / row["per_step"]["epoch_seconds_median"],
+                         "b_over_a0": b / row["per_step_tmf"]["epoch_seconds_median"],
+                         "b_over_c": b / row["torch"]["epoch_seconds_median"]}
+        summary[fam] = row
+    return summary
+
+
+def print_table(summary: dict, batches: int, cuda: bool) -> None:
+    mem = "peak CUDA MB" if cuda else "peak RSS +MB"
+    head = f"{'model':6} {'variant':38} {'s/epoch':>8} {'ms/batch':>9} {mem:>13} {'saved MB':>9}"
+    print(head)
+    print("-" * len(head))
+    for fam, row in summary.items():
+        for v, label in VARIANTS.items():
+            r = row[v]
+            m = r["peak_cuda_mb"] if cuda else r["peak_rss_delta_mb"]
+            print(f"{fam:6} {label:38} {r['epoch_seconds_median']:8.3f} "
+                  f"{1000 * r['epoch_seconds_median'] / batches:9.1f} {m:13.1f} {r['saved_mb']:9.1f}")
+        q = row["ratios"]
+        print(f"{fam:6} ratios: (b)/(a) {q['b_over_a']:.3f}   (b)/(a0) {q['b_over_a0']:.3f}   "
+              f"(b)/(c) {q['b_over_c']:.3f}   first-batch loss agrees across variants to "
+              f"{row['first_batch_loss_max_rel_diff']:.1e} (relative)")
+    print(f"s/epoch: {batches} batches after the warm-up, median over rounds; peak RSS +MB: growth of the "
+          "worker's peak resident set over the run; saved MB: tensors autograd keeps for one backward pass")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke test")
+    p.add_argument("--data", help="a polyphonic pickle (e.g. ../shared/data/polyphonic/Nottingham.pickle) "
+                                  "instead of synthetic JSB-shaped rolls")
+    p.add_argument("--models", default=",".join(FAMILIES))
+    p.add_argument("--batches", type=int, help="timed batches per epoch (default 10; quick 3)")
+    p.add_argument("--warmup", type=int, help="untimed batches first (default 2; quick 1)")
+    p.add_argument("--rounds", type=int, help="repetitions of the whole grid (default 3; quick 1)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch threads per worker (default: torch's default, here %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON output (default bench/results/training.json; quick: training-quick.json)")
+    a = p.parse_args(argv)
+
+    config = dict(QUICK if a.quick else FULL)
+    for key in ("batches", "warmup", "rounds"):
+        if getattr(a, key) is not None:
+            config[key] = getattr(a, key)
+    families = [f for f in a.models.split(",") if f]
+    n = config["batch_size"] * (config["warmup"] + config["batches"])
+    if a.data:
+        rolls, data_desc = polyphonic_rolls(a.data, n, a.seed), {"source": a.data}
+    else:
+        rolls = synthetic_rolls(n, config["min_len"], config["max_len"], a.seed)
+        data_desc = {"source": "synthetic JSB-shaped binary rolls", "x_dim": X_DIM,
+                     "lengths": f"uniform {config['min_len']}..{config['max_len']}"}
+    data_desc.update(num_sequences=len(rolls), mean_length=float(np.mean([len(r) for r in rolls])))
+    out_path = a.out or os.path.join(ROOT, "bench", "results", "training-quick.json" if a.quick else "training.json")
+
+    info = machine_info(a.threads, a.device)
+    load_start = os.getloadavg()
+    results = {f: {v: [] for v in VARIANTS} for f in families}
+    t0 = time.perf_counter()
+    grid = [(f, v) for f in families for v in VARIANTS]
+    for r in range(config["rounds"]):
+        order = grid[r % len(grid):] + grid[:r % len(grid)]  # rotate: no variant always runs first
+        for fam, variant in order:
+            spec = {"family": fam, "variant": variant, "config": config, "rolls": rolls, "seed": a.seed,
+                    "threads": a.threads, "device": a.device}
+            res = run_isolated(spec)
+            results[fam][variant].append(res)
+            print(f"  round {r + 1}/{config['rounds']} {fam:5} {variant:13} {res['epoch_seconds']:8.3f} s",
+                  file=sys.stderr, flush=True)
+    summary = summarise(results)
+    print_table(summary, config["batches"], a.device == "cuda")
+
+    report = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + (sys.argv[1:] if argv is None else argv)),
+              "machine": info, "load_average_start": load_start, "load_average_end": os.getloadavg(),
+              "wall_seconds": time.perf_counter() - t0, "config": config, "data": data_desc,
+              "variants": VARIANTS, "summary": summary,
+              "runs": {f: {v: [{k: r[k] for k in r if k != "losses"} | {"first_losses": r["losses"][:3]}
+                               for r in runs] for v, runs in vs.items()} for f, vs in results.items()}}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, out_path)
+    print(f"wrote {os.path.relpath(out_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The training benchmark runs end to end (``--quick``) and its variants score the same loss."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_bench_training_quick(tmp_path):
+    out = tmp_path / "training.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_training.py"), "--quick",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(b)/(a)" in proc.stdout and "(b)/(c)" in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["summary"]) == {"dmm", "vrnn", "vrae"}
+    for fam, row in report["summary"].items():
+        for variant in ("per_step_tmf", "per_step", "vectorized", "torch"):
+            assert row[variant]["epoch_seconds_median"] > 0 and row[variant]["saved_mb"] > 0
+        assert all(math.isfinite(r) and r > 0 for r in row["ratios"].values())
+        # same weights and the same draws: the first update scores the same -ELBO in every variant
+        assert row["first_batch_loss_max_rel_diff"] < 1e-4, (fam, row["first_batch_loss"])
+    assert report["machine"]["torch_threads"] == 1 and report["config"]["batches"] == 3
