@@ -7,7 +7,8 @@
 For each model (DMM, VRNN, VRAE) at the configuration of Pyro's DMM example (z 100, transition 200,
 emission 100, ReLU RNN of 600 units, batch 20, Adam lr 3e-4, Bernoulli observations of 88 keys) on
 JSB-shaped synthetic piano rolls (lengths drawn uniformly in 60..160 steps; or ``--data`` a polyphonic
-pickle), it times training updates of four variants, all with the same networks and initial weights:
+pickle), it times training updates of four variants, all with the same networks, initial weights and
+random draws (their first-batch losses agree, which the table reports):
 
     (a0) per-step program (a site per step), Pyro's TraceMeanField_ELBO
     (a)  per-step program, dvae's DynamicalELBO
@@ -16,6 +17,9 @@ pickle), it times training updates of four variants, all with the same networks 
          written in torch) with torch.optim.Adam
 
 An "epoch" is a fixed set of ``--batches`` batches (default 10) after ``--warmup`` batches (default 2).
+Denormal floats are flushed to zero in every variant (``torch.set_flush_denormal(True)``; see
+``--keep-denormals``): otherwise the backpropagated gradients of the ReLU RNNs decay into denormals
+and the x86 slow path they take makes times depend on where training happens to be.
 Every (model, variant) runs in its own forked process (fresh allocator, fresh Pyro param store), so
 its peak resident memory is its own; rounds repeat the whole grid in rotated order and the table gives
 the median over rounds (the machine may be shared). Memory, on CPU: ``peak_rss_delta_mb``, growth of
@@ -145,6 +149,8 @@ def run_one(spec: dict) -> dict:
     from dvae.models import ModelConfig, build_model
 
     torch.set_num_threads(spec["threads"])
+    if spec["flush_denormal"]:
+        torch.set_flush_denormal(True)
     device = torch.device(spec["device"])
     c = spec["config"]
     torch.manual_seed(spec["seed"])
@@ -271,6 +277,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads per worker (default: torch's default, here %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--keep-denormals", action="store_true",
+                   help="do not flush denormal floats to zero (torch.set_flush_denormal); on x86 CPUs the "
+                        "gradients of a ReLU RNN decay into denormals over long sequences and every variant "
+                        "slows down by up to 2x at random points of training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON output (default bench/results/training.json; quick: training-quick.json)")
     a = p.parse_args(argv)
@@ -290,6 +300,7 @@ def main(argv=None) -> int:
     data_desc.update(num_sequences=len(rolls), mean_length=float(np.mean([len(r) for r in rolls])))
     out_path = a.out or os.path.join(ROOT, "bench", "results", "training-quick.json" if a.quick else "training.json")
 
+    config["flush_denormal"] = not a.keep_denormals
     info = machine_info(a.threads, a.device)
     load_start = os.getloadavg()
     results = {f: {v: [] for v in VARIANTS} for f in families}
@@ -299,7 +310,7 @@ def main(argv=None) -> int:
         order = grid[r % len(grid):] + grid[:r % len(grid)]  # rotate: no variant always runs first
         for fam, variant in order:
             spec = {"family": fam, "variant": variant, "config": config, "rolls": rolls, "seed": a.seed,
-                    "threads": a.threads, "device": a.device}
+                    "threads": a.threads, "device": a.device, "flush_denormal": not a.keep_denormals}
             res = run_isolated(spec)
             results[fam][variant].append(res)
             print(f"  round {r + 1}/{config['rounds']} {fam:5} {variant:13} {res['epoch_seconds']:8.3f} s",
