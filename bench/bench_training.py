@@ -16,17 +16,20 @@ random draws (their first-batch losses agree, which the table reports):
     (c)  plain PyTorch: ``dvae.infer.direct.direct_loss`` (same networks, same estimator, the ELBO
          written in torch) with torch.optim.Adam
 
-An "epoch" is a fixed set of ``--batches`` batches (default 10) after ``--warmup`` batches (default 2).
+An "epoch" is a fixed set of ``--batches`` batches (default 10), after ``--warmup`` batches (default 2);
+``--rounds`` epochs (default 5) are timed. Every (model, variant) lives in its own forked worker
+process (its own allocator and Pyro param store, so its peak memory is its own), and the four
+variants of a model run interleaved, batch by batch in rotating order, so that a busy neighbour on
+the machine slows them all alike; each ratio is taken per epoch, then the median over epochs.
 Denormal floats are flushed to zero in every variant (``torch.set_flush_denormal(True)``; see
 ``--keep-denormals``): otherwise the backpropagated gradients of the ReLU RNNs decay into denormals
 and the x86 slow path they take makes times depend on where training happens to be.
-Every (model, variant) runs in its own forked process (fresh allocator, fresh Pyro param store), so
-its peak resident memory is its own; rounds repeat the whole grid in rotated order and the table gives
-the median over rounds (the machine may be shared). Memory, on CPU: ``peak_rss_delta_mb``, growth of
-the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before the
-first update to the end; ``saved_mb``, the bytes of the tensors autograd keeps for the backward pass
-of one update (parameters excluded, each storage counted once), an allocator-independent figure. On
-CUDA, ``peak_cuda_mb`` is ``torch.cuda.max_memory_allocated``.
+
+Memory, on CPU: ``peak_rss_delta_mb``, growth of the worker's peak resident set
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before its first update to its end;
+``saved_mb``, the bytes of the tensors autograd keeps for the backward pass of one update (parameters
+excluded, each storage counted once), an allocator-independent figure. On CUDA, ``peak_cuda_mb`` is
+``torch.cuda.max_memory_allocated``.
 
 Writes a table to stdout and JSON to ``--out`` (default bench/results/training.json;
 bench/results/training-quick.json with ``--quick``).
@@ -62,7 +65,7 @@ except ImportError:  # pragma: no cover
     pass
 
 FULL = dict(z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, rnn_type="rnn", batch_size=20, lr=3e-4,
-            min_len=60, max_len=160, batches=10, warmup=2, rounds=3)
+            min_len=60, max_len=160, batches=10, warmup=2, rounds=5)
 QUICK = dict(z_dim=4, transition_dim=8, emission_dim=8, rnn_dim=16, rnn_type="rnn", batch_size=4, lr=3e-4,
              min_len=5, max_len=12, batches=3, warmup=1, rounds=1)
 FAMILIES = ["dmm", "vrnn", "vrae"]
@@ -144,7 +147,49 @@ def _saved_bytes(step, batch, model) -> int:
     return sum(seen.values())
 
 
-def run_one(spec: dict) -> dict:
+class Worker:
+    """One (model, variant) in a forked process: builds the model (same seed for every variant), then
+    runs training updates on the parent's command, so the parent can interleave the variants batch by
+    batch (a busy neighbour on the machine then slows them all alike)."""
+
+    def __init__(self, spec: dict):
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=Worker._main, args=(child, spec))
+        self.proc.start()
+        child.close()
+        self.name = f"{spec['family']}/{spec['variant']}"
+        self._recv()  # ready
+
+    def _recv(self):
+        status, payload = self.conn.recv()
+        if status != "ok":
+            self.proc.join()
+            raise RuntimeError(f"{self.name} failed:\n{payload}")
+        return payload
+
+    def step(self, i: int):
+        """Run update i (an index into the batches); returns (seconds, loss)."""
+        self.conn.send(("step", i))
+        return self._recv()
+
+    def finish(self) -> dict:
+        self.conn.send(("finish", None))
+        out = self._recv()
+        self.proc.join()
+        return out
+
+    @staticmethod
+    def _main(conn, spec):
+        try:
+            _serve(conn, spec)
+        except BaseException:  # report, never hang the parent
+            conn.send(("error", traceback.format_exc()))
+        finally:
+            conn.close()
+
+
+def _serve(conn, spec: dict) -> None:
     from dvae.data import collate
     from dvae.models import ModelConfig, build_model
 
@@ -165,43 +210,52 @@ def run_one(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     pyro.set_rng_seed(spec["seed"])
     rss_before = _maxrss_mb()
-    losses, seconds = [], []
-    for i, batch in enumerate(batches):
-        sync()
-        t0 = time.perf_counter()
-        losses.append(step(batch))
-        sync()
-        if i >= c["warmup"]:
-            seconds.append(time.perf_counter() - t0)
-    out = {"batch_seconds": seconds, "epoch_seconds": sum(seconds), "losses": losses,
-           "peak_rss_mb": _maxrss_mb(), "peak_rss_delta_mb": _maxrss_mb() - rss_before,
-           "steps": [int(b.lengths.sum()) for b in batches[c["warmup"]:]]}
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    out["saved_mb"] = _saved_bytes(step, batches[0], model) / 2 ** 20
-    return out
+    conn.send(("ok", None))
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "step":
+            sync()
+            t0 = time.perf_counter()
+            loss = step(batches[arg])
+            sync()
+            conn.send(("ok", (time.perf_counter() - t0, loss)))
+            continue
+        out = {"peak_rss_mb": _maxrss_mb(), "peak_rss_delta_mb": _maxrss_mb() - rss_before}
+        if device.type == "cuda":
+            out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        out["saved_mb"] = _saved_bytes(step, batches[0], model) / 2 ** 20
+        conn.send(("ok", out))
+        return
 
 
-def _worker(conn, spec):
-    try:
-        conn.send(("ok", run_one(spec)))
-    except BaseException:  # report, never hang the parent
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def run_isolated(spec: dict) -> dict:
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(child, spec))
-    proc.start()
-    child.close()
-    status, payload = parent.recv()
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"{spec['family']}/{spec['variant']} failed:\n{payload}")
-    return payload
+def run_family(family: str, config: dict, rolls, common: dict, log) -> dict:
+    """Every variant of one model, interleaved batch by batch: ``rounds`` epochs of ``batches`` timed
+    updates each (after ``warmup`` untimed ones), the order of the variants rotating at every batch."""
+    workers = {v: Worker({"family": family, "variant": v, "config": config, "rolls": rolls, **common})
+               for v in VARIANTS}
+    names = list(VARIANTS)
+    n_batches = len(rolls) // config["batch_size"]
+    runs = {v: {"epoch_seconds": [], "batch_seconds": [], "losses": []} for v in names}
+    k = 0
+    for i in range(config["warmup"]):
+        for v in names[k % 4:] + names[:k % 4]:
+            runs[v]["losses"].append(workers[v].step(i % n_batches)[1])
+        k += 1
+    for r in range(config["rounds"]):
+        epoch = {v: 0.0 for v in names}
+        for i in range(config["batches"]):
+            for v in names[k % 4:] + names[:k % 4]:
+                seconds, loss = workers[v].step((config["warmup"] + i) % n_batches)
+                epoch[v] += seconds
+                runs[v]["batch_seconds"].append(seconds)
+                runs[v]["losses"].append(loss)
+            k += 1
+        for v in names:
+            runs[v]["epoch_seconds"].append(epoch[v])
+        log(f"  {family:5} epoch {r + 1}/{config['rounds']}: " + "  ".join(f"{v} {epoch[v]:.3f} s" for v in names))
+    for v in names:
+        runs[v].update(workers[v].finish())
+    return runs
 
 
 # --- the grid -------------------------------------------------------------------------------------
@@ -224,24 +278,25 @@ def machine_info(threads: int, device: str) -> dict:
 
 def summarise(results: dict) -> dict:
     summary = {}
-    for fam, variants in results.items():
+    for fam, runs in results.items():
         row = {}
-        for v, runs in variants.items():
-            epochs = [r["epoch_seconds"] for r in runs]
+        for v, run in runs.items():
+            epochs = run["epoch_seconds"]
             row[v] = {"epoch_seconds_median": statistics.median(epochs), "epoch_seconds_min": min(epochs),
-                      "epoch_seconds_rounds": epochs,
-                      "peak_rss_delta_mb": statistics.median(r["peak_rss_delta_mb"] for r in runs),
-                      "saved_mb": runs[0]["saved_mb"]}
-            if "peak_cuda_mb" in runs[0]:
-                row[v]["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in runs)
-        first = {v: runs[0]["losses"][0] for v, runs in variants.items()}  # same weights, same draws
+                      "epoch_seconds": epochs, "peak_rss_delta_mb": run["peak_rss_delta_mb"],
+                      "peak_rss_mb": run["peak_rss_mb"], "saved_mb": run["saved_mb"]}
+            if "peak_cuda_mb" in run:
+                row[v]["peak_cuda_mb"] = run["peak_cuda_mb"]
+        first = {v: run["losses"][0] for v, run in runs.items()}  # same weights, same draws
         ref = first["per_step"]
         row["first_batch_loss"] = first
         row["first_batch_loss_max_rel_diff"] = max(abs(x - ref) / abs(ref) for x in first.values())
-        b = row["vectorized"]["epoch_seconds_median"]
-        row["ratios"] = {"b_over_a": b / row["per_step"]["epoch_seconds_median"],
-                         "b_over_a0": b / row["per_step_tmf"]["epoch_seconds_median"],
-                         "b_over_c": b / row["torch"]["epoch_seconds_median"]}
+
+        def ratio(num, den):  # per epoch (the variants ran side by side), then the median over epochs
+            return statistics.median(n / d for n, d in zip(runs[num]["epoch_seconds"], runs[den]["epoch_seconds"]))
+
+        row["ratios"] = {"b_over_a": ratio("vectorized", "per_step"), "b_over_a0": ratio("vectorized", "per_step_tmf"),
+                         "b_over_c": ratio("vectorized", "torch")}
         summary[fam] = row
     return summary
 
@@ -261,7 +316,8 @@ def print_table(summary: dict, batches: int, cuda: bool) -> None:
         print(f"{fam:6} ratios: (b)/(a) {q['b_over_a']:.3f}   (b)/(a0) {q['b_over_a0']:.3f}   "
               f"(b)/(c) {q['b_over_c']:.3f}   first-batch loss agrees across variants to "
               f"{row['first_batch_loss_max_rel_diff']:.1e} (relative)")
-    print(f"s/epoch: {batches} batches after the warm-up, median over rounds; peak RSS +MB: growth of the "
+    print(f"s/epoch: {batches} batches after the warm-up, median over epochs; ratios: median over epochs of the "
+          "per-epoch ratio (the variants ran interleaved batch by batch); peak RSS +MB: growth of the "
           "worker's peak resident set over the run; saved MB: tensors autograd keeps for one backward pass")
 
 
@@ -273,7 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(FAMILIES))
     p.add_argument("--batches", type=int, help="timed batches per epoch (default 10; quick 3)")
     p.add_argument("--warmup", type=int, help="untimed batches first (default 2; quick 1)")
-    p.add_argument("--rounds", type=int, help="repetitions of the whole grid (default 3; quick 1)")
+    p.add_argument("--rounds", type=int, help="timed epochs (default 5; quick 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads per worker (default: torch's default, here %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -303,18 +359,10 @@ def main(argv=None) -> int:
     config["flush_denormal"] = not a.keep_denormals
     info = machine_info(a.threads, a.device)
     load_start = os.getloadavg()
-    results = {f: {v: [] for v in VARIANTS} for f in families}
     t0 = time.perf_counter()
-    grid = [(f, v) for f in families for v in VARIANTS]
-    for r in range(config["rounds"]):
-        order = grid[r % len(grid):] + grid[:r % len(grid)]  # rotate: no variant always runs first
-        for fam, variant in order:
-            spec = {"family": fam, "variant": variant, "config": config, "rolls": rolls, "seed": a.seed,
-                    "threads": a.threads, "device": a.device, "flush_denormal": not a.keep_denormals}
-            res = run_isolated(spec)
-            results[fam][variant].append(res)
-            print(f"  round {r + 1}/{config['rounds']} {fam:5} {variant:13} {res['epoch_seconds']:8.3f} s",
-                  file=sys.stderr, flush=True)
+    common = {"seed": a.seed, "threads": a.threads, "device": a.device, "flush_denormal": not a.keep_denormals}
+    results = {f: run_family(f, config, rolls, common, lambda m: print(m, file=sys.stderr, flush=True))
+               for f in families}
     summary = summarise(results)
     print_table(summary, config["batches"], a.device == "cuda")
 
@@ -322,8 +370,8 @@ def main(argv=None) -> int:
               "machine": info, "load_average_start": load_start, "load_average_end": os.getloadavg(),
               "wall_seconds": time.perf_counter() - t0, "config": config, "data": data_desc,
               "variants": VARIANTS, "summary": summary,
-              "runs": {f: {v: [{k: r[k] for k in r if k != "losses"} | {"first_losses": r["losses"][:3]}
-                               for r in runs] for v, runs in vs.items()} for f, vs in results.items()}}
+              "runs": {f: {v: {k: r[k] for k in r if k != "losses"} | {"first_losses": r["losses"][:3]}
+                           for v, r in vs.items()} for f, vs in results.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     with open(tmp, "w") as f:
