@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("plan", help="model-predictive control in a real env with the learned model")
+    p.add_argument("run_dir")
+    p.add_argument("--env", required=True, help="Gymnasium env id with a known reward (Pendulum-v1)")
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--planner", choices=["cem", "mppi"], default="cem")
+    p.add_argument("--horizon", type=int, default=25)
+    p.add_argument("--num-samples", type=int, default=300, help="candidate action sequences per iteration")
+    p.add_argument("--iterations", type=int, default=4, help="planner refinements per real step")
+    p.add_argument("--history", type=int, default=16, help="real observations the world model is filtered on")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--no-baselines", action="store_true", help="skip the random and true-simulator baselines")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -330,12 +345,48 @@ def cmd_score(a):
     return "\n".join(lines)
 
 
+# --- plan --------------------------------------------------------------------------------------------
+def cmd_plan(a) -> dict:
+    from dvae.control import PlannerConfig
+    from dvae.infer.trainer import resolve_device
+    from dvae.planning import model_policy, random_policy, run_episodes, true_policy
+    from dvae.run import load_model
+    from envs.rewards import reward_fn
+    from envs.simulators import true_returns
+
+    for name in ("episodes", "horizon", "num_samples", "iterations", "history", "max_steps"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.horizon < 2:
+        raise ValueError("--horizon must be at least 2")
+    reward = reward_fn(a.env)
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    pc = PlannerConfig(horizon=a.horizon, num_samples=a.num_samples, iterations=a.iterations)
+    t0 = time.perf_counter()
+    returns = run_episodes(a.env, model_policy(model, config.normalizer, reward, a.planner, pc, a.seed, a.history),
+                           a.episodes, a.seed, a.max_steps)
+    out = {"run_dir": a.run_dir, "env": a.env, "planner": a.planner, "episodes": a.episodes,
+           "mean_return": float(np.mean(returns)), "returns": returns, "seconds": time.perf_counter() - t0,
+           "baselines": {}}
+    if not a.no_baselines:
+        rnd = run_episodes(a.env, random_policy(a.seed), a.episodes, a.seed, a.max_steps)
+        out["baselines"]["random"] = {"mean_return": float(np.mean(rnd)), "returns": rnd}
+        factory = true_returns(a.env)
+        if factory is not None:
+            tr = run_episodes(a.env, true_policy(factory, a.planner, pc, a.seed), a.episodes, a.seed, a.max_steps)
+            out["baselines"]["true_model"] = {"mean_return": float(np.mean(tr)), "returns": tr}
+            gap = out["baselines"]["true_model"]["mean_return"] - out["baselines"]["random"]["mean_return"]
+            if gap != 0:
+                out["normalized_return"] = (out["mean_return"] - out["baselines"]["random"]["mean_return"]) / gap
+    return out
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         from dvae.errors import DvaeError
 
-        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score}
+        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan}
         result = verbs[a.verb](a)
         print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
         return 0

@@ -1,0 +1,96 @@
+"""Model-predictive control in a real Gymnasium env with a learned world model, and its baselines.
+
+``run_episodes`` steps a real env with a policy; ``model_policy`` plans each action with CEM/MPPI on
+imagined rollouts of a :class:`~dvae.world_model.WorldModel` filtered on the real history;
+``true_policy`` plans with the env's own batched dynamics; ``random_policy`` samples the action space.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dvae.control import Planner, PlannerConfig
+from dvae.world_model import WorldModel
+
+
+def run_episodes(env_id: str, make_policy: Callable, episodes: int, seed: int, max_steps: int = 200) -> List[float]:
+    """Returns of ``episodes`` episodes (reset seeds seed, seed + 1, ...); ``make_policy(env, episode)``
+    gives ``policy(obs, history) -> action`` with history = (observations, actions) so far."""
+    import envs  # noqa: F401  (registers the dvae/ systems)
+
+    env = gym.make(env_id)
+    returns = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            policy = make_policy(env, ep)
+            xs, us, total = [np.asarray(obs, np.float32).ravel()], [], 0.0
+            for _ in range(max_steps):
+                a = policy(obs, (np.stack(xs), np.stack(us) if us else None))
+                obs, r, term, trunc, _ = env.step(a)
+                total += float(r)
+                us.append(np.asarray(a, np.float32).ravel())
+                xs.append(np.asarray(obs, np.float32).ravel())
+                if term or trunc:
+                    break
+            returns.append(total)
+    finally:
+        env.close()
+    return returns
+
+
+def random_policy(seed: int):
+    def make(env, ep):
+        env.action_space.seed(seed + ep)
+        return lambda obs, history: env.action_space.sample()
+    return make
+
+
+def _box(env):
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"planning needs a Box action space, got {space}")
+    return space.low.ravel(), space.high.ravel()
+
+
+def true_policy(true_returns_factory, kind: str, config: PlannerConfig, seed: int):
+    """The planner on the real simulator: ``true_returns_factory(env)`` -> returns(actions)."""
+    def make(env, ep):
+        low, high = _box(env)
+        planner = Planner(kind, low, high, config, generator=torch.Generator().manual_seed(seed + ep))
+        return lambda obs, history: planner.act(true_returns_factory(env)).numpy().astype(env.action_space.dtype)
+    return make
+
+
+def model_policy(model, normalizer, reward, kind: str, config: PlannerConfig, seed: int, history: int = 16):
+    """The planner on imagined rollouts: at each step the world model is filtered on the last
+    ``history`` real observations, then ``num_samples`` candidate sequences are scored by
+    reward(x_t, a_0) + sum_k reward(x^_{t+k}, a_k) with predicted observations (emitter means)."""
+    def make(env, ep):
+        low, high = _box(env)
+        planner = Planner(kind, low, high, config, device=model.device,
+                          generator=torch.Generator().manual_seed(seed + ep))
+        world = WorldModel(model, normalizer, sample=False)
+
+        def policy(obs, hist):
+            xs, us = hist
+            xs = xs[-history:]
+            us = None if us is None else us[len(us) - (len(xs) - 1):] if len(xs) > 1 else us[:0]
+            torch.manual_seed(seed * 7919 + len(hist[0]))
+            world.reset(xs, us, num_samples=config.num_samples)
+            start = world.save()
+            x_now = torch.as_tensor(xs[-1], dtype=torch.float32, device=model.device)
+
+            def returns(actions):  # (N, H, u_dim)
+                world.restore(start)
+                imagined = world.imagine(actions[:, :-1])  # (N, H-1, x_dim): x_{t+1} .. x_{t+H-1}
+                total = reward(x_now.expand(actions.shape[0], -1), actions[:, 0])
+                return total + reward(imagined, actions[:, 1:]).sum(1)
+
+            return planner.act(returns).cpu().numpy().astype(env.action_space.dtype)
+        return policy
+    return make

@@ -1,0 +1,52 @@
+"""The step-by-step world model agrees with the models' own open-loop predictions, and `dvae plan`
+runs end to end."""
+
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from dvae.cli import main
+from dvae.data import Normalizer, collate
+from dvae.models import ModelConfig, build_model
+from dvae.world_model import WorldModel
+
+
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm"])
+def test_world_model_rollouts_match_predict_in_distribution(family):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(family, x_dim=2, u_dim=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    norm = Normalizer([1.0, -1.0], [2.0, 0.5], [0.0], [1.0])
+    g = np.random.default_rng(0)
+    x = g.standard_normal((6, 2)).astype(np.float32) * [2.0, 0.5] + [1.0, -1.0]
+    u = g.standard_normal((9, 1)).astype(np.float32)
+    S, H = 4000, 3
+    pyro.set_rng_seed(1)
+    world = WorldModel(m, norm, sample=True)
+    world.reset(x, u[:5], num_samples=S)
+    imagined = world.imagine(torch.from_numpy(u[5:5 + H])[None].expand(S, -1, -1))  # (S, H, 2)
+    ctx = collate([torch.from_numpy(np.stack(norm.x([x]))[0])], [torch.from_numpy(np.concatenate([u[:5], u[5:6]]))])
+    pred = m.predict(ctx, torch.from_numpy(u[5:5 + H])[None], H, num_samples=S)
+    pred_x = norm.x_inverse(pred["x"][:, 0])  # (S, H, 2)
+    se = (imagined.std(0) ** 2 / S + pred_x.std(0) ** 2 / S).sqrt()
+    assert ((imagined.mean(0) - pred_x.mean(0)).abs() < 5 * se + 1e-3).all()
+    assert ((imagined.std(0) - pred_x.std(0)).abs() < 0.1 * pred_x.std(0) + 1e-3).all()
+
+
+def test_plan_runs_the_model_and_both_baselines(capsys, tmp_path):
+    assert main(["train", "--episodes", "8", "--steps", "16", "--epochs", "1", "--z-dim", "2", "--rnn-dim", "8",
+                 "--transition-dim", "8", "--emission-dim", "8", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    code = main(["plan", str(tmp_path / "r"), "--env", "Pendulum-v1", "--episodes", "2", "--max-steps", "6",
+                 "--horizon", "4", "--num-samples", "20", "--iterations", "2"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(out["returns"]) == 2 and np.isfinite(out["mean_return"])
+    assert set(out["baselines"]) == {"random", "true_model"} and "normalized_return" in out
+
+
+def test_plan_refuses_an_env_without_a_known_reward(capsys, tmp_path):
+    code = main(["plan", str(tmp_path), "--env", "CartPole-v1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "no known reward function for 'CartPole-v1'" in err
