@@ -5,9 +5,12 @@ Importing ``envs`` registers with Gymnasium (string entry points, TimeLimit 200)
 - ``dvae/LinearGaussian-v0``: :class:`envs.linear_gaussian.LinearGaussianEnv`, a controlled
   linear-Gaussian state-space model with an exact Kalman log-likelihood;
 - ``dvae/PixelPendulum-v0``: :class:`envs.pixel_pendulum.PixelPendulumEnv`, Pendulum-v1
-  seen through 32 x 32 grayscale frames.
+  seen through 32 x 32 grayscale frames;
+- ``dvae/WorldModel-v0``: :class:`envs.world_model_env.WorldModelEnv`, a trained model as an env
+  (``gym.make("dvae/WorldModel-v0", run_dir=...)``; ``gym.make_vec`` gives the batched
+  :class:`~envs.world_model_env.WorldModelVectorEnv`).
 
-This package does not import ``dvae``.
+Only the world-model env imports ``dvae``, and only its public ``dvae.run`` and ``dvae.world_model``.
 """
 
 import gymnasium as gym
@@ -24,6 +27,9 @@ ENV_IDS = {
 for _id, _entry_point in ENV_IDS.items():
     if _id not in gym.registry:  # importing twice (e.g. after a reload) must not warn
         gym.register(id=_id, entry_point=_entry_point, max_episode_steps=200)
+if "dvae/WorldModel-v0" not in gym.registry:
+    gym.register(id="dvae/WorldModel-v0", entry_point="envs.world_model_env:WorldModelEnv",
+                 vector_entry_point="envs.world_model_env:WorldModelVectorEnv", max_episode_steps=200)
 
 __all__ = ["collect", "save_npz", "OUPolicy", "RandomPolicy", "ENV_IDS",
            "LinearGaussianEnv", "LinearGaussianParams", "kalman_log_likelihood",
