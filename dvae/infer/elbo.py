@@ -83,8 +83,9 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
     q, q_mask = as_path(q_fn)
     p, p_mask = as_path(p_fn)
     if q is not None and p is not None:
-        extra = _with_batch_mask(_with_batch_mask(torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device),
-                                                  q_mask), guide_site["mask"])  # (B,)
+        extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,): .mask(...) and poutine.mask
+        for m in (q_mask, p_mask, guide_site["mask"]):
+            extra = _with_batch_mask(extra, m)
         kl = steps_kl(q, p)  # (B, T), zero on padded steps
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]
         kl = torch.where(extra[..., None], kl, kl.new_zeros(()))

@@ -328,3 +328,16 @@ def test_svi_follows_the_same_trajectory_with_either_form(family, guide):
     assert params[0][0] == pytest.approx(params[1][0], rel=1e-9)
     for a, b in zip(params[0][1], params[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 0.3])
+def test_a_sequence_mask_from_poutine_masks_both_forms_alike(free_bits):
+    m = tiny("dmm")
+    batch = ragged()
+    keep = torch.tensor([True, False, True])
+    out = []
+    for model, guide in (m.programs(False), m.programs(True)):
+        out.append(loss_and_grads(m, poutine.mask(model, mask=keep), poutine.mask(guide, mask=keep), batch,
+                                  DynamicalELBO(free_bits=free_bits)))
+    torch.testing.assert_close(out[1][0], out[0][0], **TIGHT)
+    assert_same_grads(out[1][1], out[0][1], **TIGHT)
