@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
     p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--per-step", action="store_true",
+                   help="train the classic per-step Pyro program instead of the time-vectorized one")
+    p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")
     p.add_argument("--episodes", type=int, default=dc.episodes, help="built-in pendulum: episodes")
     p.add_argument("--steps", type=int, default=dc.steps, help="built-in pendulum: actions per episode")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=tc.device)
@@ -172,7 +175,8 @@ def cmd_train(a) -> dict:
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
                                    batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
-                                   patience=a.patience, seed=a.seed, device=a.device)
+                                   patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
+                                   bucket=not a.no_bucket)
         os.makedirs(run_dir, exist_ok=True)
         write_config(run_dir, config)
 

@@ -57,6 +57,12 @@ class TrainConfig:
     """auto, cpu or cuda."""
     eval_batch_size: int = 64
     """Sequences per batch when evaluating."""
+    vectorized: bool = True
+    """Train the time-vectorized form of the program (same ELBO and gradients, fewer Pyro sites);
+    False: the classic per-step program."""
+    bucket: bool = True
+    """Length-bucketed batches: sequences of similar length batched together (less padding), the
+    order of the batches shuffled each epoch."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,10 +77,16 @@ def resolve_device(name: str) -> torch.device:
 
 def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
             generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
-    """Collate sequences into SequenceBatches: shuffled by ``generator``, or sorted by length
-    (``by_length``, less padding; for evaluation), or in order."""
+    """Collate sequences into SequenceBatches: shuffled by ``generator`` (with ``by_length`` too:
+    length buckets in a shuffled order, ties broken at random), or sorted by length (``by_length``,
+    less padding; for evaluation), or in order."""
     n = len(xs)
-    if generator is not None:
+    if generator is not None and by_length:
+        perm = torch.randperm(n, generator=generator).tolist()
+        order = sorted(perm, key=lambda i: len(xs[i]))  # stable: random order within equal lengths
+        chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+        order = [i for c in torch.randperm(len(chunks), generator=generator).tolist() for i in chunks[c]]
+    elif generator is not None:
         order = torch.randperm(n, generator=generator).tolist()
     elif by_length:
         order = sorted(range(n), key=lambda i: len(xs[i]))
@@ -202,12 +214,14 @@ class Trainer:
         self._stop_requested = False
         self._snapshot = None
 
-    # scaled programs: per-step ELBO of the batch, annealed KL
+    # scaled programs: per-step ELBO of the batch, annealed KL; the vectorized or the per-step form
     def _model(self, batch, annealing_factor, scale):
-        return poutine.scale(self.model.model, scale=scale)(batch, annealing_factor)
+        model = self.model.programs(vectorized=self.config.vectorized)[0]
+        return poutine.scale(model, scale=scale)(batch, annealing_factor)
 
     def _guide(self, batch, annealing_factor, scale):
-        return poutine.scale(self.model.guide, scale=scale)(batch, annealing_factor)
+        guide = self.model.programs(vectorized=self.config.vectorized)[1]
+        return poutine.scale(guide, scale=scale)(batch, annealing_factor)
 
     def annealing_factor(self, step: int) -> float:
         warm = self.config.anneal_epochs * self.batches_per_epoch
@@ -260,7 +274,8 @@ class Trainer:
         acc = self.state["partial"]
         start = time.perf_counter()
         t_last = start
-        for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen)):
+        for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen,
+                                          by_length=self.config.bucket)):
             if i < self.state["batch_in_epoch"]:
                 continue
             if self._stop_requested:
