@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -138,14 +137,12 @@ def _prepare(data, normalizer, split):
 
 
 def cmd_train(a) -> dict:
-    import pyro
     import torch
 
     from dvae.data import Normalizer
-    from dvae.infer.trainer import TrainConfig, Trainer, resolve_device
-    from dvae.models import ModelConfig, build_model
-    from dvae.run import (BEST, CHECKPOINT, DataConfig, RunConfig, load_data, load_torch, read_config, save_torch,
-                          write_config)
+    from dvae.infer.trainer import TrainConfig, resolve_device
+    from dvae.models import ModelConfig
+    from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
         run_dir = a.resume
@@ -181,11 +178,28 @@ def cmd_train(a) -> dict:
         write_config(run_dir, config)
 
     device = resolve_device(config.train.device)
+    # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
+    # process-wide, so it is switched off again when training returns
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _train(a, config, data, normalizer, run_dir, device)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _train(a, config, data, normalizer, run_dir, device) -> dict:
+    import pyro
+
+    from dvae.infer.trainer import Trainer
+    from dvae.models import build_model
+    from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
+
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
     trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
                       normalizer.log_det_per_step, device)
-    ckpt_path, best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
+    ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     if a.resume:
         trainer.load_checkpoint(load_torch(ckpt_path, device))
         _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment

@@ -15,9 +15,7 @@ recurrent state:
 
 from __future__ import annotations
 
-from typing import Optional
 
-import numpy as np
 import pyro.distributions as dist
 import torch
 import torch.nn as nn

@@ -7,7 +7,6 @@ can score imagined rollouts. Each takes batched arrays (numpy or torch): ``obs``
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

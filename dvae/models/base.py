@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import DynamicalVAE, ModelConfig, repeat_batch
+from dvae.models.base import DynamicalVAE, ModelConfig
 
 JITTER = 1e-4
 

@@ -14,7 +14,7 @@ from dvae.models import ModelConfig, build_model
 
 def brute_force_log_likelihood(p: LGSSMParams, x, u):
     """log N(x; mean, cov) of the whole sequence as one joint Gaussian, built by unrolling the system."""
-    L, z_dim = len(x), p.A.shape[0]
+    L, _z_dim = len(x), p.A.shape[0]
     means, covs = [p.m0], {(0, 0): p.P0}
     for t in range(1, L):
         means.append(p.A @ means[-1] + p.B @ u[t - 1])

@@ -1,7 +1,6 @@
 """The linear-Gaussian baseline: its Pyro program's score is the exact Kalman log-likelihood, its
 smoother is the exact posterior mean, and fitting it by SVI is maximum likelihood."""
 
-import math
 
 import numpy as np
 import pyro
@@ -51,7 +50,6 @@ def test_lgssm_smoother_equals_the_brute_force_posterior_mean():
     L = 4
     x, u = g.standard_normal((L, 1)), g.standard_normal((L, 1))
     # joint Gaussian of (z_0..z_{L-1}, x_0..x_{L-1}) by unrolling
-    z_dim = 2
     Mz = [p.m0]
     for t in range(1, L):
         Mz.append(p.A @ Mz[-1] + p.B @ u[t - 1])
