@@ -286,6 +286,13 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     return written
 
 
+def _check_dims(data, config) -> None:
+    """Refuse data whose dimensions differ from the run's model, naming the file."""
+    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
+        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
+                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+
+
 # --- eval --------------------------------------------------------------------------------------------
 def cmd_eval(a) -> dict:
     import pyro
@@ -298,9 +305,7 @@ def cmd_eval(a) -> dict:
     device = resolve_device(a.device)
     model, config = load_model(a.run_dir, device)
     data = load_data(config, a.data)
-    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
-        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
-                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+    _check_dims(data, config)
     norm = config.normalizer
     xs, us = data.subset(a.split)
     if not xs:
@@ -341,9 +346,7 @@ def cmd_score(a):
         raise ValueError("--iw-samples must be >= 0")
     model, config = load_model(a.run_dir, resolve_device(a.device))
     data = load_data(config, a.data)
-    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
-        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
-                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+    _check_dims(data, config)
     norm = config.normalizer
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
