@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, default=16, help="real observations the world model is filtered on")
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--no-baselines", action="store_true", help="skip the random and true-simulator baselines")
+    p.add_argument("--save-episodes", metavar="FILE.npz", default=None,
+                   help="write the planner's real episodes as trajectories (to train on them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -168,7 +170,9 @@ def cmd_train(a) -> dict:
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
                                    emission_dim=a.emission_dim, guide=a.guide,
-                                   likelihood="bernoulli" if data.kind == "binary" else "gaussian")
+                                   likelihood="bernoulli" if data.kind == "binary" else "gaussian",
+                                   # frames: the conv DMM (other families read frames as vectors)
+                                   frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
                                    batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
@@ -273,8 +277,13 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
     rec = normalizer.x_inverse(rec).cpu().numpy()
     path = os.path.join(run_dir, "reconstruction.png")
-    plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                         binary=config.kind == "binary")
+    if getattr(config.model, "frame_shape", None):
+        from dvae.eval.plots import plot_frame_strips
+        plot_frame_strips(x, rec.mean(0), config.model.frame_shape, path, title="Reconstruction (step t)",
+                          row_names=("truth", "reconstruction", "|error|"), first_step=0)
+    else:
+        plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
+                             binary=config.kind == "binary")
     written.append(path)
     if config.kind == "continuous" and len(x) >= 4:
         context = max(2, len(x) // 3)
@@ -384,11 +393,18 @@ def cmd_plan(a) -> dict:
     model, config = load_model(a.run_dir, resolve_device(a.device))
     pc = PlannerConfig(horizon=a.horizon, num_samples=a.num_samples, iterations=a.iterations)
     t0 = time.perf_counter()
+    record = [] if a.save_episodes else None
     returns = run_episodes(a.env, model_policy(model, config.normalizer, reward, a.planner, pc, a.seed, a.history),
-                           a.episodes, a.seed, a.max_steps)
+                           a.episodes, a.seed, a.max_steps, record=record)
     out = {"run_dir": a.run_dir, "env": a.env, "planner": a.planner, "episodes": a.episodes,
            "mean_return": float(np.mean(returns)), "returns": returns, "seconds": time.perf_counter() - t0,
            "baselines": {}}
+    if a.save_episodes:
+        from dvae.planning import episodes_to_trajectories
+        from envs import save_npz
+
+        save_npz(a.save_episodes, episodes_to_trajectories(record, a.env, a.seed, f"{a.planner} on {a.run_dir}"))
+        out["saved_episodes"] = a.save_episodes
     if not a.no_baselines:
         rnd = run_episodes(a.env, random_policy(a.seed), a.episodes, a.seed, a.max_steps)
         out["baselines"]["random"] = {"mean_return": float(np.mean(rnd)), "returns": rnd}

@@ -7,7 +7,7 @@ imagined rollouts of a :class:`~dvae.world_model.WorldModel` filtered on the rea
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -17,9 +17,12 @@ from dvae.control import Planner, PlannerConfig
 from dvae.world_model import WorldModel
 
 
-def run_episodes(env_id: str, make_policy: Callable, episodes: int, seed: int, max_steps: int = 200) -> List[float]:
+def run_episodes(env_id: str, make_policy: Callable, episodes: int, seed: int, max_steps: int = 200,
+                 record: Optional[list] = None) -> List[float]:
     """Returns of ``episodes`` episodes (reset seeds seed, seed + 1, ...); ``make_policy(env, episode)``
-    gives ``policy(obs, history) -> action`` with history = (observations, actions) so far."""
+    gives ``policy(obs, history) -> action`` with history = (observations, actions) so far.
+    ``record``: a list to which each episode is appended as a dict of arrays ``obs`` (L+1, obs_dim),
+    ``actions`` (L, act_dim), ``rewards`` (L,), ``terminated``, ``truncated`` (L,) bool."""
     import envs  # noqa: F401  (registers the dvae/ systems)
 
     env = gym.make(env_id)
@@ -29,18 +32,47 @@ def run_episodes(env_id: str, make_policy: Callable, episodes: int, seed: int, m
             obs, _ = env.reset(seed=seed + ep)
             policy = make_policy(env, ep)
             xs, us, total = [np.asarray(obs, np.float32).ravel()], [], 0.0
+            rs, terms, truncs = [], [], []
             for _ in range(max_steps):
                 a = policy(obs, (np.stack(xs), np.stack(us) if us else None))
                 obs, r, term, trunc, _ = env.step(a)
                 total += float(r)
                 us.append(np.asarray(a, np.float32).ravel())
                 xs.append(np.asarray(obs, np.float32).ravel())
+                rs.append(float(r)), terms.append(bool(term)), truncs.append(bool(trunc))
                 if term or trunc:
                     break
             returns.append(total)
+            if record is not None:
+                record.append({"obs": np.stack(xs), "actions": np.stack(us), "rewards": np.asarray(rs, np.float32),
+                               "terminated": np.asarray(terms), "truncated": np.asarray(truncs)})
     finally:
         env.close()
     return returns
+
+
+def episodes_to_trajectories(episodes: list, env_id: str, seed: int, policy: str) -> dict:
+    """Recorded episodes (see :func:`run_episodes`) in the trajectory .npz layout of ``dvae collect``:
+    padded to the longest, with ``lengths``; the action bounds of the env's Box action space."""
+    env = gym.make(env_id)
+    low, high = _box(env)
+    env.close()
+    N, T = len(episodes), max(len(e["actions"]) for e in episodes)
+    obs_dim, act_dim = episodes[0]["obs"].shape[1], episodes[0]["actions"].shape[1]
+    obs = np.zeros((N, T + 1, obs_dim), np.float32)  # padding repeats the last observation
+    actions = np.zeros((N, T, act_dim), np.float32)
+    rewards = np.zeros((N, T), np.float32)
+    terminated, truncated = np.zeros((N, T), bool), np.zeros((N, T), bool)
+    lengths = np.array([len(e["actions"]) for e in episodes], np.int64)
+    for i, e in enumerate(episodes):
+        L = lengths[i]
+        obs[i, :L + 1], obs[i, L + 1:] = e["obs"], e["obs"][-1]
+        actions[i, :L], rewards[i, :L] = e["actions"], e["rewards"]
+        terminated[i, :L], truncated[i, :L] = e["terminated"], e["truncated"]
+    return {"obs": obs, "actions": actions, "rewards": rewards, "terminated": terminated, "truncated": truncated,
+            "lengths": lengths, "env_id": np.array(env_id), "policy": np.array(policy),
+            "seed": np.array(seed, np.int64), "action_low": low.astype(np.float32),
+            "action_high": high.astype(np.float32)}
 
 
 def random_policy(seed: int):

@@ -15,6 +15,8 @@ key                   shape / dtype               meaning
 metadata              0-d arrays                  ``env_id``, ``policy``, ``seed``,
                                                   ``action_space``, ``observation_space``,
                                                   ``discrete_actions``, ``num_actions``
+``frame_shape``       (2,) int64                  image observation spaces only (a 2-D
+                                                  float Box of [0, 1]): (H, W)
 ====================  ==========================  ===================================
 
 Entries past ``lengths[i]`` are padding: observations repeat the last real one,
@@ -240,11 +242,19 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
         "seed": np.array(seed, np.int64),
         "action_space": np.array(str(act_space)),
         "observation_space": np.array(str(obs_space)),
+        **({"frame_shape": np.array(obs_space.shape, np.int64)} if _is_frame_space(obs_space) else {}),
         "discrete_actions": np.array(discrete),
         "num_actions": np.array(int(act_space.n) if discrete else -1, np.int64),
         **({} if discrete else {"action_low": np.ravel(act_space.low).astype(np.float32),  # (act_dim,)
                                 "action_high": np.ravel(act_space.high).astype(np.float32)}),
     }
+
+
+def _is_frame_space(space) -> bool:
+    """A grayscale image space: a 2-D float Box of intensities in [0, 1]."""
+    if not isinstance(space, spaces.Box) or len(space.shape) != 2 or not np.issubdtype(space.dtype, np.floating):
+        return False
+    return bool(np.all(space.low == 0) and np.all(space.high == 1))
 
 
 def save_npz(path: str | os.PathLike, data: dict) -> None:

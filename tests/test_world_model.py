@@ -50,3 +50,26 @@ def test_plan_refuses_an_env_without_a_known_reward(capsys, tmp_path):
     code = main(["plan", str(tmp_path), "--env", "CartPole-v1"])
     err = capsys.readouterr().err
     assert code != 0 and "no known reward function for 'CartPole-v1'" in err
+
+
+def test_plan_saves_its_real_episodes_as_trajectories(capsys, tmp_path):
+    import gymnasium as gym
+
+    from dvae.data.datasets import load_npz
+
+    assert main(["train", "--episodes", "8", "--steps", "16", "--epochs", "1", "--z-dim", "2", "--rnn-dim", "8",
+                 "--transition-dim", "8", "--emission-dim", "8", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    saved = tmp_path / "episodes.npz"
+    assert main(["plan", str(tmp_path / "r"), "--env", "Pendulum-v1", "--episodes", "3", "--max-steps", "7",
+                 "--horizon", "3", "--num-samples", "10", "--iterations", "1", "--no-baselines", "--seed", "5",
+                 "--save-episodes", str(saved)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    raw = np.load(saved)
+    assert raw["obs"].shape == (3, 8, 3) and raw["actions"].shape == (3, 7, 1) and raw["lengths"].tolist() == [7] * 3
+    np.testing.assert_allclose(raw["rewards"].sum(1), out["returns"], rtol=1e-5)  # the rewards of those episodes
+    env = gym.make("Pendulum-v1")
+    for i in range(3):  # episode i starts from reset(seed=seed + i)
+        np.testing.assert_allclose(raw["obs"][i, 0], env.reset(seed=5 + i)[0], rtol=1e-6)
+    data = load_npz(str(saved))  # and it trains like any trajectory file
+    assert len(data.xs) == 3 and data.u_dim == 1

@@ -104,12 +104,39 @@ def _check_bounds(path, actions, lengths, low, high):
                         f"[{low[d]}, {high[d]}] at sequence {i}, step {t}, dim {d}")
 
 
-def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None) -> SequenceData:
+def _frames(path, obs, frame_shape, num_obs):
+    """Check frames (N, T+1, H*W) and binarize them: pixel values in [0, 1] (uint8: 0..255), 1 where > 0.5."""
+    H, W = (int(v) for v in frame_shape)
+    if obs.shape[-1] != H * W:
+        raise DataError(f"{path}: obs_shape {[H, W]} does not match obs_dim {obs.shape[-1]}")
+    if H % 4 or W % 4 or H < 8 or W < 8:
+        raise DataError(f"{path}: frames of {H}x{W} pixels: the conv nets need sides that are multiples of 4, at least 8")
+    if obs.dtype == np.uint8:
+        obs = obs.astype(np.float32) / 255.0
+    real = (np.arange(obs.shape[1])[None, :] < num_obs[:, None])[..., None]  # (N, T+1, 1)
+    bad = real & ((obs < 0) | (obs > 1))
+    if bad.any():
+        i, t, d = np.argwhere(bad)[0]
+        raise DataError(f"{path}: obs has {obs[i, t, d]} outside [0, 1] in a frame at sequence {i}, step {t}, "
+                        f"pixel {d} (frames hold intensities in [0, 1] or uint8)")
+    return (obs > 0.5).astype(np.float32)
+
+
+def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None,
+                      frame_shape=None) -> SequenceData:
     """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`).
 
     ``action_bounds``: optional (low, high) arrays (act_dim,) of a Box action space; actions outside
-    them (beyond a relative tolerance of 1e-5) are refused."""
+    them (beyond a relative tolerance of 1e-5) are refused.
+
+    Frames: ``obs`` of shape (N, T+1, H, W), or (N, T+1, H*W) with ``frame_shape`` = (H, W), holds
+    images with intensities in [0, 1] (or uint8). They are flattened and binarized at 0.5 (kind
+    "binary", a Bernoulli emitter, so every bound is a true bound on the binarized frames), and
+    ``meta["frame_shape"]`` = [H, W] tells ``dvae train`` to build the conv DMM."""
     obs = np.asarray(obs)
+    if obs.ndim == 4:  # (N, T+1, H, W) frames
+        frame_shape = obs.shape[2:]
+        obs = obs.reshape(obs.shape[:2] + (-1,))  # (N, T+1, H*W)
     if obs.ndim == 2:
         obs = obs[..., None]  # (N, T+1, 1)
     if obs.ndim != 3:
@@ -138,6 +165,10 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
             raise DataError(f"{path}: lengths[{bad[0]}] = {lengths[bad[0]]} is outside 0..{T1 - 1}")
     num_obs = lengths.astype(np.int64) + 1  # observations per sequence: actions + 1
     _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs)
+    kind = "continuous"
+    if frame_shape is not None:
+        obs, kind = _frames(path, obs, frame_shape, num_obs), "binary"
+        meta["frame_shape"] = [int(v) for v in frame_shape]
     xs = [obs[i, :num_obs[i]].astype(np.float32) for i in range(N)]  # each (L_i, obs_dim)
     us = None
     if actions is not None:
@@ -162,12 +193,14 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         act = np.concatenate([actions.astype(np.float32), last], axis=1)  # (N, T+1, u_dim)
         act[np.arange(T1)[None, :] >= lengths[:, None]] = 0.0  # padding (and each episode's last slot)
         us = [act[i, :num_obs[i]] for i in range(N)]
-    return SequenceData(xs, us, split_indices(N), "continuous", path, meta)
+    return SequenceData(xs, us, split_indices(N), kind, path, meta)
 
 
 def load_npz(path: str) -> SequenceData:
     """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
-    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes."""
+    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes.
+    Frames: ``obs`` (N, T+1, H, W), or flattened with ``frame_shape`` = [H, W] (as ``dvae collect``
+    writes for an image observation space); see :func:`from_trajectories`."""
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
     try:
         f = np.load(path, allow_pickle=False)
@@ -188,7 +221,13 @@ def load_npz(path: str) -> SequenceData:
     bounds = None
     if "action_low" in arrays and "action_high" in arrays:
         bounds = (arrays["action_low"], arrays["action_high"])
-    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds)
+    frame_shape = None
+    if "frame_shape" in arrays and arrays["obs"].ndim == 3:
+        frame_shape = arrays["frame_shape"]  # flattened frames (dvae collect on an image env)
+        if frame_shape.shape != (2,):
+            raise DataError(f"{path}: frame_shape must be (H, W), got {frame_shape.tolist()}")
+    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds,
+                             frame_shape)
 
 
 def _is_note(n) -> bool:

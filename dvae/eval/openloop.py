@@ -52,34 +52,51 @@ def gaussian_nll(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, floor: fl
     return 0.5 * (np.log(2 * np.pi * var) + (truth - mean) ** 2 / var).sum(-1)
 
 
+def bernoulli_nll(truth: np.ndarray, prob: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """-log Bernoulli(truth; prob) summed over the last dim: (B, H, x_dim) -> (B, H)."""
+    p = np.clip(prob, floor, 1 - floor)
+    return -(truth * np.log(p) + (1 - truth) * np.log1p(-p)).sum(-1)
+
+
 def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, horizon: int,
                  num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3) -> dict:
     """``kstep_rmse`` of the model, ``kstep_nll`` (nats per observation vector, of the truth under a
-    Gaussian matched to the predictive samples' mean and spread), ``kstep_coverage90`` of its 90% band,
-    and the baselines' RMSE. With ``plot_dir``: ``kstep_errors.png`` (RMSE against k for the model
-    and the baselines) and ``prediction_<i>.png`` for the first ``num_plots`` windows; their paths
-    are returned under ``plots``."""
+    Gaussian matched to the predictive samples' mean and spread; for a Bernoulli emitter, under the
+    predictive distribution of each element, a Bernoulli with the mean of the emitter's probabilities
+    over the samples), ``kstep_coverage90`` of its 90% band, and the baselines' RMSE. With ``plot_dir``:
+    ``kstep_errors.png`` (RMSE against k for the model and the baselines) and, for the first
+    ``num_plots`` windows, ``prediction_<i>.png`` (or, for frames (``model.config.frame_shape``),
+    ``frames_<i>.png``: truth, prediction and error as frame strips); their paths are returned under
+    ``plots``."""
     w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples)
     truth = w["x_future"]
+    binary = getattr(model.config, "likelihood", "gaussian") == "bernoulli"
+    frame_shape = getattr(model.config, "frame_shape", None)
     inside = (truth >= w["lo"]) & (truth <= w["hi"])  # (B, H, x_dim)
     linear = LinearARX().fit(train_xs, train_us).forecast(w["x_context"][:, -1], w["u_future"], horizon)
     persistence = persistence_forecast(w["x_context"], horizon)
     out = {
         "context": context, "horizon": horizon, "num_windows": int(len(w["index"])),
         "kstep_rmse": kstep_rmse(w["mean"], truth),
-        "kstep_nll": gaussian_nll(truth, w["mean"], w["std"]).mean(0).tolist(),
+        "kstep_nll": (bernoulli_nll(truth, w["mean"]) if binary else
+                      gaussian_nll(truth, w["mean"], w["std"])).mean(0).tolist(),
         "kstep_coverage90": inside.mean(axis=(0, 2)).tolist(),
         "baselines": {"persistence": {"kstep_rmse": kstep_rmse(persistence, truth)},
                       "linear": {"kstep_rmse": kstep_rmse(linear, truth)}},
     }
     if plot_dir is not None:
-        from dvae.eval.plots import plot_kstep_errors, plot_predictions
+        from dvae.eval.plots import plot_frame_strips, plot_kstep_errors, plot_predictions
 
         os.makedirs(plot_dir, exist_ok=True)
         plots = [os.path.join(plot_dir, "kstep_errors.png")]
         plot_kstep_errors({"model": out["kstep_rmse"], "persistence": out["baselines"]["persistence"]["kstep_rmse"],
                            "linear": out["baselines"]["linear"]["kstep_rmse"]}, plots[0])
         for j in range(min(num_plots, len(w["index"]))):
+            if frame_shape:
+                path = os.path.join(plot_dir, f"frames_{int(w['index'][j])}.png")
+                plot_frame_strips(truth[j], w["mean"][j], frame_shape, path, context_frames=w["x_context"][j])
+                plots.append(path)
+                continue
             path = os.path.join(plot_dir, f"prediction_{int(w['index'][j])}.png")
             window = np.concatenate([w["x_context"][j], truth[j]])  # (C + H, x_dim)
             plot_predictions(window, context, w["mean"][j], w["lo"][j], w["hi"][j], path,

@@ -112,3 +112,40 @@ def plot_kstep_errors(kstep: dict, path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_frame_strips(truth, pred_mean, frame_shape, path, context_frames=None, max_frames: int = 12,
+                      title: str = "Open-loop prediction", row_names=("truth", "prediction", "|error|"),
+                      first_step: int = 1) -> None:
+    """Frames in rows: the truth, the prediction (predictive mean: each pixel's probability of being on,
+    or its mean intensity) and the absolute error; one column per predicted step k = 1.. (at most
+    ``max_frames``, evenly spaced). ``truth``, ``pred_mean``: (H, x_dim) with x_dim = prod(frame_shape);
+    ``context_frames`` (C, x_dim): the last context frame is drawn first, for reference. Columns are
+    titled k = ``first_step`` + column index (0 for reconstructions of steps 0..)."""
+    rows_h, cols_w = (int(v) for v in frame_shape)
+    truth, mean = np.asarray(truth), np.asarray(pred_mean)  # (H, x_dim)
+    H = truth.shape[0]
+    ks = np.unique(np.linspace(0, H - 1, min(H, max_frames)).round().astype(int))  # columns: steps k - 1
+    ctx = context_frames is not None and len(context_frames) > 0
+    ncol = len(ks) + int(ctx)
+    fig, axes = plt.subplots(3, ncol, figsize=(1.1 * ncol + 0.6, 3.9), squeeze=False)
+    fig.suptitle(title)
+    rows = tuple(zip(row_names, (truth, mean, np.abs(truth - mean))))
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(ncol):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if ctx and c == 0:
+                if r == 0:
+                    ax.imshow(np.asarray(context_frames)[-1].reshape(rows_h, cols_w), cmap="gray", vmin=0, vmax=1)
+                    ax.set_title("context", fontsize="small")
+                else:
+                    ax.axis("off")
+                continue
+            k = ks[c - int(ctx)]
+            cmap = "magma" if r == 2 else "gray"
+            ax.imshow(imgs[k].reshape(rows_h, cols_w), cmap=cmap, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(f"k={k + first_step}", fontsize="small")
+        axes[r, int(ctx)].set_ylabel(name, fontsize="small")
+    _save(fig, path)

@@ -25,7 +25,7 @@ repeating the batch; shape checks at the public boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pyro.distributions as dist
 import torch
@@ -59,6 +59,10 @@ class ModelConfig:
     """Observation density: gaussian (continuous, learned diagonal scale) or bernoulli (binary)."""
     guide: str = "dks"
     """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})) or mean_field (q(z_t | x_{t:T}))."""
+    frame_shape: Optional[List[int]] = None
+    """DMM on images: [H, W] of each frame (x_t is the frame flattened, x_dim = H * W); the emitter is then a
+    transposed-conv net (:class:`dvae.nn.ConvEmitter`) and the guide reads each frame through a conv net
+    (:class:`dvae.nn.FrameEncoder`) before its RNN. None: MLPs on the vector x_t."""
 
 
 def observation_dist(params, likelihood: str) -> dist.TorchDistribution:

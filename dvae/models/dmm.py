@@ -6,6 +6,9 @@ Generative story, for each sequence::
     z_t ~ N(Transition(z_{t-1}, u_{t-1}))            t = 1 .. T-1
     x_t ~ Emitter(z_t)                               Gaussian (learned diagonal scale) or Bernoulli
 
+On images (``ModelConfig.frame_shape``), the emitter is a transposed-conv net over the frame and
+the guide reads every frame through a conv net first (the pixel DMM).
+
 Guide (structured, "DKS"): a backward RNN reads (x_t, u_t) from the end, giving h_t, a summary of
 x_{t:T}; q(z_t | z_{t-1}, h_t) is the Combiner. The mean-field variant drops z_{t-1}.
 
@@ -26,7 +29,7 @@ from pyro import poutine
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.paths import GuidePath, PriorPath, observation_path
-from dvae.nn import Combiner, Emitter, GatedTransition, InitialState, SequenceEncoder
+from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
 
 
 class DMM(DynamicalVAE):
@@ -39,10 +42,24 @@ class DMM(DynamicalVAE):
             raise ValueError(f"unknown DMM guide {c.guide!r} (choose dks or mean_field)")
         self.initial = InitialState(c.z_dim)                                   # p(z_0)
         self.transition = GatedTransition(c.z_dim, c.u_dim, c.transition_dim)  # p(z_t | z_{t-1}, u_{t-1})
-        self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
-        self.encoder = SequenceEncoder(c.x_dim + c.u_dim, c.rnn_dim, c.rnn_type, "backward")  # h_t
+        if c.frame_shape:  # images: conv nets on the frames
+            if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
+                raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
+            self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.frame_encoder = FrameEncoder(c.frame_shape, c.emission_dim)  # features of x_t for the guide
+            read_dim = c.emission_dim
+        else:
+            self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.frame_encoder = None
+            read_dim = c.x_dim
+        self.encoder = SequenceEncoder(read_dim + c.u_dim, c.rnn_dim, c.rnn_type, "backward")  # h_t
         self.combiner = Combiner(c.z_dim, c.rnn_dim, mean_field=c.guide == "mean_field")  # q(z_t | z_{t-1}, h_t)
         self.z_q_0 = torch.nn.Parameter(torch.zeros(c.z_dim))  # the guide's z_{-1}
+
+    def _encoder_input(self, batch: SequenceBatch):
+        """What the guide's RNN reads at step t: (x_t, u_t), frames through the frame encoder. (B, T, .)"""
+        x = batch.x if self.frame_encoder is None else self.frame_encoder(batch.x)  # (B, T, x_dim | emission_dim)
+        return x if batch.u is None else torch.cat([x, batch.u], -1)  # (B, T, . + u_dim)
 
     def _prior(self, t: int, z_prev, batch: SequenceBatch):
         if t == 0:
@@ -69,8 +86,7 @@ class DMM(DynamicalVAE):
         """q(z | x, u). Returns the sampled latent path (B, T, z_dim)."""
         pyro.module("dmm", self)
         B, T = batch.batch_size, batch.num_steps
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
-        h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
+        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim)
         z, zs = self.z_q_0.expand(B, -1), []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
@@ -110,8 +126,7 @@ class DMM(DynamicalVAE):
         combiner's loop over steps is one fused autograd node (:meth:`Combiner.scan`).
         """
         B, T = batch.batch_size, batch.num_steps
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
-        h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
+        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim)
         eps = h.new_empty(T, B, self.config.z_dim)
         for t in range(T):  # as Normal.rsample at each step of the per-step guide
             eps[t].normal_()
