@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run to --epochs total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds a collective waits for the other ranks before the run fails "
+                        "(default 300)")
     _add_common(p)
 
     p = sub.add_parser("eval", help="bounds per time step (and k-step open-loop errors) of a trained run")
@@ -137,9 +140,12 @@ def _prepare(data, normalizer, split):
 
 
 def cmd_train(a) -> dict:
+    """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
+    run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
     import torch
 
     from dvae.data import Normalizer
+    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.infer.trainer import TrainConfig, resolve_device
     from dvae.models import ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
@@ -151,6 +157,7 @@ def cmd_train(a) -> dict:
             config.train.epochs = a.epochs
         if a.time_limit is not None:
             config.train.time_limit = a.time_limit
+        parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
         data = load_data(config)
         normalizer = config.normalizer
     else:
@@ -160,6 +167,8 @@ def cmd_train(a) -> dict:
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(run_dir, "config.json")):
             raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
+        # every rank has checked the run directory before joining; rank 0 writes it after
+        parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
         config = RunConfig(data=data_cfg)
         data = load_data(config)
         train_xs, train_us = data.subset("train")
@@ -174,40 +183,58 @@ def cmd_train(a) -> dict:
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
                                    patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
                                    bucket=not a.no_bucket)
-        os.makedirs(run_dir, exist_ok=True)
-        write_config(run_dir, config)
+        if parallel is None or parallel.is_main:
+            os.makedirs(run_dir, exist_ok=True)
+            write_config(run_dir, config)
 
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device) if parallel is None else parallel.device
     # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
     # process-wide, so it is switched off again when training returns
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
-        return _train(a, config, data, normalizer, run_dir, device)
+        return _train(a, config, data, normalizer, run_dir, device, parallel)
     finally:
         if flush:
             torch.set_flush_denormal(False)
+        shutdown(parallel)
 
 
-def _train(a, config, data, normalizer, run_dir, device) -> dict:
+def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     import pyro
 
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
     from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
 
+    main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
-    trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
-                      normalizer.log_det_per_step, device)
+    train_data, valid_data = _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid")
+    if parallel is None:
+        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device)
+    else:
+        from dvae.infer.distributed import DataParallelTrainer
+
+        trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
+                                      device, env=parallel)
     ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
+
+    def save_checkpoint():
+        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
+        if main_rank:
+            save_torch(ckpt_path, ckpt)
+
     if a.resume:
         trainer.load_checkpoint(load_torch(ckpt_path, device))
-        _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
+        if main_rank:
+            _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
     else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_torch(ckpt_path, trainer.checkpoint())
+        save_checkpoint()
 
     def on_epoch(row, improved):
-        save_torch(ckpt_path, trainer.checkpoint())  # the one file that restores the run, written first
+        save_checkpoint()  # the one file that restores the run, written first
+        if not main_rank:
+            return
         _write_derived(run_dir, trainer, best=improved)
         if not sys.stderr.isatty() and not a.no_progress:
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
@@ -222,23 +249,28 @@ def _train(a, config, data, normalizer, run_dir, device) -> dict:
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
+        trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     if trainer.stopped:
-        save_torch(ckpt_path, trainer.checkpoint())
+        save_checkpoint()
     summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
                "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
                "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
                "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
                "faults": trainer.state["faults"], "interrupted": trainer.stopped}
+    if parallel is not None:
+        summary["world_size"] = parallel.world_size
     if trainer.stopped:
-        print(json.dumps(summary))
-        print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
+        if main_rank:
+            print(json.dumps(summary))
+            print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if trainer.best_model is None:
         raise RuntimeError("no epoch completed (is the time limit too short?)")
+    if not main_rank:
+        return None  # rank 0 writes the plots and prints the summary
     model.load_state_dict(trainer.best_model)
     summary["plots"] = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows)
     return summary
@@ -409,7 +441,8 @@ def main(argv=None) -> int:
 
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan}
         result = verbs[a.verb](a)
-        print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+        if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
+            print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
         return 0
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
