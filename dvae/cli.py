@@ -487,7 +487,10 @@ def main(argv=None) -> int:
         if a.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"dvae {a.verb}: error: {msg}", file=sys.stderr)
+        who = f"dvae {a.verb}"
+        if a.verb == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "rank" not in msg[:5]:  # under torchrun
+            who += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"
+        print(f"{who}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 
 
