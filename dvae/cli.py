@@ -332,8 +332,10 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
+    from dvae.infer.trainer import sequence_lengths
+
     xs, us = data.subset("test")
-    i = int(np.argmax([len(x) for x in xs]))
+    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
     x, u = xs[i][:400], None if us is None else us[i][:400]
     batch = collate([torch.from_numpy(normalizer.x([x])[0])],
                     None if u is None else [torch.from_numpy(normalizer.u([u])[0])]).to(model.device)

@@ -360,7 +360,7 @@ class DataParallelTrainer(Trainer):
         super().load_checkpoint(ckpt)
         states = ckpt.get("rng_ranks")
         if states is not None and len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank])
+            torch.set_rng_state(states[self.env.rank].cpu())
         else:  # written by another number of processes (or one): a fresh stream per rank
             self._reseed(self.state["step"])
 

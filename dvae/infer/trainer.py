@@ -395,4 +395,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
