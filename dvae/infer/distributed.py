@@ -116,14 +116,12 @@ def collective(env: DistEnv, what: str, fn, *args, **kwargs):
     names this rank, what it was doing and the timeout."""
     try:
         return fn(*args, **kwargs)
-    except DistributedError:
+    except (DistributedError, torch.OutOfMemoryError):
         raise
-    except Exception as e:
-        if not isinstance(e, (RuntimeError, dist.DistError)) or isinstance(e, (MemoryError,)):
-            raise
+    except (RuntimeError, dist.DistError) as e:  # gloo/NCCL report a lost peer or a timeout as these
         raise DistributedError(
-            f"rank {env.rank} of {env.world_size}: {what} failed ({_first_line(e)}): another rank has failed or "
-            f"stopped responding (see its own error); collectives give up after {env.timeout:g} s "
+            f"rank {env.rank} of {env.world_size}: {what} failed ({_first_line(e)}); where another rank failed "
+            f"or stopped responding, its own error comes first; collectives give up after {env.timeout:g} s "
             "(--dist-timeout)") from e
 
 

@@ -111,10 +111,18 @@ def test_streaming_statistics_equal_those_of_the_concatenated_data(tmp_path):
 
 
 def test_training_on_lazy_data_equals_training_on_the_same_data_in_memory(tmp_path):
+    """The trainer's batches are the same bits; the runs agree to float tolerance (bit equality of two
+    CPU training runs in one process is not promised: MKL's kernels may round differently with the
+    alignment of the memory they are given)."""
     arr = arrays("continuous", n=24)
     lazy = load_source(str(write_shards(tmp_path / "d", arr)))
     eager = from_trajectories(arr["obs"], arr["actions"], arr["lengths"])
     norm = Normalizer.fit(*eager.subset("train"))
+    for epoch in range(2):
+        a, b = ([batches(norm.x(d.subset("train")[0]), norm.u(d.subset("train")[1]), 4, by_length=True,
+                         generator=torch.Generator().manual_seed(epoch)) for d in (lazy, eager)])
+        for p, q in zip(a, b, strict=True):
+            assert all(torch.equal(f, g) for f, g in zip(p, q))
 
     def fit(data):
         torch.manual_seed(0)
@@ -122,8 +130,9 @@ def test_training_on_lazy_data_equals_training_on_the_same_data_in_memory(tmp_pa
         prep = [(norm.x(data.subset(s)[0]), norm.u(data.subset(s)[1])) for s in ("train", "valid")]
         return Trainer(model, TrainConfig(epochs=2, batch_size=4, patience=0), *prep).fit(progress=False)
 
-    for a, b in zip(fit(lazy), fit(eager)):
-        assert a["train_loss"] == b["train_loss"] and a["valid_neg_elbo_per_step"] == b["valid_neg_elbo_per_step"]
+    for a, b in zip(fit(lazy), fit(eager), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["valid_neg_elbo_per_step"] == pytest.approx(b["valid_neg_elbo_per_step"], rel=1e-6)
 
 
 def test_bad_data_is_reported_when_read_naming_the_shard_sequence_and_step(tmp_path):

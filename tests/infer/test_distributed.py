@@ -187,7 +187,7 @@ def test_a_two_process_run_resumed_from_its_checkpoint_equals_an_uninterrupted_o
     assert len(r0["full"]) == len(r0["resumed"]) == 3
     for a, b, c in zip(r0["full"], r0["resumed"], r1["resumed"]):
         for key in ("train_loss", "valid_neg_elbo_per_step", "valid_kl_per_step"):
-            assert a[key] == pytest.approx(b[key], rel=1e-12), key
+            assert a[key] == pytest.approx(b[key], rel=1e-9), key
             assert b[key] == c[key], key  # reduced figures: the same on every rank
 
 
