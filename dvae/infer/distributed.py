@@ -82,6 +82,8 @@ def init_from_env(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Opt
         return None
     if not timeout > 0:
         raise ValueError("--dist-timeout must be positive")
+    if "RANK" not in os.environ:
+        raise ValueError(f"WORLD_SIZE is {world} but RANK is not set: launch the processes with torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
     if dev.type == "cuda":

@@ -3,6 +3,8 @@
 The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient-norm clip and skips
 non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
 ``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
+Under torchrun, ``dvae.infer.distributed.DataParallelTrainer`` runs the same batches on every rank,
+each on its share, with the same objective (docs/scaling.md).
 """
 
 from __future__ import annotations
