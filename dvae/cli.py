@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["random", "ou"], default="random",
                    help="uniform random actions, or Ornstein-Uhlenbeck (smooth) for continuous actions")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, help="output .npz (with --shards: a directory)")
+    p.add_argument("--shards", type=int, default=None, metavar="K",
+                   help="write K shard .npz files and a manifest.json into the directory --out, one shard "
+                        "collected at a time (the same episodes as one file); train reads it lazily")
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
@@ -72,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run to --epochs total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds a collective waits for the other ranks before the run fails "
+                        "(default 300)")
     _add_common(p)
 
     p = sub.add_parser("eval", help="bounds per time step (and k-step open-loop errors) of a trained run")
@@ -125,11 +131,44 @@ def cmd_collect(a) -> dict:
 
     if a.episodes < 1 or a.steps < 1:
         raise ValueError("--episodes and --steps must be at least 1")
+    if a.shards is not None:
+        return _collect_shards(a)
     data = collect(a.env, a.episodes, a.steps, policy=a.policy, seed=a.seed, progress=True)
     save_npz(a.out, data)
     return {"out": a.out, "env_id": a.env, "episodes": a.episodes, "steps": a.steps, "policy": a.policy,
             "seed": a.seed, "obs_shape": list(data["obs"].shape), "actions_shape": list(data["actions"].shape),
             "num_transitions": int(data["lengths"].sum())}
+
+
+def _collect_shards(a) -> dict:
+    """``dvae collect --shards K``: K shards (episodes split as evenly as possible), each collected and
+    written before the next (memory: one shard), then the manifest (written last: a directory with a
+    manifest is complete)."""
+    from dvae.data.lazy import write_manifest
+    from envs import collect, save_npz
+
+    if not 1 <= a.shards <= a.episodes:
+        raise ValueError(f"--shards must lie between 1 and --episodes ({a.episodes})")
+    if a.out.endswith(".npz"):
+        raise ValueError("with --shards, --out is a directory (it gets manifest.json and the shards)")
+    if os.path.exists(os.path.join(a.out, "manifest.json")):
+        raise ValueError(f"{a.out}: already holds a manifest.json")
+    os.makedirs(a.out, exist_ok=True)
+    bounds = np.linspace(0, a.episodes, a.shards + 1).round().astype(int)
+    shards, transitions = [], 0
+    for k in range(a.shards):
+        first, n = int(bounds[k]), int(bounds[k + 1] - bounds[k])
+        data = collect(a.env, n, a.steps, policy=a.policy, seed=a.seed, first_episode=first)
+        data["first_episode"] = np.array(first, np.int64)
+        name = f"shard-{k:05d}.npz"
+        save_npz(os.path.join(a.out, name), data)
+        shards.append({"file": name, "episodes": n, "first_episode": first})
+        transitions += int(data["lengths"].sum())
+        print(f"dvae collect: {name}: episodes {first}..{first + n - 1}", file=sys.stderr, flush=True)
+    manifest = write_manifest(a.out, shards, {"env_id": a.env, "steps": a.steps, "policy": a.policy, "seed": a.seed})
+    return {"out": a.out, "manifest": manifest, "shards": a.shards, "env_id": a.env, "episodes": a.episodes,
+            "steps": a.steps, "policy": a.policy, "seed": a.seed, "obs_shape": [a.episodes] + list(data["obs"].shape[1:]),
+            "actions_shape": [a.episodes] + list(data["actions"].shape[1:]), "num_transitions": transitions}
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -139,9 +178,12 @@ def _prepare(data, normalizer, split):
 
 
 def cmd_train(a) -> dict:
+    """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
+    run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
     import torch
 
     from dvae.data import Normalizer
+    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.infer.trainer import TrainConfig, resolve_device
     from dvae.models import ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
@@ -153,6 +195,7 @@ def cmd_train(a) -> dict:
             config.train.epochs = a.epochs
         if a.time_limit is not None:
             config.train.time_limit = a.time_limit
+        parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
         data = load_data(config)
         normalizer = config.normalizer
     else:
@@ -162,6 +205,8 @@ def cmd_train(a) -> dict:
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(run_dir, "config.json")):
             raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
+        # every rank has checked the run directory before joining; rank 0 writes it after
+        parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
         config = RunConfig(data=data_cfg)
         data = load_data(config)
         train_xs, train_us = data.subset("train")
@@ -178,40 +223,58 @@ def cmd_train(a) -> dict:
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
                                    patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
                                    bucket=not a.no_bucket)
-        os.makedirs(run_dir, exist_ok=True)
-        write_config(run_dir, config)
+        if parallel is None or parallel.is_main:
+            os.makedirs(run_dir, exist_ok=True)
+            write_config(run_dir, config)
 
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device) if parallel is None else parallel.device
     # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
     # process-wide, so it is switched off again when training returns
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
-        return _train(a, config, data, normalizer, run_dir, device)
+        return _train(a, config, data, normalizer, run_dir, device, parallel)
     finally:
         if flush:
             torch.set_flush_denormal(False)
+        shutdown(parallel)
 
 
-def _train(a, config, data, normalizer, run_dir, device) -> dict:
+def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     import pyro
 
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
     from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
 
+    main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
-    trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
-                      normalizer.log_det_per_step, device)
+    train_data, valid_data = _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid")
+    if parallel is None:
+        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device)
+    else:
+        from dvae.infer.distributed import DataParallelTrainer
+
+        trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
+                                      device, env=parallel)
     ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
+
+    def save_checkpoint():
+        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
+        if main_rank:
+            save_torch(ckpt_path, ckpt)
+
     if a.resume:
         trainer.load_checkpoint(load_torch(ckpt_path, device))
-        _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
+        if main_rank:
+            _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
     else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_torch(ckpt_path, trainer.checkpoint())
+        save_checkpoint()
 
     def on_epoch(row, improved):
-        save_torch(ckpt_path, trainer.checkpoint())  # the one file that restores the run, written first
+        save_checkpoint()  # the one file that restores the run, written first
+        if not main_rank:
+            return
         _write_derived(run_dir, trainer, best=improved)
         if not sys.stderr.isatty() and not a.no_progress:
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
@@ -226,23 +289,28 @@ def _train(a, config, data, normalizer, run_dir, device) -> dict:
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
+        trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     if trainer.stopped:
-        save_torch(ckpt_path, trainer.checkpoint())
+        save_checkpoint()
     summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
                "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
                "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
                "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
                "faults": trainer.state["faults"], "interrupted": trainer.stopped}
+    if parallel is not None:
+        summary["world_size"] = parallel.world_size
     if trainer.stopped:
-        print(json.dumps(summary))
-        print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
+        if main_rank:
+            print(json.dumps(summary))
+            print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if trainer.best_model is None:
         raise RuntimeError("no epoch completed (is the time limit too short?)")
+    if not main_rank:
+        return None  # rank 0 writes the plots and prints the summary
     model.load_state_dict(trainer.best_model)
     summary["plots"] = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows)
     return summary
@@ -268,8 +336,10 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
+    from dvae.infer.trainer import sequence_lengths
+
     xs, us = data.subset("test")
-    i = int(np.argmax([len(x) for x in xs]))
+    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
     x, u = xs[i][:400], None if us is None else us[i][:400]
     batch = collate([torch.from_numpy(normalizer.x([x])[0])],
                     None if u is None else [torch.from_numpy(normalizer.u([u])[0])]).to(model.device)
@@ -425,7 +495,8 @@ def main(argv=None) -> int:
 
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan}
         result = verbs[a.verb](a)
-        print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+        if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
+            print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
         return 0
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
@@ -434,7 +505,10 @@ def main(argv=None) -> int:
         if a.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"dvae {a.verb}: error: {msg}", file=sys.stderr)
+        who = f"dvae {a.verb}"
+        if a.verb == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "rank" not in msg[:5]:  # under torchrun
+            who += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"
+        print(f"{who}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 
 

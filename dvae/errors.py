@@ -11,3 +11,7 @@ class DataError(DvaeError, ValueError):
 
 class RunDirError(DvaeError):
     """A run directory that is missing, incomplete or inconsistent."""
+
+
+class DistributedError(DvaeError, RuntimeError):
+    """A data-parallel run lost a process: a collective failed or timed out (another rank failed or hung)."""

@@ -110,7 +110,8 @@ POLICIES = {"random": RandomPolicy, "ou": OUPolicy}
 
 
 def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
-            seed: int = 0, progress: bool = False, num_envs: int = 1) -> dict[str, np.ndarray]:
+            seed: int = 0, progress: bool = False, num_envs: int = 1,
+            first_episode: int = 0) -> dict[str, np.ndarray]:
     """Roll out ``episodes`` episodes of at most ``steps`` actions from ``gym.make(env_id)``.
 
     ``num_envs`` copies of the env are stepped together in a
@@ -146,6 +147,10 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
 
     Raises ValueError for an unknown env id, an unknown policy, non-positive
     ``episodes``/``steps``/``num_envs``, or an action space that is neither Box nor Discrete.
+
+    ``first_episode`` = F collects episodes F .. F + episodes - 1 of the run under ``seed`` (their
+    resets and plan blocks; the blocks before are drawn and discarded): collecting a run in parts
+    (``dvae collect --shards K``) gives exactly the episodes of collecting it at once.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
@@ -153,6 +158,8 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
         raise ValueError(f"episodes and steps must be >= 1, got {episodes} and {steps}")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if first_episode < 0:
+        raise ValueError(f"first_episode must be >= 0, got {first_episode}")
     N, T = episodes, steps
     K = min(num_envs, N)  # more sub-envs than episodes would only idle
     try:
@@ -169,6 +176,10 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
         pol = POLICIES[policy](act_space, np.random.default_rng(seed))
 
         # The open-loop plan: block i (T actions) for episode i, drawn episode by episode.
+        for _ in range(first_episode):  # the blocks of the episodes before this part
+            pol.reset()
+            for t in range(T):
+                pol(None)
         plan = np.zeros((N, T) + act_space.shape, act_space.dtype)  # (N, T[, *act_shape])
         for i in range(N):
             pol.reset()
@@ -195,7 +206,7 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
 
         episode = np.arange(K)  # (K,) the episode each sub-env plays; -1 once it idles
         t = np.zeros(K, np.int64)  # (K,) actions taken in that episode so far
-        o, _ = vec.reset(seed=[seed + i for i in range(K)])
+        o, _ = vec.reset(seed=[seed + first_episode + i for i in range(K)])
         obs[episode, 0] = flat(o)
         next_episode = K
         bar = tqdm(total=N, desc=env_id, unit="ep", file=sys.stderr, disable=not progress)
@@ -223,7 +234,7 @@ def collect(env_id: str, episodes: int, steps: int, policy: str = "random",
                 bar.update(1)
                 episode[k], t[k] = (next_episode, 0) if next_episode < N else (-1, 0)
                 next_episode += 1
-                seeds[k] = seed + int(episode[k]) if episode[k] >= 0 else None
+                seeds[k] = seed + first_episode + int(episode[k]) if episode[k] >= 0 else None
             if reset_mask.any() and (episode >= 0).any():
                 o, _ = vec.reset(seed=seeds, options={"reset_mask": reset_mask})
                 fresh = reset_mask & (episode >= 0)

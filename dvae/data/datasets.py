@@ -61,6 +61,8 @@ class SequenceData:
     def subset(self, split: str):
         """(xs, us) of one split; ``us`` is None for uncontrolled data."""
         idx = self.indices(split)
+        if hasattr(self.xs, "take"):  # lazily read data (dvae.data.lazy): views, nothing read
+            return self.xs.take(idx), (None if self.us is None else self.us.take(idx))
         return [self.xs[i] for i in idx], (None if self.us is None else [self.us[i] for i in idx])
 
 
@@ -280,9 +282,14 @@ def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> Sequen
 
 
 def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
-    """Dispatch on a SOURCE string: a built-in name, an .npz file, or a polyphonic pickle."""
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, or a directory of
+    trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`)."""
     if source == "pendulum":
         data = load_pendulum(seed, episodes, steps)
+    elif os.path.isdir(source) or os.path.basename(source) == "manifest.json":
+        from dvae.data.lazy import load_lazy  # shards with a manifest, or .npy arrays: read lazily
+
+        data = load_lazy(source)
     elif source.endswith(".npz"):
         data = load_npz(source)
     elif source.endswith((".pickle", ".pkl")):
@@ -290,6 +297,7 @@ def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64
     elif not os.path.exists(source):
         raise DataError(f"{source}: no such file, and not a built-in source ({', '.join(BUILTIN_SOURCES)})")
     else:
-        raise DataError(f"{source}: unknown data format (expected .npz, .pickle/.pkl or a built-in name)")
+        raise DataError(f"{source}: unknown data format (expected .npz, .pickle/.pkl, a directory of shards "
+                        "or .npy arrays, or a built-in name)")
     data.source = source
     return data

@@ -29,6 +29,8 @@ class Normalizer:
     def fit(cls, xs, us=None, standardize: bool = True) -> "Normalizer":
         """Statistics of the training split: ``xs`` list of (L_i, x_dim), ``us`` list of (L_i, u_dim)."""
         def stats(arrs, drop_last=False):
+            if hasattr(arrs, "lengths"):  # lazily read data: one streaming pass, bounded memory
+                return streaming_stats(arrs, drop_last)
             if drop_last:  # the last control of each sequence is padding (unused)
                 arrs = [a[:-1] for a in arrs if len(a) > 1] or arrs
             cat = np.concatenate(arrs, 0).astype(np.float64)  # (sum L_i, dim)
@@ -48,12 +50,16 @@ class Normalizer:
 
     def x(self, xs):
         m, s = np.float32(self.x_mean), np.float32(self.x_std)
+        if hasattr(xs, "map"):  # lazily read data: standardised when read
+            return xs.map(lambda x: ((x - m) / s).astype(np.float32))
         return [((x - m) / s).astype(np.float32) for x in xs]
 
     def u(self, us):
         if us is None or self.u_mean is None:
             return us
         m, s = np.float32(self.u_mean), np.float32(self.u_std)
+        if hasattr(us, "map"):
+            return us.map(lambda u: ((u - m) / s).astype(np.float32))
         return [((u - m) / s).astype(np.float32) for u in us]
 
     def x_inverse(self, y):
@@ -63,3 +69,32 @@ class Normalizer:
             s = torch.tensor(self.x_std, dtype=y.dtype, device=y.device)
             return y * s + m
         return np.asarray(y) * np.float32(self.x_std) + np.float32(self.x_mean)
+
+
+def streaming_stats(arrs, drop_last: bool = False):
+    """Per-dimension mean and std (floored at STD_FLOOR) of sequences read one at a time (lists of
+    floats), as :meth:`Normalizer.fit` computes them on the concatenation; ``drop_last`` leaves out
+    each sequence's last row where it has more than one (as fit does). Chan et al.'s pairwise update
+    of (count, mean, sum of squared deviations), in float64."""
+    lengths = np.asarray(arrs.lengths)
+    drop = drop_last and bool((lengths > 1).any())
+    n, mean, m2 = 0, None, None
+    for k in range(len(arrs)):
+        if drop and lengths[k] <= 1:
+            continue
+        a = np.asarray(arrs[k], np.float64)
+        a = a[:-1] if drop else a  # (L, dim)
+        if len(a) == 0:
+            continue
+        a_mean = a.mean(0)
+        a_m2 = ((a - a_mean) ** 2).sum(0)
+        if mean is None:
+            n, mean, m2 = len(a), a_mean, a_m2
+            continue
+        total = n + len(a)
+        delta = a_mean - mean
+        mean = mean + delta * (len(a) / total)
+        m2 = m2 + a_m2 + delta ** 2 * (n * len(a) / total)
+        n = total
+    std = np.sqrt(m2 / n)
+    return mean.tolist(), np.maximum(std, STD_FLOOR).tolist()

@@ -139,7 +139,28 @@ class DynamicalELBO(TraceMeanField_ELBO):
                     check_site_shape(site, self.max_plate_nesting)
         return model_trace, guide_trace
 
+    def kl_columns(self, sites: Dict[str, SiteKL]) -> Dict[str, torch.Tensor]:
+        """Each latent site's KL columns summed over the batch (S,), each at least ``free_bits`` nats per
+        latent dimension per real sequence. (A data-parallel ELBO sums the columns across processes
+        before the free-bits floor: ``dvae.infer.distributed.DataParallelELBO``.)"""
+        out = {}
+        for name, site in sites.items():
+            kl = site.kl.reshape(-1, site.kl.shape[-1]).sum(0)  # (S,): each column summed over the batch
+            if self.free_bits > 0:
+                n_real = site.real.reshape(-1, site.real.shape[-1]).sum(0)  # (S,)
+                kl = torch.maximum(kl, self.free_bits * site.dims * n_real)
+            out[name] = kl
+        return out
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        sites = {}
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] == "sample" and not model_site["is_observed"]:
+                guide_site = guide_trace.nodes[name]
+                if not guide_site["fn"].has_rsample:
+                    raise NotImplementedError(f"DynamicalELBO needs reparameterized latent sites; {name!r} is not")
+                sites[name] = site_kl_steps(guide_site, model_site)
+        kls = self.kl_columns(sites)
         elbo = 0.0
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
@@ -147,15 +168,7 @@ class DynamicalELBO(TraceMeanField_ELBO):
             if model_site["is_observed"]:
                 elbo = elbo + model_site["log_prob_sum"]
                 continue
-            guide_site = guide_trace.nodes[name]
-            if not guide_site["fn"].has_rsample:
-                raise NotImplementedError(f"DynamicalELBO needs reparameterized latent sites; {name!r} is not")
-            site = site_kl_steps(guide_site, model_site)
-            kl = site.kl.reshape(-1, site.kl.shape[-1]).sum(0)  # (S,): each column summed over the batch
-            if self.free_bits > 0:
-                n_real = site.real.reshape(-1, site.real.shape[-1]).sum(0)  # (S,)
-                kl = torch.maximum(kl, self.free_bits * site.dims * n_real)
-            elbo = elbo - guide_site["scale"] * kl.sum()
+            elbo = elbo - guide_trace.nodes[name]["scale"] * kls[name].sum()
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as TraceMeanField_ELBO
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 assert guide_site["infer"].get("is_auxiliary")

@@ -3,6 +3,8 @@
 The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient-norm clip and skips
 non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
 ``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
+Under torchrun, ``dvae.infer.distributed.DataParallelTrainer`` runs the same batches on every rank,
+each on its share, with the same objective (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -75,25 +77,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
-            generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
-    """Collate sequences into SequenceBatches: shuffled by ``generator`` (with ``by_length`` too:
-    length buckets in a shuffled order, ties broken at random), or sorted by length (``by_length``,
-    less padding; for evaluation), or in order."""
-    n = len(xs)
+def sequence_lengths(xs) -> List[int]:
+    """The number of steps of each sequence; read from the container's ``lengths`` where it has them
+    (lazily read data: no sequence is loaded), else ``len`` of each."""
+    lengths = getattr(xs, "lengths", None)
+    return [len(x) for x in xs] if lengths is None else [int(n) for n in lengths]
+
+
+def batch_indices(lengths: Sequence[int], batch_size: int, generator: Optional[torch.Generator] = None,
+                  by_length: bool = False) -> List[List[int]]:
+    """The sequence indices of each batch, in the order :func:`batches` collates them: shuffled by
+    ``generator`` (with ``by_length`` too: length buckets in a shuffled order, ties broken at random),
+    or sorted by length (``by_length``, less padding; for evaluation), or in order."""
+    n = len(lengths)
     if generator is not None and by_length:
         perm = torch.randperm(n, generator=generator).tolist()
-        order = sorted(perm, key=lambda i: len(xs[i]))  # stable: random order within equal lengths
+        order = sorted(perm, key=lambda i: lengths[i])  # stable: random order within equal lengths
         chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
         order = [i for c in torch.randperm(len(chunks), generator=generator).tolist() for i in chunks[c]]
     elif generator is not None:
         order = torch.randperm(n, generator=generator).tolist()
     elif by_length:
-        order = sorted(range(n), key=lambda i: len(xs[i]))
+        order = sorted(range(n), key=lambda i: lengths[i])
     else:
         order = list(range(n))
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
+            generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
+    """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`."""
+    for idx in batch_indices(sequence_lengths(xs), batch_size, generator, by_length):
         yield collate([torch.from_numpy(xs[i]) for i in idx],
                       None if us is None else [torch.from_numpy(us[i]) for i in idx])
 
@@ -126,6 +140,40 @@ class ClippedSVI(SVI):
 
 
 @torch.no_grad()
+def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_particles: int = 1,
+                  device=None) -> Dict[str, float]:
+    """The sums behind :func:`evaluate` over a set of sequences (standardised units): ``num_steps``,
+    ``elbo``, ``log_lik``, ``kl`` and ``iw`` (0 unless ``iw_samples``); sums of disjoint sets add up."""
+    device = device or model.device
+    was_training = model.training
+    model.eval()
+    total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
+    for batch in batches(xs, us, batch_size, by_length=True):
+        total["num_steps"] += int(batch.lengths.sum())
+        batch = batch.to(device)
+        terms = elbo_terms(model.model, model.guide, batch, num_particles)
+        total["elbo"] += terms["elbo"].sum().item()
+        total["log_lik"] += terms["log_lik"].sum().item()
+        total["kl"] += terms["kl"].sum().item()
+        if iw_samples:
+            total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
+    model.train(was_training)
+    return total
+
+
+def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_step: float = 0.0,
+                    iw_samples: int = 0) -> Dict[str, float]:
+    """:func:`evaluate`'s figures from :func:`evaluate_sums`' sums."""
+    num_steps = total["num_steps"]
+    out = {"num_sequences": num_sequences, "num_steps": num_steps,
+           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
+           "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
+           "kl_per_step": total["kl"] / num_steps}
+    if iw_samples:
+        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det_per_step
+    return out
+
+
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
              num_particles: int = 1, device=None) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
@@ -135,28 +183,8 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
     when ``iw_samples`` > 0.
     """
-    device = device or model.device
-    was_training = model.training
-    model.eval()
-    total = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
-    num_steps = 0
-    for batch in batches(xs, us, batch_size, by_length=True):
-        num_steps += int(batch.lengths.sum())
-        batch = batch.to(device)
-        terms = elbo_terms(model.model, model.guide, batch, num_particles)
-        total["elbo"] += terms["elbo"].sum().item()
-        total["log_lik"] += terms["log_lik"].sum().item()
-        total["kl"] += terms["kl"].sum().item()
-        if iw_samples:
-            total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
-    model.train(was_training)
-    out = {"num_sequences": len(xs), "num_steps": num_steps,
-           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
-           "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
-           "kl_per_step": total["kl"] / num_steps}
-    if iw_samples:
-        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det_per_step
-    return out
+    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device)
+    return bounds_per_step(total, len(xs), log_det_per_step, iw_samples)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -321,7 +349,7 @@ class Trainer:
         bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
                    dynamic_ncols=True, leave=False)
         while self.state["epoch"] < c.epochs and not self.stopped:
-            if deadline is not None and time.perf_counter() >= deadline:
+            if deadline is not None and self._agree(time.perf_counter() >= deadline):
                 break
             if c.patience and self.state["since_best"] >= c.patience:
                 break
@@ -329,8 +357,7 @@ class Trainer:
             if row is None:
                 break
             self.state["epoch"] += 1
-            valid = evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, c.eval_batch_size,
-                             device=self.device)
+            valid = self._validate()
             row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
                    "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
@@ -347,6 +374,15 @@ class Trainer:
         bar.close()
         return self.rows
 
+    def _validate(self) -> Dict[str, float]:
+        """The validation split's per-step bounds (a data-parallel trainer reduces them across ranks)."""
+        return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
+                        device=self.device)
+
+    def _agree(self, flag: bool) -> bool:
+        """A decision every process takes together (a data-parallel trainer: true if any rank's is)."""
+        return flag
+
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict:
         """Everything to resume: parameters, best parameters, optimiser state, trainer state, RNG state
@@ -361,4 +397,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
