@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
     p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
     p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
+    p.add_argument("--beta", type=float, default=tc.beta,
+                   help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
+    p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
+                   help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
+    p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
+                   help="posterior-collapse warning: consecutive collapsed epochs before it warns")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
@@ -167,11 +175,12 @@ def cmd_train(a) -> dict:
         config.normalizer, config.kind = normalizer, data.kind
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
-                                   emission_dim=a.emission_dim, guide=a.guide,
+                                   emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
                                    likelihood="bernoulli" if data.kind == "binary" else "gaussian")
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
                                    batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
+                                   beta=a.beta, collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs,
                                    patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
                                    bucket=not a.no_bucket)
         os.makedirs(run_dir, exist_ok=True)
@@ -189,8 +198,11 @@ def cmd_train(a) -> dict:
 
 
 def _train(a, config, data, normalizer, run_dir, device) -> dict:
+    import warnings
+
     import pyro
 
+    from dvae.infer.diagnostics import PosteriorCollapseWarning
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
     from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
@@ -206,9 +218,17 @@ def _train(a, config, data, normalizer, run_dir, device) -> dict:
     else:  # from the first moment on, the run directory can be evaluated and resumed
         save_torch(ckpt_path, trainer.checkpoint())
 
+    collapse_told = [trainer.state.get("collapse_warned", False)]
+
     def on_epoch(row, improved):
         save_torch(ckpt_path, trainer.checkpoint())  # the one file that restores the run, written first
         _write_derived(run_dir, trainer, best=improved)
+        if row.get("posterior_collapse") and not collapse_told[0]:  # once per run; the Python warning is muted
+            collapse_told[0] = True
+            print(f"dvae train: warning: posterior collapse at epoch {row['epoch']}: the validation KL per step "
+                  f"has stayed below {config.train.collapse_kl} nats for {config.train.collapse_epochs} epochs "
+                  f"({row['valid_kl_per_step']:.3g} now, {row['active_units']} active units): the latent code is "
+                  "ignored (try --free-bits, --anneal-epochs, --beta < 1)", file=sys.stderr, flush=True)
         if not sys.stderr.isatty() and not a.no_progress:
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
                   f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
@@ -222,7 +242,9 @@ def _train(a, config, data, normalizer, run_dir, device) -> dict:
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
+        with warnings.catch_warnings():  # on_epoch says it in one line instead
+            warnings.simplefilter("ignore", PosteriorCollapseWarning)
+            trainer.fit(on_epoch, progress=not a.no_progress and sys.stderr.isatty())
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)

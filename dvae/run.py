@@ -82,6 +82,9 @@ class RunConfig:
             ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a positive number"),
             ("train.optimizer", t.optimizer, t.optimizer in ("adam", "clipped_adam"), "adam or clipped_adam"),
             ("train.device", t.device, t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
+            ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
+            ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
             ("kind", self.kind, self.kind in ("continuous", "binary"), "continuous or binary"),
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")

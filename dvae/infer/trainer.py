@@ -2,7 +2,13 @@
 
 The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient-norm clip and skips
 non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
-``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
+``poutine.scale(1 / number of real steps)``, the latent sites under the annealing factor, and the
+KL is weighted by ``beta`` (``DynamicalELBO(beta=...)``).
+
+Each epoch's metrics row holds the two terms of the objective apart (``train_recon_per_step``,
+``train_kl_per_step``; ``valid_recon_per_step``, ``valid_kl_per_step``), and the latent diagnostics of
+:mod:`dvae.infer.diagnostics` on the validation split (``valid_kl_per_dim``, ``active_units``,
+``posterior_collapse``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -22,7 +29,8 @@ from pyro.infer import SVI
 from pyro.infer.util import zero_grads
 
 from dvae.data.batch import SequenceBatch, collate
-from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound
+from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
 
 @dataclass
@@ -49,6 +57,13 @@ class TrainConfig:
     """Epochs of linear KL warm-up (0: none)."""
     free_bits: float = 0.0
     """Free bits: nats per latent dimension per step below which the KL is not pushed."""
+    beta: float = 1.0
+    """Weight on the KL term (beta-VAE); 1 is the ELBO. Multiplies the annealing factor; free bits floor
+    the KL before it is weighted. Validation bounds always use beta = 1."""
+    collapse_kl: float = 0.01
+    """Posterior collapse: validation KL per step (nats) below which an epoch counts as collapsed."""
+    collapse_epochs: int = 3
+    """Posterior collapse: consecutive collapsed epochs before the trainer warns."""
     patience: int = 20
     """Early stopping: epochs without a better validation bound (0: never stop early)."""
     seed: int = 0
@@ -76,10 +91,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
-            generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
+            generator: Optional[torch.Generator] = None, by_length: bool = False,
+            cs: Optional[np.ndarray] = None) -> Iterator[SequenceBatch]:
     """Collate sequences into SequenceBatches: shuffled by ``generator`` (with ``by_length`` too:
     length buckets in a shuffled order, ties broken at random), or sorted by length (``by_length``,
-    less padding; for evaluation), or in order."""
+    less padding; for evaluation), or in order. ``cs``: per-sequence conditions (N, c_dim) or None."""
     n = len(xs)
     if generator is not None and by_length:
         perm = torch.randperm(n, generator=generator).tolist()
@@ -95,7 +111,8 @@ def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         yield collate([torch.from_numpy(xs[i]) for i in idx],
-                      None if us is None else [torch.from_numpy(us[i]) for i in idx])
+                      None if us is None else [torch.from_numpy(us[i]) for i in idx],
+                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx])
 
 
 class ClippedSVI(SVI):
@@ -127,20 +144,20 @@ class ClippedSVI(SVI):
 
 @torch.no_grad()
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None) -> Dict[str, float]:
+             num_particles: int = 1, device=None, cs=None) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
 
     ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data).
     Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
-    when ``iw_samples`` > 0.
+    when ``iw_samples`` > 0. ``cs``: per-sequence conditions (N, c_dim) of a conditional model.
     """
     device = device or model.device
     was_training = model.training
     model.eval()
     total = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
     num_steps = 0
-    for batch in batches(xs, us, batch_size, by_length=True):
+    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
         num_steps += int(batch.lengths.sum())
         batch = batch.to(device)
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
@@ -150,8 +167,9 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
         if iw_samples:
             total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
     model.train(was_training)
+    recon, kl = total["log_lik"] / num_steps, total["kl"] / num_steps  # nats per observed step
     out = {"num_sequences": len(xs), "num_steps": num_steps,
-           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
+           "neg_elbo_per_step": -elbo(recon, kl) + log_det_per_step,
            "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
            "kl_per_step": total["kl"] / num_steps}
     if iw_samples:
@@ -190,8 +208,10 @@ class Trainer:
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
         pyro.clear_param_store()
-        self.train_xs, self.train_us = train_data
-        self.valid_xs, self.valid_us = valid_data
+        self.train_xs, self.train_us, *train_cs = train_data  # (xs, us) or (xs, us, cs)
+        self.valid_xs, self.valid_us, *valid_cs = valid_data
+        self.train_cs = train_cs[0] if train_cs else None
+        self.valid_cs = valid_cs[0] if valid_cs else None
         self.log_det = log_det_per_step
         self.device = device or model.device
         c = config
@@ -202,17 +222,23 @@ class Trainer:
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
             raise ValueError(f"unknown optimizer {c.optimizer!r} (choose adam or clipped_adam)")
-        self.elbo = DynamicalELBO(free_bits=c.free_bits)
+        self.elbo = DynamicalELBO(free_bits=c.free_bits, beta=c.beta)
         self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
         self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
-                      "batch_in_epoch": 0, "partial": {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}}
+                      "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
+                      "collapse_warned": False}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
         self._stop_requested = False
         self._snapshot = None
+
+    @staticmethod
+    def _new_partial() -> dict:
+        """The sums of an epoch in progress (checkpointed, so an epoch resumed mid-way sums the same)."""
+        return {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0, "log_lik_sum": 0.0, "kl_sum": 0.0}
 
     # scaled programs: per-step ELBO of the batch, annealed KL; the vectorized or the per-step form
     def _model(self, batch, annealing_factor, scale):
@@ -275,7 +301,7 @@ class Trainer:
         start = time.perf_counter()
         t_last = start
         for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen,
-                                          by_length=self.config.bucket)):
+                                          by_length=self.config.bucket, cs=self.train_cs)):
             if i < self.state["batch_in_epoch"]:
                 continue
             if self._stop_requested:
@@ -291,6 +317,8 @@ class Trainer:
             else:
                 acc["loss_sum"] += loss * n
                 acc["steps_sum"] += n
+                acc["log_lik_sum"] = acc.get("log_lik_sum", 0.0) + self.elbo.last_terms["log_lik"]
+                acc["kl_sum"] = acc.get("kl_sum", 0.0) + self.elbo.last_terms["kl"]
             self.state["step"] += 1
             self.state["batch_in_epoch"] = i + 1
             now = time.perf_counter()
@@ -302,10 +330,17 @@ class Trainer:
         if self.stopped:
             return None
         self.state["batch_in_epoch"] = 0
-        self.state["partial"] = {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}
+        self.state["partial"] = self._new_partial()
         self.state["skipped_updates"] += acc["skipped"]
-        train_loss = acc["loss_sum"] / acc["steps_sum"] + self.log_det if acc["steps_sum"] else math.nan
-        return {"train_loss": train_loss, "epoch_seconds": acc["seconds"],
+        steps = acc["steps_sum"]
+        train_loss = acc["loss_sum"] / steps + self.log_det if steps else math.nan
+        # the two terms apart, per observed step: the reconstruction in data units, the KL unweighted
+        # (no annealing, beta or free bits); -elbo(recon, kl) is the training bound of the epoch
+        recon = acc.get("log_lik_sum", 0.0) / steps if steps else math.nan
+        kl = acc.get("kl_sum", 0.0) / steps if steps else math.nan
+        return {"train_loss": train_loss, "train_recon_per_step": -recon + self.log_det, "train_kl_per_step": kl,
+                "train_neg_elbo_per_step": -elbo(recon, kl) + self.log_det if steps else math.nan,
+                "epoch_seconds": acc["seconds"],
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
                 "lr": self.config.lr * self.state["lr_scale"]}
 
@@ -330,9 +365,10 @@ class Trainer:
                 break
             self.state["epoch"] += 1
             valid = evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, c.eval_batch_size,
-                             device=self.device)
+                             device=self.device, cs=self.valid_cs)
             row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
                    "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
+            row.update(self._diagnostics(valid["kl_per_step"]))
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
             if improved:
                 self.state.update(best_valid=valid["neg_elbo_per_step"], best_epoch=self.state["epoch"], since_best=0)
@@ -346,6 +382,26 @@ class Trainer:
                 on_epoch(row, improved)
         bar.close()
         return self.rows
+
+    def _diagnostics(self, kl_per_step: float) -> dict:
+        """KL per latent dimension and active units on the validation split, and the collapse check
+        (warns once per run, with :class:`PosteriorCollapseWarning`)."""
+        report = latent_report(self.model, self.valid_xs, self.valid_us, self.valid_cs, self.config.eval_batch_size,
+                               vectorized=self.config.vectorized)
+        if report is None:  # no latent sites (the exact LGSSM)
+            return {}
+        monitor = CollapseMonitor(self.config.collapse_kl, self.config.collapse_epochs,
+                                  self.state.get("collapse_count", 0))
+        collapsed = monitor.update(kl_per_step)
+        self.state["collapse_count"] = monitor.count
+        if collapsed and not self.state.get("collapse_warned", False):
+            self.state["collapse_warned"] = True
+            warnings.warn(PosteriorCollapseWarning(
+                f"posterior collapse: the validation KL per step has stayed below {self.config.collapse_kl} nats for "
+                f"{monitor.count} epochs ({kl_per_step:.3g} now; {report['active_units']} active units); the latent "
+                "code is ignored (try free bits, KL annealing, beta < 1 or a weaker decoder)"), stacklevel=2)
+        return {"valid_kl_per_dim": report["kl_per_dim"], "active_units": report["active_units"],
+                "posterior_mean_var": report["posterior_mean_var"], "posterior_collapse": collapsed}
 
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict:
