@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
     p.add_argument("--bidirectional", action="store_true",
                    help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--condition", action="store_true",
+                   help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
@@ -139,8 +141,11 @@ def cmd_collect(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def _prepare(data, normalizer, split):
+def _prepare(data, normalizer, split, c_dim: int = 0):
+    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
     xs, us = data.subset(split)
+    if c_dim:
+        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
     return normalizer.x(xs), normalizer.u(us)
 
 
@@ -148,6 +153,7 @@ def cmd_train(a) -> dict:
     import torch
 
     from dvae.data import Normalizer
+    from dvae.errors import DataError
     from dvae.infer.trainer import TrainConfig, resolve_device
     from dvae.models import ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
@@ -164,18 +170,24 @@ def cmd_train(a) -> dict:
     else:
         if a.epochs is not None and a.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
+            raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
         data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed)
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(run_dir, "config.json")):
             raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
         config = RunConfig(data=data_cfg)
         data = load_data(config)
+        if a.condition and data.cs is None:
+            raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
+                            "array in the .npz")
         train_xs, train_us = data.subset("train")
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
         config.normalizer, config.kind = normalizer, data.kind
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
                                    emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
+                                   c_dim=data.c_dim if a.condition else 0,
                                    likelihood="bernoulli" if data.kind == "binary" else "gaussian")
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
                                    batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
@@ -209,8 +221,9 @@ def _train(a, config, data, normalizer, run_dir, device) -> dict:
 
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
-    trainer = Trainer(model, config.train, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
-                      normalizer.log_det_per_step, device)
+    c_dim = config.model.c_dim
+    trainer = Trainer(model, config.train, _prepare(data, normalizer, "train", c_dim),
+                      _prepare(data, normalizer, "valid", c_dim), normalizer.log_det_per_step, device)
     ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
     if a.resume:
         trainer.load_checkpoint(load_torch(ckpt_path, device))
@@ -287,10 +300,12 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     plot_training_curves(rows, path)
     written.append(path)
     xs, us = data.subset("test")
+    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
     i = int(np.argmax([len(x) for x in xs]))
     x, u = xs[i][:400], None if us is None else us[i][:400]
     batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])]).to(model.device)
+                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
+                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
     torch.manual_seed(config.train.seed)
     rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
     rec = normalizer.x_inverse(rec).cpu().numpy()
@@ -301,7 +316,8 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     if config.kind == "continuous" and len(x) >= 4:
         context = max(2, len(x) // 3)
         horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64)
+        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
+                            cs=None if cs is None else cs[i:i + 1])
         path = os.path.join(run_dir, "prediction.png")
         plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
         written.append(path)
@@ -335,9 +351,10 @@ def cmd_eval(a) -> dict:
     if a.iw_samples < 0:
         raise ValueError("--iw-samples must be >= 0")
     pyro.set_rng_seed(a.seed)
+    cs = data.conditions(a.split, config.model.c_dim) if config.model.c_dim else None
     out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
     out.update(evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, config.train.eval_batch_size,
-                        iw_samples=a.iw_samples, device=device))
+                        iw_samples=a.iw_samples, device=device, cs=cs))
     if getattr(model, "exact", False):  # the bound is the exact log-likelihood
         out["nll_exact_per_step"] = out["neg_elbo_per_step"]
     if (a.context is None) != (a.horizon is None):
@@ -348,7 +365,7 @@ def cmd_eval(a) -> dict:
         train_xs, train_us = data.subset("train")
         try:
             out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
-                                    plot_dir=a.plots))
+                                    plot_dir=a.plots, cs=cs))
         except ValueError as e:  # e.g. no sequence as long as context + horizon
             raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out
@@ -373,10 +390,14 @@ def cmd_score(a):
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
     xs, us = data.subset(a.split)
-    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples)
+    c_dim = config.model.c_dim
+    cs = data.conditions(a.split, c_dim) if c_dim else None
+    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs)
     reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
     vx, vu = reference.subset("valid")
-    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step), a.quantile)
+    vc = reference.conditions("valid", c_dim) if c_dim else None
+    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc),
+                               a.quantile)
     sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
     result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
               "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "sequences": sequences}

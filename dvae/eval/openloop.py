@@ -15,8 +15,9 @@ from dvae.eval.baselines import LinearARX, kstep_rmse, kstep_windows, persistenc
 
 @torch.no_grad()
 def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_samples: int = 64,
-                    batch_size: int = 64) -> Dict[str, np.ndarray]:
-    """Predict every window of ``xs`` (data units) long enough for ``context + horizon``.
+                    batch_size: int = 64, cs=None) -> Dict[str, np.ndarray]:
+    """Predict every window of ``xs`` (data units) long enough for ``context + horizon`` (``cs``: the
+    sequences' conditions (N, c_dim), for a conditional model).
 
     Returns ``x_context`` (B, C, x_dim), ``x_future`` (B, H, x_dim) truth, ``u_future`` or None,
     ``mean`` (B, H, x_dim) predictive mean, ``lo``/``hi`` (B, H, x_dim) its 5% and 95% quantiles,
@@ -31,7 +32,8 @@ def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_s
         ctx_x = normalizer.x(list(x_ctx[sl]))
         ctx_u = None if us is None else normalizer.u([us[i][:context] for i in index[sl]])
         batch = collate([torch.from_numpy(x) for x in ctx_x],
-                        None if ctx_u is None else [torch.from_numpy(u) for u in ctx_u]).to(device)
+                        None if ctx_u is None else [torch.from_numpy(u) for u in ctx_u],
+                        None if cs is None else [torch.as_tensor(cs[i]) for i in index[sl]]).to(device)
         u_f = None
         if u_fut is not None:
             u_f = torch.from_numpy(np.stack(normalizer.u(list(u_fut[sl])))).to(device)  # (b, H, u_dim)
@@ -53,13 +55,13 @@ def gaussian_nll(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, floor: fl
 
 
 def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, horizon: int,
-                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3) -> dict:
+                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3, cs=None) -> dict:
     """``kstep_rmse`` of the model, ``kstep_nll`` (nats per observation vector, of the truth under a
     Gaussian matched to the predictive samples' mean and spread), ``kstep_coverage90`` of its 90% band,
     and the baselines' RMSE. With ``plot_dir``: ``kstep_errors.png`` (RMSE against k for the model
     and the baselines) and ``prediction_<i>.png`` for the first ``num_plots`` windows; their paths
     are returned under ``plots``."""
-    w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples)
+    w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples, cs=cs)
     truth = w["x_future"]
     inside = (truth >= w["lo"]) & (truth <= w["hi"])  # (B, H, x_dim)
     linear = LinearARX().fit(train_xs, train_us).forecast(w["x_context"][:, -1], w["u_future"], horizon)
