@@ -386,8 +386,10 @@ class Trainer:
     def _diagnostics(self, kl_per_step: float) -> dict:
         """KL per latent dimension and active units on the validation split, and the collapse check
         (warns once per run, with :class:`PosteriorCollapseWarning`)."""
-        report = latent_report(self.model, self.valid_xs, self.valid_us, self.valid_cs, self.config.eval_batch_size,
-                               vectorized=self.config.vectorized)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # its draws leave the training's random stream as it was
+            report = latent_report(self.model, self.valid_xs, self.valid_us, self.valid_cs,
+                                   self.config.eval_batch_size, vectorized=self.config.vectorized)
         if report is None:  # no latent sites (the exact LGSSM)
             return {}
         monitor = CollapseMonitor(self.config.collapse_kl, self.config.collapse_epochs,

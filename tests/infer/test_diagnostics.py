@@ -224,3 +224,22 @@ def test_an_informative_code_does_not_warn():
         assert r["valid_neg_elbo_per_step"] == pytest.approx(r["valid_recon_per_step"] + r["valid_kl_per_step"])
         assert r["train_neg_elbo_per_step"] == pytest.approx(r["train_recon_per_step"] + r["train_kl_per_step"])
         assert sum(r["valid_kl_per_dim"]) == pytest.approx(r["valid_kl_per_step"], rel=1e-5)
+
+
+def test_the_diagnostics_leave_the_training_trajectory_unchanged(monkeypatch):
+    """latent_report draws from the guide; the trainer forks the RNG around it, so training with and
+    without it follows the same random stream."""
+    import dvae.infer.trainer as trainer_module
+
+    xs = _levels(n=8)
+    losses = []
+    for patch in (False, True):
+        if patch:
+            monkeypatch.setattr(trainer_module, "latent_report", lambda *a, **k: None)
+        torch.manual_seed(0)
+        pyro.set_rng_seed(0)
+        m = build_model(ModelConfig("dmm", x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+        rows = Trainer(m, TrainConfig(epochs=3, batch_size=4, patience=0), (xs, None), (xs[:4], None)).fit(progress=False)
+        losses.append([r["train_loss"] for r in rows])
+        assert ("active_units" in rows[0]) != patch
+    assert losses[0] == losses[1]
