@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
     p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
     p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
+    p.add_argument("--beta", type=float, default=tc.beta,
+                   help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
+    p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
+                   help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
+    p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
+                   help="posterior-collapse warning: consecutive collapsed epochs before it warns")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--condition", action="store_true",
+                   help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
@@ -172,8 +182,11 @@ def _collect_shards(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def _prepare(data, normalizer, split):
+def _prepare(data, normalizer, split, c_dim: int = 0):
+    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
     xs, us = data.subset(split)
+    if c_dim:
+        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
     return normalizer.x(xs), normalizer.u(us)
 
 
@@ -184,6 +197,7 @@ def cmd_train(a) -> dict:
 
     from dvae.data import Normalizer
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
+    from dvae.errors import DataError
     from dvae.infer.trainer import TrainConfig, resolve_device
     from dvae.models import ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
@@ -201,6 +215,8 @@ def cmd_train(a) -> dict:
     else:
         if a.epochs is not None and a.epochs < 1:
             raise ValueError("--epochs must be at least 1")
+        if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
+            raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
         data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed)
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(run_dir, "config.json")):
@@ -209,18 +225,23 @@ def cmd_train(a) -> dict:
         parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
         config = RunConfig(data=data_cfg)
         data = load_data(config)
+        if a.condition and data.cs is None:
+            raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
+                            "array in the .npz")
         train_xs, train_us = data.subset("train")
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
         config.normalizer, config.kind = normalizer, data.kind
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
-                                   emission_dim=a.emission_dim, guide=a.guide,
+                                   emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
+                                   c_dim=data.c_dim if a.condition else 0,
                                    likelihood="bernoulli" if data.kind == "binary" else "gaussian",
                                    # frames: the conv DMM (other families read frames as vectors)
                                    frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
                                    batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
                                    kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
+                                   beta=a.beta, collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs,
                                    patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
                                    bucket=not a.no_bucket)
         if parallel is None or parallel.is_main:
@@ -240,8 +261,11 @@ def cmd_train(a) -> dict:
 
 
 def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
+    import warnings
+
     import pyro
 
+    from dvae.infer.diagnostics import PosteriorCollapseWarning
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
     from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
@@ -249,12 +273,15 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
     pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model).to(device)
-    train_data, valid_data = _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid")
+    c_dim = config.model.c_dim
+    train_data, valid_data = _prepare(data, normalizer, "train", c_dim), _prepare(data, normalizer, "valid", c_dim)
     if parallel is None:
         trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device)
     else:
         from dvae.infer.distributed import DataParallelTrainer
 
+        if c_dim:
+            raise ValueError("conditional models (--condition) do not train under torchrun yet")
         trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
                                       device, env=parallel)
     ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
@@ -271,11 +298,19 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     else:  # from the first moment on, the run directory can be evaluated and resumed
         save_checkpoint()
 
+    collapse_told = [trainer.state.get("collapse_warned", False)]
+
     def on_epoch(row, improved):
         save_checkpoint()  # the one file that restores the run, written first
         if not main_rank:
             return
         _write_derived(run_dir, trainer, best=improved)
+        if row.get("posterior_collapse") and not collapse_told[0]:  # once per run; the Python warning is muted
+            collapse_told[0] = True
+            print(f"dvae train: warning: posterior collapse at epoch {row['epoch']}: the validation KL per step "
+                  f"has stayed below {config.train.collapse_kl} nats for {config.train.collapse_epochs} epochs "
+                  f"({row['valid_kl_per_step']:.3g} now, {row['active_units']} active units): the latent code is "
+                  "ignored (try --free-bits, --anneal-epochs, --beta < 1)", file=sys.stderr, flush=True)
         if not sys.stderr.isatty() and not a.no_progress:
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
                   f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
@@ -289,7 +324,9 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
 
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
+        with warnings.catch_warnings():  # on_epoch says it in one line instead
+            warnings.simplefilter("ignore", PosteriorCollapseWarning)
+            trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
@@ -339,10 +376,12 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     from dvae.infer.trainer import sequence_lengths
 
     xs, us = data.subset("test")
+    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
     i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
     x, u = xs[i][:400], None if us is None else us[i][:400]
     batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])]).to(model.device)
+                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
+                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
     torch.manual_seed(config.train.seed)
     rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
     rec = normalizer.x_inverse(rec).cpu().numpy()
@@ -358,7 +397,8 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     if config.kind == "continuous" and len(x) >= 4:
         context = max(2, len(x) // 3)
         horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64)
+        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
+                            cs=None if cs is None else cs[i:i + 1])
         path = os.path.join(run_dir, "prediction.png")
         plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
         written.append(path)
@@ -392,9 +432,10 @@ def cmd_eval(a) -> dict:
     if a.iw_samples < 0:
         raise ValueError("--iw-samples must be >= 0")
     pyro.set_rng_seed(a.seed)
+    cs = data.conditions(a.split, config.model.c_dim) if config.model.c_dim else None
     out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
     out.update(evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, config.train.eval_batch_size,
-                        iw_samples=a.iw_samples, device=device))
+                        iw_samples=a.iw_samples, device=device, cs=cs))
     if getattr(model, "exact", False):  # the bound is the exact log-likelihood
         out["nll_exact_per_step"] = out["neg_elbo_per_step"]
     if (a.context is None) != (a.horizon is None):
@@ -405,7 +446,7 @@ def cmd_eval(a) -> dict:
         train_xs, train_us = data.subset("train")
         try:
             out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
-                                    plot_dir=a.plots))
+                                    plot_dir=a.plots, cs=cs))
         except ValueError as e:  # e.g. no sequence as long as context + horizon
             raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out
@@ -430,10 +471,14 @@ def cmd_score(a):
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
     xs, us = data.subset(a.split)
-    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples)
+    c_dim = config.model.c_dim
+    cs = data.conditions(a.split, c_dim) if c_dim else None
+    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs)
     reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
     vx, vu = reference.subset("valid")
-    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step), a.quantile)
+    vc = reference.conditions("valid", c_dim) if c_dim else None
+    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc),
+                               a.quantile)
     sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
     result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
               "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "sequences": sequences}

@@ -77,11 +77,18 @@ class RunConfig:
             ("model.likelihood", m.likelihood, m.likelihood in ("gaussian", "bernoulli"), "gaussian or bernoulli"),
             ("model.guide", m.guide, m.guide in ("dks", "mean_field"), "dks or mean_field"),
             ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
+            ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
+            ("model.c_dim", m.c_dim, m.c_dim == 0 or m.model in ("dmm", "vrae"), "0 for models other than dmm, vrae"),
+            ("model.bidirectional", m.bidirectional, not m.bidirectional or m.model in ("dmm", "vrae"),
+             "false for models other than dmm, vrae"),
             ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a positive number"),
             ("train.optimizer", t.optimizer, t.optimizer in ("adam", "clipped_adam"), "adam or clipped_adam"),
             ("train.device", t.device, t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
+            ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
+            ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
             ("kind", self.kind, self.kind in ("continuous", "binary"), "continuous or binary"),
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")

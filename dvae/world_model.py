@@ -29,6 +29,8 @@ class WorldModel:
     """N imagined rollouts of a trained model, in the data's units."""
 
     def __init__(self, model, normalizer, sample: bool = True):
+        if getattr(model.config, "c_dim", 0):
+            raise ValueError("a conditional model (c_dim > 0) cannot be used as a world model yet")
         self.model, self.norm, self.sample = model.eval(), normalizer, sample
         self.device = model.device
         self.state = None

@@ -16,12 +16,15 @@ class SequenceBatch(NamedTuple):
             observed and drives the transition into ``z[:, t + 1]`` (the last one is unused).
         mask: (B, T) bool, true on real steps.
         lengths: (B,) int64, the number of real steps of each sequence.
+        c: (B, c_dim) float per-sequence conditions (a one-hot label or any vector) of a conditional
+            model, or None.
     """
 
     x: torch.Tensor
     u: Optional[torch.Tensor]
     mask: torch.Tensor
     lengths: torch.Tensor
+    c: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -39,9 +42,14 @@ class SequenceBatch(NamedTuple):
     def u_dim(self) -> int:
         return 0 if self.u is None else self.u.shape[2]
 
+    @property
+    def c_dim(self) -> int:
+        return 0 if self.c is None else self.c.shape[1]
+
     def to(self, device) -> "SequenceBatch":
         u = None if self.u is None else self.u.to(device)
-        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device))
+        c = None if self.c is None else self.c.to(device)
+        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device), c)
 
     def check(self) -> "SequenceBatch":
         """Assert the shapes of the contract; returns self."""
@@ -50,11 +58,15 @@ class SequenceBatch(NamedTuple):
         assert self.lengths.shape == (B,), self.lengths.shape
         if self.u is not None:
             assert self.u.shape[:2] == (B, T), (self.u.shape, self.x.shape)
+        if self.c is not None:
+            assert self.c.dim() == 2 and self.c.shape[0] == B, (self.c.shape, self.x.shape)
         return self
 
 
-def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
-    """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch."""
+def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None,
+            cs: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
+    """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch;
+    ``cs``: each sequence's condition ``c_i`` (c_dim,), stacked into ``c`` (B, c_dim)."""
     if len(xs) == 0:
         raise ValueError("cannot collate an empty list of sequences")
     lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)  # (B,)
@@ -68,4 +80,5 @@ def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = N
         for i, ui in enumerate(us):
             u[i, : len(ui)] = ui
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    return SequenceBatch(x, u, mask, lengths)
+    c = None if cs is None else torch.stack([torch.as_tensor(ci, dtype=x.dtype) for ci in cs])  # (B, c_dim)
+    return SequenceBatch(x, u, mask, lengths, c)

@@ -34,6 +34,8 @@ class SequenceData:
         kind: "continuous" (Gaussian emitter, standardised) or "binary" (Bernoulli emitter).
         source: the source string it was loaded from.
         meta: metadata of the file (env id, seed, ...), JSON-serialisable.
+        cs: per-sequence conditions (N, c_dim) float32 (an .npz's ``cond``, or its ``labels`` one-hot), or
+            None; a conditional model (``dvae train --condition``) reads them.
     """
 
     xs: List[np.ndarray]
@@ -42,6 +44,7 @@ class SequenceData:
     kind: str
     source: str
     meta: dict = field(default_factory=dict)
+    cs: Optional[np.ndarray] = None
 
     @property
     def x_dim(self) -> int:
@@ -57,6 +60,26 @@ class SequenceData:
         if split not in self.splits:
             raise DataError(f"{self.source}: unknown split {split!r} (choose from train, valid, test, all)")
         return self.splits[split]
+
+    @property
+    def c_dim(self) -> int:
+        return 0 if self.cs is None else self.cs.shape[1]
+
+    def conditions(self, split: str, c_dim: Optional[int] = None) -> Optional[np.ndarray]:
+        """The conditions (n, c_dim) of one split, or None without any. ``c_dim``: the width a model
+        expects; one-hot labels with fewer classes in this file are widened with zero columns."""
+        if self.cs is None:
+            if c_dim:
+                raise DataError(f"{self.source}: the model is conditional (c_dim {c_dim}) but the file has no "
+                                "'cond' or 'labels' array")
+            return None
+        cs = self.cs[self.indices(split)]
+        if c_dim is not None and c_dim != cs.shape[1]:
+            if "num_labels" in self.meta and cs.shape[1] < c_dim:
+                cs = np.concatenate([cs, np.zeros((len(cs), c_dim - cs.shape[1]), np.float32)], 1)  # (n, c_dim)
+            else:
+                raise DataError(f"{self.source}: conditions have {self.c_dim} dims, the model expects {c_dim}")
+        return cs
 
     def subset(self, split: str):
         """(xs, us) of one split; ``us`` is None for uncontrolled data."""
@@ -124,12 +147,43 @@ def _frames(path, obs, frame_shape, num_obs):
     return (obs > 0.5).astype(np.float32)
 
 
+def _conditions(path, n, cond=None, labels=None, meta=None) -> Optional[np.ndarray]:
+    """Per-sequence conditions (N, c_dim) float32 from ``cond`` (N, c_dim) float or ``labels`` (N,) int
+    (one-hot over ``meta["num_labels"]`` classes, else max + 1; sets it in ``meta``)."""
+    if cond is not None and labels is not None:
+        raise DataError(f"{path}: give either 'cond' or 'labels', not both")
+    if cond is not None:
+        cond = np.asarray(cond)
+        if cond.ndim == 1:
+            cond = cond[:, None]  # (N, 1)
+        if cond.ndim != 2 or cond.shape[0] != n or not np.issubdtype(cond.dtype, np.number) or np.iscomplexobj(cond):
+            raise DataError(f"{path}: cond must be a real array of shape ({n}, c_dim), got {cond.shape} {cond.dtype}")
+        bad = np.argwhere(~np.isfinite(cond.astype(np.float64)))
+        if bad.size:
+            raise DataError(f"{path}: cond has {cond[tuple(bad[0])]} (nan/inf) at sequence {bad[0][0]}, dim {bad[0][1]}")
+        return cond.astype(np.float32)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path}: labels must be an integer array of shape ({n},), got {labels.shape} {labels.dtype}")
+        k = int(meta.get("num_labels", -1)) if meta is not None else -1
+        k = k if k > 0 else int(labels.max()) + 1
+        bad = np.flatnonzero((labels < 0) | (labels >= k))
+        if bad.size:
+            raise DataError(f"{path}: labels has {labels[bad[0]]} outside 0..{k - 1} at sequence {bad[0]}")
+        if meta is not None:
+            meta["num_labels"] = k
+        return np.eye(k, dtype=np.float32)[labels]  # (N, k) one-hot
+    return None
+
+
 def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None,
-                      frame_shape=None) -> SequenceData:
+                      cond=None, labels=None, frame_shape=None) -> SequenceData:
     """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`).
 
     ``action_bounds``: optional (low, high) arrays (act_dim,) of a Box action space; actions outside
-    them (beyond a relative tolerance of 1e-5) are refused.
+    them (beyond a relative tolerance of 1e-5) are refused. ``cond`` (N, c_dim) float or ``labels``
+    (N,) int: per-sequence conditions (labels one-hot).
 
     Frames: ``obs`` of shape (N, T+1, H, W), or (N, T+1, H*W) with ``frame_shape`` = (H, W), holds
     images with intensities in [0, 1] (or uint8). They are flattened and binarized at 0.5 (kind
@@ -195,12 +249,15 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         act = np.concatenate([actions.astype(np.float32), last], axis=1)  # (N, T+1, u_dim)
         act[np.arange(T1)[None, :] >= lengths[:, None]] = 0.0  # padding (and each episode's last slot)
         us = [act[i, :num_obs[i]] for i in range(N)]
-    return SequenceData(xs, us, split_indices(N), kind, path, meta)
+    cs = _conditions(path, N, cond, labels, meta)
+    return SequenceData(xs, us, split_indices(N), kind, path, meta, cs)
 
 
 def load_npz(path: str) -> SequenceData:
     """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
-    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes.
+    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes;
+    ``cond`` (N, c_dim) float or ``labels`` (N,) int per-sequence conditions (labels one-hot, over a
+    scalar ``num_labels`` classes when the file gives it).
     Frames: ``obs`` (N, T+1, H, W), or flattened with ``frame_shape`` = [H, W] (as ``dvae collect``
     writes for an image observation space); see :func:`from_trajectories`."""
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
@@ -229,7 +286,7 @@ def load_npz(path: str) -> SequenceData:
         if frame_shape.shape != (2,):
             raise DataError(f"{path}: frame_shape must be (H, W), got {frame_shape.tolist()}")
     return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds,
-                             frame_shape)
+                             arrays.get("cond"), arrays.get("labels"), frame_shape=frame_shape)
 
 
 def _is_note(n) -> bool:

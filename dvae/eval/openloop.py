@@ -15,8 +15,9 @@ from dvae.eval.baselines import LinearARX, kstep_rmse, kstep_windows, persistenc
 
 @torch.no_grad()
 def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_samples: int = 64,
-                    batch_size: int = 64) -> Dict[str, np.ndarray]:
-    """Predict every window of ``xs`` (data units) long enough for ``context + horizon``.
+                    batch_size: int = 64, cs=None) -> Dict[str, np.ndarray]:
+    """Predict every window of ``xs`` (data units) long enough for ``context + horizon`` (``cs``: the
+    sequences' conditions (N, c_dim), for a conditional model).
 
     Returns ``x_context`` (B, C, x_dim), ``x_future`` (B, H, x_dim) truth, ``u_future`` or None,
     ``mean`` (B, H, x_dim) predictive mean, ``lo``/``hi`` (B, H, x_dim) its 5% and 95% quantiles,
@@ -31,7 +32,8 @@ def predict_windows(model, normalizer, xs, us, context: int, horizon: int, num_s
         ctx_x = normalizer.x(list(x_ctx[sl]))
         ctx_u = None if us is None else normalizer.u([us[i][:context] for i in index[sl]])
         batch = collate([torch.from_numpy(x) for x in ctx_x],
-                        None if ctx_u is None else [torch.from_numpy(u) for u in ctx_u]).to(device)
+                        None if ctx_u is None else [torch.from_numpy(u) for u in ctx_u],
+                        None if cs is None else [torch.as_tensor(cs[i]) for i in index[sl]]).to(device)
         u_f = None
         if u_fut is not None:
             u_f = torch.from_numpy(np.stack(normalizer.u(list(u_fut[sl])))).to(device)  # (b, H, u_dim)
@@ -59,7 +61,7 @@ def bernoulli_nll(truth: np.ndarray, prob: np.ndarray, floor: float = 1e-6) -> n
 
 
 def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, horizon: int,
-                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3) -> dict:
+                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3, cs=None) -> dict:
     """``kstep_rmse`` of the model, ``kstep_nll`` (nats per observation vector, of the truth under a
     Gaussian matched to the predictive samples' mean and spread; for a Bernoulli emitter, under the
     predictive distribution of each element, a Bernoulli with the mean of the emitter's probabilities
@@ -68,7 +70,7 @@ def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, ho
     ``num_plots`` windows, ``prediction_<i>.png`` (or, for frames (``model.config.frame_shape``),
     ``frames_<i>.png``: truth, prediction and error as frame strips); their paths are returned under
     ``plots``."""
-    w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples)
+    w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples, cs=cs)
     truth = w["x_future"]
     binary = getattr(model.config, "likelihood", "gaussian") == "bernoulli"
     frame_shape = getattr(model.config, "frame_shape", None)

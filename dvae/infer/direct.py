@@ -50,7 +50,7 @@ def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> t
         loc, scale = model.posterior_params(batch)  # (B, z_dim)
         z = loc + torch.empty_like(loc).normal_() * scale
         kl = _kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale)).sum()
-        s = model._decode(z, model._shifted_controls(batch))  # (B, T, rnn_dim)
+        s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim)
         log_lik = _log_lik(model.emitter(s), lik, batch.x, batch.mask)
     else:
         raise ValueError(f"no direct loss for model {model.name!r}")

@@ -267,7 +267,7 @@ class DataParallelTrainer(Trainer):
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of processes "
                              f"{env.world_size}: every process needs a sequence of every batch")
         self.train_lengths = sequence_lengths(self.train_xs)
-        self.elbo = DataParallelELBO(env, free_bits=config.free_bits)
+        self.elbo = DataParallelELBO(env, free_bits=config.free_bits, beta=config.beta)
         module = ELBOLoss(model, self._model, self._guide, self.elbo)
         # find_unused_parameters: a program need not touch every parameter (the DMM's mean-field guide,
         # the LGSSM's B without controls, the transition on a batch of one step); a parameter no rank
@@ -328,6 +328,7 @@ class DataParallelTrainer(Trainer):
             else:
                 acc["loss_sum"] += loss * n
                 acc["steps_sum"] += n
+                self._add_terms(acc)
             self.state["step"] += 1
             self.state["batch_in_epoch"] = i + 1
             now = time.perf_counter()
@@ -338,13 +339,12 @@ class DataParallelTrainer(Trainer):
         self.state["train_seconds"] += time.perf_counter() - start
         if self.stopped:
             return None
-        self.state["batch_in_epoch"] = 0
-        self.state["partial"] = {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}
-        self.state["skipped_updates"] += acc["skipped"]
-        train_loss = acc["loss_sum"] / acc["steps_sum"] + self.log_det if acc["steps_sum"] else math.nan
-        return {"train_loss": train_loss, "epoch_seconds": acc["seconds"],
-                "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
-                "lr": self.config.lr * self.state["lr_scale"]}
+        return self._end_epoch(acc)
+
+    def _term_sums(self, acc: dict):
+        """Every rank's share of the epoch's plain terms, summed (a collective)."""
+        return tuple(all_reduce_sum(self.env, [acc.get("log_lik_sum", 0.0), acc.get("kl_sum", 0.0)],
+                                    "summing the logged terms"))
 
     # --- checkpoints: every rank's RNG state ---------------------------------------------------------
     def checkpoint(self) -> dict:

@@ -14,7 +14,13 @@ once for both forms of every program:
 
 :func:`site_kl_steps` turns a latent site of either kind into KL columns (batch entries x steps), and
 everything else (scaling, annealing, free bits per step, ``elbo_terms``) works on those columns.
-KL annealing is ``poutine.scale`` on the latent sites (the ``annealing_factor`` of every model).
+KL annealing is ``poutine.scale`` on the latent sites (the ``annealing_factor`` of every model); the
+beta weight of a beta-VAE (Higgins et al. 2017) is ``DynamicalELBO(beta=...)``. The two multiply, and
+free bits floor each step's KL before either weight applies:
+
+    objective = sum_t log p(x_t | z_t) - beta * annealing * sum_t max(KL_t, free_bits * z_dim)
+
+:func:`elbo` is the same arithmetic on two numbers (a reconstruction log-likelihood and a KL).
 
 Usage, for either form::
 
@@ -41,6 +47,20 @@ from torch.distributions import kl_divergence
 
 from dvae.models.base import repeat_batch
 from dvae.models.paths import as_path, observed_step_log_prob, steps_kl
+
+
+def elbo(recon: float, kl: float, beta: float = 1.0) -> float:
+    """The evidence lower bound from its two terms: ``recon - beta * kl``.
+
+    ``recon``: the reconstruction log-likelihood E_q[log p(x | z)] (nats, higher is better); ``kl``:
+    KL(q(z | x) || p(z)) (nats, >= 0); ``beta``: the weight on the KL (1: the ELBO itself, a lower bound
+    on log p(x); other values give the beta-VAE objective, which is not a bound). Per sequence, per
+    step or summed: the three numbers only need the same unit.
+    """
+    recon, kl, beta = float(recon), float(kl), float(beta)
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    return recon - beta * kl
 
 
 class SiteKL(NamedTuple):
@@ -106,20 +126,38 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
 
 class DynamicalELBO(TraceMeanField_ELBO):
     """The factorized dynamical ELBO (analytic per-step KL given the sampled past) with optional free
-    bits, for per-step and time-vectorized programs alike.
+    bits and a beta weight on the KL, for per-step and time-vectorized programs alike.
 
     Free bits (Kingma et al. 2016): each step's KL of a latent site, summed over the batch, is counted as
     at least ``free_bits`` nats per latent dimension per real sequence, so the optimiser gains nothing by
-    pushing it lower. With ``free_bits=0`` this is ``TraceMeanField_ELBO`` (same value and gradients
-    on per-step programs; on vectorized ones, the same as on the per-step form of the same program).
+    pushing it lower. With ``free_bits=0`` and ``beta=1`` this is ``TraceMeanField_ELBO`` (same value
+    and gradients on per-step programs; on vectorized ones, the same as on the per-step form of the same
+    program). ``beta`` multiplies every latent site's (floored) KL, on top of any ``poutine.scale``
+    (annealing) on the site.
+
+    After each evaluation, :attr:`last_terms` holds the plain terms of the last batch, averaged over
+    particles: ``{"log_lik": sum of log p(x_t | z_t), "kl": sum of the KL}`` (floats, nats summed over
+    the batch, before any scale, annealing, beta or free bits), for logging.
 
     It computes only what the estimator uses: log densities of the observed sites, and the KL columns
     of the latent ones (no log densities of latent sites unless a KL has no closed form).
     """
 
-    def __init__(self, num_particles: int = 1, free_bits: float = 0.0, **kwargs):
+    def __init__(self, num_particles: int = 1, free_bits: float = 0.0, beta: float = 1.0, **kwargs):
         super().__init__(num_particles=num_particles, **kwargs)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         self.free_bits = free_bits
+        self.beta = beta
+        self._particle_terms = []
+        self.last_terms: Dict[str, float] = {}
+
+    def _get_traces(self, model, guide, args, kwargs):
+        self._particle_terms = []
+        yield from super()._get_traces(model, guide, args, kwargs)
+        n = len(self._particle_terms)
+        self.last_terms = {key: sum(p[i] for p in self._particle_terms) / n if n else math.nan
+                           for i, key in enumerate(("log_lik", "kl"))}
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
@@ -162,18 +200,23 @@ class DynamicalELBO(TraceMeanField_ELBO):
                 sites[name] = site_kl_steps(guide_site, model_site)
         kls = self.kl_columns(sites)
         elbo = 0.0
+        plain_log_lik, plain_kl = 0.0, 0.0  # the unweighted terms, for last_terms
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
                 elbo = elbo + model_site["log_prob_sum"]
+                plain_log_lik = plain_log_lik + scale_and_mask(model_site["unscaled_log_prob"],
+                                                               mask=model_site["mask"]).sum().detach()
                 continue
-            elbo = elbo - guide_trace.nodes[name]["scale"] * kls[name].sum()
+            plain_kl = plain_kl + sites[name].kl.sum().detach()  # masked, unfloored, this process's share
+            elbo = elbo - self.beta * guide_trace.nodes[name]["scale"] * kls[name].sum()
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as TraceMeanField_ELBO
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 assert guide_site["infer"].get("is_auxiliary")
                 log_q = guide_site["fn"].log_prob(guide_site["value"])
                 elbo = elbo - scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
+        self._particle_terms.append([float(plain_log_lik), float(plain_kl)])
         loss = -elbo
         # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss
         # returns loss + (surrogate - surrogate.item()), which would double the gradient of a tensor loss

@@ -13,7 +13,7 @@ from dvae.infer.elbo import elbo_terms, iw_bound
 
 @torch.no_grad()
 def sequence_scores(model, xs, us, log_det_per_step: float = 0.0, iw_samples: int = 0,
-                    batch_size: int = 64, num_particles: int = 1) -> List[Dict]:
+                    batch_size: int = 64, num_particles: int = 1, cs=None) -> List[Dict]:
     """For each sequence i (in the given order): ``neg_elbo`` (nats, whole sequence), ``neg_elbo_per_step``,
     ``per_step`` (list: -log p(x_t | z_t) + KL_t, data units) and, with ``iw_samples``, ``nll_iw``."""
     was_training = model.training
@@ -23,7 +23,8 @@ def sequence_scores(model, xs, us, log_det_per_step: float = 0.0, iw_samples: in
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = collate([torch.from_numpy(xs[i]) for i in idx],
-                        None if us is None else [torch.from_numpy(us[i]) for i in idx]).to(model.device)
+                        None if us is None else [torch.from_numpy(us[i]) for i in idx],
+                        None if cs is None else [torch.as_tensor(cs[i]) for i in idx]).to(model.device)
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
         per_step = (terms["kl"] - terms["log_lik"] + log_det_per_step).cpu().numpy()  # (b, T)
         iw = iw_bound(model.model, model.guide, batch, iw_samples).cpu().numpy() if iw_samples else None

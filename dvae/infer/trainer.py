@@ -4,7 +4,13 @@ The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient
 non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
 ``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
 Under torchrun, ``dvae.infer.distributed.DataParallelTrainer`` runs the same batches on every rank,
-each on its share, with the same objective (docs/scaling.md).
+each on its share, with the same objective (docs/scaling.md). The KL is weighted by ``beta``
+(``DynamicalELBO(beta=...)``).
+
+Each epoch's metrics row holds the two terms of the objective apart (``train_recon_per_step``,
+``train_kl_per_step``; ``valid_recon_per_step``, ``valid_kl_per_step``), and the latent diagnostics of
+:mod:`dvae.infer.diagnostics` on the validation split (``valid_kl_per_dim``, ``active_units``,
+``posterior_collapse``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -24,7 +31,8 @@ from pyro.infer import SVI
 from pyro.infer.util import zero_grads
 
 from dvae.data.batch import SequenceBatch, collate
-from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound
+from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
 
 @dataclass
@@ -51,6 +59,13 @@ class TrainConfig:
     """Epochs of linear KL warm-up (0: none)."""
     free_bits: float = 0.0
     """Free bits: nats per latent dimension per step below which the KL is not pushed."""
+    beta: float = 1.0
+    """Weight on the KL term (beta-VAE); 1 is the ELBO. Multiplies the annealing factor; free bits floor
+    the KL before it is weighted. Validation bounds always use beta = 1."""
+    collapse_kl: float = 0.01
+    """Posterior collapse: validation KL per step (nats) below which an epoch counts as collapsed."""
+    collapse_epochs: int = 3
+    """Posterior collapse: consecutive collapsed epochs before the trainer warns."""
     patience: int = 20
     """Early stopping: epochs without a better validation bound (0: never stop early)."""
     seed: int = 0
@@ -105,11 +120,14 @@ def batch_indices(lengths: Sequence[int], batch_size: int, generator: Optional[t
 
 
 def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
-            generator: Optional[torch.Generator] = None, by_length: bool = False) -> Iterator[SequenceBatch]:
-    """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`."""
+            generator: Optional[torch.Generator] = None, by_length: bool = False,
+            cs: Optional[np.ndarray] = None) -> Iterator[SequenceBatch]:
+    """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`.
+    ``cs``: per-sequence conditions (N, c_dim) or None."""
     for idx in batch_indices(sequence_lengths(xs), batch_size, generator, by_length):
         yield collate([torch.from_numpy(xs[i]) for i in idx],
-                      None if us is None else [torch.from_numpy(us[i]) for i in idx])
+                      None if us is None else [torch.from_numpy(us[i]) for i in idx],
+                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx])
 
 
 class ClippedSVI(SVI):
@@ -141,14 +159,14 @@ class ClippedSVI(SVI):
 
 @torch.no_grad()
 def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_particles: int = 1,
-                  device=None) -> Dict[str, float]:
+                  device=None, cs=None) -> Dict[str, float]:
     """The sums behind :func:`evaluate` over a set of sequences (standardised units): ``num_steps``,
     ``elbo``, ``log_lik``, ``kl`` and ``iw`` (0 unless ``iw_samples``); sums of disjoint sets add up."""
     device = device or model.device
     was_training = model.training
     model.eval()
     total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
-    for batch in batches(xs, us, batch_size, by_length=True):
+    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
         total["num_steps"] += int(batch.lengths.sum())
         batch = batch.to(device)
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
@@ -165,8 +183,9 @@ def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_ste
                     iw_samples: int = 0) -> Dict[str, float]:
     """:func:`evaluate`'s figures from :func:`evaluate_sums`' sums."""
     num_steps = total["num_steps"]
+    recon, kl = total["log_lik"] / num_steps, total["kl"] / num_steps  # nats per observed step
     out = {"num_sequences": num_sequences, "num_steps": num_steps,
-           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
+           "neg_elbo_per_step": -elbo(recon, kl) + log_det_per_step,
            "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
            "kl_per_step": total["kl"] / num_steps}
     if iw_samples:
@@ -175,15 +194,15 @@ def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_ste
 
 
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None) -> Dict[str, float]:
+             num_particles: int = 1, device=None, cs=None) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
 
     ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data).
     Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
-    when ``iw_samples`` > 0.
+    when ``iw_samples`` > 0. ``cs``: per-sequence conditions (N, c_dim) of a conditional model.
     """
-    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device)
+    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device, cs=cs)
     return bounds_per_step(total, len(xs), log_det_per_step, iw_samples)
 
 
@@ -218,8 +237,10 @@ class Trainer:
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
         pyro.clear_param_store()
-        self.train_xs, self.train_us = train_data
-        self.valid_xs, self.valid_us = valid_data
+        self.train_xs, self.train_us, *train_cs = train_data  # (xs, us) or (xs, us, cs)
+        self.valid_xs, self.valid_us, *valid_cs = valid_data
+        self.train_cs = train_cs[0] if train_cs else None
+        self.valid_cs = valid_cs[0] if valid_cs else None
         self.log_det = log_det_per_step
         self.device = device or model.device
         c = config
@@ -230,17 +251,23 @@ class Trainer:
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
             raise ValueError(f"unknown optimizer {c.optimizer!r} (choose adam or clipped_adam)")
-        self.elbo = DynamicalELBO(free_bits=c.free_bits)
+        self.elbo = DynamicalELBO(free_bits=c.free_bits, beta=c.beta)
         self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
         self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
-                      "batch_in_epoch": 0, "partial": {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}}
+                      "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
+                      "collapse_warned": False}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
         self._stop_requested = False
         self._snapshot = None
+
+    @staticmethod
+    def _new_partial() -> dict:
+        """The sums of an epoch in progress (checkpointed, so an epoch resumed mid-way sums the same)."""
+        return {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0, "log_lik_sum": 0.0, "kl_sum": 0.0}
 
     # scaled programs: per-step ELBO of the batch, annealed KL; the vectorized or the per-step form
     def _model(self, batch, annealing_factor, scale):
@@ -303,7 +330,7 @@ class Trainer:
         start = time.perf_counter()
         t_last = start
         for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen,
-                                          by_length=self.config.bucket)):
+                                          by_length=self.config.bucket, cs=self.train_cs)):
             if i < self.state["batch_in_epoch"]:
                 continue
             if self._stop_requested:
@@ -319,6 +346,7 @@ class Trainer:
             else:
                 acc["loss_sum"] += loss * n
                 acc["steps_sum"] += n
+                self._add_terms(acc)
             self.state["step"] += 1
             self.state["batch_in_epoch"] = i + 1
             now = time.perf_counter()
@@ -329,11 +357,32 @@ class Trainer:
         self.state["train_seconds"] += time.perf_counter() - start
         if self.stopped:
             return None
+        return self._end_epoch(acc)
+
+    def _add_terms(self, acc: dict) -> None:
+        """Add the last update's plain terms (``DynamicalELBO.last_terms``) to the epoch's sums."""
+        terms = self.elbo.last_terms
+        acc["log_lik_sum"] = acc.get("log_lik_sum", 0.0) + terms.get("log_lik", 0.0)
+        acc["kl_sum"] = acc.get("kl_sum", 0.0) + terms.get("kl", 0.0)
+
+    def _term_sums(self, acc: dict):
+        """(sum of log p(x_t | z_t), sum of KL) of the epoch (a data-parallel trainer sums the ranks')."""
+        return acc.get("log_lik_sum", 0.0), acc.get("kl_sum", 0.0)
+
+    def _end_epoch(self, acc: dict) -> Dict[str, float]:
+        """Close an epoch: reset the partial sums, return its metrics row."""
         self.state["batch_in_epoch"] = 0
-        self.state["partial"] = {"loss_sum": 0.0, "steps_sum": 0, "seconds": 0.0, "skipped": 0}
+        self.state["partial"] = self._new_partial()
         self.state["skipped_updates"] += acc["skipped"]
-        train_loss = acc["loss_sum"] / acc["steps_sum"] + self.log_det if acc["steps_sum"] else math.nan
-        return {"train_loss": train_loss, "epoch_seconds": acc["seconds"],
+        steps = acc["steps_sum"]
+        train_loss = acc["loss_sum"] / steps + self.log_det if steps else math.nan
+        # the two terms apart, per observed step: the reconstruction in data units, the KL unweighted
+        # (no annealing, beta or free bits); -elbo(recon, kl) is the training bound of the epoch
+        log_lik, kl = self._term_sums(acc)
+        recon, kl = (log_lik / steps, kl / steps) if steps else (math.nan, math.nan)
+        return {"train_loss": train_loss, "train_recon_per_step": -recon + self.log_det, "train_kl_per_step": kl,
+                "train_neg_elbo_per_step": -elbo(recon, kl) + self.log_det if steps else math.nan,
+                "epoch_seconds": acc["seconds"],
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
                 "lr": self.config.lr * self.state["lr_scale"]}
 
@@ -360,6 +409,7 @@ class Trainer:
             valid = self._validate()
             row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
                    "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
+            row.update(self._diagnostics(valid["kl_per_step"]))
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
             if improved:
                 self.state.update(best_valid=valid["neg_elbo_per_step"], best_epoch=self.state["epoch"], since_best=0)
@@ -377,11 +427,33 @@ class Trainer:
     def _validate(self) -> Dict[str, float]:
         """The validation split's per-step bounds (a data-parallel trainer reduces them across ranks)."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
-                        device=self.device)
+                        device=self.device, cs=self.valid_cs)
 
     def _agree(self, flag: bool) -> bool:
         """A decision every process takes together (a data-parallel trainer: true if any rank's is)."""
         return flag
+
+    def _diagnostics(self, kl_per_step: float) -> dict:
+        """KL per latent dimension and active units on the validation split, and the collapse check
+        (warns once per run, with :class:`PosteriorCollapseWarning`)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # its draws leave the training's random stream as it was
+            report = latent_report(self.model, self.valid_xs, self.valid_us, self.valid_cs,
+                                   self.config.eval_batch_size, vectorized=self.config.vectorized)
+        if report is None:  # no latent sites (the exact LGSSM)
+            return {}
+        monitor = CollapseMonitor(self.config.collapse_kl, self.config.collapse_epochs,
+                                  self.state.get("collapse_count", 0))
+        collapsed = monitor.update(kl_per_step)
+        self.state["collapse_count"] = monitor.count
+        if collapsed and not self.state.get("collapse_warned", False):
+            self.state["collapse_warned"] = True
+            warnings.warn(PosteriorCollapseWarning(
+                f"posterior collapse: the validation KL per step has stayed below {self.config.collapse_kl} nats for "
+                f"{monitor.count} epochs ({kl_per_step:.3g} now; {report['active_units']} active units); the latent "
+                "code is ignored (try free bits, KL annealing, beta < 1 or a weaker decoder)"), stacklevel=2)
+        return {"valid_kl_per_dim": report["kl_per_dim"], "active_units": report["active_units"],
+                "posterior_mean_var": report["posterior_mean_var"], "posterior_collapse": collapsed}
 
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict:

@@ -13,6 +13,8 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     """The model family named by ``config.model``."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r} (choose {', '.join(MODELS)})")
+    if (config.bidirectional or config.c_dim) and config.model not in ("dmm", "vrae"):
+        raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for dmm and vrae, not {config.model!r}")
     return MODELS[config.model](config)
 
 

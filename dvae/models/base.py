@@ -20,6 +20,9 @@ What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``m
 ``guide_vectorized``, ``_predict_samples``.
 What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``; sample-vectorisation by
 repeating the batch; shape checks at the public boundary.
+
+Conditional models (``c_dim`` > 0; the VRAE and the DMM) read a per-sequence condition ``batch.c``
+(B, c_dim) in both programs; ``generate(..., c=...)`` takes it, ``predict`` reads the context's.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class ModelConfig:
     """DMM on images: [H, W] of each frame (x_t is the frame flattened, x_dim = H * W); the emitter is then a
     transposed-conv net (:class:`dvae.nn.ConvEmitter`) and the guide reads each frame through a conv net
     (:class:`dvae.nn.FrameEncoder`) before its RNN. None: MLPs on the vector x_t."""
+    bidirectional: bool = False
+    """Bidirectional encoder RNN (VRAE and DMM only): the VRAE's q(z | x) reads the forward RNN's last state
+    and the backward RNN's first; the DMM's combiner reads both RNN states at each step,
+    q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
+    c_dim: int = 0
+    """Dimension of the per-sequence condition c of a conditional VRAE or DMM (0: unconditional)."""
 
 
 def observation_dist(params, likelihood: str) -> dist.TorchDistribution:
@@ -73,12 +82,20 @@ def observation_dist(params, likelihood: str) -> dist.TorchDistribution:
     return dist.Bernoulli(logits=params[0]).to_event(1)
 
 
+def append_condition(y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+    """[y_t, c] at every step: y (B, T, d), c (B, c_dim) or None -> (B, T, d + c_dim)."""
+    if c is None:
+        return y
+    return torch.cat([y, c[:, None].expand(y.shape[0], y.shape[1], c.shape[-1])], -1)  # (B, T, d + c_dim)
+
+
 def repeat_batch(batch: SequenceBatch, n: int) -> SequenceBatch:
     """Stack ``n`` copies of the batch along the batch dimension: (n * B, ...), copy-major."""
     if n == 1:
         return batch
     u = None if batch.u is None else batch.u.repeat(n, 1, 1)
-    return SequenceBatch(batch.x.repeat(n, 1, 1), u, batch.mask.repeat(n, 1), batch.lengths.repeat(n))
+    c = None if batch.c is None else batch.c.repeat(n, 1)  # (n * B, c_dim)
+    return SequenceBatch(batch.x.repeat(n, 1, 1), u, batch.mask.repeat(n, 1), batch.lengths.repeat(n), c)
 
 
 class DynamicalVAE(nn.Module):
@@ -117,7 +134,17 @@ class DynamicalVAE(nn.Module):
         batch.check()
         assert batch.x_dim == self.config.x_dim, (batch.x_dim, self.config.x_dim)
         assert batch.u_dim == self.config.u_dim, (batch.u_dim, self.config.u_dim)
+        assert batch.c_dim == self.config.c_dim, (batch.c_dim, self.config.c_dim)
         return batch
+
+    def _c(self, batch: SequenceBatch) -> Optional[torch.Tensor]:
+        """The condition c (B, c_dim) of a conditional model; None for an unconditional one (its programs
+        ignore ``batch.c``; the public methods refuse it)."""
+        if not self.config.c_dim:
+            return None
+        assert batch.c is not None and batch.c.shape == (batch.batch_size, self.config.c_dim), \
+            f"this model is conditional: the batch needs c of shape (B, {self.config.c_dim})"
+        return batch.c
 
     def _u(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
         return None if batch.u is None else batch.u[:, t]
@@ -142,10 +169,12 @@ class DynamicalVAE(nn.Module):
         return {"x_mean": means.reshape(num_samples, batch.batch_size, T, -1)}
 
     @torch.no_grad()
-    def generate(self, num_steps: int, u: Optional[torch.Tensor] = None, num_samples: int = 1) -> Dict[str, torch.Tensor]:
+    def generate(self, num_steps: int, u: Optional[torch.Tensor] = None, num_samples: int = 1,
+                 c: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Sequences from the prior: ``{"x": (S, T, x_dim), "x_mean": (S, T, x_dim), "z": ...}``.
 
         ``u`` (T, u_dim) or (S, T, u_dim): controls (required when the model has them).
+        ``c`` (c_dim,) or (S, c_dim): the condition of a conditional model (required when it has one).
         """
         device = self.device
         if self.config.u_dim:
@@ -154,10 +183,18 @@ class DynamicalVAE(nn.Module):
             u = u.to(device)
             u = u.expand(num_samples, num_steps, self.config.u_dim) if u.dim() == 2 else u
             assert u.shape == (num_samples, num_steps, self.config.u_dim), u.shape
+        if self.config.c_dim:
+            if c is None:
+                raise ValueError("this model is conditional: pass c of shape (c_dim,) or (num_samples, c_dim)")
+            c = torch.as_tensor(c, dtype=next(self.parameters()).dtype, device=device)
+            c = c.expand(num_samples, self.config.c_dim) if c.dim() == 1 else c  # (S, c_dim)
+            assert c.shape == (num_samples, self.config.c_dim), c.shape
+        elif c is not None:
+            raise ValueError("this model is not conditional (c_dim = 0): c must be None")
         x = torch.zeros(num_samples, num_steps, self.config.x_dim, device=device)  # (S, T, x_dim)
         lengths = torch.full((num_samples,), num_steps, dtype=torch.long, device=device)
         mask = torch.ones(num_samples, num_steps, dtype=torch.bool, device=device)
-        batch = SequenceBatch(x, u, mask, lengths)
+        batch = SequenceBatch(x, u, mask, lengths, c)
         trace = poutine.trace(poutine.uncondition(self.model)).get_trace(batch)
         xs = torch.stack([trace.nodes[f"x_{t}"]["value"] for t in range(num_steps)], 1)  # (S, T, x_dim)
         means = torch.stack([trace.nodes[f"x_{t}"]["fn"].mean for t in range(num_steps)], 1)  # (S, T, x_dim)

@@ -10,7 +10,22 @@ On images (``ModelConfig.frame_shape``), the emitter is a transposed-conv net ov
 the guide reads every frame through a conv net first (the pixel DMM).
 
 Guide (structured, "DKS"): a backward RNN reads (x_t, u_t) from the end, giving h_t, a summary of
-x_{t:T}; q(z_t | z_{t-1}, h_t) is the Combiner. The mean-field variant drops z_{t-1}.
+x_{t:T}; q(z_t | z_{t-1}, h_t) is the Combiner. The mean-field variant drops z_{t-1}. With
+``bidirectional=True`` a forward RNN runs beside the backward one and the combiner reads both states,
+[h_fwd_t, h_back_t], a summary of the whole sequence: q(z_t | z_{t-1}, x_{1:T}) (the "ST-R" guide of
+Krishnan et al. 2017 takes the same inputs).
+
+Conditional DMM (``c_dim`` > 0): a per-sequence condition c (a one-hot label or any vector) enters
+the dynamics and the guide, not the emitter::
+
+    z_0 ~ N(InitialState(c))                         p(z_0 | c)
+    z_t ~ N(Transition(z_{t-1}, [u_{t-1}, c]))       p(z_t | z_{t-1}, u_{t-1}, c)
+    x_t ~ Emitter(z_t)                               unchanged: z_t is the whole state, as with controls
+    guide: the RNN reads [x_t, u_t, c], so the combiner's h_t carries c.
+
+c enters where the controls do (the transition) and sets the initial state, so generating with
+another c changes the latent trajectory, and the emitter stays the one map from state to
+observation.
 
 Two forms of the same program (see ``dvae.models.base``): ``model``/``guide`` with a site per step,
 and ``model_vectorized``/``guide_vectorized`` with the path as one site ``"z"`` (B, T, z_dim) and the
@@ -27,7 +42,7 @@ import torch
 from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
+from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
 from dvae.models.paths import GuidePath, PriorPath, observation_path
 from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
 
@@ -40,8 +55,8 @@ class DMM(DynamicalVAE):
         c = config
         if c.guide not in ("dks", "mean_field"):
             raise ValueError(f"unknown DMM guide {c.guide!r} (choose dks or mean_field)")
-        self.initial = InitialState(c.z_dim)                                   # p(z_0)
-        self.transition = GatedTransition(c.z_dim, c.u_dim, c.transition_dim)  # p(z_t | z_{t-1}, u_{t-1})
+        self.initial = InitialState(c.z_dim, c.c_dim)                          # p(z_0 | c)
+        self.transition = GatedTransition(c.z_dim, c.u_dim + c.c_dim, c.transition_dim)  # p(z_t | z_{t-1}, u_{t-1}, c)
         if c.frame_shape:  # images: conv nets on the frames
             if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
                 raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
@@ -52,19 +67,28 @@ class DMM(DynamicalVAE):
             self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
             self.frame_encoder = None
             read_dim = c.x_dim
-        self.encoder = SequenceEncoder(read_dim + c.u_dim, c.rnn_dim, c.rnn_type, "backward")  # h_t
-        self.combiner = Combiner(c.z_dim, c.rnn_dim, mean_field=c.guide == "mean_field")  # q(z_t | z_{t-1}, h_t)
+        self.encoder = SequenceEncoder(read_dim + c.u_dim + c.c_dim, c.rnn_dim, c.rnn_type,
+                                       "bidirectional" if c.bidirectional else "backward")  # h_t
+        self.combiner = Combiner(c.z_dim, self.encoder.out_dim, mean_field=c.guide == "mean_field")  # q(z_t | z_{t-1}, h_t)
         self.z_q_0 = torch.nn.Parameter(torch.zeros(c.z_dim))  # the guide's z_{-1}
 
-    def _encoder_input(self, batch: SequenceBatch):
-        """What the guide's RNN reads at step t: (x_t, u_t), frames through the frame encoder. (B, T, .)"""
-        x = batch.x if self.frame_encoder is None else self.frame_encoder(batch.x)  # (B, T, x_dim | emission_dim)
-        return x if batch.u is None else torch.cat([x, batch.u], -1)  # (B, T, . + u_dim)
+    @staticmethod
+    def _drive(u, c):
+        """The transition's input beside z_{t-1} at one step: [u_{t-1}, c] (B, u_dim + c_dim), or None."""
+        if c is None or u is None:
+            return u if c is None else c
+        return torch.cat([u, c], -1)  # (B, u_dim + c_dim)
 
     def _prior(self, t: int, z_prev, batch: SequenceBatch):
         if t == 0:
-            return self.initial(batch.batch_size)
-        return self.transition(z_prev, self._u(batch, t - 1))
+            return self.initial(batch.batch_size, self._c(batch))
+        return self.transition(z_prev, self._drive(self._u(batch, t - 1), self._c(batch)))
+
+    def _encoder_input(self, batch: SequenceBatch):
+        """[x_t, u_t, c] at every step, frames through the frame encoder: (B, T, x_dim | emission_dim + u_dim + c_dim)."""
+        x = batch.x if self.frame_encoder is None else self.frame_encoder(batch.x)  # (B, T, x_dim | emission_dim)
+        y = x if batch.u is None else torch.cat([x, batch.u], -1)  # (B, T, . + u_dim)
+        return append_condition(y, self._c(batch))
 
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u). Returns the latent path (B, T, z_dim)."""
@@ -86,7 +110,7 @@ class DMM(DynamicalVAE):
         """q(z | x, u). Returns the sampled latent path (B, T, z_dim)."""
         pyro.module("dmm", self)
         B, T = batch.batch_size, batch.num_steps
-        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim)
+        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim or 2 rnn_dim)
         z, zs = self.z_q_0.expand(B, -1), []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
@@ -100,10 +124,13 @@ class DMM(DynamicalVAE):
     def _prior_params(self, z, batch: SequenceBatch):
         """loc, scale (B, T, z_dim) of p(z_t | z_{t-1}, u_{t-1}) for every t at once, given the path z."""
         B = batch.batch_size
-        loc_0, scale_0 = self.initial(B)  # (B, z_dim)
+        loc_0, scale_0 = self.initial(B, self._c(batch))  # (B, z_dim)
         if batch.num_steps == 1:
             return loc_0[:, None], scale_0[:, None]
-        loc, scale = self.transition(z[:, :-1], None if batch.u is None else batch.u[:, :-1])  # (B, T-1, z_dim)
+        drive, c = (None if batch.u is None else batch.u[:, :-1]), self._c(batch)  # (B, T-1, u_dim), (B, c_dim)
+        if c is not None:  # [u_{t-1}, c] at every step
+            drive = append_condition(z.new_zeros(B, batch.num_steps - 1, 0) if drive is None else drive, c)
+        loc, scale = self.transition(z[:, :-1], drive)  # (B, T-1, z_dim)
         return torch.cat([loc_0[:, None], loc], 1), torch.cat([scale_0[:, None], scale], 1)
 
     def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -126,7 +153,7 @@ class DMM(DynamicalVAE):
         combiner's loop over steps is one fused autograd node (:meth:`Combiner.scan`).
         """
         B, T = batch.batch_size, batch.num_steps
-        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim)
+        h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim or 2 rnn_dim)
         eps = h.new_empty(T, B, self.config.z_dim)
         for t in range(T):  # as Normal.rsample at each step of the per-step guide
             eps[t].normal_()
@@ -146,7 +173,7 @@ class DMM(DynamicalVAE):
         z = z_path[torch.arange(N, device=z_path.device), (context.lengths - 1).clamp(min=0)]  # (N, z_dim)
         xs, means, zs = [], [], []
         for k in range(horizon):
-            loc, scale = self.transition(z, None if u_future is None else u_future[:, k])
+            loc, scale = self.transition(z, self._drive(None if u_future is None else u_future[:, k], self._c(context)))
             z = dist.Normal(loc, scale).sample()  # (N, z_dim)
             x_dist = observation_dist(self.emitter(z), self.config.likelihood)
             xs.append(x_dist.sample())

@@ -169,16 +169,18 @@ def as_path(fn) -> Tuple[Optional[_PathBase], Optional[torch.Tensor]]:
     return (inner, mask) if isinstance(inner, _PathBase) else (None, None)
 
 
-def steps_kl(q: _PathBase, p: _PathBase) -> torch.Tensor:
+def steps_kl(q: _PathBase, p: _PathBase, per_dim: bool = False) -> torch.Tensor:
     """Per-step closed-form KL(q(z_t | z_{<t}) || p(z_t | z_{<t})) at q's drawn path: (B, T), zero on
-    the steps padded in either q or p."""
+    the steps padded in either q or p. ``per_dim``: the KL of each latent dimension, (B, T, d)."""
     if not isinstance(q, GuidePath):
         raise TypeError(f"the KL of a path needs the guide's drawn path (a GuidePath), not {type(q).__name__}")
     mq, sq = q.params()
     mp, sp = p.params(q.path)
-    kl = _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False)).sum(-1)
+    kl = _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False))  # (B, T, d)
     mask = q.mask if p.mask is None or p.mask is q.mask else (p.mask if q.mask is None else q.mask & p.mask)
-    return _masked_steps(kl, mask)
+    if per_dim:
+        return kl if mask is None else torch.where(mask[..., None], kl, kl.new_zeros(()))
+    return _masked_steps(kl.sum(-1), mask)
 
 
 @register_kl(GuidePath, PriorPath)

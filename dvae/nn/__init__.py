@@ -43,16 +43,27 @@ class GaussianHead(nn.Module):
 
 
 class InitialState(nn.Module):
-    """Parameterizes the learned initial state ``p(z_0) = N(loc, scale)``."""
+    """Parameterizes the learned initial state ``p(z_0) = N(loc, scale)``; with ``c_dim`` > 0,
+    ``p(z_0 | c)``: loc and the scale's pre-activation shifted by a linear map of the condition c
+    (zero at initialisation)."""
 
-    def __init__(self, z_dim: int):
+    def __init__(self, z_dim: int, c_dim: int = 0):
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(z_dim))
         self.raw_scale = nn.Parameter(torch.zeros(z_dim))
+        self.condition = None
+        if c_dim:
+            self.condition = nn.Linear(c_dim, 2 * z_dim)
+            nn.init.zeros_(self.condition.weight)
+            nn.init.zeros_(self.condition.bias)
 
-    def forward(self, batch_size: int):
+    def forward(self, batch_size: int, c=None):
         shape = (batch_size, self.loc.shape[0])
-        return self.loc.expand(shape), positive(self.raw_scale).expand(shape)  # (B, z_dim) each
+        if self.condition is None:
+            return self.loc.expand(shape), positive(self.raw_scale).expand(shape)  # (B, z_dim) each
+        assert c is not None and c.shape[0] == batch_size, "a conditional initial state needs c (B, c_dim)"
+        d_loc, d_raw = self.condition(c).chunk(2, dim=-1)  # (B, z_dim) each
+        return self.loc + d_loc, positive(self.raw_scale + d_raw)
 
 
 class GatedTransition(nn.Module):

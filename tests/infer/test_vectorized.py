@@ -22,26 +22,36 @@ from dvae.models.paths import GuidePath, PriorPath
 from dvae.nn import Recurrence
 from tests.conftest import make_batch
 
-# (family, guide) pairs: the DMM has two guides
-VARIANTS = [("dmm", "dks"), ("dmm", "mean_field"), ("vrnn", "dks"), ("vrae", "dks")]
+# (family, guide) pairs: the DMM has two guides; "+bidirectional" and "+condition" switch on the
+# bidirectional encoder and a condition c (c_dim = C_DIM) for the families that have them
+VARIANTS = [("dmm", "dks"), ("dmm", "mean_field"), ("vrnn", "dks"), ("vrae", "dks"),
+            ("dmm", "dks+bidirectional"), ("dmm", "mean_field+bidirectional"), ("vrae", "dks+bidirectional"),
+            ("dmm", "dks+condition"), ("dmm", "mean_field+bidirectional+condition"), ("vrae", "dks+condition"),
+            ("vrae", "dks+bidirectional+condition")]
 TIGHT = dict(rtol=1e-9, atol=1e-9)
+C_DIM = 2
 
 
 def tiny(family, u_dim=2, guide="dks", likelihood="gaussian", dtype=torch.float64, **kw):
+    guide, *options = guide.split("+")
     m = build_model(ModelConfig(family, x_dim=3, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8,
-                                emission_dim=8, guide=guide, likelihood=likelihood, **kw))
+                                emission_dim=8, guide=guide, likelihood=likelihood,
+                                bidirectional="bidirectional" in options, c_dim=C_DIM if "condition" in options else 0,
+                                **kw))
     return m.to(dtype)
 
 
 def ragged(u_dim=2, lengths=(7, 5, 3), dtype=torch.float64, binary=False, garbage=True):
-    """A padded batch with garbage in the padding: it must not reach any term."""
+    """A padded batch with garbage in the padding: it must not reach any term. It carries a condition c
+    (B, C_DIM), which only the conditional models read."""
     b = make_batch(lengths=lengths, u_dim=u_dim)
     x = (b.x > 0).to(dtype) if binary else b.x.to(dtype)
     u = None if b.u is None else b.u.to(dtype)
     if garbage:
         x = torch.where(b.mask[..., None], x, torch.full_like(x, 1.0 if binary else 100.0))
         u = None if u is None else torch.where(b.mask[..., None], u, torch.full_like(u, -50.0))
-    return b._replace(x=x, u=u)
+    c = torch.randn(len(lengths), C_DIM, generator=torch.Generator().manual_seed(9)).to(dtype)  # (B, C_DIM)
+    return b._replace(x=x, u=u, c=c)
 
 
 def loss_and_grads(m, model, guide, batch, elbo, seed=3, annealing=1.0):

@@ -1,0 +1,143 @@
+"""Diagnostics of the latent code: KL per latent dimension, active units, posterior collapse.
+
+- KL per dimension: the closed-form KL(q || p) of each latent site split by latent dimension, summed
+  over sequences and steps and divided by the number of observed steps (so that the entries sum to
+  the ``kl_per_step`` of :func:`dvae.infer.trainer.evaluate`). A dimension with a KL near zero carries
+  no information about the data.
+- Active units (Burda et al. 2016, "Importance weighted autoencoders", section 5.2): dimension d is
+  active when its posterior mean varies across the data, Var_x(E_q[z_d | x]) > 0.01. For the VRAE the
+  data points are sequences and E_q[z | x] is the encoder's mean; for per-step latents (DMM, VRNN) they
+  are the observed (sequence, step) pairs and E_q[z_t | x] is the mean of q(z_t | z_{t-1}, .) at the
+  path the guide drew (exact for the mean-field guide, a one-draw estimate for the others). The
+  variance is the population variance over the evaluated data.
+- Posterior collapse: :class:`CollapseMonitor` counts consecutive epochs whose KL per step is below a
+  threshold and flags a collapse after several; the trainer then warns once with
+  :class:`PosteriorCollapseWarning`.
+
+Every statistic works on either form of a program (per-step sites ``z_t`` or one path site ``z``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.distributions import MaskedDistribution
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Normal
+from torch.distributions.kl import _kl_normal_normal
+
+from dvae.infer.elbo import _site_mask, _with_batch_mask
+from dvae.models.paths import as_path, steps_kl
+
+ACTIVE_THRESHOLD = 0.01
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """The KL per step stayed near zero for several epochs: the latent code is ignored."""
+
+
+class LatentColumns(NamedTuple):
+    """One latent site split by dimension: ``kl`` (B, S, d) closed-form KL of each dimension (zero on
+    padded entries), ``loc`` (B, S, d) the guide's mean, ``real`` (B, S) bool. S is T for a path site,
+    1 for a per-step site or the VRAE's single z."""
+
+    kl: torch.Tensor
+    loc: torch.Tensor
+    real: torch.Tensor
+
+
+def _normal_inside(fn) -> Normal:
+    """The diagonal Normal inside a per-step site's distribution (Masked / Independent / Expanded)."""
+    while not isinstance(fn, Normal):
+        if not hasattr(fn, "base_dist"):
+            raise TypeError(f"latent diagnostics need diagonal Gaussian sites, got {type(fn).__name__}")
+        fn = fn.base_dist
+    return fn
+
+
+def site_columns(guide_site, model_site) -> LatentColumns:
+    """The KL of one latent site per dimension and the guide's mean, as columns."""
+    q, q_mask = as_path(guide_site["fn"])
+    p, p_mask = as_path(model_site["fn"])
+    if q is not None and p is not None:
+        extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,)
+        for m in (q_mask, p_mask, guide_site["mask"]):
+            extra = _with_batch_mask(extra, m)
+        kl = steps_kl(q, p, per_dim=True)  # (B, T, d), zero on padded steps
+        real = extra[..., None] if q.mask is None else q.mask & extra[..., None]  # (B, T)
+        kl = torch.where(real[..., None], kl, kl.new_zeros(()))
+        return LatentColumns(kl, q.params()[0], real.expand(kl.shape[:-1]))
+    qn, pn = _normal_inside(guide_site["fn"]), _normal_inside(model_site["fn"])
+    loc_q, scale_q = torch.broadcast_tensors(qn.loc, qn.scale)
+    loc_p, scale_p = torch.broadcast_tensors(pn.loc, pn.scale)
+    kl = _kl_normal_normal(Normal(loc_q, scale_q, validate_args=False),
+                           Normal(loc_p, scale_p, validate_args=False))  # (B, d)
+    real = _site_mask(guide_site, kl[..., 0])  # (B,)
+    if isinstance(model_site["fn"], MaskedDistribution) and torch.is_tensor(model_site["fn"]._mask):
+        real = real & model_site["fn"]._mask
+    kl = torch.where(real[..., None], kl, kl.new_zeros(()))
+    return LatentColumns(kl[:, None], loc_q[:, None], real[:, None])
+
+
+@torch.no_grad()
+def latent_columns(model: Callable, guide: Callable, batch) -> List[LatentColumns]:
+    """Run the guide, replay the model, and split every latent site by dimension (in site order)."""
+    guide_trace = poutine.trace(guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
+    out = []
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            out.append(site_columns(guide_trace.nodes[name], site))
+    return out
+
+
+def active_units(means: np.ndarray, threshold: float = ACTIVE_THRESHOLD):
+    """(number of active dimensions, the variance of each dimension): ``means`` (N, z_dim) are the
+    posterior means of N data points; a dimension is active when its variance exceeds ``threshold``."""
+    means = np.asarray(means, dtype=np.float64)
+    assert means.ndim == 2, means.shape
+    variance = means.var(0) if len(means) else np.zeros(means.shape[1])  # (z_dim,)
+    return int((variance > threshold).sum()), variance
+
+
+@torch.no_grad()
+def latent_report(model, xs, us, cs=None, batch_size: int = 64, vectorized: bool = True,
+                  threshold: float = ACTIVE_THRESHOLD) -> Optional[Dict]:
+    """KL per latent dimension (nats per observed step, a list summing to the KL per step), the number
+    of active units and each dimension's posterior-mean variance, over a set of sequences (data as the
+    model sees it: normalised). None for a model without latent sites (the exact LGSSM)."""
+    from dvae.infer.trainer import batches
+
+    was_training = model.training
+    model.eval()
+    program = model.programs(vectorized=vectorized)
+    kl_sum, means, num_steps = None, [], 0
+    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
+        num_steps += int(batch.lengths.sum())
+        for col in latent_columns(*program, batch.to(model.device)):
+            kl = col.kl.reshape(-1, col.kl.shape[-1]).sum(0)  # (d,)
+            kl_sum = kl if kl_sum is None else kl_sum + kl
+            means.append(col.loc[col.real].cpu())  # (n, d): the real entries
+    model.train(was_training)
+    if kl_sum is None:
+        return None
+    count, variance = active_units(torch.cat(means).numpy(), threshold)
+    return {"kl_per_dim": (kl_sum / num_steps).tolist(), "active_units": count,
+            "posterior_mean_var": variance.tolist()}
+
+
+class CollapseMonitor:
+    """Flags posterior collapse: the KL per step below ``threshold`` nats for ``epochs`` consecutive
+    epochs. ``update(kl_per_step)`` returns whether the run counts as collapsed after this epoch;
+    ``count`` (consecutive low epochs so far) is what a resumed run must restore."""
+
+    def __init__(self, threshold: float = 0.01, epochs: int = 3, count: int = 0):
+        assert threshold >= 0 and epochs >= 1, (threshold, epochs)
+        self.threshold, self.epochs, self.count = threshold, epochs, count
+
+    def update(self, kl_per_step: float) -> bool:
+        self.count = self.count + 1 if kl_per_step < self.threshold else 0
+        return self.count >= self.epochs
