@@ -16,12 +16,17 @@ class SequenceBatch(NamedTuple):
             observed and drives the transition into ``z[:, t + 1]`` (the last one is unused).
         mask: (B, T) bool, true on real steps.
         lengths: (B,) int64, the number of real steps of each sequence.
+        obs_mask: (B, T, x_dim) bool or None: true on the observed entries of x. None: every entry of
+            every real step is observed. Missing entries hold 0 in ``x`` and contribute no likelihood
+            (a step with no observed entry contributes none at all); :func:`collate` makes it from
+            NaN entries.
     """
 
     x: torch.Tensor
     u: Optional[torch.Tensor]
     mask: torch.Tensor
     lengths: torch.Tensor
+    obs_mask: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -41,7 +46,8 @@ class SequenceBatch(NamedTuple):
 
     def to(self, device) -> "SequenceBatch":
         u = None if self.u is None else self.u.to(device)
-        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device))
+        obs_mask = None if self.obs_mask is None else self.obs_mask.to(device)
+        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device), obs_mask)
 
     def check(self) -> "SequenceBatch":
         """Assert the shapes of the contract; returns self."""
@@ -50,11 +56,17 @@ class SequenceBatch(NamedTuple):
         assert self.lengths.shape == (B,), self.lengths.shape
         if self.u is not None:
             assert self.u.shape[:2] == (B, T), (self.u.shape, self.x.shape)
+        if self.obs_mask is not None:
+            assert self.obs_mask.shape == self.x.shape and self.obs_mask.dtype == torch.bool, self.obs_mask.shape
         return self
 
 
 def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
-    """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch."""
+    """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch.
+
+    NaN entries of an ``x_i`` are missing observations: they become 0 in ``x`` and false in
+    ``obs_mask`` (None when no entry is missing). Loaders refuse NaN unless a missing-data mode was
+    asked for (``--missing nan``), so a NaN reaching here is meant."""
     if len(xs) == 0:
         raise ValueError("cannot collate an empty list of sequences")
     lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)  # (B,)
@@ -68,4 +80,9 @@ def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = N
         for i, ui in enumerate(us):
             u[i, : len(ui)] = ui
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    return SequenceBatch(x, u, mask, lengths)
+    obs_mask = None
+    missing = torch.isnan(x)  # (B, T, x_dim); padding is 0, never NaN
+    if missing.any():
+        obs_mask = ~missing & mask[..., None]  # (B, T, x_dim)
+        x = torch.where(missing, x.new_zeros(()), x)
+    return SequenceBatch(x, u, mask, lengths, obs_mask)

@@ -40,7 +40,7 @@ class DMM(DynamicalVAE):
         self.initial = InitialState(c.z_dim)                                   # p(z_0)
         self.transition = GatedTransition(c.z_dim, c.u_dim, c.transition_dim)  # p(z_t | z_{t-1}, u_{t-1})
         self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
-        self.encoder = SequenceEncoder(c.x_dim + c.u_dim, c.rnn_dim, c.rnn_type, "backward")  # h_t
+        self.encoder = SequenceEncoder(self.x_in_dim + c.u_dim, c.rnn_dim, c.rnn_type, "backward")  # h_t
         self.combiner = Combiner(c.z_dim, c.rnn_dim, mean_field=c.guide == "mean_field")  # q(z_t | z_{t-1}, h_t)
         self.z_q_0 = torch.nn.Parameter(torch.zeros(c.z_dim))  # the guide's z_{-1}
 
@@ -60,8 +60,8 @@ class DMM(DynamicalVAE):
                 loc, scale = self._prior(t, z, batch)  # (B, z_dim) each
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(m))  # (B, z_dim)
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood).mask(m),
-                            obs=batch.x[:, t])
+                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood,
+                                                       self._obs_mask(batch, t)).mask(m), obs=batch.x[:, t])
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 
@@ -69,7 +69,7 @@ class DMM(DynamicalVAE):
         """q(z | x, u). Returns the sampled latent path (B, T, z_dim)."""
         pyro.module("dmm", self)
         B, T = batch.batch_size, batch.num_steps
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
         h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
         z, zs = self.z_q_0.expand(B, -1), []
         with pyro.plate("sequences", B, dim=-1):
@@ -99,7 +99,7 @@ class DMM(DynamicalVAE):
         with pyro.plate("sequences", B, dim=-1):
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", prior)  # (B, T, z_dim)
-            x_dist = observation_dist(self.emitter(z), self.config.likelihood)  # batch (B, T)
+            x_dist = observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)  # batch (B, T)
             pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
         return z
 
@@ -110,7 +110,7 @@ class DMM(DynamicalVAE):
         combiner's loop over steps is one fused autograd node (:meth:`Combiner.scan`).
         """
         B, T = batch.batch_size, batch.num_steps
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
         h = self.encoder(y, batch.lengths)  # (B, T, rnn_dim)
         eps = h.new_empty(T, B, self.config.z_dim)
         for t in range(T):  # as Normal.rsample at each step of the per-step guide
