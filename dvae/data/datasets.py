@@ -31,9 +31,11 @@ class SequenceData:
         xs: observations, one (L_i, x_dim) float32 array per sequence, in file order.
         us: controls, one (L_i, u_dim) float32 array per sequence (the last row unused), or None.
         splits: split name -> list of sequence indices (positions in ``xs``).
-        kind: "continuous" (Gaussian emitter, standardised) or "binary" (Bernoulli emitter).
+        kind: "continuous" (Gaussian emitter, standardised), "binary" (Bernoulli emitter) or
+            "categorical" (one-hot tokens, categorical emitter; see ``dvae.data.text``).
         source: the source string it was loaded from.
         meta: metadata of the file (env id, seed, ...), JSON-serialisable.
+        vocab: categorical data: the token of each id (x_dim of them), else None.
     """
 
     xs: List[np.ndarray]
@@ -42,6 +44,7 @@ class SequenceData:
     kind: str
     source: str
     meta: dict = field(default_factory=dict)
+    vocab: Optional[List[str]] = None
 
     @property
     def x_dim(self) -> int:
@@ -76,9 +79,10 @@ def split_indices(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Dict[str,
     return {s: sorted(int(i) for i in p) for s, p in zip(SPLITS, parts)}
 
 
-def _first_nonfinite(path, name, arr, lengths=None):
-    """Raise DataError naming the first NaN/inf of ``arr`` (N, T, ...) within the real steps."""
-    bad = ~np.isfinite(arr)
+def _first_nonfinite(path, name, arr, lengths=None, allow_nan=False):
+    """Raise DataError naming the first NaN/inf of ``arr`` (N, T, ...) within the real steps (with
+    ``allow_nan``: the first inf; NaN entries are missing observations)."""
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if lengths is not None:
         steps = np.arange(arr.shape[1])
         valid = steps[None, :] < lengths[:, None]  # (N, T)
@@ -87,7 +91,8 @@ def _first_nonfinite(path, name, arr, lengths=None):
         where = np.argwhere(bad)[0]
         value = arr[tuple(where)]
         extra = f", dim {where[2]}" if arr.ndim > 2 else ""
-        raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}")
+        hint = " (a NaN is a missing entry only with --missing nan)" if np.isnan(value) and name == "obs" else ""
+        raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}{hint}")
 
 
 def _check_bounds(path, actions, lengths, low, high):
@@ -104,11 +109,13 @@ def _check_bounds(path, actions, lengths, low, high):
                         f"[{low[d]}, {high[d]}] at sequence {i}, step {t}, dim {d}")
 
 
-def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None) -> SequenceData:
+def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None,
+                      missing: bool = False) -> SequenceData:
     """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`).
 
     ``action_bounds``: optional (low, high) arrays (act_dim,) of a Box action space; actions outside
-    them (beyond a relative tolerance of 1e-5) are refused."""
+    them (beyond a relative tolerance of 1e-5) are refused. ``missing``: NaN entries of ``obs`` are
+    missing observations (kept as NaN; ``collate`` turns them into an observation mask); else refused."""
     obs = np.asarray(obs)
     if obs.ndim == 2:
         obs = obs[..., None]  # (N, T+1, 1)
@@ -137,7 +144,7 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         if bad.size:
             raise DataError(f"{path}: lengths[{bad[0]}] = {lengths[bad[0]]} is outside 0..{T1 - 1}")
     num_obs = lengths.astype(np.int64) + 1  # observations per sequence: actions + 1
-    _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs)
+    _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs, allow_nan=missing)
     xs = [obs[i, :num_obs[i]].astype(np.float32) for i in range(N)]  # each (L_i, obs_dim)
     us = None
     if actions is not None:
@@ -165,9 +172,10 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
     return SequenceData(xs, us, split_indices(N), "continuous", path, meta)
 
 
-def load_npz(path: str) -> SequenceData:
+def load_npz(path: str, missing: bool = False) -> SequenceData:
     """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
-    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes."""
+    (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes.
+    ``missing``: NaN entries of ``obs`` are missing observations instead of bad input."""
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
     try:
         f = np.load(path, allow_pickle=False)
@@ -188,7 +196,8 @@ def load_npz(path: str) -> SequenceData:
     bounds = None
     if "action_low" in arrays and "action_high" in arrays:
         bounds = (arrays["action_low"], arrays["action_high"])
-    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds)
+    return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds,
+                             missing=missing)
 
 
 def _is_note(n) -> bool:
@@ -240,12 +249,22 @@ def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> Sequen
                              (d["action_low"], d["action_high"]))
 
 
-def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
-    """Dispatch on a SOURCE string: a built-in name, an .npz file, or a polyphonic pickle."""
-    if source == "pendulum":
+def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64, missing: bool = False,
+                tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None) -> SequenceData:
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, or a text file
+    (``*.txt`` or ``text:PATH``: one token sequence per line, see :func:`dvae.data.text.load_text`).
+
+    ``missing``: NaN entries of a trajectory .npz are missing observations. ``tokens``, ``min_count``,
+    ``vocab``: text only (``vocab``: a trained run's vocabulary, used instead of building one)."""
+    if source.startswith("text:") or source.endswith(".txt"):
+        from dvae.data.text import load_text
+
+        path = source[len("text:"):] if source.startswith("text:") else source
+        data = load_text(path, tokens=tokens, min_count=min_count, vocab=vocab)
+    elif source == "pendulum":
         data = load_pendulum(seed, episodes, steps)
     elif source.endswith(".npz"):
-        data = load_npz(source)
+        data = load_npz(source, missing=missing)
     elif source.endswith((".pickle", ".pkl")):
         data = load_polyphonic(source)
     elif not os.path.exists(source):
