@@ -125,12 +125,25 @@ class ClippedSVI(SVI):
         return float(loss)
 
 
+def missing_log_det(batch: SequenceBatch, log_det_per_step: float, x_log_std=None) -> torch.Tensor:
+    """(B, T): what the log-Jacobian of each real step differs from ``log_det_per_step`` by when
+    entries are missing: a step's is sum_d log std_d over its OBSERVED entries only. Zero without an
+    ``obs_mask`` or without ``x_log_std`` (per-dimension log std; None: unstandardised data)."""
+    if batch.obs_mask is None or x_log_std is None:
+        return batch.x.new_zeros(batch.mask.shape)
+    log_std = torch.as_tensor(x_log_std, dtype=batch.x.dtype, device=batch.x.device)  # (x_dim,)
+    per_step = (batch.obs_mask.to(batch.x.dtype) * log_std).sum(-1) - log_det_per_step  # (B, T)
+    return torch.where(batch.mask, per_step, per_step.new_zeros(()))
+
+
 @torch.no_grad()
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None) -> Dict[str, float]:
+             num_particles: int = 1, device=None, x_log_std=None) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
 
-    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data).
+    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data);
+    ``x_log_std``: the per-dimension log std_d, needed where entries are missing (NaN), whose steps
+    count only their observed entries' log std (:func:`missing_log_det`).
     Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
     when ``iw_samples`` > 0.
@@ -139,10 +152,12 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
     was_training = model.training
     model.eval()
     total = {"elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
-    num_steps = 0
+    num_steps, extra_log_det = 0, 0.0
     for batch in batches(xs, us, batch_size, by_length=True):
         num_steps += int(batch.lengths.sum())
         batch = batch.to(device)
+        if batch.obs_mask is not None:
+            extra_log_det += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
         total["elbo"] += terms["elbo"].sum().item()
         total["log_lik"] += terms["log_lik"].sum().item()
@@ -150,12 +165,13 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
         if iw_samples:
             total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
     model.train(was_training)
+    log_det = log_det_per_step + (extra_log_det / num_steps if extra_log_det else 0.0)
     out = {"num_sequences": len(xs), "num_steps": num_steps,
-           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det_per_step,
-           "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
+           "neg_elbo_per_step": -total["elbo"] / num_steps + log_det,
+           "recon_per_step": -total["log_lik"] / num_steps + log_det,
            "kl_per_step": total["kl"] / num_steps}
     if iw_samples:
-        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det_per_step
+        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det
     return out
 
 
@@ -185,7 +201,7 @@ class Trainer:
     max_fault_retries = 5
 
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
-                 device=None):
+                 device=None, x_log_std=None):
         self.model, self.config = model, config
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
@@ -193,6 +209,7 @@ class Trainer:
         self.train_xs, self.train_us = train_data
         self.valid_xs, self.valid_us = valid_data
         self.log_det = log_det_per_step
+        self.x_log_std = x_log_std  # per-dimension log std: the log-Jacobian where entries are missing
         self.device = device or model.device
         c = config
         optim_args = {"lr": c.lr}
@@ -290,6 +307,8 @@ class Trainer:
                 self._recover()
             else:
                 acc["loss_sum"] += loss * n
+                if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller
+                    acc["loss_sum"] += missing_log_det(batch, self.log_det, self.x_log_std).sum().item()
                 acc["steps_sum"] += n
             self.state["step"] += 1
             self.state["batch_in_epoch"] = i + 1
@@ -330,7 +349,7 @@ class Trainer:
                 break
             self.state["epoch"] += 1
             valid = evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, c.eval_batch_size,
-                             device=self.device)
+                             device=self.device, x_log_std=self.x_log_std)
             row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
                    "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
