@@ -9,6 +9,11 @@ the latent at each step is drawn from a prior that reads it::
 
 Guide: q(z_t | x_t, h_{t-1}) = N(Posterior(phi_x(x_t), h_{t-1})), filtering, sharing f with the model.
 
+Missing entries (a batch's ``obs_mask``): the recurrence of the MODEL reads x_t too, so where entries
+are missing it reads them as the inference networks do, 0 (and, with ``config.missing``, the mask
+beside them): the program is then a model of the observed entries given which ones are observed,
+and its ELBO a bound on log p(x_obs | obs_mask).
+
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
 needs z_t). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
