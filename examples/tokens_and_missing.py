@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 
