@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
     p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm"], default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, or a polyphonic pickle")
+    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
+                   "or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
+                   help="nan: NaN entries of the observations are missing (masked), not bad input")
+    p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
+                   help="text data: a line's tokens are its whitespace-separated words, or its characters")
+    p.add_argument("--min-count", type=int, default=dc.min_count,
+                   help="text data: training tokens seen fewer times map to <unk>")
     p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
@@ -100,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=64, help="samples of the predictive distribution")
     p.add_argument("--plots", metavar="DIR", default=None,
                    help="with --horizon: write kstep_errors.png and prediction plots with bands into DIR")
+    p.add_argument("--missing", choices=["none", "nan"], default=None,
+                   help="nan: NaN entries are missing observations (default: as the run was trained)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -112,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--missing", choices=["none", "nan"], default=None,
+                   help="nan: NaN entries are missing observations (default: as the run was trained)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -129,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the random and true-simulator baselines")
     p.add_argument("--save-episodes", metavar="FILE.npz", default=None,
                    help="write the planner's real episodes as trajectories (to train on them)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("generate", help="sample sequences from the prior; text runs decode them to tokens")
+    p.add_argument("run_dir")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50, help="time steps per sample (text: at most, cut at <eos>)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("impute", help="fill the missing (NaN) observations of an .npz from the posterior")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="a trajectory .npz whose NaN entries of obs are missing")
+    p.add_argument("--out", required=True, help="output .npz: obs filled, obs_mean, obs_lo, obs_hi, missing")
+    p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -217,7 +245,10 @@ def cmd_train(a) -> dict:
             raise ValueError("--epochs must be at least 1")
         if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
             raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
-        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed)
+        if a.min_count < 1:
+            raise ValueError("--min-count must be at least 1")
+        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
+                              missing=a.missing, tokens=a.tokens, min_count=a.min_count)
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(os.path.join(run_dir, "config.json")):
             raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
@@ -230,12 +261,13 @@ def cmd_train(a) -> dict:
                             "array in the .npz")
         train_xs, train_us = data.subset("train")
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
-        config.normalizer, config.kind = normalizer, data.kind
+        config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
+        likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
                                    emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
-                                   c_dim=data.c_dim if a.condition else 0,
-                                   likelihood="bernoulli" if data.kind == "binary" else "gaussian",
+                                   c_dim=data.c_dim if a.condition else 0, likelihood=likelihood,
+                                   missing=a.missing == "nan",
                                    # frames: the conv DMM (other families read frames as vectors)
                                    frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
         config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
@@ -276,7 +308,8 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     c_dim = config.model.c_dim
     train_data, valid_data = _prepare(data, normalizer, "train", c_dim), _prepare(data, normalizer, "valid", c_dim)
     if parallel is None:
-        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device)
+        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device,
+                          x_log_std=normalizer.log_std)
     else:
         from dvae.infer.distributed import DataParallelTrainer
 
@@ -392,7 +425,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
                           row_names=("truth", "reconstruction", "|error|"), first_step=0)
     else:
         plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind == "binary")
+                             binary=config.kind in ("binary", "categorical"))
     written.append(path)
     if config.kind == "continuous" and len(x) >= 4:
         context = max(2, len(x) // 3)
@@ -423,7 +456,7 @@ def cmd_eval(a) -> dict:
 
     device = resolve_device(a.device)
     model, config = load_model(a.run_dir, device)
-    data = load_data(config, a.data)
+    data = load_data(config, a.data, None if a.missing is None else a.missing == "nan")
     _check_dims(data, config)
     norm = config.normalizer
     xs, us = data.subset(a.split)
@@ -435,7 +468,13 @@ def cmd_eval(a) -> dict:
     cs = data.conditions(a.split, config.model.c_dim) if config.model.c_dim else None
     out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
     out.update(evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, config.train.eval_batch_size,
-                        iw_samples=a.iw_samples, device=device, cs=cs))
+                        iw_samples=a.iw_samples, device=device, cs=cs, x_log_std=norm.log_std))
+    if config.kind == "categorical":  # text: the figures are nats per token (<eos> included)
+        out.update(vocab_size=len(config.vocab), log_vocab_size=float(np.log(len(config.vocab))),
+                   perplexity_bound=float(np.exp(out["neg_elbo_per_step"])))
+    num_missing = int(sum(np.isnan(x).sum() for x in xs))
+    if num_missing:
+        out["num_missing_entries"] = num_missing
     if getattr(model, "exact", False):  # the bound is the exact log-likelihood
         out["nll_exact_per_step"] = out["neg_elbo_per_step"]
     if (a.context is None) != (a.horizon is None):
@@ -443,6 +482,8 @@ def cmd_eval(a) -> dict:
     if a.horizon is not None:
         if a.context < 1 or a.horizon < 1:
             raise ValueError("--context and --horizon must be at least 1")
+        if num_missing or config.kind == "categorical":
+            raise ValueError("--context/--horizon (k-step errors) need fully observed continuous data")
         train_xs, train_us = data.subset("train")
         try:
             out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
@@ -465,7 +506,8 @@ def cmd_score(a):
     if a.iw_samples < 0:
         raise ValueError("--iw-samples must be >= 0")
     model, config = load_model(a.run_dir, resolve_device(a.device))
-    data = load_data(config, a.data)
+    missing = None if a.missing is None else a.missing == "nan"
+    data = load_data(config, a.data, missing)
     _check_dims(data, config)
     norm = config.normalizer
     pyro.set_rng_seed(a.seed)
@@ -473,11 +515,13 @@ def cmd_score(a):
     xs, us = data.subset(a.split)
     c_dim = config.model.c_dim
     cs = data.conditions(a.split, c_dim) if c_dim else None
-    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs)
+    scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs,
+                             x_log_std=norm.log_std)
     reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
     vx, vu = reference.subset("valid")
     vc = reference.conditions("valid", c_dim) if c_dim else None
-    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc),
+    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc,
+                                               x_log_std=norm.log_std),
                                a.quantile)
     sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
     result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
@@ -533,12 +577,88 @@ def cmd_plan(a) -> dict:
     return out
 
 
+# --- generate ----------------------------------------------------------------------------------------
+def cmd_generate(a) -> dict:
+    import pyro
+    import torch
+
+    from dvae.infer.trainer import resolve_device
+    from dvae.run import load_model
+
+    if a.num_samples < 1 or a.steps < 1:
+        raise ValueError("--num-samples and --steps must be at least 1")
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    model.eval()
+    norm = config.normalizer
+    pyro.set_rng_seed(a.seed)
+    u = None
+    if config.model.u_dim:  # no control applied: zeros in data units
+        u = torch.from_numpy(norm.u([np.zeros((a.steps, config.model.u_dim), np.float32)])[0])  # (T, u_dim)
+    g = model.generate(a.steps, u=u, num_samples=a.num_samples)
+    out = {"run_dir": a.run_dir, "model": config.model.model, "kind": config.kind, "num_samples": a.num_samples,
+           "num_steps": a.steps, "seed": a.seed}
+    if config.model.u_dim:
+        out["controls"] = "zero (data units)"
+    if config.kind == "categorical":
+        from dvae.data.text import EOS_ID, Vocabulary, join
+
+        vocab = Vocabulary(config.vocab)
+        ids = g["x"].argmax(-1).cpu().numpy()  # (S, T): the one-hot draws as token ids
+        out["sequences"] = [vocab.decode(row) for row in ids]
+        out["texts"] = [join(seq, config.data.tokens) for seq in out["sequences"]]
+        out["ended"] = [bool((row == EOS_ID).any()) for row in ids]  # reached <eos> within --steps
+    else:
+        out["x"] = norm.x_inverse(g["x"]).cpu().numpy().tolist()  # (S, T, x_dim), data units
+        out["x_mean"] = norm.x_inverse(g["x_mean"]).cpu().numpy().tolist()
+    return out
+
+
+# --- impute ------------------------------------------------------------------------------------------
+def cmd_impute(a) -> dict:
+    import pyro
+
+    from dvae.data import load_npz
+    from dvae.eval.impute import impute_sequences
+    from dvae.infer.trainer import resolve_device
+    from dvae.run import atomic_write_bytes, load_model
+
+    if a.num_samples < 1:
+        raise ValueError("--num-samples must be at least 1")
+    if not a.data.endswith(".npz"):
+        raise ValueError(f"{a.data}: impute reads a trajectory .npz")
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    if config.kind != "continuous":
+        raise ValueError("impute needs a run trained on continuous data")
+    data = load_npz(a.data, missing=True)
+    _check_dims(data, config)
+    pyro.set_rng_seed(a.seed)
+    norm = config.normalizer
+    filled = impute_sequences(model, norm, data.xs, data.us, a.num_samples, config.train.eval_batch_size)
+    with np.load(a.data, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    obs = np.asarray(arrays["obs"], np.float32)
+    obs = obs[..., None] if obs.ndim == 2 else obs
+    missing = np.isnan(obs)
+    out = {"obs_mean": np.full_like(obs, np.nan), "obs_lo": np.full_like(obs, np.nan), "obs_hi": np.full_like(obs, np.nan)}
+    obs = obs.copy()
+    for i, r in enumerate(filled):  # real steps only; padding is left as it was
+        L = len(r["x"])
+        obs[i, :L] = r["x"]
+        for k in ("mean", "lo", "hi"):
+            out[f"obs_{k}"][i, :L] = r[k]
+    arrays.update(obs=obs, missing=missing, **out)
+    atomic_write_bytes(a.out, lambda f: np.savez(f, **arrays))
+    return {"run_dir": a.run_dir, "data": a.data, "out": a.out, "num_sequences": len(data.xs),
+            "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         from dvae.errors import DvaeError
 
-        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan}
+        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
+                 "generate": cmd_generate, "impute": cmd_impute}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))

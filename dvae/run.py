@@ -32,13 +32,19 @@ class DataConfig:
     """Where the data comes from (saved in config.json so eval can reload it)."""
 
     source: str = "pendulum"
-    """A built-in name (pendulum), a trajectory .npz, or a polyphonic pickle."""
+    """A built-in name (pendulum), a trajectory .npz, a polyphonic pickle, or a text file (*.txt or text:PATH)."""
     episodes: int = 128
     """Built-in pendulum: number of episodes collected."""
     steps: int = 64
     """Built-in pendulum: actions per episode (observations: steps + 1)."""
     data_seed: int = 0
     """Built-in pendulum: collection seed."""
+    missing: str = "none"
+    """none: NaN in the data is bad input; nan: NaN entries of x are missing observations."""
+    tokens: str = "words"
+    """Text: a line's tokens are its whitespace-separated words, or its characters (chars)."""
+    min_count: int = 1
+    """Text: training tokens seen fewer times than this map to <unk>."""
 
 
 @dataclass
@@ -48,10 +54,15 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     normalizer: Optional[Normalizer] = None
     kind: str = "continuous"
+    vocab: Optional[List[str]] = None
+    """Categorical (text) data: the token of each id, built from the training split."""
 
     def to_dict(self) -> dict:
-        return {"model": asdict(self.model), "train": asdict(self.train), "data": asdict(self.data),
-                "normalizer": None if self.normalizer is None else asdict(self.normalizer), "kind": self.kind}
+        d = {"model": asdict(self.model), "train": asdict(self.train), "data": asdict(self.data),
+             "normalizer": None if self.normalizer is None else asdict(self.normalizer), "kind": self.kind}
+        if self.vocab is not None:
+            d["vocab"] = list(self.vocab)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, path: str = CONFIG) -> "RunConfig":
@@ -62,7 +73,7 @@ class RunConfig:
         config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, d["train"], path, "train"),
                      _build(DataConfig, d["data"], path, "data"),
                      None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
-                     d.get("kind", "continuous"))
+                     d.get("kind", "continuous"), d.get("vocab"))
         problem = config.problem()
         if problem:
             raise RunDirError(f"{path}: {problem}")
@@ -74,7 +85,8 @@ class RunConfig:
         checks = [
             ("model.model", m.model, m.model in MODELS, f"one of {', '.join(MODELS)}"),
             ("model.rnn_type", m.rnn_type, m.rnn_type in ("gru", "lstm", "rnn"), "gru, lstm or rnn"),
-            ("model.likelihood", m.likelihood, m.likelihood in ("gaussian", "bernoulli"), "gaussian or bernoulli"),
+            ("model.likelihood", m.likelihood, m.likelihood in ("gaussian", "bernoulli", "categorical"),
+             "gaussian, bernoulli or categorical"),
             ("model.guide", m.guide, m.guide in ("dks", "mean_field"), "dks or mean_field"),
             ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
             ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
@@ -89,13 +101,19 @@ class RunConfig:
             ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
             ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
             ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
-            ("kind", self.kind, self.kind in ("continuous", "binary"), "continuous or binary"),
+            ("kind", self.kind, self.kind in ("continuous", "binary", "categorical"), "continuous, binary or categorical"),
+            ("data.missing", self.data.missing, self.data.missing in ("none", "nan"), "none or nan"),
+            ("data.tokens", self.data.tokens, self.data.tokens in ("words", "chars"), "words or chars"),
+            ("data.min_count", self.data.min_count, self.data.min_count >= 1, ">= 1"),
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")
                    for k in ("x_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim")]
         for name, value, ok, want in checks:
             if not ok:
                 return f"{name} = {value!r}: expected {want}"
+        if self.kind == "categorical" and not (isinstance(self.vocab, list) and len(self.vocab) == m.x_dim
+                                               and all(isinstance(t, str) for t in self.vocab)):
+            return f"vocab must be a list of x_dim = {m.x_dim} tokens for categorical data"
         if n is None:
             return "normalizer section missing"
         if len(n.x_mean) != m.x_dim or len(n.x_std) != m.x_dim:
@@ -209,9 +227,13 @@ def write_metrics(run_dir: str, rows: list) -> None:
     atomic_write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def load_data(config: RunConfig, source: Optional[str] = None) -> SequenceData:
+def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
+    """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
+    mode). ``missing``: NaN entries are missing observations (default: as the run was trained)."""
     d = config.data
-    return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps)
+    missing = d.missing == "nan" if missing is None else missing
+    return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
+                       tokens=d.tokens, min_count=d.min_count, vocab=config.vocab)
 
 
 def load_model(run_dir: str, device="cpu", which: str = "best"):

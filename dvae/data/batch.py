@@ -18,6 +18,10 @@ class SequenceBatch(NamedTuple):
         lengths: (B,) int64, the number of real steps of each sequence.
         c: (B, c_dim) float per-sequence conditions (a one-hot label or any vector) of a conditional
             model, or None.
+        obs_mask: (B, T, x_dim) bool or None: true on the observed entries of x. None: every entry of
+            every real step is observed. Missing entries hold 0 in ``x`` and contribute no likelihood
+            (a step with no observed entry contributes none at all); :func:`collate` makes it from
+            NaN entries.
     """
 
     x: torch.Tensor
@@ -25,6 +29,7 @@ class SequenceBatch(NamedTuple):
     mask: torch.Tensor
     lengths: torch.Tensor
     c: Optional[torch.Tensor] = None
+    obs_mask: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -49,7 +54,8 @@ class SequenceBatch(NamedTuple):
     def to(self, device) -> "SequenceBatch":
         u = None if self.u is None else self.u.to(device)
         c = None if self.c is None else self.c.to(device)
-        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device), c)
+        obs_mask = None if self.obs_mask is None else self.obs_mask.to(device)
+        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device), c, obs_mask)
 
     def check(self) -> "SequenceBatch":
         """Assert the shapes of the contract; returns self."""
@@ -60,13 +66,19 @@ class SequenceBatch(NamedTuple):
             assert self.u.shape[:2] == (B, T), (self.u.shape, self.x.shape)
         if self.c is not None:
             assert self.c.dim() == 2 and self.c.shape[0] == B, (self.c.shape, self.x.shape)
+        if self.obs_mask is not None:
+            assert self.obs_mask.shape == self.x.shape and self.obs_mask.dtype == torch.bool, self.obs_mask.shape
         return self
 
 
 def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None,
             cs: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
     """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch;
-    ``cs``: each sequence's condition ``c_i`` (c_dim,), stacked into ``c`` (B, c_dim)."""
+    ``cs``: each sequence's condition ``c_i`` (c_dim,), stacked into ``c`` (B, c_dim).
+
+    NaN entries of an ``x_i`` are missing observations: they become 0 in ``x`` and false in
+    ``obs_mask`` (None when no entry is missing). Loaders refuse NaN unless a missing-data mode was
+    asked for (``--missing nan``), so a NaN reaching here is meant."""
     if len(xs) == 0:
         raise ValueError("cannot collate an empty list of sequences")
     lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)  # (B,)
@@ -81,4 +93,9 @@ def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = N
             u[i, : len(ui)] = ui
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
     c = None if cs is None else torch.stack([torch.as_tensor(ci, dtype=x.dtype) for ci in cs])  # (B, c_dim)
-    return SequenceBatch(x, u, mask, lengths, c)
+    obs_mask = None
+    missing = torch.isnan(x)  # (B, T, x_dim); padding is 0, never NaN
+    if missing.any():
+        obs_mask = ~missing & mask[..., None]  # (B, T, x_dim)
+        x = torch.where(missing, x.new_zeros(()), x)
+    return SequenceBatch(x, u, mask, lengths, c, obs_mask)

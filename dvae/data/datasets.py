@@ -31,11 +31,13 @@ class SequenceData:
         xs: observations, one (L_i, x_dim) float32 array per sequence, in file order.
         us: controls, one (L_i, u_dim) float32 array per sequence (the last row unused), or None.
         splits: split name -> list of sequence indices (positions in ``xs``).
-        kind: "continuous" (Gaussian emitter, standardised) or "binary" (Bernoulli emitter).
+        kind: "continuous" (Gaussian emitter, standardised), "binary" (Bernoulli emitter) or
+            "categorical" (one-hot tokens, categorical emitter; see ``dvae.data.text``).
         source: the source string it was loaded from.
         meta: metadata of the file (env id, seed, ...), JSON-serialisable.
         cs: per-sequence conditions (N, c_dim) float32 (an .npz's ``cond``, or its ``labels`` one-hot), or
             None; a conditional model (``dvae train --condition``) reads them.
+        vocab: categorical data: the token of each id (x_dim of them), else None.
     """
 
     xs: List[np.ndarray]
@@ -45,6 +47,7 @@ class SequenceData:
     source: str
     meta: dict = field(default_factory=dict)
     cs: Optional[np.ndarray] = None
+    vocab: Optional[List[str]] = None
 
     @property
     def x_dim(self) -> int:
@@ -101,9 +104,10 @@ def split_indices(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Dict[str,
     return {s: sorted(int(i) for i in p) for s, p in zip(SPLITS, parts)}
 
 
-def _first_nonfinite(path, name, arr, lengths=None):
-    """Raise DataError naming the first NaN/inf of ``arr`` (N, T, ...) within the real steps."""
-    bad = ~np.isfinite(arr)
+def _first_nonfinite(path, name, arr, lengths=None, allow_nan=False):
+    """Raise DataError naming the first NaN/inf of ``arr`` (N, T, ...) within the real steps (with
+    ``allow_nan``: the first inf; NaN entries are missing observations)."""
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if lengths is not None:
         steps = np.arange(arr.shape[1])
         valid = steps[None, :] < lengths[:, None]  # (N, T)
@@ -112,7 +116,8 @@ def _first_nonfinite(path, name, arr, lengths=None):
         where = np.argwhere(bad)[0]
         value = arr[tuple(where)]
         extra = f", dim {where[2]}" if arr.ndim > 2 else ""
-        raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}")
+        hint = " (a NaN is a missing entry only with --missing nan)" if np.isnan(value) and name == "obs" else ""
+        raise DataError(f"{path}: {name} has {value} (nan/inf) at sequence {where[0]}, step {where[1]}{extra}{hint}")
 
 
 def _check_bounds(path, actions, lengths, low, high):
@@ -178,12 +183,13 @@ def _conditions(path, n, cond=None, labels=None, meta=None) -> Optional[np.ndarr
 
 
 def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=None, action_bounds=None,
-                      cond=None, labels=None, frame_shape=None) -> SequenceData:
+                      cond=None, labels=None, frame_shape=None, missing: bool = False) -> SequenceData:
     """Build SequenceData from arrays in the trajectory layout (see :func:`load_npz`).
 
     ``action_bounds``: optional (low, high) arrays (act_dim,) of a Box action space; actions outside
     them (beyond a relative tolerance of 1e-5) are refused. ``cond`` (N, c_dim) float or ``labels``
-    (N,) int: per-sequence conditions (labels one-hot).
+    (N,) int: per-sequence conditions (labels one-hot). ``missing``: NaN entries of ``obs`` are
+    missing observations (kept as NaN; ``collate`` turns them into an observation mask); else refused.
 
     Frames: ``obs`` of shape (N, T+1, H, W), or (N, T+1, H*W) with ``frame_shape`` = (H, W), holds
     images with intensities in [0, 1] (or uint8). They are flattened and binarized at 0.5 (kind
@@ -220,7 +226,7 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         if bad.size:
             raise DataError(f"{path}: lengths[{bad[0]}] = {lengths[bad[0]]} is outside 0..{T1 - 1}")
     num_obs = lengths.astype(np.int64) + 1  # observations per sequence: actions + 1
-    _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs)
+    _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs, allow_nan=missing)
     kind = "continuous"
     if frame_shape is not None:
         obs, kind = _frames(path, obs, frame_shape, num_obs), "binary"
@@ -253,13 +259,14 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
     return SequenceData(xs, us, split_indices(N), kind, path, meta, cs)
 
 
-def load_npz(path: str) -> SequenceData:
+def load_npz(path: str, missing: bool = False) -> SequenceData:
     """Load a trajectory .npz: ``obs`` (N, T+1, obs_dim) required; ``actions`` (N, T, act_dim) float or
     (N, T) int (discrete, one-hot here); ``lengths`` (N,) actions per episode for ragged episodes;
     ``cond`` (N, c_dim) float or ``labels`` (N,) int per-sequence conditions (labels one-hot, over a
     scalar ``num_labels`` classes when the file gives it).
     Frames: ``obs`` (N, T+1, H, W), or flattened with ``frame_shape`` = [H, W] (as ``dvae collect``
-    writes for an image observation space); see :func:`from_trajectories`."""
+    writes for an image observation space); see :func:`from_trajectories`.
+    ``missing``: NaN entries of ``obs`` are missing observations instead of bad input."""
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
     try:
         f = np.load(path, allow_pickle=False)
@@ -286,7 +293,7 @@ def load_npz(path: str) -> SequenceData:
         if frame_shape.shape != (2,):
             raise DataError(f"{path}: frame_shape must be (H, W), got {frame_shape.tolist()}")
     return from_trajectories(arrays["obs"], arrays.get("actions"), arrays.get("lengths"), path, meta, bounds,
-                             arrays.get("cond"), arrays.get("labels"), frame_shape=frame_shape)
+                             arrays.get("cond"), arrays.get("labels"), frame_shape=frame_shape, missing=missing)
 
 
 def _is_note(n) -> bool:
@@ -338,17 +345,27 @@ def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> Sequen
                              (d["action_low"], d["action_high"]))
 
 
-def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
-    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, or a directory of
-    trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`)."""
-    if source == "pendulum":
+def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64, missing: bool = False,
+                tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None) -> SequenceData:
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, a text file
+    (``*.txt`` or ``text:PATH``: one token sequence per line, see :func:`dvae.data.text.load_text`), or a
+    directory of trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`).
+
+    ``missing``: NaN entries of a trajectory .npz are missing observations. ``tokens``, ``min_count``,
+    ``vocab``: text only (``vocab``: a trained run's vocabulary, used instead of building one)."""
+    if source.startswith("text:") or source.endswith(".txt"):
+        from dvae.data.text import load_text
+
+        path = source[len("text:"):] if source.startswith("text:") else source
+        data = load_text(path, tokens=tokens, min_count=min_count, vocab=vocab)
+    elif source == "pendulum":
         data = load_pendulum(seed, episodes, steps)
     elif os.path.isdir(source) or os.path.basename(source) == "manifest.json":
         from dvae.data.lazy import load_lazy  # shards with a manifest, or .npy arrays: read lazily
 
         data = load_lazy(source)
     elif source.endswith(".npz"):
-        data = load_npz(source)
+        data = load_npz(source, missing=missing)
     elif source.endswith((".pickle", ".pkl")):
         data = load_polyphonic(source)
     elif not os.path.exists(source):

@@ -27,13 +27,19 @@ class Normalizer:
 
     @classmethod
     def fit(cls, xs, us=None, standardize: bool = True) -> "Normalizer":
-        """Statistics of the training split: ``xs`` list of (L_i, x_dim), ``us`` list of (L_i, u_dim)."""
+        """Statistics of the training split: ``xs`` list of (L_i, x_dim), ``us`` list of (L_i, u_dim).
+        NaN entries of x (missing observations) are left out of the statistics."""
         def stats(arrs, drop_last=False):
             if hasattr(arrs, "lengths"):  # lazily read data: one streaming pass, bounded memory
                 return streaming_stats(arrs, drop_last)
             if drop_last:  # the last control of each sequence is padding (unused)
                 arrs = [a[:-1] for a in arrs if len(a) > 1] or arrs
             cat = np.concatenate(arrs, 0).astype(np.float64)  # (sum L_i, dim)
+            if np.isnan(cat).any():  # missing entries
+                empty = np.flatnonzero(np.isnan(cat).all(0))
+                if empty.size:
+                    raise ValueError(f"dimension {empty[0]} has no observed entry in the training split")
+                return np.nanmean(cat, 0).tolist(), np.maximum(np.nanstd(cat, 0), STD_FLOOR).tolist()
             return cat.mean(0).tolist(), np.maximum(cat.std(0), STD_FLOOR).tolist()
 
         x_dim = xs[0].shape[1]
@@ -42,6 +48,12 @@ class Normalizer:
         if us is not None:
             u_mean, u_std = stats(us, drop_last=True)
         return cls(x_mean, x_std, u_mean, u_std)
+
+    @property
+    def log_std(self) -> List[float]:
+        """log std_d per dimension: with missing entries, the log-Jacobian of a step sums it over the
+        observed entries only."""
+        return np.log(self.x_std).tolist()
 
     @property
     def log_det_per_step(self) -> float:

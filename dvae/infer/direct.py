@@ -22,9 +22,10 @@ def _kl(mq, sq, mp, sp) -> torch.Tensor:
     return _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False)).sum(-1)
 
 
-def _log_lik(params, likelihood: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum over real steps of log p(x_t | .): params (B, T, .), x (B, T, x_dim), mask (B, T)."""
-    lp = observation_dist(params, likelihood).log_prob(x)  # (B, T)
+def _log_lik(params, likelihood: str, x: torch.Tensor, mask: torch.Tensor, obs_mask=None) -> torch.Tensor:
+    """sum over real steps of log p(x_t | .) of the observed entries: params (B, T, .), x (B, T, x_dim),
+    mask (B, T), obs_mask (B, T, x_dim) or None."""
+    lp = observation_dist(params, likelihood, obs_mask).log_prob(x)  # (B, T)
     return torch.where(mask, lp, lp.new_zeros(())).sum()
 
 
@@ -40,18 +41,18 @@ def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> t
         loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
         prior_loc, prior_scale = model._prior_params(z, batch)
         kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
-        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask)
+        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
     elif model.name == "vrnn":
         loc, scale, z, (phi_z, h_prev) = model.guide_path(batch, features=True)  # h along the drawn path
         prior_loc, prior_scale = model.prior(h_prev)
         kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
-        log_lik = _log_lik(model.emitter(torch.cat([phi_z, h_prev], -1)), lik, batch.x, batch.mask)
+        log_lik = _log_lik(model.emitter(torch.cat([phi_z, h_prev], -1)), lik, batch.x, batch.mask, batch.obs_mask)
     elif model.name == "vrae":
         loc, scale = model.posterior_params(batch)  # (B, z_dim)
         z = loc + torch.empty_like(loc).normal_() * scale
         kl = _kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale)).sum()
         s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim)
-        log_lik = _log_lik(model.emitter(s), lik, batch.x, batch.mask)
+        log_lik = _log_lik(model.emitter(s), lik, batch.x, batch.mask, batch.obs_mask)
     else:
         raise ValueError(f"no direct loss for model {model.name!r}")
     return -(log_lik - annealing_factor * kl)

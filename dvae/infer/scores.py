@@ -9,13 +9,15 @@ import torch
 
 from dvae.data.batch import collate
 from dvae.infer.elbo import elbo_terms, iw_bound
+from dvae.infer.trainer import missing_log_det
 
 
 @torch.no_grad()
 def sequence_scores(model, xs, us, log_det_per_step: float = 0.0, iw_samples: int = 0,
-                    batch_size: int = 64, num_particles: int = 1, cs=None) -> List[Dict]:
+                    batch_size: int = 64, num_particles: int = 1, cs=None, x_log_std=None) -> List[Dict]:
     """For each sequence i (in the given order): ``neg_elbo`` (nats, whole sequence), ``neg_elbo_per_step``,
-    ``per_step`` (list: -log p(x_t | z_t) + KL_t, data units) and, with ``iw_samples``, ``nll_iw``."""
+    ``per_step`` (list: -log p(x_t | z_t) + KL_t, data units) and, with ``iw_samples``, ``nll_iw``.
+    ``x_log_std``: per-dimension log std, for the log-Jacobian of steps with missing (NaN) entries."""
     was_training = model.training
     model.eval()
     out: List[Dict] = [None] * len(xs)
@@ -26,7 +28,9 @@ def sequence_scores(model, xs, us, log_det_per_step: float = 0.0, iw_samples: in
                         None if us is None else [torch.from_numpy(us[i]) for i in idx],
                         None if cs is None else [torch.as_tensor(cs[i]) for i in idx]).to(model.device)
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
-        per_step = (terms["kl"] - terms["log_lik"] + log_det_per_step).cpu().numpy()  # (b, T)
+        extra = missing_log_det(batch, log_det_per_step, x_log_std)  # (b, T): zero unless entries are missing
+        per_step = (terms["kl"] - terms["log_lik"] + log_det_per_step + extra).cpu().numpy()  # (b, T)
+        extra = extra.cpu().numpy()
         iw = iw_bound(model.model, model.guide, batch, iw_samples).cpu().numpy() if iw_samples else None
         for j, i in enumerate(idx):
             L = len(xs[i])
@@ -34,7 +38,7 @@ def sequence_scores(model, xs, us, log_det_per_step: float = 0.0, iw_samples: in
             out[i] = {"neg_elbo": float(steps.sum()), "neg_elbo_per_step": float(steps.mean()),
                       "per_step": [float(v) for v in steps]}
             if iw is not None:
-                out[i]["nll_iw"] = float(-iw[j] + L * log_det_per_step)
+                out[i]["nll_iw"] = float(-iw[j] + L * log_det_per_step + extra[j, :L].sum())
     model.train(was_training)
     return out
 

@@ -157,18 +157,32 @@ class ClippedSVI(SVI):
         return float(loss)
 
 
+def missing_log_det(batch: SequenceBatch, log_det_per_step: float, x_log_std=None) -> torch.Tensor:
+    """(B, T): what the log-Jacobian of each real step differs from ``log_det_per_step`` by when
+    entries are missing: a step's is sum_d log std_d over its OBSERVED entries only. Zero without an
+    ``obs_mask`` or without ``x_log_std`` (per-dimension log std; None: unstandardised data)."""
+    if batch.obs_mask is None or x_log_std is None:
+        return batch.x.new_zeros(batch.mask.shape)
+    log_std = torch.as_tensor(x_log_std, dtype=batch.x.dtype, device=batch.x.device)  # (x_dim,)
+    per_step = (batch.obs_mask.to(batch.x.dtype) * log_std).sum(-1) - log_det_per_step  # (B, T)
+    return torch.where(batch.mask, per_step, per_step.new_zeros(()))
+
+
 @torch.no_grad()
 def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_particles: int = 1,
-                  device=None, cs=None) -> Dict[str, float]:
+                  device=None, cs=None, log_det_per_step: float = 0.0, x_log_std=None) -> Dict[str, float]:
     """The sums behind :func:`evaluate` over a set of sequences (standardised units): ``num_steps``,
-    ``elbo``, ``log_lik``, ``kl`` and ``iw`` (0 unless ``iw_samples``); sums of disjoint sets add up."""
+    ``elbo``, ``log_lik``, ``kl``, ``iw`` (0 unless ``iw_samples``) and ``extra_log_det`` (the log-Jacobian
+    difference of steps with missing entries, :func:`missing_log_det`); sums of disjoint sets add up."""
     device = device or model.device
     was_training = model.training
     model.eval()
-    total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0}
+    total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0, "extra_log_det": 0.0}
     for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
         total["num_steps"] += int(batch.lengths.sum())
         batch = batch.to(device)
+        if batch.obs_mask is not None:
+            total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
         terms = elbo_terms(model.model, model.guide, batch, num_particles)
         total["elbo"] += terms["elbo"].sum().item()
         total["log_lik"] += terms["log_lik"].sum().item()
@@ -183,6 +197,8 @@ def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_ste
                     iw_samples: int = 0) -> Dict[str, float]:
     """:func:`evaluate`'s figures from :func:`evaluate_sums`' sums."""
     num_steps = total["num_steps"]
+    extra = total.get("extra_log_det", 0.0)
+    log_det_per_step = log_det_per_step + (extra / num_steps if extra else 0.0)  # missing entries: smaller
     recon, kl = total["log_lik"] / num_steps, total["kl"] / num_steps  # nats per observed step
     out = {"num_sequences": num_sequences, "num_steps": num_steps,
            "neg_elbo_per_step": -elbo(recon, kl) + log_det_per_step,
@@ -194,15 +210,18 @@ def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_ste
 
 
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None, cs=None) -> Dict[str, float]:
+             num_particles: int = 1, device=None, cs=None, x_log_std=None) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
 
-    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data).
+    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data);
+    ``x_log_std``: the per-dimension log std_d, needed where entries are missing (NaN), whose steps
+    count only their observed entries' log std (:func:`missing_log_det`).
     Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
     when ``iw_samples`` > 0. ``cs``: per-sequence conditions (N, c_dim) of a conditional model.
     """
-    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device, cs=cs)
+    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device, cs=cs,
+                          log_det_per_step=log_det_per_step, x_log_std=x_log_std)
     return bounds_per_step(total, len(xs), log_det_per_step, iw_samples)
 
 
@@ -232,7 +251,7 @@ class Trainer:
     max_fault_retries = 5
 
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
-                 device=None):
+                 device=None, x_log_std=None):
         self.model, self.config = model, config
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
@@ -242,6 +261,7 @@ class Trainer:
         self.train_cs = train_cs[0] if train_cs else None
         self.valid_cs = valid_cs[0] if valid_cs else None
         self.log_det = log_det_per_step
+        self.x_log_std = x_log_std  # per-dimension log std: the log-Jacobian where entries are missing
         self.device = device or model.device
         c = config
         optim_args = {"lr": c.lr}
@@ -345,6 +365,8 @@ class Trainer:
                 self._recover()
             else:
                 acc["loss_sum"] += loss * n
+                if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller
+                    acc["loss_sum"] += missing_log_det(batch, self.log_det, self.x_log_std).sum().item()
                 acc["steps_sum"] += n
                 self._add_terms(acc)
             self.state["step"] += 1
@@ -427,7 +449,7 @@ class Trainer:
     def _validate(self) -> Dict[str, float]:
         """The validation split's per-step bounds (a data-parallel trainer reduces them across ranks)."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
-                        device=self.device, cs=self.valid_cs)
+                        device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std)
 
     def _agree(self, flag: bool) -> bool:
         """A decision every process takes together (a data-parallel trainer: true if any rank's is)."""

@@ -18,8 +18,13 @@ what ``encode``, ``generate``, ``predict``, ``reconstruct`` run (they read per-s
 
 What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``model_vectorized``,
 ``guide_vectorized``, ``_predict_samples``.
-What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``; sample-vectorisation by
-repeating the batch; shape checks at the public boundary.
+What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``, ``impute`` (missing entries
+from the posterior predictive); sample-vectorisation by repeating the batch; shape checks at the
+public boundary.
+
+Missing data: a batch's ``obs_mask`` (B, T, x_dim) marks the observed entries of x; the observation
+sites score only those (``observation_dist(..., obs_mask)``), and with ``config.missing`` the networks
+that read x see [x with missing entries 0, obs_mask] (``x_input``, ``encoder_input``).
 
 Conditional models (``c_dim`` > 0; the VRAE and the DMM) read a per-sequence condition ``batch.c``
 (B, c_dim) in both programs; ``generate(..., c=...)`` takes it, ``predict`` reads the context's.
@@ -59,7 +64,8 @@ class ModelConfig:
     emission_dim: int = 64
     """Hidden size of the emitter."""
     likelihood: str = "gaussian"
-    """Observation density: gaussian (continuous, learned diagonal scale) or bernoulli (binary)."""
+    """Observation density: gaussian (continuous, learned diagonal scale), bernoulli (binary) or
+    categorical (one-hot tokens over a vocabulary of x_dim, see ``observation_dist``)."""
     guide: str = "dks"
     """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})) or mean_field (q(z_t | x_{t:T}))."""
     frame_shape: Optional[List[int]] = None
@@ -72,14 +78,34 @@ class ModelConfig:
     q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
     c_dim: int = 0
     """Dimension of the per-sequence condition c of a conditional VRAE or DMM (0: unconditional)."""
+    missing: bool = False
+    """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
+    observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
 
 
-def observation_dist(params, likelihood: str) -> dist.TorchDistribution:
-    """The emitter's parameters -> a distribution over one x_t with event_shape (x_dim,)."""
+def observation_dist(params, likelihood: str, obs_mask: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
+    """The emitter's parameters -> a distribution over one x_t with event_shape (x_dim,).
+
+    ``categorical``: x_t is a one-hot row over the vocabulary (x_dim = V), scored by
+    ``OneHotCategorical(logits)``: log p(x_t) = log softmax(logits)[token], the cross-entropy.
+    One-hot rather than a (.., 1) token id keeps the SequenceBatch contract (x float, x_dim the
+    width every network reads): the inference RNNs and the VRNN's phi_x read x unchanged (a linear
+    map of a one-hot is an embedding lookup), and sampling gives x in the same layout. It costs
+    B * T * V floats a batch, nothing for the vocabularies of a few thousand tokens this is meant for.
+    Padded rows are all zeros (no token; masked out by the step mask), so the support check is off.
+
+    ``obs_mask`` (batch_shape + (x_dim,)) bool: the observed entries; the log density sums only
+    those (a categorical step counts only if its whole row is observed). None: all observed.
+    """
+    if likelihood == "categorical":
+        d = dist.OneHotCategorical(logits=params[0], validate_args=False)
+        return d if obs_mask is None else d.mask(obs_mask.all(-1))
     if likelihood == "gaussian":
         loc, scale = params
-        return dist.Normal(loc, scale).to_event(1)
-    return dist.Bernoulli(logits=params[0]).to_event(1)
+        d = dist.Normal(loc, scale)
+    else:
+        d = dist.Bernoulli(logits=params[0])
+    return (d if obs_mask is None else d.mask(obs_mask)).to_event(1)
 
 
 def append_condition(y: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
@@ -95,7 +121,8 @@ def repeat_batch(batch: SequenceBatch, n: int) -> SequenceBatch:
         return batch
     u = None if batch.u is None else batch.u.repeat(n, 1, 1)
     c = None if batch.c is None else batch.c.repeat(n, 1)  # (n * B, c_dim)
-    return SequenceBatch(batch.x.repeat(n, 1, 1), u, batch.mask.repeat(n, 1), batch.lengths.repeat(n), c)
+    obs_mask = None if batch.obs_mask is None else batch.obs_mask.repeat(n, 1, 1)
+    return SequenceBatch(batch.x.repeat(n, 1, 1), u, batch.mask.repeat(n, 1), batch.lengths.repeat(n), c, obs_mask)
 
 
 class DynamicalVAE(nn.Module):
@@ -149,6 +176,27 @@ class DynamicalVAE(nn.Module):
     def _u(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
         return None if batch.u is None else batch.u[:, t]
 
+    def _obs_mask(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
+        return None if batch.obs_mask is None else batch.obs_mask[:, t]
+
+    @property
+    def x_in_dim(self) -> int:
+        """Width of what the networks that read x see (:meth:`x_input`)."""
+        return self.config.x_dim * (2 if self.config.missing else 1)
+
+    def x_input(self, x: torch.Tensor, obs_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What the networks that read x see: x (missing entries already 0) (..., x_dim), and in
+        missing-data mode [x, obs_mask] (..., 2 x_dim), the mask all ones where None."""
+        if not self.config.missing:
+            return x
+        m = torch.ones_like(x) if obs_mask is None else obs_mask.to(x.dtype)
+        return torch.cat([x, m], -1)
+
+    def encoder_input(self, batch: SequenceBatch) -> torch.Tensor:
+        """The inference RNN's input [x_input, u]: (B, T, x_in_dim + u_dim)."""
+        y = self.x_input(batch.x, batch.obs_mask)
+        return y if batch.u is None else torch.cat([y, batch.u], -1)
+
     # --- the interface ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: SequenceBatch, num_samples: int = 1) -> Dict[str, torch.Tensor]:
@@ -167,6 +215,24 @@ class DynamicalVAE(nn.Module):
         T = batch.num_steps
         means = torch.stack([model_trace.nodes[f"x_{t}"]["fn"].mean for t in range(T)], 1)  # (S*B, T, x_dim)
         return {"x_mean": means.reshape(num_samples, batch.batch_size, T, -1)}
+
+    @torch.no_grad()
+    def impute(self, batch: SequenceBatch, num_samples: int = 100) -> Dict[str, torch.Tensor]:
+        """Fill the missing entries from the posterior predictive p(x_t | x_obs) (in the batch's units).
+
+        Draws ``num_samples`` latent paths from the guide given the observed entries, then x from the
+        emitter at each (observation noise included). Returns ``mean`` (B, T, x_dim) the predictive
+        mean, ``lo`` / ``hi`` (B, T, x_dim) its 5% and 95% quantiles (a 90% band), and ``x``
+        (B, T, x_dim): the observed entries kept, the missing ones replaced by ``mean``.
+        """
+        batch = self._check(batch)
+        B, T = batch.batch_size, batch.num_steps
+        rep = repeat_batch(batch, num_samples)
+        guide_trace = poutine.trace(self.guide).get_trace(rep)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(rep)
+        draws = torch.stack([model_trace.nodes[f"x_{t}"]["fn"].sample() for t in range(T)], 1)  # (S*B, T, x_dim)
+        draws = draws.reshape(num_samples, B, T, -1)
+        return _fill(batch, draws.mean(0), torch.quantile(draws, 0.05, 0), torch.quantile(draws, 0.95, 0))
 
     @torch.no_grad()
     def generate(self, num_steps: int, u: Optional[torch.Tensor] = None, num_samples: int = 1,
@@ -222,3 +288,11 @@ class DynamicalVAE(nn.Module):
 
     def _predict_samples(self, context: SequenceBatch, u_future, horizon: int) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def _fill(batch: SequenceBatch, mean, lo, hi) -> Dict[str, torch.Tensor]:
+    """The impute result: the predictive ``mean``, ``lo``, ``hi`` (B, T, x_dim) and ``x`` with the
+    observed entries kept and the missing ones filled by ``mean``."""
+    x = batch.x if batch.obs_mask is None else torch.where(batch.obs_mask, batch.x, mean)
+    x = torch.where(batch.mask[..., None], x, x.new_zeros(()))  # padding stays 0
+    return {"mean": mean, "lo": lo, "hi": hi, "x": x}

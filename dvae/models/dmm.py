@@ -58,6 +58,8 @@ class DMM(DynamicalVAE):
         self.initial = InitialState(c.z_dim, c.c_dim)                          # p(z_0 | c)
         self.transition = GatedTransition(c.z_dim, c.u_dim + c.c_dim, c.transition_dim)  # p(z_t | z_{t-1}, u_{t-1}, c)
         if c.frame_shape:  # images: conv nets on the frames
+            if c.missing:
+                raise ValueError("the pixel DMM (frame_shape) does not take missing-data mode")
             if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
                 raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
             self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood)  # p(x_t | z_t)
@@ -66,7 +68,7 @@ class DMM(DynamicalVAE):
         else:
             self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
             self.frame_encoder = None
-            read_dim = c.x_dim
+            read_dim = self.x_in_dim  # x, or [x, obs_mask] in missing-data mode
         self.encoder = SequenceEncoder(read_dim + c.u_dim + c.c_dim, c.rnn_dim, c.rnn_type,
                                        "bidirectional" if c.bidirectional else "backward")  # h_t
         self.combiner = Combiner(c.z_dim, self.encoder.out_dim, mean_field=c.guide == "mean_field")  # q(z_t | z_{t-1}, h_t)
@@ -86,8 +88,10 @@ class DMM(DynamicalVAE):
 
     def _encoder_input(self, batch: SequenceBatch):
         """[x_t, u_t, c] at every step, frames through the frame encoder: (B, T, x_dim | emission_dim + u_dim + c_dim)."""
-        x = batch.x if self.frame_encoder is None else self.frame_encoder(batch.x)  # (B, T, x_dim | emission_dim)
-        y = x if batch.u is None else torch.cat([x, batch.u], -1)  # (B, T, . + u_dim)
+        if self.frame_encoder is None:
+            return append_condition(self.encoder_input(batch), self._c(batch))  # (B, T, x_in_dim + u_dim + c_dim)
+        x = self.frame_encoder(batch.x)  # (B, T, emission_dim)
+        y = x if batch.u is None else torch.cat([x, batch.u], -1)  # (B, T, emission_dim + u_dim)
         return append_condition(y, self._c(batch))
 
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -101,8 +105,8 @@ class DMM(DynamicalVAE):
                 loc, scale = self._prior(t, z, batch)  # (B, z_dim) each
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(m))  # (B, z_dim)
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood).mask(m),
-                            obs=batch.x[:, t])
+                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood,
+                                                       self._obs_mask(batch, t)).mask(m), obs=batch.x[:, t])
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 
@@ -142,7 +146,7 @@ class DMM(DynamicalVAE):
         with pyro.plate("sequences", B, dim=-1):
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", prior)  # (B, T, z_dim)
-            x_dist = observation_dist(self.emitter(z), self.config.likelihood)  # batch (B, T)
+            x_dist = observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)  # batch (B, T)
             pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
         return z
 

@@ -13,9 +13,15 @@ which both scores observed data exactly (log p(x | u) = sum_t log p(x_t | x_{<t}
 unconditioned, samples the marginal exactly. Its "ELBO" is the exact log-likelihood, so fitting it by
 SVI is maximum likelihood, and ``dvae eval`` reports it as ``nll_exact_per_step``. ``encode`` gives
 the Rauch-Tung-Striebel smoothed marginals of z. Covariances are parameterised by Cholesky factors.
+
+Missing entries (a batch's ``obs_mask``) are handled exactly: the filter conditions on the observed
+entries only and the score is the marginal density of the observed entries (``_observe``), so
+``impute`` gives the Kalman smoother's posterior mean and variance of the missing entries.
 """
 
 from __future__ import annotations
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -23,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import DynamicalVAE, ModelConfig
+from dvae.models.base import DynamicalVAE, ModelConfig, _fill
 
 JITTER = 1e-4
 
@@ -65,18 +71,35 @@ class LGSSM(DynamicalVAE):
         return m, A @ P @ A.T + Q
 
     @staticmethod
-    def _observe(m, P, params):
-        """The predictive of x_t: mean (B, x), covariance (B, x, x), and the gain (B, z, x)."""
+    def _observation_matrices(params, obs_mask):
+        """C and R, or with ``obs_mask`` (B, x) bool their per-sequence versions (B, x, z), (B, x, x) that
+        see only the observed entries: the rows of C of a missing entry are zero, and its block of R is
+        decoupled with variance 1 / (2 pi). A missing entry, held at 0 in x, is then N(0; 0, 1 / (2 pi)),
+        whose log density is exactly 0: the density of the zero-filled x is the marginal density of the
+        observed entries, and the gain gives the missing entries no weight (the exact conditional)."""
         _, _, C, _, R, _, _ = params
-        S = C @ P @ C.T + R
-        S = 0.5 * (S + S.transpose(-1, -2))
-        K = torch.linalg.solve(S, C @ P).transpose(-1, -2)  # P C^T S^{-1}: S symmetric
-        return m @ C.T, S, K
+        if obs_mask is None:
+            return C, R
+        o = obs_mask.to(C.dtype)  # (B, x)
+        C_o = o[..., None] * C  # (B, x, z)
+        R_o = o[..., None] * R * o[..., None, :] + torch.diag_embed((1 - o) / (2 * math.pi))  # (B, x, x)
+        return C_o, R_o
 
     @staticmethod
-    def _update(m, P, K, x, x_mean, observed, params):
+    def _observe(m, P, params, obs_mask=None):
+        """The predictive of x_t: mean (B, x), covariance (B, x, x), and the gain (B, z, x); with
+        ``obs_mask`` (B, x), of the observed entries (see ``_observation_matrices``)."""
+        C, R = LGSSM._observation_matrices(params, obs_mask)
+        S = C @ P @ C.transpose(-1, -2) + R
+        S = 0.5 * (S + S.transpose(-1, -2))
+        K = torch.linalg.solve(S, C @ P).transpose(-1, -2)  # P C^T S^{-1}: S symmetric
+        x_mean = m @ C.T if C.dim() == 2 else (m[..., None, :] @ C.transpose(-1, -2))[..., 0, :]  # (B, x)
+        return x_mean, S, K
+
+    @staticmethod
+    def _update(m, P, K, x, x_mean, observed, params, obs_mask=None):
         """The filter update with x_t where ``observed`` (B,); unobserved steps keep the prediction."""
-        _, _, C, _, R, _, _ = params
+        C, R = LGSSM._observation_matrices(params, obs_mask)
         I = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
         m_new = m + ((x - x_mean)[:, None, :] @ K.transpose(-1, -2))[:, 0]
         IKC = I - K @ C
@@ -97,10 +120,11 @@ class LGSSM(DynamicalVAE):
             for t in pyro.markov(range(T)):
                 if t > 0:
                     m, P = self._predict_state(m, P, self._u(batch, t - 1), params)
-                x_mean, S, K = self._observe(m, P, params)
+                obs_mask_t = self._obs_mask(batch, t)
+                x_mean, S, K = self._observe(m, P, params, obs_mask_t)
                 x = pyro.sample(f"x_{t}", dist.MultivariateNormal(x_mean, S).mask(batch.mask[:, t]),
                                 obs=batch.x[:, t])
-                m, P = self._update(m, P, K, x, x_mean, batch.mask[:, t], params)
+                m, P = self._update(m, P, K, x, x_mean, batch.mask[:, t], params, obs_mask_t)
                 means.append(m)
         return torch.stack(means, 1)  # (B, T, z_dim)
 
@@ -124,8 +148,9 @@ class LGSSM(DynamicalVAE):
             if t > 0:
                 m, P = self._predict_state(m, P, self._u(batch, t - 1), params)
             pred.append((m, P))
-            x_mean, S, K = self._observe(m, P, params)
-            m, P = self._update(m, P, K, batch.x[:, t], x_mean, batch.mask[:, t], params)
+            obs_mask_t = self._obs_mask(batch, t)
+            x_mean, S, K = self._observe(m, P, params, obs_mask_t)
+            m, P = self._update(m, P, K, batch.x[:, t], x_mean, batch.mask[:, t], params, obs_mask_t)
             filt.append((m, P))
         A = params[0]
         ms, Ps = [filt[-1][0]], [filt[-1][1]]
@@ -136,6 +161,43 @@ class LGSSM(DynamicalVAE):
             ms.insert(0, mf + ((ms[0] - mp)[:, None, :] @ G.transpose(-1, -2))[:, 0])
             Ps.insert(0, Pf + G @ (Ps[0] - Pp) @ G.transpose(-1, -2))
         return torch.stack(ms, 1), torch.stack(Ps, 1)
+
+    @torch.no_grad()
+    def impute(self, batch: SequenceBatch, num_samples: int = 0):
+        """The missing entries, exactly: their conditional mean and variance given every observed entry.
+
+        With (m_t, P_t) the RTS marginal of z_t, x_t = C z_t + v_t, and the observed entries o of the
+        same step informing the missing ones m through the noise (R need not be diagonal):
+        E[x_m] = C_m m_t + J (x_o - C_o m_t) and Var = (C_m - J C_o) P_t (.)^T + R_mm - J R_om with
+        J = R_mo R_oo^{-1}. ``lo``/``hi``: the 5% / 95% quantiles. At observed entries ``mean`` is
+        C m_t (variance C P_t C^T + R). ``num_samples`` is unused (nothing is sampled)."""
+        batch = self._check(batch)
+        loc, cov = self.smooth(batch)  # (B, T, z), (B, T, z, z)
+        _, _, C, _, R, _, _ = self.params()
+        o = torch.ones_like(batch.x) if batch.obs_mask is None else batch.obs_mask.to(batch.x.dtype)  # (B, T, x)
+        R_o = o[..., :, None] * R * o[..., None, :] + torch.diag_embed(1 - o)  # R_oo, identity on the missing
+        J = (R * o[..., None, :]) @ torch.linalg.inv(R_o) * o[..., None, :]  # (B, T, x, x): R_.o R_oo^{-1}
+        J = J * (1 - o)[..., :, None]  # rows of the missing entries only
+        H = (torch.eye(len(R), dtype=R.dtype, device=R.device) - J) @ C  # (B, T, x, z)
+        mean = (H @ loc[..., None])[..., 0] + (J @ batch.x[..., None])[..., 0]  # (B, T, x)
+        var = torch.diagonal(H @ cov @ H.transpose(-1, -2) + R - J @ R, dim1=-2, dim2=-1)
+        sd = var.clamp(min=0).sqrt()
+        z90 = 1.6448536269514722  # the 95% quantile of N(0, 1)
+        return _fill(batch, mean, mean - z90 * sd, mean + z90 * sd)
+
+    @torch.no_grad()
+    def set_params(self, A, B, C, Q, R, m0, P0) -> "LGSSM":
+        """Set the parameters to given matrices (array-likes, e.g. a known system's): returns self.
+        Q, R and P0 must exceed the jitter (1e-4 I) that the parameterisation adds."""
+        def raw(M):
+            M = torch.as_tensor(M, dtype=self.A.dtype) - JITTER * torch.eye(len(M), dtype=self.A.dtype)
+            L = torch.linalg.cholesky(M)
+            d = torch.diagonal(L)
+            return torch.tril(L, -1) + torch.diag(d + torch.log(-torch.expm1(-d)))  # softplus^{-1} on the diagonal
+        for name, value in (("A", A), ("B", B), ("C", C), ("m0", m0)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=self.A.dtype).reshape(getattr(self, name).shape))
+        self.raw_Q.copy_(raw(Q)), self.raw_R.copy_(raw(R)), self.raw_P0.copy_(raw(P0))
+        return self
 
     @torch.no_grad()
     def encode(self, batch: SequenceBatch, num_samples: int = 1):

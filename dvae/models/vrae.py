@@ -45,7 +45,7 @@ class VRAE(DynamicalVAE):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        self.encoder = SequenceEncoder(c.x_dim + c.u_dim + c.c_dim, c.rnn_dim, c.rnn_type,
+        self.encoder = SequenceEncoder(self.x_in_dim + c.u_dim + c.c_dim, c.rnn_dim, c.rnn_type,
                                        "bidirectional" if c.bidirectional else "forward")
         self.posterior = GaussianHead(self.encoder.out_dim, c.transition_dim, c.z_dim)  # q(z | x, u, c)
         self.z_to_state = nn.Linear(c.z_dim + c.c_dim, c.rnn_dim)  # s_0 = tanh(W [z, c])
@@ -69,7 +69,7 @@ class VRAE(DynamicalVAE):
 
     def posterior_params(self, batch: SequenceBatch):
         """loc, scale (B, z_dim) of q(z | x, u, c)."""
-        y = batch.x if batch.u is None else torch.cat([batch.x, batch.u], -1)  # (B, T, x_dim + u_dim)
+        y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
         return self.posterior(self.encoder.final(append_condition(y, self._c(batch)), batch.lengths))
 
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -82,8 +82,8 @@ class VRAE(DynamicalVAE):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
             s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
             for t in pyro.markov(range(T)):
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood)
-                            .mask(batch.mask[:, t]), obs=batch.x[:, t])
+                pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood,
+                                                       self._obs_mask(batch, t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
         return z
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -103,7 +103,7 @@ class VRAE(DynamicalVAE):
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
             s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
-            x_dist = observation_dist(self.emitter(s), self.config.likelihood)  # batch (B, T)
+            x_dist = observation_dist(self.emitter(s), self.config.likelihood, batch.obs_mask)  # batch (B, T)
             pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
         return z
 

@@ -9,6 +9,11 @@ the latent at each step is drawn from a prior that reads it::
 
 Guide: q(z_t | x_t, h_{t-1}) = N(Posterior(phi_x(x_t), h_{t-1})), filtering, sharing f with the model.
 
+Missing entries (a batch's ``obs_mask``): the recurrence of the MODEL reads x_t too, so where entries
+are missing it reads them as the inference networks do, 0 (and, with ``config.missing``, the mask
+beside them): the program is then a model of the observed entries given which ones are observed,
+and its ELBO a bound on log p(x_obs | obs_mask).
+
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
 needs z_t). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
@@ -46,15 +51,15 @@ class VRNN(DynamicalVAE):
         super().__init__(config)
         c = config
         feat = c.emission_dim
-        self.phi_x = nn.Sequential(nn.Linear(c.x_dim, feat), nn.ReLU())  # features of x_t
+        self.phi_x = nn.Sequential(nn.Linear(self.x_in_dim, feat), nn.ReLU())  # features of x_t (and its mask)
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, feat), nn.ReLU())  # features of z_t
         self.prior = GaussianHead(c.rnn_dim, c.transition_dim, c.z_dim)  # p(z_t | h_{t-1})
         self.posterior = GaussianHead(feat + c.rnn_dim, c.transition_dim, c.z_dim)  # q(z_t | x_t, h_{t-1})
         self.emitter = Emitter(feat + c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t, h_{t-1})
         self.recurrence = Recurrence(c.rnn_type, 2 * feat + c.u_dim, c.rnn_dim)  # h_t
 
-    def _step(self, x_t, z_t, u_t, state):
-        parts = [self.phi_x(x_t), self.phi_z(z_t)] + ([] if u_t is None else [u_t])
+    def _step(self, x_t, z_t, u_t, state, obs_mask_t=None):
+        parts = [self.phi_x(self.x_input(x_t, obs_mask_t)), self.phi_z(z_t)] + ([] if u_t is None else [u_t])
         return self.recurrence(torch.cat(parts, -1), state)
 
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -69,9 +74,10 @@ class VRNN(DynamicalVAE):
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(m))  # (B, z_dim)
                 x_params = self.emitter(torch.cat([self.phi_z(z), h], -1))
-                x = pyro.sample(f"x_{t}", observation_dist(x_params, self.config.likelihood).mask(m),
+                obs_mask_t = self._obs_mask(batch, t)
+                x = pyro.sample(f"x_{t}", observation_dist(x_params, self.config.likelihood, obs_mask_t).mask(m),
                                 obs=batch.x[:, t])  # (B, x_dim)
-                state = self._step(x, z, self._u(batch, t), state)
+                state = self._step(x, z, self._u(batch, t), state, obs_mask_t)
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 
@@ -82,11 +88,12 @@ class VRNN(DynamicalVAE):
         state, zs = self.recurrence.initial(B), []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
-                x = batch.x[:, t]
-                loc, scale = self.posterior(torch.cat([self.phi_x(x), Recurrence.output(state)], -1))
+                x, obs_mask_t = batch.x[:, t], self._obs_mask(batch, t)
+                phi_x = self.phi_x(self.x_input(x, obs_mask_t))
+                loc, scale = self.posterior(torch.cat([phi_x, Recurrence.output(state)], -1))
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(batch.mask[:, t]))
-                state = self._step(x, z, self._u(batch, t), state)
+                state = self._step(x, z, self._u(batch, t), state, obs_mask_t)
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 
@@ -128,14 +135,15 @@ class VRNN(DynamicalVAE):
                 if hit is not None and hit[0] is self and hit[1] is batch.x and hit[2] is batch.u:
                     memo.update(z=z, features=hit[3])
                 else:
-                    memo.update(z=z, features=self.path_features(self.phi_x(batch.x), z, batch.u))
+                    phi_x = self.phi_x(self.x_input(batch.x, batch.obs_mask))
+                    memo.update(z=z, features=self.path_features(phi_x, z, batch.u))
             return memo["features"]
 
         prior = PriorPath(lambda z: self.prior(features(z)[1]), (B, T, self.config.z_dim), batch.mask)
         with pyro.plate("sequences", B, dim=-1):
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", prior)  # (B, T, z_dim)
-            x_dist = observation_dist(self.emitter(torch.cat(features(z), -1)), self.config.likelihood)
+            x_dist = observation_dist(self.emitter(torch.cat(features(z), -1)), self.config.likelihood, batch.obs_mask)
             pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
         return z
 
@@ -146,7 +154,7 @@ class VRNN(DynamicalVAE):
         Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step).
         """
         B, T = batch.batch_size, batch.num_steps
-        phi_x = self.phi_x(batch.x).unbind(1)  # (B, feat) per step, computed at once; unbind, not phi_x[:, t]
+        phi_x = self.phi_x(self.x_input(batch.x, batch.obs_mask)).unbind(1)  # (B, feat) per step, computed at once; unbind, not phi_x[:, t]
         u = [None] * T if batch.u is None else batch.u.unbind(1)
         state = self.recurrence.initial(B)
         locs, scales, zs, phi_zs, hs = [], [], [], [], []
@@ -179,7 +187,7 @@ class VRNN(DynamicalVAE):
             u_t = self._u(context, t)
             if u_t is not None:
                 u_t = torch.where((last == t)[:, None], u_future[:, 0], u_t)
-            new = self._step(context.x[:, t], z_path[:, t], u_t, state)
+            new = self._step(context.x[:, t], z_path[:, t], u_t, state, self._obs_mask(context, t))
             keep = (t <= last)[:, None]  # freeze the state after each sequence's context
             state = tuple(torch.where(keep, a, b) for a, b in zip(new, state)) if isinstance(new, tuple) \
                 else torch.where(keep, new, state)

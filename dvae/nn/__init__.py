@@ -94,7 +94,8 @@ class Emitter(nn.Module):
     """Parameterizes ``p(x_t | features_t)`` (features = z_t, or [z_t, h_{t-1}] for the VRNN).
 
     ``likelihood="gaussian"``: returns (loc, scale) with a learned per-dimension scale;
-    ``likelihood="bernoulli"``: returns (logits,).
+    ``likelihood="bernoulli"``: returns (logits,) of each binary entry;
+    ``likelihood="categorical"``: returns (logits,) over the x_dim tokens of a vocabulary.
     """
 
     def __init__(self, in_dim: int, x_dim: int, emission_dim: int, likelihood: str = "gaussian"):
@@ -103,7 +104,7 @@ class Emitter(nn.Module):
         self.net = MLP(in_dim, emission_dim, x_dim, layers=2)
         if likelihood == "gaussian":
             self.raw_scale = nn.Parameter(torch.full((x_dim,), -1.0))
-        elif likelihood != "bernoulli":
+        elif likelihood not in ("bernoulli", "categorical"):
             raise ValueError(f"unknown likelihood {likelihood!r}")
 
     def forward(self, features):

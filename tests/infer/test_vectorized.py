@@ -32,20 +32,24 @@ TIGHT = dict(rtol=1e-9, atol=1e-9)
 C_DIM = 2
 
 
-def tiny(family, u_dim=2, guide="dks", likelihood="gaussian", dtype=torch.float64, **kw):
+def tiny(family, u_dim=2, guide="dks", likelihood="gaussian", dtype=torch.float64, x_dim=3, **kw):
     guide, *options = guide.split("+")
-    m = build_model(ModelConfig(family, x_dim=3, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8,
+    m = build_model(ModelConfig(family, x_dim=x_dim, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8,
                                 emission_dim=8, guide=guide, likelihood=likelihood,
                                 bidirectional="bidirectional" in options, c_dim=C_DIM if "condition" in options else 0,
                                 **kw))
     return m.to(dtype)
 
 
-def ragged(u_dim=2, lengths=(7, 5, 3), dtype=torch.float64, binary=False, garbage=True):
+def ragged(u_dim=2, lengths=(7, 5, 3), dtype=torch.float64, binary=False, garbage=True, categorical=False):
     """A padded batch with garbage in the padding: it must not reach any term. It carries a condition c
-    (B, C_DIM), which only the conditional models read."""
+    (B, C_DIM), which only the conditional models read. ``categorical``: x one-hot rows (of the argmax
+    of random normals)."""
     b = make_batch(lengths=lengths, u_dim=u_dim)
     x = (b.x > 0).to(dtype) if binary else b.x.to(dtype)
+    if categorical:
+        x = torch.nn.functional.one_hot(b.x.argmax(-1), b.x.shape[-1]).to(dtype)  # (B, T, x_dim)
+        binary = True
     u = None if b.u is None else b.u.to(dtype)
     if garbage:
         x = torch.where(b.mask[..., None], x, torch.full_like(x, 1.0 if binary else 100.0))
@@ -89,9 +93,10 @@ def test_both_forms_give_the_same_elbo_and_gradients(family, guide, u_dim, annea
 
 @pytest.mark.parametrize("family, guide", VARIANTS)
 @pytest.mark.parametrize("rnn_type", ["gru", "lstm", "rnn"])
-def test_both_forms_agree_in_float32_with_a_bernoulli_likelihood(family, guide, rnn_type):
-    m = tiny(family, 0, guide, likelihood="bernoulli", dtype=torch.float32, rnn_type=rnn_type)
-    batch = ragged(0, lengths=(9, 2, 6, 1), dtype=torch.float32, binary=True)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+def test_both_forms_agree_in_float32_with_a_discrete_likelihood(family, guide, rnn_type, likelihood):
+    m = tiny(family, 0, guide, likelihood=likelihood, dtype=torch.float32, rnn_type=rnn_type)
+    batch = ragged(0, lengths=(9, 2, 6, 1), dtype=torch.float32, binary=True, categorical=likelihood == "categorical")
     per_step = loss_and_grads(m, m.model, m.guide, batch, DynamicalELBO())
     vectorized = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO())
     torch.testing.assert_close(vectorized[0], per_step[0], rtol=1e-5, atol=1e-4)
@@ -351,3 +356,33 @@ def test_a_sequence_mask_from_poutine_masks_both_forms_alike(free_bits):
                                   DynamicalELBO(free_bits=free_bits)))
     torch.testing.assert_close(out[1][0], out[0][0], **TIGHT)
     assert_same_grads(out[1][1], out[0][1], **TIGHT)
+
+
+def with_missing(batch, seed=5):
+    """The batch with about a third of its entries missing (held at 0), and every entry of step 1 of
+    sequence 0 missing; the step-level padding mask unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    obs = (torch.rand(batch.x.shape, generator=g) > 0.35) & batch.mask[..., None]  # (B, T, x_dim)
+    obs[0, 1] = False
+    return batch._replace(x=torch.where(obs, batch.x, torch.zeros_like(batch.x)), obs_mask=obs)
+
+
+@pytest.mark.parametrize("family, guide", VARIANTS)
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "categorical"])
+@pytest.mark.parametrize("missing_inputs", [False, True])
+def test_both_forms_and_the_torch_loss_agree_with_missing_entries(family, guide, likelihood, missing_inputs):
+    m = tiny(family, 2, guide, likelihood=likelihood, missing=missing_inputs)
+    batch = with_missing(ragged(2, binary=likelihood != "gaussian", categorical=likelihood == "categorical"))
+    per_step = loss_and_grads(m, m.model, m.guide, batch, DynamicalELBO(), annealing=0.7)
+    vectorized = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.7)
+    torch.testing.assert_close(vectorized[0], per_step[0], **TIGHT)
+    assert_same_grads(vectorized[1], per_step[1], **TIGHT)
+    m.zero_grad()
+    pyro.set_rng_seed(3)
+    loss = direct_loss(m, batch, 0.7)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), per_step[0], **TIGHT)
+    assert_same_grads({n: p.grad for n, p in m.named_parameters()}, per_step[1], **TIGHT)
+    for model, guide_fn in (m.programs(vectorized=False), m.programs(vectorized=True)):
+        pyro.set_rng_seed(4)
+        assert (elbo_terms(model, guide_fn, batch)["log_lik"][0, 1] == 0).all()  # nothing observed at that step
