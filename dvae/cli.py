@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm"], default=mc.model,
-                   help="lgssm: the linear-Gaussian baseline with an exact likelihood")
+    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+                   help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
+                        "vae: the static frame-wise baseline (no temporal model)")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, or a polyphonic pickle")
     p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")

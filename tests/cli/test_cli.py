@@ -31,7 +31,7 @@ def traj(tmp_path_factory):
     return d / "traj.npz"
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae"])
 def test_train_then_eval_writes_the_run_and_prints_the_contract_keys(capsys, tmp_path, traj, family):
     code, summary, err = run(capsys, "train", "--model", family, "--data", traj, *TINY, "--out", tmp_path / "run")
     assert code == 0, err
