@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -97,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("latent", help="latent codes in 2-D (PCA, t-SNE) coloured by a label; interpolation and "
+                                      "traversal of VRAE codes, decoded; PNGs")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="default: the run's own source")
+    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    p.add_argument("--label", default="auto",
+                   help="colour: auto, energy (Pendulum), length, index, or an (N,) array of the .npz (e.g. labels)")
+    p.add_argument("--pair", type=int, nargs=2, metavar=("I", "J"), default=None,
+                   help="positions in the split of the two sequences to interpolate between "
+                        "(default: lowest and highest label)")
+    p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
+    p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
+    p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
+    p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
+    p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -367,6 +386,26 @@ def cmd_score(a):
     return "\n".join(lines)
 
 
+# --- latent ------------------------------------------------------------------------------------------
+def cmd_latent(a) -> dict:
+    import pyro
+
+    from dvae.eval.latent import latent_report
+    from dvae.infer.trainer import resolve_device
+    from dvae.run import load_data, load_model
+
+    if a.num_points < 2:
+        raise ValueError("--num-points must be at least 2")
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    data = load_data(config, a.data)
+    _check_dims(data, config)
+    pyro.set_rng_seed(a.seed)
+    out_dir = a.out or os.path.join(a.run_dir, "latent")
+    report = latent_report(model, config.normalizer, data, a.split, out_dir, a.label, a.pair, a.dim, a.num_points,
+                           a.span, not a.no_tsne, a.seed)
+    return {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split, **report}
+
+
 # --- plan --------------------------------------------------------------------------------------------
 def cmd_plan(a) -> dict:
     from dvae.control import PlannerConfig
@@ -408,7 +447,8 @@ def main(argv=None) -> int:
     try:
         from dvae.errors import DvaeError
 
-        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan}
+        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
+                 "latent": cmd_latent}
         result = verbs[a.verb](a)
         print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
         return 0
