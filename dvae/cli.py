@@ -374,13 +374,18 @@ def cmd_score(a):
     scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples)
     reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
     vx, vu = reference.subset("valid")
-    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step), a.quantile)
+    pyro.set_rng_seed(a.seed)  # the same draws as the scores above, where they score the same sequences
+    valid_scores = sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step)
+    threshold = threshold_from(valid_scores, a.quantile)
+    step_threshold = float(np.quantile(np.concatenate([s["per_step"] for s in valid_scores]), a.quantile))
     sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
     result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
-              "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "sequences": sequences}
+              "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "step_threshold": step_threshold,
+              "sequences": sequences}
     if a.format == "json":
         return result
-    lines = [f"# threshold={threshold!r} (quantile {a.quantile} of neg_elbo_per_step on the validation split)",
+    lines = [f"# threshold={threshold!r} (quantile {a.quantile} of neg_elbo_per_step on the validation split); "
+             f"step_threshold={step_threshold!r} (of the per-step scores)",
              "index,step,neg_elbo"]
     lines += [f"{s['index']},{t},{v!r}" for s in sequences for t, v in enumerate(s["per_step"])]
     return "\n".join(lines)
