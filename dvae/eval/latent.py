@@ -315,18 +315,19 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
     except ValueError as e:
         out["interpolation"] = out["traversal"] = f"skipped: {e}"
         return out
-    dim_names = ["cos theta", "sin theta", "theta dot"] if data.meta.get("env_id") == PENDULUM and data.x_dim == 3 else None
+    pendulum = data.meta.get("env_id") == PENDULUM and data.x_dim == 3
+    dim_names = ["cos theta", "sin theta", "theta dot"] if pendulum else None
     alpha = np.linspace(0.0, 1.0, num_points)  # 0: sequence i's code, 1: sequence j's
     decoded = {}
     for kind, fn in (("linear", lerp), ("spherical (slerp)", slerp)):
         path_codes = fn(codes[i], codes[j], num_points)  # (n, z_dim)
-        decoded[f"{kind} interpolation, {idx[i]} -> {idx[j]}"] = (normalizer.x_inverse(decode_codes(model, path_codes, T, u)), alpha,
-                                              "alpha (0: seq i, 1: seq j)")
+        curves = normalizer.x_inverse(decode_codes(model, path_codes, T, u))  # (n, T, x_dim), data units
+        decoded[f"{kind} interpolation, {idx[i]} -> {idx[j]}"] = (curves, alpha, "alpha (0: seq i, 1: seq j)")
     path = os.path.join(out_dir, "latent_interpolation.png")
     plot_decoded(decoded, path, dim_names)
     out["plots"].append(path)
-    out["interpolation"] = {"pair": [i, j], "pair_index": [idx[i], idx[j]], "labels": [float(labels[i]), float(labels[j])],
-                            "num_steps": T, "num_points": num_points}
+    out["interpolation"] = {"pair": [i, j], "pair_index": [idx[i], idx[j]],
+                            "labels": [float(labels[i]), float(labels[j])], "num_steps": T, "num_points": num_points}
     d = int(np.argmax(codes.var(0))) if dim is None else int(dim)
     if not 0 <= d < codes.shape[1]:
         raise ValueError(f"--dim {d}: the latent has dimensions 0..{codes.shape[1] - 1}")
