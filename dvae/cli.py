@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm"], default=mc.model,
-                   help="lgssm: the linear-Gaussian baseline with an exact likelihood")
+    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+                   help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
+                        "vae: the static frame-wise baseline (no temporal model)")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
                    "or a text file (*.txt or text:PATH, one token sequence per line)")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
@@ -123,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
                    help="nan: NaN entries are missing observations (default: as the run was trained)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("latent", help="latent codes in 2-D (PCA, t-SNE) coloured by a label; interpolation and "
+                                      "traversal of VRAE codes, decoded; PNGs")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="default: the run's own source")
+    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    p.add_argument("--label", default="auto",
+                   help="colour: auto, energy (Pendulum), length, index, or an (N,) array of the .npz (e.g. labels)")
+    p.add_argument("--pair", type=int, nargs=2, metavar=("I", "J"), default=None,
+                   help="positions in the split of the two sequences to interpolate between "
+                        "(default: lowest and highest label)")
+    p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
+    p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
+    p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
+    p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
+    p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -520,18 +540,41 @@ def cmd_score(a):
     reference = load_data(config) if a.data else data  # the threshold comes from the run's own validation split
     vx, vu = reference.subset("valid")
     vc = reference.conditions("valid", c_dim) if c_dim else None
-    threshold = threshold_from(sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc,
-                                               x_log_std=norm.log_std),
-                               a.quantile)
+    pyro.set_rng_seed(a.seed)  # the same draws as the scores above, where they score the same sequences
+    valid_scores = sequence_scores(model, norm.x(vx), norm.u(vu), norm.log_det_per_step, cs=vc, x_log_std=norm.log_std)
+    threshold = threshold_from(valid_scores, a.quantile)
+    step_threshold = float(np.quantile(np.concatenate([s["per_step"] for s in valid_scores]), a.quantile))
     sequences = [{"index": i, **s, "anomalous": s["neg_elbo_per_step"] > threshold} for i, s in zip(idx, scores)]
     result = {"run_dir": a.run_dir, "data": data.source, "split": a.split, "threshold": threshold,
-              "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "sequences": sequences}
+              "threshold_key": "neg_elbo_per_step", "quantile": a.quantile, "step_threshold": step_threshold,
+              "sequences": sequences}
     if a.format == "json":
         return result
-    lines = [f"# threshold={threshold!r} (quantile {a.quantile} of neg_elbo_per_step on the validation split)",
+    lines = [f"# threshold={threshold!r} (quantile {a.quantile} of neg_elbo_per_step on the validation split); "
+             f"step_threshold={step_threshold!r} (of the per-step scores)",
              "index,step,neg_elbo"]
     lines += [f"{s['index']},{t},{v!r}" for s in sequences for t, v in enumerate(s["per_step"])]
     return "\n".join(lines)
+
+
+# --- latent ------------------------------------------------------------------------------------------
+def cmd_latent(a) -> dict:
+    import pyro
+
+    from dvae.eval.latent import latent_report
+    from dvae.infer.trainer import resolve_device
+    from dvae.run import load_data, load_model
+
+    if a.num_points < 2:
+        raise ValueError("--num-points must be at least 2")
+    model, config = load_model(a.run_dir, resolve_device(a.device))
+    data = load_data(config, a.data)
+    _check_dims(data, config)
+    pyro.set_rng_seed(a.seed)
+    out_dir = a.out or os.path.join(a.run_dir, "latent")
+    report = latent_report(model, config.normalizer, data, a.split, out_dir, a.label, a.pair, a.dim, a.num_points,
+                           a.span, not a.no_tsne, a.seed)
+    return {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split, **report}
 
 
 # --- plan --------------------------------------------------------------------------------------------
@@ -658,7 +701,7 @@ def main(argv=None) -> int:
         from dvae.errors import DvaeError
 
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute}
+                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))

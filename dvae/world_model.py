@@ -11,6 +11,7 @@ recurrent state:
 - VRNN: (h_{t-1}, x_t, z_t); step: h_t = f(x_t, z_t, u_t, h_{t-1}), z_{t+1} ~ p(z | h_t), x_{t+1} ~ p(x | z_{t+1}, h_t).
 - VRAE: the decoder's state s_t (the code z fixed by the history); step: s_{t+1} = RNN(u_t, s_t).
 - LGSSM: z_t; step: z_{t+1} = A z_t + B u_t + w, x_{t+1} = C z_{t+1} + v.
+- VAE (static baseline): no state; step: z ~ N(0, I), x ~ p(x | z), whatever the history and u.
 """
 
 from __future__ import annotations
@@ -165,3 +166,11 @@ class WorldModel:
         z = state["z"] @ A.T + (u @ Bm.T if u is not None else 0.0)
         z = z + dist.MultivariateNormal(torch.zeros_like(z), Q).sample()
         return {"z": z}, dist.MultivariateNormal(z @ C.T, R)
+
+    def _init_vae(self, batch):
+        return {"n": batch.batch_size}  # frame-wise: nothing carries over from the history
+
+    def _step_vae(self, state, u):
+        m = self.model
+        z = torch.randn(state["n"], m.config.z_dim, device=self.device)  # (N, z_dim) ~ N(0, I)
+        return state, observation_dist(m.emitter(z), m.config.likelihood)

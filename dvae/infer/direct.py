@@ -53,6 +53,10 @@ def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> t
         kl = _kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale)).sum()
         s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim)
         log_lik = _log_lik(model.emitter(s), lik, batch.x, batch.mask, batch.obs_mask)
+    elif model.name == "vae":
+        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
+        kl = _path_kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale), batch.mask)
+        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
     else:
         raise ValueError(f"no direct loss for model {model.name!r}")
     return -(log_lik - annealing_factor * kl)

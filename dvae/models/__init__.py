@@ -3,10 +3,11 @@
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist, repeat_batch
 from dvae.models.dmm import DMM
 from dvae.models.lgssm import LGSSM
+from dvae.models.vae import VAE
 from dvae.models.vrae import VRAE
 from dvae.models.vrnn import VRNN
 
-MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM}
+MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE}
 
 
 def build_model(config: ModelConfig) -> DynamicalVAE:
@@ -18,5 +19,5 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     return MODELS[config.model](config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "MODELS", "build_model",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "MODELS", "build_model",
            "observation_dist", "repeat_batch"]

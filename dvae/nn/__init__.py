@@ -407,3 +407,16 @@ class Recurrence(nn.Module):
         fn = torch._VF.gru if isinstance(c, nn.GRUCell) else (
             torch._VF.rnn_relu if c.nonlinearity == "relu" else torch._VF.rnn_tanh)
         return fn(inputs, state[None].contiguous(), *args)[0]
+
+
+class StepPosterior(nn.Module):
+    """Parameterizes ``q(z_t | x_t) = N(loc(x_t), scale(x_t))`` from one frame alone (the static VAE's
+    encoder): x (..., x_dim) -> loc, scale (..., z_dim), with two hidden ReLU layers."""
+
+    def __init__(self, x_dim: int, hidden_dim: int, z_dim: int):
+        super().__init__()
+        self.net = MLP(x_dim, hidden_dim, 2 * z_dim, layers=2)
+
+    def forward(self, x):
+        loc, raw = self.net(x).chunk(2, dim=-1)
+        return loc, positive(raw)

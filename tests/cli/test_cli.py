@@ -31,7 +31,7 @@ def traj(tmp_path_factory):
     return d / "traj.npz"
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae"])
 def test_train_then_eval_writes_the_run_and_prints_the_contract_keys(capsys, tmp_path, traj, family):
     code, summary, err = run(capsys, "train", "--model", family, "--data", traj, *TINY, "--out", tmp_path / "run")
     assert code == 0, err
@@ -172,3 +172,13 @@ def test_score_per_step_sums_to_eval_and_flags_an_injected_fault(capsys, tmp_pat
     code = main(["score", str(tmp_path / "r"), "--data", str(traj), "--split", "all", "--format", "csv"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0].startswith("# threshold=") and out[1] == "index,step,neg_elbo" and len(out) == 2 + 12 * 11
+
+
+def test_score_step_threshold_is_the_quantile_of_the_validation_steps(capsys, tmp_path, traj):
+    assert run(capsys, "train", "--data", traj, *TINY, "--out", tmp_path / "r")[0] == 0
+    code, sc, err = run(capsys, "score", tmp_path / "r", "--split", "valid", "--quantile", "0.7")
+    assert code == 0, err  # the split scored is the reference itself, scored with the same draws
+    steps = np.concatenate([s["per_step"] for s in sc["sequences"]])
+    assert sc["step_threshold"] == pytest.approx(float(np.quantile(steps, 0.7)), rel=1e-12)
+    assert sc["threshold"] == pytest.approx(float(np.quantile([s["neg_elbo_per_step"] for s in sc["sequences"]], 0.7)),
+                                            rel=1e-12)

@@ -66,7 +66,7 @@ def test_elbo_terms_put_each_step_in_its_place_and_zero_on_padding():
     assert (terms["kl"][:, :2] > 0).all()
 
 
-@pytest.mark.parametrize("family, num_real", [("vrae", 2), ("dmm", 6 + 3), ("vrnn", 6 + 3)])
+@pytest.mark.parametrize("family, num_real", [("vrae", 2), ("dmm", 6 + 3), ("vrnn", 6 + 3), ("vae", 6 + 3)])
 def test_free_bits_floor_the_kl_per_dimension(family, num_real):
     batch = make_batch(lengths=(6, 3))
     m = build_model(ModelConfig(family, x_dim=3, u_dim=2, z_dim=4, rnn_dim=8, transition_dim=8, emission_dim=8))
@@ -91,7 +91,7 @@ def test_free_bits_stop_the_gradient_below_the_floor():
     assert vrae.emitter.raw_scale.grad is not None and vrae.emitter.raw_scale.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae"])
 def test_iw_bound_with_one_sample_is_an_unbiased_elbo_estimate(family):
     batch = make_batch(lengths=(4, 3))
     m = build_model(ModelConfig(family, x_dim=3, u_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))

@@ -27,7 +27,7 @@ from tests.conftest import make_batch
 VARIANTS = [("dmm", "dks"), ("dmm", "mean_field"), ("vrnn", "dks"), ("vrae", "dks"),
             ("dmm", "dks+bidirectional"), ("dmm", "mean_field+bidirectional"), ("vrae", "dks+bidirectional"),
             ("dmm", "dks+condition"), ("dmm", "mean_field+bidirectional+condition"), ("vrae", "dks+condition"),
-            ("vrae", "dks+bidirectional+condition")]
+            ("vrae", "dks+bidirectional+condition"), ("vae", "dks")]
 TIGHT = dict(rtol=1e-9, atol=1e-9)
 C_DIM = 2
 
@@ -136,7 +136,7 @@ def test_pyro_scores_the_same_elbo_as_the_loss_written_in_torch(family, guide):
     assert_same_grads({n: p.grad for n, p in m.named_parameters()}, pyro_form[1], **TIGHT)
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae"])
 def test_path_sites_keep_their_type_under_the_plate(family):
     m = tiny(family)
     batch = ragged()
@@ -164,14 +164,14 @@ def _loss_spread(m, elbo, seeds=range(5)):
     return max(losses) - min(losses)
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae"])
 @pytest.mark.parametrize("elbo", [DynamicalELBO(), DynamicalELBO(free_bits=1e-9), TraceMeanField_ELBO()],
                          ids=["dynamical", "free_bits", "trace_mean_field"])
 def test_the_kl_of_a_path_is_analytic(family, elbo):
     assert _loss_spread(tiny(family), elbo) == 0.0
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae"])
 def test_the_analytic_kl_check_catches_an_expanded_distribution(family, monkeypatch):
     """Without its own ``expand``, the plate wraps GuidePath in an ExpandedDistribution and the KL falls
     back to a sampled one: the checks above must see it."""
