@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer.util import zero_grads
 from torch.nn.parallel import DistributedDataParallel
 
 from dvae.data.batch import SequenceBatch, collate
@@ -237,15 +236,7 @@ class DataParallelSVI(ClippedSVI):
     def step(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads_global(batch, annealing_factor, num_steps, active)
-        params = set(site["value"].unconstrained() for site in param_capture.trace.nodes.values())
-        grads = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
-        if not (math.isfinite(loss) and torch.isfinite(norm)):
-            zero_grads(params)
-            return math.nan
-        self.optim(params)
-        zero_grads(params)
-        return float(loss)
+        return self.clip_and_update(param_capture.trace, loss)
 
 
 class DataParallelTrainer(Trainer):

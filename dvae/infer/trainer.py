@@ -146,7 +146,13 @@ class ClippedSVI(SVI):
                 if "invalid values" not in str(e):
                     raise
                 loss = math.nan
-        params = set(site["value"].unconstrained() for site in param_capture.trace.nodes.values())
+        return self.clip_and_update(param_capture.trace, loss)
+
+    def clip_and_update(self, param_trace, loss: float) -> float:
+        """Clip the gradients of the parameters in ``param_trace`` to the global norm, then update them;
+        a non-finite loss or gradient skips the update (returns nan). The parameters are taken in the
+        trace's order (not a set's), so the norm is summed in the same order in every process."""
+        params = list(dict.fromkeys(site["value"].unconstrained() for site in param_trace.nodes.values()))
         grads = [p for p in params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
         if not (math.isfinite(loss) and torch.isfinite(norm)):
