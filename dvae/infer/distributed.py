@@ -313,15 +313,7 @@ class DataParallelTrainer(Trainer):
                 self._take_snapshot()
             batch, n, active = self._shard_batch(idx)
             loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), n, active)
-            if math.isnan(loss):
-                acc["skipped"] += 1
-                self._recover()
-            else:
-                acc["loss_sum"] += loss * n
-                acc["steps_sum"] += n
-                self._add_terms(acc)
-            self.state["step"] += 1
-            self.state["batch_in_epoch"] = i + 1
+            self._record_update(acc, loss, n, i)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
             t_last = now

@@ -366,17 +366,10 @@ class Trainer:
                 self._take_snapshot()
             n = int(batch.lengths.sum())
             loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), 1.0 / n)
-            if math.isnan(loss):
-                acc["skipped"] += 1
-                self._recover()
-            else:
-                acc["loss_sum"] += loss * n
-                if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller
-                    acc["loss_sum"] += missing_log_det(batch, self.log_det, self.x_log_std).sum().item()
-                acc["steps_sum"] += n
-                self._add_terms(acc)
-            self.state["step"] += 1
-            self.state["batch_in_epoch"] = i + 1
+            extra = 0.0
+            if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller
+                extra = missing_log_det(batch, self.log_det, self.x_log_std).sum().item()
+            self._record_update(acc, loss, n, i, extra)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
             t_last = now
@@ -386,6 +379,20 @@ class Trainer:
         if self.stopped:
             return None
         return self._end_epoch(acc)
+
+    def _record_update(self, acc: dict, loss: float, num_steps: int, batch_index: int, extra_loss: float = 0.0):
+        """Book one update into the epoch's sums (a skipped one: restore and count it), then advance the
+        update count and the position inside the epoch. ``extra_loss``: added to the loss sum (the
+        log-Jacobian difference of steps with missing entries)."""
+        if math.isnan(loss):
+            acc["skipped"] += 1
+            self._recover()
+        else:
+            acc["loss_sum"] += loss * num_steps + extra_loss
+            acc["steps_sum"] += num_steps
+            self._add_terms(acc)
+        self.state["step"] += 1
+        self.state["batch_in_epoch"] = batch_index + 1
 
     def _add_terms(self, acc: dict) -> None:
         """Add the last update's plain terms (``DynamicalELBO.last_terms``) to the epoch's sums."""
