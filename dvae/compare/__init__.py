@@ -1,0 +1,186 @@
+"""``dvae compare``: the comparison study behind docs/comparisons.md.
+
+One command runs the study and writes the document, its figures and the raw results; no number in
+the document is typed by hand::
+
+    dvae compare                                   # every section that needs no external data
+    dvae compare --polyphonic-dir ../shared/data/polyphonic   # and the polyphonic benchmarks
+    dvae compare --sections exact,estimators       # re-run some sections; the others are kept
+    dvae compare --quick                           # tiny sizes, seconds: a smoke test
+
+Each section is a module of this package with ``run(ctx: Context) -> Section``; ``SECTIONS`` lists
+them in document order. A section's ``Section`` carries its markdown (tables built from its own
+results), its JSON-able results and its wall time. The results file (``comparisons.json`` beside
+the document) keeps every section's last run with the command, machine, date and commit it came
+from, so re-running one section rebuilds the document with the others' stored figures, and the
+document says for each section when and how it was produced.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+SECTIONS: Dict[str, str] = {
+    "exact": "dvae.compare.exact",            # exact log-likelihood against the ELBO and IW bounds (LGSSM data)
+    "guides": "dvae.compare.guides",          # guides on the same model: bound reached and time
+    "estimators": "dvae.compare.estimators",  # gradient estimators: value, gradient variance, time
+    "nonlinear": "dvae.compare.nonlinear",    # particle filter beside the bounds on a nonlinear system
+    "polyphonic": "dvae.compare.polyphonic",  # the polyphonic music benchmarks beside published figures
+}
+
+
+@dataclass
+class Context:
+    """What a section gets: sizes (``quick``), a seed, where to put figures and scratch runs, and the
+    optional polyphonic data directory (sections that need it skip without it)."""
+
+    quick: bool = False
+    seed: int = 0
+    figures_dir: Path = Path("docs/figures")
+    """Where figures go; the document links them relative to ``doc_dir``."""
+    doc_dir: Path = Path("docs")
+    work_dir: Path = Path("runs/compare")
+    """Scratch space for run directories and data files."""
+    polyphonic_dir: Optional[Path] = None
+    device: str = "cpu"
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+
+    def figure(self, name: str) -> tuple:
+        """(path to write a figure ``name``.png, the markdown link target relative to the document)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"compare-{name}.png"
+        return path, os.path.relpath(path, self.doc_dir)
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    markdown: str
+    """The section's body: prose around tables and figure links generated from ``results``."""
+    results: dict
+    seconds: float = 0.0
+    skipped: Optional[str] = None
+    """Why the section did not run (e.g. no polyphonic data given); then ``markdown`` may be empty."""
+    meta: dict = field(default_factory=dict)
+
+
+def markdown_table(header: List[str], rows: List[list], fmt: str = "{:.3f}") -> str:
+    """A markdown table; floats are formatted with ``fmt``, everything else with str()."""
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else fmt.format(v)
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import pyro
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"pyro-ppl {pyro.__version__}, torch threads {torch.get_num_threads()}")
+
+
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def render(stored: Dict[str, dict]) -> str:
+    """The document from the stored sections (in SECTIONS order)."""
+    parts = ["# Comparisons: exact against variational, guides, estimators, model families", "",
+             "Generated by `dvae compare` (`dvae/compare/`); every number below comes from that command, and",
+             "`comparisons.json` beside this page holds the raw results. Each section says the command, machine,",
+             "date, commit and wall time of the run that produced it; `dvae compare --sections KEY` re-runs one.", ""]
+    total = sum(s["seconds"] for s in stored.values() if not s.get("skipped"))
+    parts += [f"Total wall time of the sections below: {total / 60:.1f} min.", ""]
+    for key in SECTIONS:
+        s = stored.get(key)
+        if s is None:
+            continue
+        parts += [f"## {s['title']}", ""]
+        m = s["meta"]
+        if s.get("skipped"):
+            parts += [f"Not run: {s['skipped']} (`{m.get('command', 'dvae compare')}`).", ""]
+            continue
+        parts += [f"*Regenerate: `{m['command']}` ({s['seconds'] / 60:.1f} min on {m['machine']}; {m['date']}, "
+                  f"commit {m['commit']}).*", "", s["markdown"].strip(), ""]
+    return "\n".join(parts)
+
+
+def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) -> dict:
+    """Run ``sections``, merge them into the stored results beside ``out_doc`` and rewrite it."""
+    import torch
+
+    from dvae.run import atomic_write_bytes
+
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    results_path = out_doc.with_suffix(".json")
+    stored: Dict[str, dict] = {}
+    if results_path.exists():
+        try:
+            stored = json.loads(results_path.read_text())["sections"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{results_path}: not a comparisons results file; move it away to start afresh") from None
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "commit": _commit(),
+            "quick": ctx.quick}
+    timings = {}
+    for key in sections:
+        module = importlib.import_module(SECTIONS[key])
+        t0 = time.perf_counter()
+        section: Section = module.run(ctx)
+        section.seconds = time.perf_counter() - t0
+        section.meta = {**meta, **section.meta}
+        stored[key] = asdict(section)
+        timings[key] = round(section.seconds, 1)
+        # write after every section: a long study interrupted keeps what it finished
+        payload = json.dumps({"sections": stored}, indent=1, allow_nan=True).encode()
+        atomic_write_bytes(str(results_path), lambda f: f.write(payload))
+        doc = render(stored).encode()
+        atomic_write_bytes(str(out_doc), lambda f: f.write(doc))
+        print(f"dvae compare: {key} done in {section.seconds:.0f} s", file=sys.stderr)
+    return {"doc": str(out_doc), "results": str(results_path), "sections": timings,
+            "skipped": {k: stored[k]["skipped"] for k in sections if stored[k].get("skipped")},
+            "seconds": round(sum(timings.values()), 1)}
+
+
+def command_line(argv: List[str]) -> str:
+    return "dvae compare" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
