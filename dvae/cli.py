@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
                                        "model families; writes docs/comparisons.md")
     p.add_argument("--sections", default=None,
-                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results")
+                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
+                        "none: only rebuild the document")
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
                                                          "runs/compare-quick/comparisons.md)")
     p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
