@@ -106,6 +106,13 @@ def machine() -> str:
             f"pyro-ppl {pyro.__version__}, torch threads {torch.get_num_threads()}")
 
 
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
 def _commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
@@ -137,8 +144,12 @@ def render(stored: Dict[str, dict]) -> str:
         if s.get("skipped"):
             parts += [f"Not run: {s['skipped']} (`{m.get('command', 'dvae compare')}`).", ""]
             continue
+        load = ""
+        if m.get("load_average_start") is not None:
+            load = (f"; 1-minute load average {m['load_average_start']:.1f} at the start and "
+                    f"{m['load_average_end']:.1f} at the end (other jobs on the machine slow wall-clock budgets)")
         parts += [f"*Regenerate: `{m['command']}` ({s['seconds'] / 60:.1f} min on {m['machine']}; {m['date']}, "
-                  f"commit {m['commit']}).*", "", s["markdown"].strip(), ""]
+                  f"commit {m['commit']}{load}).*", "", s["markdown"].strip(), ""]
     return "\n".join(parts)
 
 
@@ -170,10 +181,11 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
     timings = {}
     for key in sections:
         module = importlib.import_module(SECTIONS[key])
+        load_start = _load_average()
         t0 = time.perf_counter()
         section: Section = module.run(ctx)
         section.seconds = time.perf_counter() - t0
-        section.meta = {**meta, **section.meta}
+        section.meta = {**meta, "load_average_start": load_start, "load_average_end": _load_average(), **section.meta}
         stored[key] = asdict(section)
         timings[key] = round(section.seconds, 1)
         # write after every section: a long study interrupted keeps what it finished
