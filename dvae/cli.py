@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
     p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
-    p.add_argument("--guide", choices=["dks", "mean_field"], default=mc.guide, help="DMM guide")
+    p.add_argument("--guide", choices=["dks", "mean_field", "ltr", "iaf"], default=mc.guide,
+                   help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
+                        "(dks followed by affine autoregressive flows on each step)")
+    p.add_argument("--num-iafs", type=int, default=None,
+                   help="guide iaf: affine autoregressive transforms per step (default 1)")
+    p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
     p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
     p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
@@ -93,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run to --epochs total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the PNGs written after training (training curves, reconstruction, prediction)")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                    help="under torchrun: seconds a collective waits for the other ranks before the run fails "
                         "(default 300)")
@@ -284,6 +291,14 @@ def cmd_train(a) -> dict:
             raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
         if a.min_count < 1:
             raise ValueError("--min-count must be at least 1")
+        if a.guide in ("ltr", "iaf") and a.model != "dmm":
+            raise ValueError(f"--guide {a.guide} is a DMM guide, not for {a.model}")
+        if a.guide == "ltr" and a.bidirectional:
+            raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
+        if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
+            raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
+        if a.iaf_dim < 1:
+            raise ValueError("--iaf-dim must be at least 1")
         data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
                               missing=a.missing, tokens=a.tokens, min_count=a.min_count)
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -303,6 +318,7 @@ def cmd_train(a) -> dict:
         config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
                                    rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
                                    emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
+                                   num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                                    c_dim=data.c_dim if a.condition else 0, likelihood=likelihood,
                                    missing=a.missing == "nan",
                                    # frames: the conv DMM (other families read frames as vectors)
@@ -419,7 +435,8 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     if not main_rank:
         return None  # rank 0 writes the plots and prints the summary
     model.load_state_dict(trainer.best_model)
-    summary["plots"] = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows)
+    summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
+                                                                                 normalizer, trainer.rows)
     return summary
 
 

@@ -10,6 +10,9 @@
   are the observed (sequence, step) pairs and E_q[z_t | x] is the mean of q(z_t | z_{t-1}, .) at the
   path the guide drew (exact for the mean-field guide, a one-draw estimate for the others). The
   variance is the population variance over the evaluated data.
+- A flow guide (the DMM's ``iaf``): its steps have no KL per dimension (the per-dimension KL entries are
+  NaN; the KL per step of ``evaluate`` is the one-draw estimate), and the point standing for E_q[z_t | .]
+  is the flow's image of the base Gaussian's mean, f(loc_t), not the mean itself.
 - Posterior collapse: :class:`CollapseMonitor` counts consecutive epochs whose KL per step is below a
   threshold and flags a collapse after several; the trainer then warns once with
   :class:`PosteriorCollapseWarning`.
@@ -30,7 +33,7 @@ from torch.distributions import Normal
 from torch.distributions.kl import _kl_normal_normal
 
 from dvae.infer.elbo import _site_mask, _with_batch_mask
-from dvae.models.paths import as_path, steps_kl
+from dvae.models.paths import FlowPath, FlowStep, as_path, steps_kl
 
 ACTIVE_THRESHOLD = 0.01
 
@@ -66,10 +69,23 @@ def site_columns(guide_site, model_site) -> LatentColumns:
         extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,)
         for m in (q_mask, p_mask, guide_site["mask"]):
             extra = _with_batch_mask(extra, m)
-        kl = steps_kl(q, p, per_dim=True)  # (B, T, d), zero on padded steps
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]  # (B, T)
+        if isinstance(q, FlowPath):  # no KL per dimension; the flow's image of the base mean as the centre
+            kl = torch.full_like(q.loc, float("nan"))
+            return LatentColumns(torch.where(real[..., None], kl, kl.new_zeros(())), q.center(),
+                                 real.expand(kl.shape[:-1]))
+        kl = steps_kl(q, p, per_dim=True)  # (B, T, d), zero on padded steps
         kl = torch.where(real[..., None], kl, kl.new_zeros(()))
         return LatentColumns(kl, q.params()[0], real.expand(kl.shape[:-1]))
+    q_inner = guide_site["fn"]
+    while isinstance(q_inner, MaskedDistribution):
+        q_inner = q_inner.base_dist
+    if isinstance(q_inner, FlowStep):  # a flow guide's step: as for a FlowPath
+        real = _site_mask(guide_site, q_inner.log_det)  # (B,)
+        center = FlowPath(q_inner.loc[:, None], q_inner.scale[:, None], q_inner.base[:, None], q_inner.value[:, None],
+                          q_inner.log_det[:, None], None, q_inner.transforms).center()  # (B, 1, d)
+        kl = torch.full_like(center, float("nan"))
+        return LatentColumns(torch.where(real[:, None, None], kl, kl.new_zeros(())), center, real[:, None])
     qn, pn = _normal_inside(guide_site["fn"]), _normal_inside(model_site["fn"])
     loc_q, scale_q = torch.broadcast_tensors(qn.loc, qn.scale)
     loc_p, scale_p = torch.broadcast_tensors(pn.loc, pn.scale)

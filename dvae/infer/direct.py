@@ -1,7 +1,8 @@
 """The dynamical ELBO of each model written directly in torch, without Pyro.
 
 ``direct_loss(model, batch, annealing_factor)`` is -ELBO summed over the batch, with the same networks,
-the same estimator (closed-form per-step KL given the drawn path, padded steps masked out) and the same
+the same estimator (closed-form per-step KL given the drawn path, or for the DMM's flow guide the one-draw
+log q(z_t) - log p(z_t); padded steps masked out) and the same
 random draws, in the same order, as ``DynamicalELBO`` on either form of the Pyro program. It is the
 reference the time-vectorized programs are tested and benchmarked against (``bench/bench_training.py``):
 what remains between the two is Pyro's own cost.
@@ -37,7 +38,15 @@ def _path_kl(mq, sq, mp, sp, mask) -> torch.Tensor:
 def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> torch.Tensor:
     """-ELBO of the batch (a scalar tensor to backpropagate), the KL scaled by ``annealing_factor``."""
     lik = model.config.likelihood
-    if model.name == "dmm":
+    if model.name == "dmm" and len(model.iafs):  # the flow guide: the one-draw KL log q(z_t) - log p(z_t)
+        q = model.flow_path(batch)
+        z = q.path  # (B, T, z_dim)
+        prior_loc, prior_scale = model._prior_params(z, batch)
+        log_q = Normal(q.loc, q.scale).log_prob(q.base).sum(-1) - q.log_det  # (B, T)
+        log_p = Normal(prior_loc, prior_scale).log_prob(z).sum(-1)
+        kl = torch.where(batch.mask, log_q - log_p, log_q.new_zeros(())).sum()
+        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
+    elif model.name == "dmm":
         loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
         prior_loc, prior_scale = model._prior_params(z, batch)
         kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)

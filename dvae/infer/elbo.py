@@ -46,7 +46,7 @@ from pyro.util import check_if_enumerated, check_model_guide_match, check_site_s
 from torch.distributions import kl_divergence
 
 from dvae.models.base import repeat_batch
-from dvae.models.paths import as_path, observed_step_log_prob, steps_kl
+from dvae.models.paths import GuidePath, as_path, observed_step_log_prob, sampled_steps_kl, steps_kl
 
 
 def elbo(recon: float, kl: float, beta: float = 1.0) -> float:
@@ -97,8 +97,10 @@ def _with_batch_mask(mask, extra):
 
 def site_kl_steps(guide_site, model_site) -> SiteKL:
     """KL(q || p) of one latent site in columns: a path site gives every step's closed-form KL given the
-    drawn path (B, T); a per-step site its closed-form KL (B, 1); a site with no closed form the
-    one-draw estimate log q(z) - log p(z) (B, 1), flagged ``analytic=False``."""
+    drawn path (B, T) (a flow path, :class:`~dvae.models.paths.FlowPath`: every step's one-draw estimate
+    log q(z_t) - log p(z_t), flagged ``analytic=False``); a per-step site its closed-form KL (B, 1); a
+    site with no closed form (a flow step) the one-draw estimate log q(z) - log p(z) (B, 1), flagged
+    ``analytic=False``."""
     q_fn, p_fn = guide_site["fn"], model_site["fn"]
     q, q_mask = as_path(q_fn)
     p, p_mask = as_path(p_fn)
@@ -106,10 +108,11 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
         extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,): .mask(...) and poutine.mask
         for m in (q_mask, p_mask, guide_site["mask"]):
             extra = _with_batch_mask(extra, m)
-        kl = steps_kl(q, p)  # (B, T), zero on padded steps
+        analytic = isinstance(q, GuidePath)  # a flow path (FlowPath): no closed form, the one-draw estimate
+        kl = steps_kl(q, p) if analytic else sampled_steps_kl(q, p)  # (B, T), zero on padded steps
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]
         kl = torch.where(extra[..., None], kl, kl.new_zeros(()))
-        return SiteKL(kl, real.expand_as(kl), q.event_shape[-1], True, True)
+        return SiteKL(kl, real.expand_as(kl), q.event_shape[-1], True, analytic)
     try:
         kl = kl_divergence(q_fn, p_fn)  # batch shape, masked by the sites' .mask(...)
         analytic = True

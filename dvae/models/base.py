@@ -67,7 +67,14 @@ class ModelConfig:
     """Observation density: gaussian (continuous, learned diagonal scale), bernoulli (binary) or
     categorical (one-hot tokens over a vocabulary of x_dim, see ``observation_dist``)."""
     guide: str = "dks"
-    """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})) or mean_field (q(z_t | x_{t:T}))."""
+    """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})), mean_field (q(z_t | x_{t:T})),
+    ltr (left to right, filtering: a forward RNN + combiner, q(z_t | z_{t-1}, x_{0:t}, u_{0:t-1})) or iaf
+    (the DKS Gaussian of each step followed by ``num_iafs`` affine autoregressive flows)."""
+    num_iafs: int = 0
+    """DMM guide iaf: affine autoregressive transforms (Pyro's ``AffineAutoregressive``) on each step's
+    posterior; 0 with guide iaf means 1. Must be 0 for the other guides."""
+    iaf_dim: int = 50
+    """DMM guide iaf: hidden size of each flow's autoregressive network (``AutoRegressiveNN``)."""
     frame_shape: Optional[List[int]] = None
     """DMM on images: [H, W] of each frame (x_t is the frame flattened, x_dim = H * W); the emitter is then a
     transposed-conv net (:class:`dvae.nn.ConvEmitter`) and the guide reads each frame through a conv net

@@ -19,7 +19,12 @@ steps; it is registered with ``torch.distributions.kl_divergence`` for (GuidePat
 path: an unbiased one-draw estimate of KL(q(z) || p(z)) whose only randomness is the path z_{<t} fed to
 each step, exactly the estimator ``TraceMeanField_ELBO`` forms from T per-step sites.
 
-Both distributions implement ``expand``: ``pyro.plate`` calls ``expand`` on every site's distribution,
+:class:`FlowPath` (guide side, the DMM's ``iaf`` guide) holds a path drawn through a normalizing flow
+at each step (:class:`FlowStep` is one such step, for the per-step program): its steps have no
+closed-form KL, so :func:`sampled_steps_kl` gives the one-draw estimate log q(z_t) - log p(z_t) of each
+step, what ``TraceMeanField_ELBO`` falls back to on a per-step site without a registered KL.
+
+All three distributions implement ``expand``: ``pyro.plate`` calls ``expand`` on every site's distribution,
 and the default wraps a custom distribution in an ``ExpandedDistribution``, which hides its type from
 the KL registry, so the ELBO would silently fall back to a sampled KL (``tests/infer/test_vectorized.py``
 checks that it does not).
@@ -31,7 +36,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from pyro.distributions import MaskedDistribution, TorchDistribution
-from torch.distributions import Normal, constraints
+from torch.distributions import Independent, Normal, constraints
 from torch.distributions.kl import _kl_normal_normal, register_kl
 
 Params = Tuple[torch.Tensor, torch.Tensor]
@@ -149,6 +154,113 @@ class PriorPath(_PathBase):
         raise NotImplementedError("PriorPath cannot change its batch shape")
 
 
+def apply_flow(transforms, x: torch.Tensor):
+    """Push base draws ``x`` (B, d) through ``transforms`` (each with event_dim 1, e.g. Pyro's
+    ``AffineAutoregressive``): (y (B, d), the summed log |det dy/dx| (B,))."""
+    y, log_det = x, x.new_zeros(x.shape[:-1])
+    for t in transforms:
+        y_next = t(y)
+        log_det = log_det + t.log_abs_det_jacobian(y, y_next)  # (B,): right after the call, from its cache
+        y = y_next
+    return y, log_det
+
+
+class FlowStep(TorchDistribution):
+    """One step of a normalizing-flow guide: z_t = f(x) with x ~ N(loc, scale) (diagonal, (B, d)) and
+    f the composition of ``transforms``, so log q(z_t) = log N(x; loc, scale) - log |det df/dx|.
+
+    Holds its draw, as :class:`GuidePath` does: ``base`` x (B, d), ``value`` z_t = f(x) and ``log_det``
+    (B,); ``rsample()`` returns ``value`` and ``log_prob`` at it needs no inverse of f. At any other
+    value, ``log_prob`` inverts the flow (``TransformedDistribution``). batch (B,), event (d,).
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = True
+
+    def __init__(self, loc, scale, base, value, log_det, transforms):
+        assert loc.shape == scale.shape == base.shape == value.shape and log_det.shape == loc.shape[:-1], \
+            (loc.shape, scale.shape, base.shape, value.shape, log_det.shape)
+        self.loc, self.scale, self.base, self.value, self.log_det = loc, scale, base, value, log_det
+        self.transforms = list(transforms)
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @classmethod
+    def draw(cls, loc, scale, transforms) -> "FlowStep":
+        """Draw x ~ N(loc, scale) (the normals Normal.rsample draws) and push it through the flow."""
+        base = loc + torch.empty_like(loc).normal_() * scale  # (B, d)
+        value, log_det = apply_flow(transforms, base)
+        return cls(loc, scale, base, value, log_det, transforms)
+
+    def rsample(self, sample_shape=torch.Size()):
+        if len(sample_shape):
+            raise NotImplementedError("FlowStep holds one draw; it cannot draw more")
+        return self.value
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample(sample_shape).detach()
+
+    def log_prob(self, value):
+        if value is self.value:
+            return _normal_log_prob(self.base, self.loc, self.scale).sum(-1) - self.log_det  # (B,)
+        from pyro.distributions import TransformedDistribution
+
+        base = Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+        return TransformedDistribution(base, self.transforms).log_prob(value)
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        raise NotImplementedError("FlowStep cannot change its batch shape")
+
+
+class FlowPath(_PathBase):
+    """q(z) = prod_t q(z_t | z_{t-1}, .) for a flow guide: each step's z_t = f(x_t) with x_t ~ N(loc_t,
+    scale_t), drawn step by step by the guide (see :class:`FlowStep`). Holds the draw: ``loc``,
+    ``scale``, ``base`` (the x_t), ``path`` (the z_t), all (B, T, d), and ``log_det`` (B, T).
+    ``log_prob`` is valid at ``path`` only. Its KL against a :class:`PriorPath` has no closed form:
+    ``dvae.infer.elbo.site_kl_steps`` takes the one-draw estimate log q(z_t) - log p(z_t) of each step.
+    """
+
+    has_rsample = True
+
+    def __init__(self, loc, scale, base, path, log_det, mask: Optional[torch.Tensor] = None, transforms=()):
+        assert loc.shape == scale.shape == base.shape == path.shape and log_det.shape == loc.shape[:-1], \
+            (loc.shape, scale.shape, base.shape, path.shape, log_det.shape)
+        self.loc, self.scale, self.base, self.path, self.log_det = loc, scale, base, path, log_det
+        self.transforms = list(transforms)
+        super().__init__(loc.shape[:-2], loc.shape[-2:], mask)
+
+    def params(self, value=None) -> Params:
+        raise TypeError("a flow path's steps are not Gaussian: it has no loc and scale")
+
+    def step_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value is not self.path:
+            raise NotImplementedError("FlowPath scores only the path it drew (use the per-step program)")
+        lp = _normal_log_prob(self.base, self.loc, self.scale).sum(-1) - self.log_det  # (B, T)
+        return _masked_steps(lp, self.mask)
+
+    def rsample(self, sample_shape=torch.Size()):
+        if len(sample_shape):
+            raise NotImplementedError("FlowPath holds one drawn path; it cannot draw more")
+        return self.path
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample(sample_shape).detach()
+
+    def center(self) -> torch.Tensor:
+        """The flow's image of each step's base mean, f(loc_t) (B, T, d): a point of q(z_t | z_{t-1}, .) at
+        the drawn path (not its mean, which has no closed form), for the latent diagnostics."""
+        with torch.no_grad():
+            B, T, d = self.loc.shape
+            return apply_flow(self.transforms, self.loc.reshape(B * T, d))[0].reshape(B, T, d)
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        raise NotImplementedError("FlowPath cannot change its batch shape")
+
+
 def _unmask(fn):
     """Strip MaskedDistribution wrappers: (the inner distribution, the combined batch mask or None)."""
     mask = None
@@ -173,7 +285,8 @@ def steps_kl(q: _PathBase, p: _PathBase, per_dim: bool = False) -> torch.Tensor:
     """Per-step closed-form KL(q(z_t | z_{<t}) || p(z_t | z_{<t})) at q's drawn path: (B, T), zero on
     the steps padded in either q or p. ``per_dim``: the KL of each latent dimension, (B, T, d)."""
     if not isinstance(q, GuidePath):
-        raise TypeError(f"the KL of a path needs the guide's drawn path (a GuidePath), not {type(q).__name__}")
+        raise TypeError(f"the closed-form KL of a path needs the guide's drawn Gaussian path (a GuidePath), "
+                        f"not {type(q).__name__}")
     mq, sq = q.params()
     mp, sp = p.params(q.path)
     kl = _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False))  # (B, T, d)
@@ -181,6 +294,16 @@ def steps_kl(q: _PathBase, p: _PathBase, per_dim: bool = False) -> torch.Tensor:
     if per_dim:
         return kl if mask is None else torch.where(mask[..., None], kl, kl.new_zeros(()))
     return _masked_steps(kl.sum(-1), mask)
+
+
+def sampled_steps_kl(q: _PathBase, p: _PathBase) -> torch.Tensor:
+    """Per-step one-draw KL estimate log q(z_t | z_{<t}) - log p(z_t | z_{<t}) at q's drawn path (B, T),
+    zero on the steps padded in either: for guides whose steps have no closed-form KL (:class:`FlowPath`)."""
+    if not isinstance(q, FlowPath):
+        raise TypeError(f"a sampled path KL needs the guide's drawn path (a FlowPath), not {type(q).__name__}")
+    kl = q.step_log_prob(q.path) - p.step_log_prob(q.path)  # (B, T)
+    mask = q.mask if p.mask is None or p.mask is q.mask else (p.mask if q.mask is None else q.mask & p.mask)
+    return _masked_steps(kl, mask)
 
 
 @register_kl(GuidePath, PriorPath)
