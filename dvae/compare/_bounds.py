@@ -29,13 +29,14 @@ def prepare(data, norm: Normalizer, split: str):
 
 
 def fit(family: str, data, norm: Normalizer, time_limit: float, seed: int, device: str = "cpu",
-        epochs: int = 10_000) -> tuple:
-    """Train ``family`` with the project's default model and training settings for at most
-    ``time_limit`` seconds (or ``epochs``, or until early stopping), keeping the best validation
-    parameters. Returns (model, info) with ``train_seconds``, ``epochs``, ``best_epoch``."""
+        epochs: int = 10_000, **train) -> tuple:
+    """Train ``family`` with the project's default model and training settings (``train``: TrainConfig
+    fields to override) for at most ``time_limit`` seconds (or ``epochs``, or until early stopping),
+    keeping the best validation parameters. Returns (model, info) with ``train_seconds``, ``epochs``,
+    ``best_epoch``."""
     pyro.set_rng_seed(seed)
     model = build_model(ModelConfig(family, x_dim=data.x_dim, u_dim=data.u_dim)).to(device)
-    trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=time_limit, seed=seed, device=device),
+    trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=time_limit, seed=seed, device=device, **train),
                       prepare(data, norm, "train"), prepare(data, norm, "valid"), norm.log_det_per_step)
     flush = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
     t0 = time.perf_counter()
