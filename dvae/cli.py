@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="default: the run's own source")
     p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
     p.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted bound")
+    p.add_argument("--particles", type=int, default=0,
+                   help="also the bootstrap particle filter's estimate with N particles (dmm, vrnn): nll_pf_per_step")
     p.add_argument("--context", type=int, default=None)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=64, help="samples of the predictive distribution")
@@ -518,6 +520,12 @@ def cmd_eval(a) -> dict:
         raise ValueError(f"{data.source}: split {a.split!r} is empty")
     if a.iw_samples < 0:
         raise ValueError("--iw-samples must be >= 0")
+    if a.particles < 0:
+        raise ValueError("--particles must be >= 0")
+    if a.particles:
+        from dvae.infer.smc import filter_for
+
+        filter_for(model)  # a one-line error for a family the filter does not run on, before any work
     pyro.set_rng_seed(a.seed)
     cs = data.conditions(a.split, config.model.c_dim) if config.model.c_dim else None
     out = {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split}
@@ -531,6 +539,12 @@ def cmd_eval(a) -> dict:
         out["num_missing_entries"] = num_missing
     if getattr(model, "exact", False):  # the bound is the exact log-likelihood
         out["nll_exact_per_step"] = out["neg_elbo_per_step"]
+    if a.particles:
+        from dvae.infer.smc import evaluate_pf
+
+        out["nll_pf_per_step"] = evaluate_pf(model, norm.x(xs), norm.u(us), a.particles, norm.log_det_per_step,
+                                             max(1, min(config.train.eval_batch_size, 200_000 // a.particles)),
+                                             cs=cs, x_log_std=norm.log_std)["nll_pf_per_step"]
     if (a.context is None) != (a.horizon is None):
         raise ValueError("--context and --horizon go together")
     if a.horizon is not None:
