@@ -133,7 +133,7 @@ def test_grid_log_p_is_the_kalman_likelihood_of_a_linear_gaussian_dmm():
         net[2].weight[0, 0] = net[2].weight[1, 1] = 1.0
         net[4].weight[0, :2] = torch.tensor([1.5, -1.5])
         m.initial.raw_scale.fill_(math.log(math.expm1(1.0 - 1e-3)))
-    sx = float(torch.nn.functional.softplus(m.emitter.raw_scale) + 1e-3)
+    sx = float(torch.nn.functional.softplus(m.emitter.raw_scale.detach()) + 1e-3)
     x = np.array([[0.5], [1.0], [0.2]])
     params = LGSSMParams(np.array([[0.9]]), np.zeros((1, 1)), np.array([[1.5]]), np.array([[0.25]]),
                          np.array([[sx ** 2]]), np.zeros(1), np.eye(1))
