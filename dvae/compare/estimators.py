@@ -214,8 +214,8 @@ def _figures(ctx: Context, rows: list, race: list):
                  title=f"gradient variance, {point}")
         k_axis(ax_v, ks)
         k_axis(ax_g, ks)
-    axes[1][0].legend(fontsize=6)
-    axes[1][1].legend(fontsize=6)
+    for ax in axes[1]:
+        ax.legend(fontsize=6, loc="best", framealpha=0.6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,7 +233,7 @@ def _figures(ctx: Context, rows: list, race: list):
     for ax, what in zip(axes[0], ("held-out ELBO", f"held-out IW bound")):
         ax.set(yscale="log", xlabel="training time (s, gradient steps only)",
                ylabel="exact log p(x) - bound, per step (nats)", title=f"{what}: distance to log p(x)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(rpath, dpi=110)
     plt.close(fig)
@@ -351,7 +351,7 @@ def _markdown(res: dict, fig_var: str, fig_race: str) -> str:
         a, sm = get("dmm-dks", point, "analytic"), get("dmm-dks", point, "sampled")
         diff = a["value_mean"] - sm["value_mean"]
         se = math.hypot(a["value_se"], sm["value_se"])
-        verdict = ("consistent with the same expectation, as they must have" if abs(diff) < 3 * se
+        verdict = ("consistent with their equal expectations" if abs(diff) < 3 * se
                    else "more than 3 standard errors apart although their expectations are equal")
         prose.append(f"At {point} (dks guide) the analytic and sampled ELBO differ by {diff:+.3f} nats per step "
                      f"({abs(diff) / se:.1f} standard errors of the difference: {verdict}), and the analytic "
