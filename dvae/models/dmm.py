@@ -140,7 +140,7 @@ class DMM(DynamicalVAE):
                 pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood,
                                                        self._obs_mask(batch, t)).mask(m), obs=batch.x[:, t])
                 zs.append(z)
-        return torch.stack(zs, 1)  # (B, T, z_dim)
+        return torch.stack(torch.broadcast_tensors(*zs), -2)  # (B, T, z_dim); (..., B, T, z_dim) under sample dims (TMC)
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u). Returns the sampled latent path (B, T, z_dim)."""
@@ -158,7 +158,7 @@ class DMM(DynamicalVAE):
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", q_t.mask(batch.mask[:, t]))
                 zs.append(z)
-        return torch.stack(zs, 1)  # (B, T, z_dim)
+        return torch.stack(torch.broadcast_tensors(*zs), -2)  # (B, T, z_dim); (..., B, T, z_dim) under sample dims (TMC)
 
     # --- the time-vectorized program ---------------------------------------------------------------
     def _prior_params(self, z, batch: SequenceBatch):

@@ -83,7 +83,10 @@ class GatedTransition(nn.Module):
             self.linear_loc.bias.zero_()
 
     def forward(self, z_prev, u_prev=None):
-        y = z_prev if u_prev is None else torch.cat([z_prev, u_prev], -1)  # (B, z_dim + u_dim)
+        if u_prev is not None:  # z_prev may carry sample dims on the left (vectorized particles, TMC): broadcast
+            lead = torch.broadcast_shapes(z_prev.shape[:-1], u_prev.shape[:-1])
+            z_prev, u_prev = z_prev.expand(lead + z_prev.shape[-1:]), u_prev.expand(lead + u_prev.shape[-1:])
+        y = z_prev if u_prev is None else torch.cat([z_prev, u_prev], -1)  # (..., B, z_dim + u_dim)
         gate = torch.sigmoid(self.gate(y))
         proposed = self.proposed_mean(y)
         loc = (1 - gate) * self.linear_loc(y) + gate * proposed
