@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.infer import SVI
 from pyro.infer.util import zero_grads
 
-from dvae.data.batch import SequenceBatch, collate
+from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
@@ -295,6 +295,7 @@ class Trainer:
         self._snapshot = None
         self._pending: Dict[str, torch.Tensor] = {}  # logged terms summed on the device, not yet read
         self._pending_updates = 0
+        self._resident = None  # the training split on the device (_resident_split)
 
     @staticmethod
     def _new_partial() -> dict:
@@ -361,8 +362,13 @@ class Trainer:
         acc = self.state["partial"]
         start = time.perf_counter()
         t_last = start
-        for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen,
-                                          by_length=self.config.bucket, cs=self.train_cs)):
+        lengths = sequence_lengths(self.train_xs)
+        chunks = batch_indices(lengths, self.config.batch_size, gen, self.config.bucket)  # as batches() draws them
+        resident = self._resident_split()
+        if resident is not None:  # this epoch's order moved once; each batch gathered on the device
+            order = torch.tensor([i for idx in chunks for i in idx], device=self.device)
+            starts = np.cumsum([0] + [len(idx) for idx in chunks]).tolist()
+        for i, idx in enumerate(chunks):
             if i < self.state["batch_in_epoch"]:
                 continue
             if self._stop_requested:
@@ -370,8 +376,14 @@ class Trainer:
                 break
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
-            n = int(batch.lengths.sum())  # the host's copy of the lengths: no sync
-            batch = batch.to(self.device)
+            n = sum(lengths[j] for j in idx)  # real steps, from the host's lengths
+            if resident is not None:
+                batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
+            else:
+                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                                None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
+                batch = batch.to(self.device)
             loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
@@ -386,6 +398,25 @@ class Trainer:
         if self.stopped:
             return None
         return self._end_epoch(acc)
+
+    resident_data: Optional[bool] = None
+    """Hold the training split on the device once (:class:`dvae.data.batch.ResidentSequences`) instead of
+    moving every batch there: None (default) on CUDA for data held in memory without missing entries
+    and at most :attr:`resident_max_bytes`; True/False to force it (True still needs such data)."""
+    resident_max_bytes = 2 ** 30
+
+    def _resident_split(self):
+        """The training split on the device, built at the first call; None where batches are collated on
+        the host and moved one by one (lazily read data, missing entries, too large, or on CPU)."""
+        if self._resident is None:
+            self._resident = False
+            want = self.resident_data if self.resident_data is not None else self.device.type == "cuda"
+            xs = self.train_xs
+            if want and isinstance(xs, (list, tuple)) and len(xs) and all(isinstance(x, np.ndarray) for x in xs):
+                size = sum(x.nbytes for x in xs) + (0 if self.train_us is None else sum(u.nbytes for u in self.train_us))
+                if size <= self.resident_max_bytes and not any(np.isnan(x).any() for x in xs):
+                    self._resident = ResidentSequences(xs, self.train_us, self.train_cs, self.device)
+        return self._resident or None
 
     def _record_update(self, acc: dict, loss: float, num_steps: int, batch_index: int, extra_loss=0.0):
         """Book one update into the epoch's sums (a skipped one: restore and count it), then advance the

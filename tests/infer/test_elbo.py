@@ -180,3 +180,41 @@ def test_the_trainer_reads_the_logged_terms_every_n_updates_with_the_same_sums(m
     assert flushes == {1: 4 + 1, 3: 1 + 1}  # every update / after the 3rd; and at the end of the epoch
     for key in ("train_loss", "train_recon_per_step", "train_kl_per_step"):
         assert rows[3][key] == pytest.approx(rows[1][key], rel=1e-12) and math.isfinite(rows[1][key])
+
+
+def test_a_split_held_on_the_device_gives_the_batches_and_the_training_of_per_batch_collation():
+    """ResidentSequences gathers what collate pads (x, u, mask, lengths, c), and a Trainer holding its
+    split once (``resident_data=True``, forced on CPU) trains exactly as one collating every batch."""
+    import numpy as np
+
+    from dvae.data import collate
+    from dvae.data.batch import ResidentSequences
+    from dvae.infer.trainer import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) for n in rng.integers(1, 9, size=11)]
+    us = [rng.standard_normal((len(x), 2)).astype(np.float32) for x in xs]
+    cs = rng.standard_normal((11, 2)).astype(np.float32)
+    held = ResidentSequences(xs, us, cs)
+    for idx in ([3, 0, 7], [5], list(range(11))):
+        got = held.batch(torch.tensor(idx), max(len(xs[i]) for i in idx))
+        want = collate([torch.from_numpy(xs[i]) for i in idx], [torch.from_numpy(us[i]) for i in idx],
+                       [torch.as_tensor(cs[i]) for i in idx])
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.dtype == b.dtype and torch.equal(a, b)
+    with pytest.raises(ValueError, match="missing"):
+        ResidentSequences([np.full((2, 3), np.nan, np.float32)])
+
+    cfg = ModelConfig("dmm", x_dim=3, u_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8)
+    rows = {}
+    for resident in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(build_model(cfg), TrainConfig(epochs=2, batch_size=4, patience=0), (xs, us), (xs, us))
+        trainer.resident_data = resident
+        rows[resident] = trainer.fit(progress=False)
+        assert (trainer._resident_split() is not None) == resident
+    for a, b in zip(rows[False], rows[True]):
+        for key in ("train_loss", "train_recon_per_step", "train_kl_per_step", "valid_neg_elbo_per_step"):
+            assert a[key] == b[key], key
