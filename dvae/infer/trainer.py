@@ -414,7 +414,7 @@ class Trainer:
             xs = self.train_xs
             if want and isinstance(xs, (list, tuple)) and len(xs) and all(isinstance(x, np.ndarray) for x in xs):
                 size = sum(x.nbytes for x in xs) + (0 if self.train_us is None else sum(u.nbytes for u in self.train_us))
-                if size <= self.resident_max_bytes and not any(np.isnan(x).any() for x in xs):
+                if size <= self.resident_max_bytes and all(len(x) for x in xs) and not any(np.isnan(x).any() for x in xs):
                     self._resident = ResidentSequences(xs, self.train_us, self.train_cs, self.device)
         return self._resident or None
 

@@ -16,7 +16,7 @@ and its ELBO a bound on log p(x_obs | obs_mask).
 
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
-needs z_t). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
+needs z_t; with a ReLU RNN cell the whole loop is one fused autograd node, ``dvae.nn._VRNNFilterScan``). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
 path the guide just drew it reuses the guide's (the same function of the same inputs, so the same
 value and gradients, one recurrence instead of two); for any other path it knows every input of the
 recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``). Then the prior and
