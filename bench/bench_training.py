@@ -15,6 +15,15 @@ random draws (their first-batch losses agree, which the table reports):
     (b)  time-vectorized program (path and observations one site each), DynamicalELBO
     (c)  plain PyTorch: ``dvae.infer.direct.direct_loss`` (same networks, same estimator, the ELBO
          written in torch) with torch.optim.Adam
+    (b') (b) as ``dvae train`` runs it by default: length-bucketed batches (each epoch's sequences sorted
+         by length, cut into batches, the batches in a shuffled order: ``dvae.infer.trainer.batch_indices``
+         with ``by_length=True``), where (a0), (a), (b) and (c) take the same random batches (Pyro's
+         example); over the same sequences per epoch, so the same real steps, fewer padded ones
+
+Two kinds of ratio: on the same batches, (b)/(a), (b)/(a0), (b)/(c); as users run them, (b')/(a) and
+(b')/(a0) (the vectorized program on bucketed batches against the per-step one on random batches).
+The padded steps (batch size x longest length, summed over an epoch's batches) of both batchings are
+reported beside the real steps.
 
 An "epoch" is a fixed set of ``--batches`` batches (default 10), after ``--warmup`` batches (default 2);
 ``--rounds`` epochs (default 5) are timed. Every (model, variant) lives in its own forked worker
@@ -74,7 +83,9 @@ VARIANTS = {
     "per_step": "(a) per-step, DynamicalELBO",
     "vectorized": "(b) vectorized, DynamicalELBO",
     "torch": "(c) plain PyTorch",
+    "vectorized_bucketed": "(b') vectorized, length-bucketed batches",
 }
+SAME_BATCHES = ["per_step_tmf", "per_step", "vectorized", "torch"]  # the variants fed identical batches
 X_DIM = 88
 
 
@@ -202,8 +213,8 @@ def _serve(conn, spec: dict) -> None:
     model = build_model(ModelConfig(spec["family"], x_dim=X_DIM, z_dim=c["z_dim"], rnn_dim=c["rnn_dim"],
                                     rnn_type=c["rnn_type"], transition_dim=c["transition_dim"],
                                     emission_dim=c["emission_dim"], likelihood="bernoulli")).to(device)
-    rolls, B = spec["rolls"], c["batch_size"]
-    batches = [collate([torch.from_numpy(x) for x in rolls[i:i + B]]).to(device) for i in range(0, len(rolls), B)]
+    rolls = spec["rolls"]
+    batches = [collate([torch.from_numpy(rolls[i]) for i in idx]).to(device) for idx in spec["batch_lists"]]
     step = _make_step(spec["variant"], model, c["lr"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -228,23 +239,51 @@ def _serve(conn, spec: dict) -> None:
         return
 
 
+def batchings(lengths, config: dict, seed: int) -> dict:
+    """The sequence indices of every batch, per batching: ``random`` (consecutive rolls, which are in
+    random order: Pyro's example) and ``bucketed`` (``dvae train``'s default): the warm-up sequences and
+    the timed ones (one epoch) each bucketed by length on their own, so that an epoch of either batching
+    holds the same sequences (the same real steps)."""
+    from dvae.infer.trainer import batch_indices
+
+    B, w, n = config["batch_size"], config["warmup"], len(lengths)
+    random = [list(range(i, i + B)) for i in range(0, n, B)]
+    gen = torch.Generator().manual_seed(seed)
+    bucketed = []
+    for lo, hi in ((0, w * B), (w * B, n)):
+        bucketed += [[lo + i for i in idx] for idx in batch_indices(lengths[lo:hi], B, gen, by_length=True)]
+    return {"random": random, "bucketed": bucketed}
+
+
+def epoch_steps(batch_lists, lengths) -> dict:
+    """Real and padded steps (batch size x longest length, summed) of the batches."""
+    return {"real_steps": int(sum(lengths[i] for b in batch_lists for i in b)),
+            "padded_steps": int(sum(len(b) * max(lengths[i] for i in b) for b in batch_lists))}
+
+
 def run_family(family: str, config: dict, rolls, common: dict, log) -> dict:
     """Every variant of one model, interleaved batch by batch: ``rounds`` epochs of ``batches`` timed
     updates each (after ``warmup`` untimed ones), the order of the variants rotating at every batch."""
-    workers = {v: Worker({"family": family, "variant": v, "config": config, "rolls": rolls, **common})
-               for v in VARIANTS}
+    lists = batchings([len(r) for r in rolls], config, common["seed"])
+
+    def spec(v):
+        bucketed = v == "vectorized_bucketed"
+        return {"family": family, "variant": "vectorized" if bucketed else v, "config": config, "rolls": rolls,
+                "batch_lists": lists["bucketed" if bucketed else "random"], **common}
+
+    workers = {v: Worker(spec(v)) for v in VARIANTS}
     names = list(VARIANTS)
     n_batches = len(rolls) // config["batch_size"]
     runs = {v: {"epoch_seconds": [], "batch_seconds": [], "losses": []} for v in names}
     k = 0
     for i in range(config["warmup"]):
-        for v in names[k % 4:] + names[:k % 4]:
+        for v in names[k % len(names):] + names[:k % len(names)]:
             runs[v]["losses"].append(workers[v].step(i % n_batches)[1])
         k += 1
     for r in range(config["rounds"]):
         epoch = {v: 0.0 for v in names}
         for i in range(config["batches"]):
-            for v in names[k % 4:] + names[:k % 4]:
+            for v in names[k % len(names):] + names[:k % len(names)]:
                 seconds, loss = workers[v].step((config["warmup"] + i) % n_batches)
                 epoch[v] += seconds
                 runs[v]["batch_seconds"].append(seconds)
@@ -287,7 +326,7 @@ def summarise(results: dict) -> dict:
                       "peak_rss_mb": run["peak_rss_mb"], "saved_mb": run["saved_mb"]}
             if "peak_cuda_mb" in run:
                 row[v]["peak_cuda_mb"] = run["peak_cuda_mb"]
-        first = {v: run["losses"][0] for v, run in runs.items()}  # same weights, same draws
+        first = {v: runs[v]["losses"][0] for v in SAME_BATCHES}  # same weights, same draws, same batch
         ref = first["per_step"]
         row["first_batch_loss"] = first
         row["first_batch_loss_max_rel_diff"] = max(abs(x - ref) / abs(ref) for x in first.values())
@@ -296,26 +335,33 @@ def summarise(results: dict) -> dict:
             return statistics.median(n / d for n, d in zip(runs[num]["epoch_seconds"], runs[den]["epoch_seconds"]))
 
         row["ratios"] = {"b_over_a": ratio("vectorized", "per_step"), "b_over_a0": ratio("vectorized", "per_step_tmf"),
-                         "b_over_c": ratio("vectorized", "torch")}
+                         "b_over_c": ratio("vectorized", "torch"),
+                         "b_bucketed_over_a": ratio("vectorized_bucketed", "per_step"),
+                         "b_bucketed_over_a0": ratio("vectorized_bucketed", "per_step_tmf"),
+                         "b_bucketed_over_b": ratio("vectorized_bucketed", "vectorized")}
         summary[fam] = row
     return summary
 
 
-def print_table(summary: dict, batches: int, cuda: bool) -> None:
+def print_table(summary: dict, batches: int, cuda: bool, steps: dict = None) -> None:
     mem = "peak CUDA MB" if cuda else "peak RSS +MB"
-    head = f"{'model':6} {'variant':38} {'s/epoch':>8} {'ms/batch':>9} {mem:>13} {'saved MB':>9}"
+    head = f"{'model':6} {'variant':42} {'s/epoch':>8} {'ms/batch':>9} {mem:>13} {'saved MB':>9}"
     print(head)
     print("-" * len(head))
     for fam, row in summary.items():
         for v, label in VARIANTS.items():
             r = row[v]
             m = r["peak_cuda_mb"] if cuda else r["peak_rss_delta_mb"]
-            print(f"{fam:6} {label:38} {r['epoch_seconds_median']:8.3f} "
+            print(f"{fam:6} {label:42} {r['epoch_seconds_median']:8.3f} "
                   f"{1000 * r['epoch_seconds_median'] / batches:9.1f} {m:13.1f} {r['saved_mb']:9.1f}")
         q = row["ratios"]
         print(f"{fam:6} ratios: (b)/(a) {q['b_over_a']:.3f}   (b)/(a0) {q['b_over_a0']:.3f}   "
-              f"(b)/(c) {q['b_over_c']:.3f}   first-batch loss agrees across variants to "
-              f"{row['first_batch_loss_max_rel_diff']:.1e} (relative)")
+              f"(b)/(c) {q['b_over_c']:.3f} [same batches]   (b')/(a) {q['b_bucketed_over_a']:.3f}   "
+              f"(b')/(a0) {q['b_bucketed_over_a0']:.3f} [(b') bucketed, (a) random]   first-batch loss agrees "
+              f"across (a0)-(c) to {row['first_batch_loss_max_rel_diff']:.1e} (relative)")
+    if steps:
+        print("steps per epoch: " + "   ".join(f"{k} batches {v['real_steps']} real, {v['padded_steps']} padded"
+                                               for k, v in steps.items()))
     print(f"s/epoch: {batches} batches after the warm-up, median over epochs; ratios: median over epochs of the "
           "per-epoch ratio (the variants ran interleaved batch by batch); peak RSS +MB: growth of the "
           "worker's peak resident set over the run; saved MB: tensors autograd keeps for one backward pass")
@@ -354,6 +400,9 @@ def main(argv=None) -> int:
         data_desc = {"source": "synthetic JSB-shaped binary rolls", "x_dim": X_DIM,
                      "lengths": f"uniform {config['min_len']}..{config['max_len']}"}
     data_desc.update(num_sequences=len(rolls), mean_length=float(np.mean([len(r) for r in rolls])))
+    lengths = [len(r) for r in rolls]
+    timed = slice(config["warmup"], config["warmup"] + config["batches"])  # one timed epoch
+    steps = {k: epoch_steps(v[timed], lengths) for k, v in batchings(lengths, config, a.seed).items()}
     out_path = a.out or os.path.join(ROOT, "bench", "results", "training-quick.json" if a.quick else "training.json")
 
     config["flush_denormal"] = not a.keep_denormals
@@ -364,12 +413,12 @@ def main(argv=None) -> int:
     results = {f: run_family(f, config, rolls, common, lambda m: print(m, file=sys.stderr, flush=True))
                for f in families}
     summary = summarise(results)
-    print_table(summary, config["batches"], a.device == "cuda")
+    print_table(summary, config["batches"], a.device == "cuda", steps)
 
     report = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + (sys.argv[1:] if argv is None else argv)),
               "machine": info, "load_average_start": load_start, "load_average_end": os.getloadavg(),
               "wall_seconds": time.perf_counter() - t0, "config": config, "data": data_desc,
-              "variants": VARIANTS, "summary": summary,
+              "variants": VARIANTS, "summary": summary, "epoch_steps": steps,
               "runs": {f: {v: {k: r[k] for k in r if k != "losses"} | {"first_losses": r["losses"][:3]}
                            for v, r in vs.items()} for f, vs in results.items()}}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

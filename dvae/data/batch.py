@@ -99,3 +99,45 @@ def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = N
         obs_mask = ~missing & mask[..., None]  # (B, T, x_dim)
         x = torch.where(missing, x.new_zeros(()), x)
     return SequenceBatch(x, u, mask, lengths, c, obs_mask)
+
+
+class ResidentSequences:
+    """A set of sequences held once on a device, batches gathered there: no host-to-device copy per
+    batch. The steps of every sequence are concatenated, (sum of lengths, dim); :meth:`batch` pads the
+    rows asked for exactly as :func:`collate` does (zeros after each sequence's end, the same mask,
+    lengths and conditions). For sequences without missing entries only (``collate`` decides per batch
+    whether a batch has an ``obs_mask``, which would need a read of the device)."""
+
+    def __init__(self, xs, us=None, cs=None, device="cpu"):
+        import numpy as np
+
+        if len(xs) == 0:
+            raise ValueError("no sequences to hold")
+        lengths = np.asarray([len(x) for x in xs], dtype=np.int64)
+        if (lengths < 1).any():
+            raise ValueError("every sequence needs at least one step")
+        flat = np.concatenate([np.asarray(x) for x in xs])  # (sum L, x_dim)
+        if np.isnan(flat).any():
+            raise ValueError("sequences with missing (NaN) entries are collated per batch")
+        device = torch.device(device)
+        self.x = torch.from_numpy(flat).to(device)
+        self.u = None if us is None else torch.from_numpy(np.concatenate([np.asarray(u) for u in us])).to(device)
+        self.c = None if cs is None else torch.stack([torch.as_tensor(ci, dtype=self.x.dtype) for ci in cs]).to(device)
+        self.lengths = torch.from_numpy(lengths).to(device)  # (N,)
+        self.offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]])).to(device)  # (N,)
+        self.device = device
+
+    def batch(self, rows: torch.Tensor, num_steps: int) -> SequenceBatch:
+        """The sequences ``rows`` (B,) (indices, on the device) padded to ``num_steps`` (the longest of
+        them, known on the host): what ``collate`` gives for them, moved to the device."""
+        lengths = self.lengths[rows]  # (B,)
+        t = torch.arange(num_steps, device=self.device)
+        mask = t[None, :] < lengths[:, None]  # (B, T)
+        idx = self.offsets[rows][:, None] + torch.minimum(t[None, :], lengths[:, None] - 1)  # (B, T), within each
+        keep = mask[..., None]
+
+        def gather(flat):
+            return torch.where(keep, flat[idx], flat.new_zeros(()))  # (B, T, dim), zeros after the end
+
+        return SequenceBatch(gather(self.x), None if self.u is None else gather(self.u), mask, lengths,
+                             None if self.c is None else self.c[rows], None)

@@ -140,7 +140,13 @@ class DynamicalELBO(TraceMeanField_ELBO):
 
     After each evaluation, :attr:`last_terms` holds the plain terms of the last batch, averaged over
     particles: ``{"log_lik": sum of log p(x_t | z_t), "kl": sum of the KL}`` (floats, nats summed over
-    the batch, before any scale, annealing, beta or free bits), for logging.
+    the batch, before any scale, annealing, beta or free bits), for logging; :attr:`last_term_tensors`
+    holds the same as detached 0-dim tensors on the model's device (reading them as floats is what
+    synchronises the host with the device: :attr:`last_terms` does it when read, not at every update).
+
+    :meth:`loss_and_grads` returns the loss as a detached 0-dim tensor (no host-device
+    synchronisation; ``float()`` it to read it) and, unlike Pyro's, does not check it for NaN (the
+    trainer's :class:`~dvae.infer.trainer.ClippedSVI` skips non-finite updates).
 
     It computes only what the estimator uses: log densities of the observed sites, and the KL columns
     of the latent ones (no log densities of latent sites unless a KL has no closed form).
@@ -153,14 +159,31 @@ class DynamicalELBO(TraceMeanField_ELBO):
         self.free_bits = free_bits
         self.beta = beta
         self._particle_terms = []
-        self.last_terms: Dict[str, float] = {}
+        self.last_term_tensors: Dict[str, torch.Tensor] = {}
+
+    @property
+    def last_terms(self) -> Dict[str, float]:
+        return {key: float(value) for key, value in self.last_term_tensors.items()}
 
     def _get_traces(self, model, guide, args, kwargs):
         self._particle_terms = []
         yield from super()._get_traces(model, guide, args, kwargs)
         n = len(self._particle_terms)
-        self.last_terms = {key: sum(p[i] for p in self._particle_terms) / n if n else math.nan
-                           for i, key in enumerate(("log_lik", "kl"))}
+        self.last_term_tensors = {key: sum(p[i] for p in self._particle_terms) / n if n else torch.tensor(math.nan)
+                                  for i, key in enumerate(("log_lik", "kl"))}
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Backpropagate the ELBO's gradient (as Pyro's ``Trace_ELBO.loss_and_grads``); returns the loss
+        as a detached 0-dim tensor, read nowhere here (no host-device synchronisation)."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle = self._particle_loss(model_trace, guide_trace)
+            loss = loss + particle.detach() / self.num_particles
+            trainable = any(site["type"] == "param" for trace in (model_trace, guide_trace)
+                            for site in trace.nodes.values())
+            if trainable and particle.requires_grad:
+                (particle / self.num_particles).backward(retain_graph=self.retain_graph)
+        return torch.as_tensor(loss)
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
@@ -194,6 +217,13 @@ class DynamicalELBO(TraceMeanField_ELBO):
         return out
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        loss = self._particle_loss(model_trace, guide_trace)
+        # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss
+        # returns loss + (surrogate - surrogate.item()), which would double the gradient of a tensor loss
+        return torch_item(loss), loss
+
+    def _particle_loss(self, model_trace, guide_trace) -> torch.Tensor:
+        """-ELBO of one particle (a tensor to backpropagate); books the particle's plain terms."""
         sites = {}
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] == "sample" and not model_site["is_observed"]:
@@ -219,11 +249,8 @@ class DynamicalELBO(TraceMeanField_ELBO):
                 assert guide_site["infer"].get("is_auxiliary")
                 log_q = guide_site["fn"].log_prob(guide_site["value"])
                 elbo = elbo - scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
-        self._particle_terms.append([float(plain_log_lik), float(plain_kl)])
-        loss = -elbo
-        # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss
-        # returns loss + (surrogate - surrogate.item()), which would double the gradient of a tensor loss
-        return torch_item(loss), loss
+        self._particle_terms.append([torch.as_tensor(plain_log_lik), torch.as_tensor(plain_kl)])  # on the device
+        return torch.as_tensor(-elbo)
 
     def loss(self, model, guide, *args, **kwargs):
         loss = 0.0

@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.infer import SVI
 from pyro.infer.util import zero_grads
 
-from dvae.data.batch import SequenceBatch, collate
+from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
@@ -155,7 +155,11 @@ class ClippedSVI(SVI):
         params = list(dict.fromkeys(site["value"].unconstrained() for site in param_trace.nodes.values()))
         grads = [p for p in params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
-        if not (math.isfinite(loss) and torch.isfinite(norm)):
+        if torch.is_tensor(loss):  # DynamicalELBO: a device tensor; the loss and the norm read in one transfer
+            loss, norm = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # THE host-device sync of an update
+        else:
+            norm = float(norm)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
             zero_grads(params)
             return math.nan
         self.optim(params)
@@ -289,6 +293,9 @@ class Trainer:
         self.stopped = False
         self._stop_requested = False
         self._snapshot = None
+        self._pending: Dict[str, torch.Tensor] = {}  # logged terms summed on the device, not yet read
+        self._pending_updates = 0
+        self._resident = None  # the training split on the device (_resident_split)
 
     @staticmethod
     def _new_partial() -> dict:
@@ -355,8 +362,13 @@ class Trainer:
         acc = self.state["partial"]
         start = time.perf_counter()
         t_last = start
-        for i, batch in enumerate(batches(self.train_xs, self.train_us, self.config.batch_size, generator=gen,
-                                          by_length=self.config.bucket, cs=self.train_cs)):
+        lengths = sequence_lengths(self.train_xs)
+        chunks = batch_indices(lengths, self.config.batch_size, gen, self.config.bucket)  # as batches() draws them
+        resident = self._resident_split()
+        if resident is not None:  # this epoch's order moved once; each batch gathered on the device
+            order = torch.tensor([i for idx in chunks for i in idx], device=self.device)
+            starts = np.cumsum([0] + [len(idx) for idx in chunks]).tolist()
+        for i, idx in enumerate(chunks):
             if i < self.state["batch_in_epoch"]:
                 continue
             if self._stop_requested:
@@ -364,11 +376,18 @@ class Trainer:
                 break
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
-            n = int(batch.lengths.sum())
-            loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), 1.0 / n)
+            n = sum(lengths[j] for j in idx)  # real steps, from the host's lengths
+            if resident is not None:
+                batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
+            else:
+                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                                None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
+                batch = batch.to(self.device)
+            loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
-            if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller
-                extra = missing_log_det(batch, self.log_det, self.x_log_std).sum().item()
+            if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
+                extra = missing_log_det(batch, self.log_det, self.x_log_std).sum()
             self._record_update(acc, loss, n, i, extra)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
@@ -380,25 +399,64 @@ class Trainer:
             return None
         return self._end_epoch(acc)
 
-    def _record_update(self, acc: dict, loss: float, num_steps: int, batch_index: int, extra_loss: float = 0.0):
+    resident_data: Optional[bool] = None
+    """Hold the training split on the device once (:class:`dvae.data.batch.ResidentSequences`) instead of
+    moving every batch there: None (default) on CUDA for data held in memory without missing entries
+    and at most :attr:`resident_max_bytes`; True/False to force it (True still needs such data)."""
+    resident_max_bytes = 2 ** 30
+
+    def _resident_split(self):
+        """The training split on the device, built at the first call; None where batches are collated on
+        the host and moved one by one (lazily read data, missing entries, too large, or on CPU)."""
+        if self._resident is None:
+            self._resident = False
+            want = self.resident_data if self.resident_data is not None else self.device.type == "cuda"
+            xs = self.train_xs
+            if want and isinstance(xs, (list, tuple)) and len(xs) and all(isinstance(x, np.ndarray) for x in xs):
+                size = sum(x.nbytes for x in xs) + (0 if self.train_us is None else sum(u.nbytes for u in self.train_us))
+                if size <= self.resident_max_bytes and all(len(x) for x in xs) and not any(np.isnan(x).any() for x in xs):
+                    self._resident = ResidentSequences(xs, self.train_us, self.train_cs, self.device)
+        return self._resident or None
+
+    def _record_update(self, acc: dict, loss: float, num_steps: int, batch_index: int, extra_loss=0.0):
         """Book one update into the epoch's sums (a skipped one: restore and count it), then advance the
         update count and the position inside the epoch. ``extra_loss``: added to the loss sum (the
-        log-Jacobian difference of steps with missing entries)."""
+        log-Jacobian difference of steps with missing entries; a device tensor is summed on the device
+        with the logged terms, :meth:`_add_terms`)."""
         if math.isnan(loss):
             acc["skipped"] += 1
             self._recover()
         else:
-            acc["loss_sum"] += loss * num_steps + extra_loss
+            acc["loss_sum"] += loss * num_steps
+            if torch.is_tensor(extra_loss):
+                self._pending["extra_loss"] = self._pending.get("extra_loss", 0.0) + extra_loss.to(torch.float64)
+            else:
+                acc["loss_sum"] += extra_loss
             acc["steps_sum"] += num_steps
             self._add_terms(acc)
         self.state["step"] += 1
         self.state["batch_in_epoch"] = batch_index + 1
 
+    log_every = 50
+    """The logged terms of the updates are summed on the device and read (one host-device sync) every
+    ``log_every`` updates, at the end of an epoch and at a checkpoint."""
+
     def _add_terms(self, acc: dict) -> None:
-        """Add the last update's plain terms (``DynamicalELBO.last_terms``) to the epoch's sums."""
-        terms = self.elbo.last_terms
-        acc["log_lik_sum"] = acc.get("log_lik_sum", 0.0) + terms.get("log_lik", 0.0)
-        acc["kl_sum"] = acc.get("kl_sum", 0.0) + terms.get("kl", 0.0)
+        """Add the last update's plain terms (``DynamicalELBO.last_term_tensors``, device tensors) to the
+        epoch's sums: summed on the device, read into ``acc`` every :attr:`log_every` updates."""
+        for key, value in self.elbo.last_term_tensors.items():
+            self._pending[key] = self._pending.get(key, 0.0) + value.to(torch.float64)
+        self._pending_updates += 1
+        if self._pending_updates >= self.log_every:
+            self._flush_terms(acc)
+
+    def _flush_terms(self, acc: Optional[dict] = None) -> None:
+        """Read the terms summed on the device into the epoch's sums (``state["partial"]``)."""
+        acc = self.state["partial"] if acc is None else acc
+        pending, self._pending, self._pending_updates = self._pending, {}, 0
+        acc["log_lik_sum"] = acc.get("log_lik_sum", 0.0) + float(pending.get("log_lik", 0.0))
+        acc["kl_sum"] = acc.get("kl_sum", 0.0) + float(pending.get("kl", 0.0))
+        acc["loss_sum"] += float(pending.get("extra_loss", 0.0))
 
     def _term_sums(self, acc: dict):
         """(sum of log p(x_t | z_t), sum of KL) of the epoch (a data-parallel trainer sums the ranks')."""
@@ -406,6 +464,7 @@ class Trainer:
 
     def _end_epoch(self, acc: dict) -> Dict[str, float]:
         """Close an epoch: reset the partial sums, return its metrics row."""
+        self._flush_terms(acc)
         self.state["batch_in_epoch"] = 0
         self.state["partial"] = self._new_partial()
         self.state["skipped_updates"] += acc["skipped"]
@@ -494,6 +553,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         """Everything to resume: parameters, best parameters, optimiser state, trainer state, RNG state
         and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
+        self._flush_terms()
         return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
                 "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
 

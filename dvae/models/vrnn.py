@@ -16,7 +16,7 @@ and its ELBO a bound on log p(x_obs | obs_mask).
 
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
-needs z_t). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
+needs z_t; with a ReLU RNN cell the whole loop is one fused autograd node, ``dvae.nn._VRNNFilterScan``). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
 path the guide just drew it reuses the guide's (the same function of the same inputs, so the same
 value and gradients, one recurrence instead of two); for any other path it knows every input of the
 recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``). Then the prior and
@@ -31,13 +31,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from pyro import poutine
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.paths import GuidePath, PriorPath, observation_path
-from dvae.nn import Emitter, GaussianHead, Recurrence
+from dvae.nn import Emitter, GaussianHead, Recurrence, _VRNNFilterScan
 
 # path drawn by VRNN.guide_vectorized -> (model, x, u, (phi_z, h_{t-1})): the recurrence along that path,
 # for model_vectorized to reuse; an entry disappears with its path tensor
@@ -154,7 +155,10 @@ class VRNN(DynamicalVAE):
         Draws the same normals in the same order as :meth:`guide` (one (B, z_dim) block per step).
         """
         B, T = batch.batch_size, batch.num_steps
-        phi_x = self.phi_x(self.x_input(batch.x, batch.obs_mask)).unbind(1)  # (B, feat) per step, computed at once; unbind, not phi_x[:, t]
+        phi_x = self.phi_x(self.x_input(batch.x, batch.obs_mask))  # (B, T, feat), every step at once
+        if self._fused_filter():
+            return self._guide_path_fused(phi_x, batch.u, features)
+        phi_x = phi_x.unbind(1)  # (B, feat) per step; unbind, not phi_x[:, t]
         u = [None] * T if batch.u is None else batch.u.unbind(1)
         state = self.recurrence.initial(B)
         locs, scales, zs, phi_zs, hs = [], [], [], [], []
@@ -168,6 +172,34 @@ class VRNN(DynamicalVAE):
                 state = self.recurrence(torch.cat([phi_x[t], phi_z] + ([] if u[t] is None else [u[t]]), -1), state)
         out = (torch.stack(locs, 1), torch.stack(scales, 1), torch.stack(zs, 1))
         return out + ((torch.stack(phi_zs, 1), torch.stack(hs, 1)),) if features else out
+
+    def _fused_filter(self) -> bool:
+        """Whether :meth:`guide_path` can run as one fused node (a ReLU RNN cell with biases)."""
+        cell = self.recurrence.cell
+        return isinstance(cell, nn.RNNCell) and cell.nonlinearity == "relu" and cell.bias
+
+    def _guide_path_fused(self, phi_x, u, features: bool):
+        """:meth:`guide_path` for a ReLU RNN cell as one autograd node (``dvae.nn._VRNNFilterScan``): what
+        the step loop computes, up to float rounding, with the same gradients; the parts of each step
+        that read x_t and u_t alone (the posterior's first layer on phi_x(x_t), the cell's input
+        weights on phi_x(x_t) and u_t) computed for every step at once."""
+        B, T, feat = phi_x.shape
+        cell, post1, post2 = self.recurrence.cell, self.posterior.net[0], self.posterior.net[2]
+        w_ih = cell.weight_ih  # (H, feat + feat + u_dim): the columns of [phi_x, phi_z, u]
+        ax = F.linear(phi_x, post1.weight[:, :feat], post1.bias)  # (B, T, Hp)
+        rx = F.linear(phi_x, w_ih[:, :feat], cell.bias_ih + cell.bias_hh)  # (B, T, H)
+        if u is not None:
+            rx = rx + F.linear(u, w_ih[:, 2 * feat:])
+        eps = phi_x.new_empty(T, B, self.config.z_dim)
+        for t in range(T):  # the same normals in the same order as the step loop
+            eps[t].normal_()
+        h0 = Recurrence.output(self.recurrence.initial(B))  # (B, H)
+        wh = torch.cat([post1.weight[:, feat:], cell.weight_hh], 0)  # (Hp + H, H): both read h_{t-1}
+        outs = _VRNNFilterScan.apply(ax.transpose(0, 1).contiguous(), rx.transpose(0, 1).contiguous(), h0, eps,
+                                     wh, post2.weight, post2.bias, self.phi_z[0].weight, self.phi_z[0].bias,
+                                     w_ih[:, feat:2 * feat])  # loc, scale, z, phi_z, h_{t-1}: (T, B, .) each
+        loc, scale, z, phi_z, h_prev = (v.transpose(0, 1) for v in outs)  # (B, T, .) each
+        return (loc, scale, z, (phi_z, h_prev)) if features else (loc, scale, z)
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u), filtering, with the path as one site. Returns the sampled path (B, T, z_dim)."""

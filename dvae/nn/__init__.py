@@ -268,6 +268,83 @@ class _CombinerScan(torch.autograd.Function):
         return 0.5 * d_hid, carry, None, g_w1, g_b1, g_wc, g_bc
 
 
+class _VRNNFilterScan(torch.autograd.Function):
+    """The VRNN's filtering guide with a ReLU RNN cell run over a path, time-major, as one autograd node
+    (see ``dvae.models.vrnn.VRNN.guide_path``). The parts of every step that read only x_t and u_t come
+    in precomputed for all steps at once: ``ax`` (T, B, Hp), the posterior's first layer on phi_x(x_t)
+    with its bias, and ``rx`` (T, B, H), the cell's input weights on [phi_x(x_t), u_t] with both biases.
+    Step t, from h = h_{t-1} (h_{-1} = ``h0``):
+
+        [ph, rh] = h Wh^T                      Wh = [posterior's first layer on h; the cell's W_hh]
+        a = relu(ax_t + ph);  [loc, raw] = a W2^T + b2;  scale = softplus(raw) + MIN_SCALE
+        z_t = loc + eps_t * scale;  f_t = relu(z_t Wf^T + bf)               (phi_z)
+        h_t = relu(rx_t + rh + f_t Wr^T)       Wr: the cell's input weights on phi_z
+
+    Returns loc, scale, z (T, B, Z), phi_z (T, B, F) and h_{t-1} (T, B, H) for every t. The backward
+    pass runs the chain h_t -> h_{t-1} step by step (four small matmuls a step, the two reading h_{t-1}
+    as one) and forms every weight gradient as one matmul over all steps afterwards.
+    """
+
+    @staticmethod
+    def forward(ctx, ax, rx, h0, eps, wh, w2, b2, wf, bf, wr):
+        T, B, Hp = ax.shape
+        H, Z, Fd = h0.shape[-1], eps.shape[-1], wf.shape[0]
+        hprev = ax.new_empty(T, B, H)  # h_{t-1}
+        a = torch.empty_like(ax)
+        out = ax.new_empty(T, B, 2 * Z)  # [loc, raw]
+        z = ax.new_empty(T, B, Z)
+        f = ax.new_empty(T, B, Fd)
+        wh_t, w2_t, wf_t, wr_t = (w.t().contiguous() for w in (wh, w2, wf, wr))
+        h = h0
+        for t in range(T):
+            hprev[t] = h
+            hh = h @ wh_t  # (B, Hp + H)
+            torch.add(ax[t], hh[:, :Hp], out=a[t]).relu_()
+            torch.addmm(b2, a[t], w2_t, out=out[t])
+            torch.addcmul(out[t, :, :Z], eps[t], F.softplus(out[t, :, Z:]) + MIN_SCALE, out=z[t])
+            torch.addmm(bf, z[t], wf_t, out=f[t]).relu_()
+            if t + 1 < T:
+                h = torch.addmm(rx[t] + hh[:, Hp:], f[t], wr_t).relu_()
+        loc, raw = out[..., :Z], out[..., Z:]
+        scale = F.softplus(raw) + MIN_SCALE
+        ctx.save_for_backward(eps, wh, w2, wf, wr, hprev, a, raw, z, f)
+        return loc, scale, z, f, hprev
+
+    @staticmethod
+    def backward(ctx, g_loc, g_scale, g_z, g_f, g_hprev):
+        eps, wh, w2, wf, wr, hprev, a, raw, z, f = ctx.saved_tensors
+        T, B, Hp = a.shape
+        H, Z, Fd = hprev.shape[-1], z.shape[-1], f.shape[-1]
+        zero = hprev.new_zeros(())
+        g_loc, g_scale, g_z, g_f, g_hprev = (zero.expand(shape) if g is None else g for g, shape in
+                                             ((g_loc, z.shape), (g_scale, z.shape), (g_z, z.shape),
+                                              (g_f, f.shape), (g_hprev, hprev.shape)))
+        d_softplus = torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))  # as softplus' backward
+        pos_a, pos_f = a > 0, f > 0
+        pos_h = hprev > 0  # step t's new state h_t is hprev[t + 1]
+        d_pre = hprev.new_zeros(T, B, Hp + H)  # d[pre-activation of a_t, of h_t] (the last h_T is never formed)
+        d_out = hprev.new_empty(T, B, 2 * Z)  # d[loc, raw]
+        d_fpre = hprev.new_empty(T, B, Fd)  # d(pre-activation of f_t)
+        carry = hprev.new_zeros(B, H)  # dL/dh_t through step t + 1
+        for t in range(T - 1, -1, -1):
+            d_f = g_f[t]
+            if t + 1 < T:
+                torch.mul(carry, pos_h[t + 1], out=d_pre[t, :, Hp:])
+                d_f = torch.addmm(d_f, d_pre[t, :, Hp:], wr)
+            torch.mul(d_f, pos_f[t], out=d_fpre[t])
+            d_z = torch.addmm(g_z[t], d_fpre[t], wf)
+            torch.add(g_loc[t], d_z, out=d_out[t, :, :Z])
+            torch.mul(torch.addcmul(g_scale[t], d_z, eps[t]), d_softplus[t], out=d_out[t, :, Z:])
+            torch.mul(d_out[t] @ w2, pos_a[t], out=d_pre[t, :, :Hp])
+            carry = torch.addmm(g_hprev[t], d_pre[t], wh)  # dL/dh_{t-1}
+        d_pre2, d_out2, d_fpre2 = d_pre.reshape(T * B, Hp + H), d_out.reshape(T * B, 2 * Z), d_fpre.reshape(T * B, Fd)
+        g_wh = d_pre2.t() @ hprev.reshape(T * B, H)
+        g_w2, g_b2 = d_out2.t() @ a.reshape(T * B, Hp), d_out2.sum(0)
+        g_wf, g_bf = d_fpre2.t() @ z.reshape(T * B, Z), d_fpre2.sum(0)
+        g_wr = d_pre2[:, Hp:].t() @ f.reshape(T * B, Fd)
+        return d_pre[..., :Hp], d_pre[..., Hp:], carry, None, g_wh, g_w2, g_b2, g_wf, g_bf, g_wr
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence of ``x`` (B, T, d) within its length; padding stays at the end."""
     B, T = x.shape[:2]

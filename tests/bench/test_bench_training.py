@@ -23,4 +23,10 @@ def test_bench_training_quick(tmp_path):
         assert all(math.isfinite(r) and r > 0 for r in row["ratios"].values())
         # same weights and the same draws: the first update scores the same -ELBO in every variant
         assert row["first_batch_loss_max_rel_diff"] < 1e-4, (fam, row["first_batch_loss"])
+        assert row["vectorized_bucketed"]["epoch_seconds_median"] > 0
+        assert {"b_bucketed_over_a", "b_bucketed_over_a0", "b_over_a", "b_over_c"} <= set(row["ratios"])
+    # (b') takes length-bucketed batches of the same sequences: the same real steps, no more padding
+    steps = report["epoch_steps"]
+    assert steps["random"]["real_steps"] == steps["bucketed"]["real_steps"] > 0
+    assert steps["bucketed"]["padded_steps"] <= steps["random"]["padded_steps"]
     assert report["machine"]["torch_threads"] == 1 and report["config"]["batches"] == 3

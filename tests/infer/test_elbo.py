@@ -115,3 +115,106 @@ def test_a_second_trainer_in_one_process_trains_its_own_model():
         before = model.emitter.raw_scale.detach().clone()
         Trainer(model, TrainConfig(epochs=1, batch_size=4, patience=0), (xs, None), (xs, None)).fit(progress=False)
         assert not torch.equal(before, model.emitter.raw_scale)
+
+
+def _count_reads(monkeypatch):
+    """Count every read of a tensor's value by the host (item, tolist, float, int, bool): on a GPU, each
+    is a host-device synchronisation."""
+    counts = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            counts["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae"])
+def test_the_elbos_update_reads_nothing_back_from_the_device(family, monkeypatch):
+    """DynamicalELBO.loss_and_grads (the forward and backward of a training update, vectorized program)
+    leaves the loss and the logged terms as tensors: no value is read by the host (distribution
+    validation off: its checks read every parameter), and the terms equal what it used to read."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(family, x_dim=3, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    batch = make_batch(lengths=(5, 3), u_dim=0)
+    model, guide = m.programs(vectorized=True)
+    elbo = DynamicalELBO()
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(1)
+        reference = elbo.differentiable_loss(model, guide, batch)
+        counts = _count_reads(monkeypatch)
+        pyro.set_rng_seed(1)
+        loss = elbo.loss_and_grads(model, guide, batch)
+        reads = counts["n"]
+    monkeypatch.undo()
+    assert reads == 0
+    assert torch.is_tensor(loss) and not loss.requires_grad
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert set(elbo.last_term_tensors) == {"log_lik", "kl"} and elbo.last_terms["kl"] > 0
+
+
+def test_the_trainer_reads_the_logged_terms_every_n_updates_with_the_same_sums(monkeypatch):
+    from dvae.infer.trainer import TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(6, 3, generator=g).numpy() for _ in range(14)]  # 4 batches of 4, 4, 4, 2
+    cfg = ModelConfig("dmm", x_dim=3, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8)
+    rows, flushes = {}, {}
+    for every in (1, 3):
+        torch.manual_seed(0)
+        trainer = Trainer(build_model(cfg), TrainConfig(epochs=1, batch_size=4, patience=0), (xs, None), (xs, None))
+        trainer.log_every = every
+        calls = {"n": 0}
+        real = trainer._flush_terms
+
+        def counted(acc=None, _real=real, _calls=calls):
+            _calls["n"] += 1
+            return _real(acc)
+
+        monkeypatch.setattr(trainer, "_flush_terms", counted)
+        rows[every] = trainer.train_epoch()
+        flushes[every] = calls["n"]
+    assert flushes == {1: 4 + 1, 3: 1 + 1}  # every update / after the 3rd; and at the end of the epoch
+    for key in ("train_loss", "train_recon_per_step", "train_kl_per_step"):
+        assert rows[3][key] == pytest.approx(rows[1][key], rel=1e-12) and math.isfinite(rows[1][key])
+
+
+def test_a_split_held_on_the_device_gives_the_batches_and_the_training_of_per_batch_collation():
+    """ResidentSequences gathers what collate pads (x, u, mask, lengths, c), and a Trainer holding its
+    split once (``resident_data=True``, forced on CPU) trains exactly as one collating every batch."""
+    import numpy as np
+
+    from dvae.data import collate
+    from dvae.data.batch import ResidentSequences
+    from dvae.infer.trainer import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) for n in rng.integers(1, 9, size=11)]
+    us = [rng.standard_normal((len(x), 2)).astype(np.float32) for x in xs]
+    cs = rng.standard_normal((11, 2)).astype(np.float32)
+    held = ResidentSequences(xs, us, cs)
+    for idx in ([3, 0, 7], [5], list(range(11))):
+        got = held.batch(torch.tensor(idx), max(len(xs[i]) for i in idx))
+        want = collate([torch.from_numpy(xs[i]) for i in idx], [torch.from_numpy(us[i]) for i in idx],
+                       [torch.as_tensor(cs[i]) for i in idx])
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.dtype == b.dtype and torch.equal(a, b)
+    with pytest.raises(ValueError, match="missing"):
+        ResidentSequences([np.full((2, 3), np.nan, np.float32)])
+
+    cfg = ModelConfig("dmm", x_dim=3, u_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8)
+    rows = {}
+    for resident in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(build_model(cfg), TrainConfig(epochs=2, batch_size=4, patience=0), (xs, us), (xs, us))
+        trainer.resident_data = resident
+        rows[resident] = trainer.fit(progress=False)
+        assert (trainer._resident_split() is not None) == resident
+    for a, b in zip(rows[False], rows[True]):
+        for key in ("train_loss", "train_recon_per_step", "train_kl_per_step", "valid_neg_elbo_per_step"):
+            assert a[key] == b[key], key

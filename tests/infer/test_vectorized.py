@@ -390,3 +390,34 @@ def test_both_forms_and_the_torch_loss_agree_with_missing_entries(family, guide,
     for model, guide_fn in (m.programs(vectorized=False), m.programs(vectorized=True)):
         pyro.set_rng_seed(4)
         assert (elbo_terms(model, guide_fn, batch)["log_lik"][0, 1] == 0).all()  # nothing observed at that step
+
+
+@pytest.mark.parametrize("u_dim", [0, 2])
+@pytest.mark.parametrize("missing", [False, True])
+def test_the_fused_vrnn_filter_equals_the_step_loop(u_dim, missing, monkeypatch):
+    """The VRNN guide's fused node (a ReLU RNN cell) against the step loop it replaces, in value and in
+    the gradients of every parameter, through all five outputs (loc, scale, z, phi_z, h_{t-1})."""
+    from dvae.models.vrnn import VRNN
+
+    m = tiny("vrnn", u_dim, rnn_type="rnn", missing=missing)
+    with torch.no_grad():
+        m.recurrence.h_0.normal_()
+    assert m._fused_filter()
+    batch = ragged(u_dim)
+    if missing:
+        obs = torch.rand(batch.x.shape, generator=torch.Generator().manual_seed(4)) > 0.3
+        batch = batch._replace(obs_mask=obs)
+    B, T = batch.batch_size, batch.num_steps
+    w = [torch.randn(B, T, d, dtype=torch.float64) for d in (4, 4, 4, 8, 8)]
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(VRNN, "_fused_filter", lambda self: fused)
+        m.zero_grad()
+        torch.manual_seed(5)
+        loc, scale, z, (phi_z, h_prev) = m.guide_path(batch, features=True)
+        outs = [loc, scale, z, phi_z, h_prev]
+        sum(((o * wi).sum() + (o ** 2 * wi).sum()) for o, wi in zip(outs, w)).backward()
+        results.append([o.detach() for o in outs] + [p.grad.clone() for p in m.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 5
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, **TIGHT)
