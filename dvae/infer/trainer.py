@@ -45,8 +45,9 @@ class TrainConfig:
     """Stop after this many seconds of training (checked between updates); None: no limit."""
     batch_size: int = 16
     """Sequences per update."""
-    lr: float = 3e-3
-    """Learning rate."""
+    lr: float = 1e-2
+    """Learning rate (chosen for time to quality on Nottingham and Pendulum: docs/performance.md,
+    "Quality per second")."""
     optimizer: str = "adam"
     """adam or clipped_adam (Pyro's ClippedAdam, with lr decay ``lr_decay`` per update)."""
     lr_decay: float = 1.0
