@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guide iaf: affine autoregressive transforms per step (default 1)")
     p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
+    p.add_argument("--lr-decay", type=float, default=tc.lr_decay,
+                   help="clipped_adam: learning-rate decay per update (1: none)")
     p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
     p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
     p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
@@ -264,6 +266,29 @@ def _prepare(data, normalizer, split, c_dim: int = 0):
     return normalizer.x(xs), normalizer.u(us)
 
 
+def train_configs(a, data):
+    """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
+    ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
+    from dvae.infer.trainer import TrainConfig
+    from dvae.models import ModelConfig
+
+    likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
+    model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
+                        rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
+                        guide=a.guide, bidirectional=a.bidirectional,
+                        num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
+                        c_dim=data.c_dim if a.condition else 0,
+                        likelihood=likelihood, missing=a.missing == "nan",
+                        # frames: the conv DMM (other families read frames as vectors)
+                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
+    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
+                        lr=a.lr, optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
+                        anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
+                        collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
+                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
+    return model, train
+
+
 def cmd_train(a) -> dict:
     """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
     run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
@@ -272,8 +297,7 @@ def cmd_train(a) -> dict:
     from dvae.data import Normalizer
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
-    from dvae.infer.trainer import TrainConfig, resolve_device
-    from dvae.models import ModelConfig
+    from dvae.infer.trainer import resolve_device
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
@@ -316,21 +340,7 @@ def cmd_train(a) -> dict:
         train_xs, train_us = data.subset("train")
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
         config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
-        likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
-        config.model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim,
-                                   rnn_dim=a.rnn_dim, rnn_type=a.rnn_type, transition_dim=a.transition_dim,
-                                   emission_dim=a.emission_dim, guide=a.guide, bidirectional=a.bidirectional,
-                                   num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
-                                   c_dim=data.c_dim if a.condition else 0, likelihood=likelihood,
-                                   missing=a.missing == "nan",
-                                   # frames: the conv DMM (other families read frames as vectors)
-                                   frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-        config.train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit,
-                                   batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, clip_norm=a.clip_norm,
-                                   kl_start=a.kl_start, anneal_epochs=a.anneal_epochs, free_bits=a.free_bits,
-                                   beta=a.beta, collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs,
-                                   patience=a.patience, seed=a.seed, device=a.device, vectorized=not a.per_step,
-                                   bucket=not a.no_bucket)
+        config.model, config.train = train_configs(a, data)
         if parallel is None or parallel.is_main:
             os.makedirs(run_dir, exist_ok=True)
             write_config(run_dir, config)

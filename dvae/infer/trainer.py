@@ -45,8 +45,9 @@ class TrainConfig:
     """Stop after this many seconds of training (checked between updates); None: no limit."""
     batch_size: int = 16
     """Sequences per update."""
-    lr: float = 3e-3
-    """Learning rate."""
+    lr: float = 1e-2
+    """Learning rate (chosen for time to quality on Nottingham and Pendulum: docs/performance.md,
+    "Quality per second")."""
     optimizer: str = "adam"
     """adam or clipped_adam (Pyro's ClippedAdam, with lr decay ``lr_decay`` per update)."""
     lr_decay: float = 1.0
@@ -180,25 +181,28 @@ def missing_log_det(batch: SequenceBatch, log_det_per_step: float, x_log_std=Non
 
 @torch.no_grad()
 def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_particles: int = 1,
-                  device=None, cs=None, log_det_per_step: float = 0.0, x_log_std=None) -> Dict[str, float]:
+                  device=None, cs=None, log_det_per_step: float = 0.0, x_log_std=None,
+                  vectorized: bool = False) -> Dict[str, float]:
     """The sums behind :func:`evaluate` over a set of sequences (standardised units): ``num_steps``,
     ``elbo``, ``log_lik``, ``kl``, ``iw`` (0 unless ``iw_samples``) and ``extra_log_det`` (the log-Jacobian
-    difference of steps with missing entries, :func:`missing_log_det`); sums of disjoint sets add up."""
+    difference of steps with missing entries, :func:`missing_log_det`); sums of disjoint sets add up.
+    ``vectorized``: score the time-vectorized programs (the same bound, the same draws, faster)."""
     device = device or model.device
     was_training = model.training
     model.eval()
     total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0, "extra_log_det": 0.0}
+    program, guide = model.programs(vectorized=vectorized)
     for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
         total["num_steps"] += int(batch.lengths.sum())
         batch = batch.to(device)
         if batch.obs_mask is not None:
             total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
-        terms = elbo_terms(model.model, model.guide, batch, num_particles)
+        terms = elbo_terms(program, guide, batch, num_particles)
         total["elbo"] += terms["elbo"].sum().item()
         total["log_lik"] += terms["log_lik"].sum().item()
         total["kl"] += terms["kl"].sum().item()
         if iw_samples:
-            total["iw"] += iw_bound(model.model, model.guide, batch, iw_samples).sum().item()
+            total["iw"] += iw_bound(program, guide, batch, iw_samples).sum().item()
     model.train(was_training)
     return total
 
@@ -220,7 +224,8 @@ def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_ste
 
 
 def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None, cs=None, x_log_std=None) -> Dict[str, float]:
+             num_particles: int = 1, device=None, cs=None, x_log_std=None,
+             vectorized: bool = False) -> Dict[str, float]:
     """Per-step bounds on a set of sequences, in the data's original units.
 
     ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data);
@@ -229,9 +234,10 @@ def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64,
     Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
     ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
     when ``iw_samples`` > 0. ``cs``: per-sequence conditions (N, c_dim) of a conditional model.
+    ``vectorized``: score the time-vectorized programs (the same bound and draws).
     """
     total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device, cs=cs,
-                          log_det_per_step=log_det_per_step, x_log_std=x_log_std)
+                          log_det_per_step=log_det_per_step, x_log_std=x_log_std, vectorized=vectorized)
     return bounds_per_step(total, len(xs), log_det_per_step, iw_samples)
 
 

@@ -1,0 +1,59 @@
+"""The quality-per-second benchmark runs end to end (``--quick``): both arms train to their CPU budget,
+and every figure it writes is a real, finite number."""
+
+import json
+import math
+import os
+import pickle
+import random
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tiny_pickle(path):
+    """A Nottingham-shaped polyphonic pickle: train/valid/test lists of sequences of note tuples."""
+    rng = random.Random(0)
+
+    def seq(n):
+        return [tuple(sorted(rng.sample(range(40, 80), rng.randint(0, 4)))) for _ in range(n)]
+
+    sizes = [("train", 24), ("valid", 8), ("test", 8)]
+    data = {split: [seq(rng.randint(8, 24)) for _ in range(k)] for split, k in sizes}
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=2)
+
+
+def test_bench_quality_quick(tmp_path):
+    data, out = tmp_path / "tiny.pickle", tmp_path / "quality.json"
+    _tiny_pickle(data)
+    budget = 0.5
+    # enough epochs that the CPU budget, not the epoch limit, ends arm (A) on a fast machine
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_quality.py"), "--quick",
+                           "--data", str(data), "--budget", str(budget), "--flags", "--epochs 100000 --patience 0",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr
+    assert "A/B test -ELBO per step" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["budget_cpu_seconds"] == budget and report["machine"]["torch_threads"] == 1
+    for key in ("A", "B"):
+        arm = report["arms"][key]
+        assert arm["stopped_by"] == "budget" and arm["updates"] > 0
+        # the budget was used and respected: training stops within one update (and one collation) of it
+        assert budget <= arm["train_cpu_seconds"] <= budget + arm["max_update_cpu_seconds"] + 0.25, arm
+        assert arm["curve"] and all(math.isfinite(p["valid_neg_elbo_per_step"]) for p in arm["curve"])
+        assert all(p["cpu_seconds"] <= arm["train_cpu_seconds"] + 1e-9 for p in arm["curve"])
+        for split in ("test_best", "test_final", "valid_final"):
+            b = arm[split]
+            assert b["num_sequences"] == 8 and b["num_steps"] > 0
+            assert 0 < b["neg_elbo_per_step"] < 200  # Bernoulli piano rolls: a positive bound
+        # the IW bound (of the best parameters) is at most their ELBO, up to sampling
+        iw = arm["test_best"]["nll_iw_per_step"]
+        assert math.isfinite(iw) and iw <= arm["test_best"]["neg_elbo_per_step"] + 0.5
+    a, b = report["arms"]["A"], report["arms"]["B"]
+    assert a["model_config"]["z_dim"] != b["model_config"]["z_dim"] == 100  # (B) is Pyro's example, (A) is not
+    assert a["train_config"]["vectorized"] and a["train_config"]["bucket"]
+    expected = a["test_best"]["neg_elbo_per_step"] / b["test_best"]["neg_elbo_per_step"]
+    assert math.isclose(report["ratio_test_neg_elbo_best"], expected) and report["goal"] == 0.65
