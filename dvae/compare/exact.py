@@ -24,12 +24,16 @@ import torch
 
 from dvae.compare import Context, Section, markdown_table
 from dvae.compare import _bounds as B
+from dvae.infer.trainer import TrainConfig
+from dvae.models import ModelConfig
+
+_MC, _TC = ModelConfig(), TrainConfig()  # the defaults the prose names
 
 FAMILIES = ("dmm", "vrnn", "vrae")
 LGSSM_TRAIN = {"lgssm": {"lr": 0.03, "batch_size": 64}}
 """The LGSSM's maximum-likelihood fit takes larger steps than the defaults (``dvae train --model lgssm
 --lr 0.03 --batch-size 64``): its per-step Kalman program reaches only a few epochs in the time limit,
-and with the defaults (lr 3e-3, batch 16) it stops far from the optimum."""
+and with the defaults (at the time of writing lr 1e-2, batch 16) it stops far from the optimum."""
 
 
 def sizes(quick: bool) -> dict:
@@ -151,8 +155,8 @@ observation, 1-D control; `envs/linear_gaussian.py`) under uniform random contro
 loaders' 80/10/10 split. Every row is on the same {res['num_test_sequences']} held-out sequences
 ({res['num_test_steps']} observed steps): a log-likelihood (or a bound on it) per observed step, in nats, in the data's
 units (the standardisation's log-Jacobian {res['log_det_per_step']:.3f} nats per step removed); higher is better.
-The models use the project's default sizes (z_dim 16, RNN and hidden widths 64) and training settings
-(`TrainConfig` defaults: Adam 3e-3, batch 16, KL warm-up over 5 epochs, patience 20; the LGSSM's maximum-likelihood
+The models use the project's default sizes (z_dim {_MC.z_dim}, RNN width {_MC.rnn_dim}, hidden widths {_MC.transition_dim}) and training settings
+(`TrainConfig` defaults: Adam {_TC.lr:g}, batch {_TC.batch_size}, KL warm-up over {_TC.anneal_epochs:g} epochs, patience {_TC.patience}; the LGSSM's maximum-likelihood
 fit with lr {S['train']['lgssm']['lr']} and batch {S['train']['lgssm']['batch_size']}, as with the defaults its
 Kalman program stops far from the optimum in the time), each trained for at most the stated seconds (time limits {', '.join(f'{k} {v:.0f} s' for k, v in S['time_limit'].items())}), keeping the best
 validation epoch. Each estimate is one Monte Carlo draw over the whole test set (the ELBO with one path per sequence

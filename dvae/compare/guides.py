@@ -27,6 +27,7 @@ from typing import Dict, List
 import numpy as np
 
 from dvae.compare import Context, Section, markdown_table
+from dvae.infer.trainer import TrainConfig
 
 GUIDES = [  # key, label, what q(z_t | .) reads, dvae train flags
     ("mean_field", "mean-field", "x_{t:T}, u", ["--guide", "mean_field"]),
@@ -201,8 +202,8 @@ def run(ctx: Context) -> Section:
         f"hidden size {sizes['hidden']}, seed {ctx.seed}) fitted with each guide by `dvae train` for "
         f"{sizes['seconds']:.0f} s on one thread (`--time-limit`, wall-clock, which also pays for each "
         "epoch's validation pass and latent diagnostics, so the updates' own time, `train s`, is less; "
-        "time-vectorized program, Adam, batch "
-        f"{sizes['batch_size']}, KL warm-up over 5 epochs, no early stopping), then scored by "
+        f"time-vectorized program, Adam with the default learning rate {TrainConfig().lr:g}, batch "
+        f"{sizes['batch_size']}, KL warm-up over {TrainConfig().anneal_epochs:g} epochs, no early stopping), then scored by "
         f"`dvae eval --split test --iw-samples {sizes['iw']}` on the same {n_test} held-out sequences. Data: "
         f"{sizes['episodes']} episodes of {sizes['steps'] + 1} observations of `{ENV}` under an "
         "Ornstein-Uhlenbeck control (`dvae collect --policy ou`), split 80/10/10. The reference row is the "
