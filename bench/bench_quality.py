@@ -58,9 +58,7 @@ import torch  # noqa: E402
 
 from bench.bench_training import machine_info  # noqa: E402
 
-DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "polyphonic", "Nottingham.pickle")
-if not os.path.exists(DEFAULT_DATA):
-    DEFAULT_DATA = "/work/shared/data/polyphonic/Nottingham.pickle"
+DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "polyphonic", "Nottingham.pickle")  # ../shared
 GOAL = 0.65
 
 # Pyro's DMM example, examples/dmm.py (argument defaults and the DMM's constructor defaults)
