@@ -18,7 +18,7 @@ def _numbers(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-@pytest.mark.slow  # ~20 s: four models trained for 2 s each, then IW bounds to K = 1000 and filters
+# the sections' smoke test (~15 s on a quiet 2-core machine): four models trained for 2 s each, IW to K = 1000, filters
 def test_quick_exact_and_nonlinear_sections(tmp_path, capsys):
     out = tmp_path / "c.md"
     assert main(["compare", "--sections", "exact,nonlinear", "--quick", "--threads", "1", "--out", str(out),

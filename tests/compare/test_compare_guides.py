@@ -9,7 +9,7 @@ from dvae.cli import main
 from dvae.compare.guides import GUIDES
 
 
-@pytest.mark.slow  # about 20 s: six short trainings
+# the section's smoke test (about 8 s on a quiet 2-core machine): six short trainings
 def test_the_guides_section_runs_quick(tmp_path):
     assert main(["compare", "--sections", "guides", "--quick", "--threads", "1", "--out", str(tmp_path / "c.md"),
                  "--work-dir", str(tmp_path / "w")]) == 0
