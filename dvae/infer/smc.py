@@ -165,10 +165,15 @@ def dmm_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_thr
         d = observation_dist(model.emitter(_flat(z)), model.config.likelihood, om)
         return d.log_prob(x).reshape(B, P)
 
+    return _filter_in_eval_mode(model, initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
+
+
+def _filter_in_eval_mode(model, *args):
+    """:func:`particle_filter` with ``model`` in eval mode (no dropout), its mode restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
+        return particle_filter(*args)
     finally:
         model.train(was_training)
 
@@ -207,12 +212,7 @@ def vrnn_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_th
         params = model.emitter(torch.cat([model.phi_z(z), Recurrence.output(rec)], -1))
         return observation_dist(params, model.config.likelihood, om).log_prob(x).reshape(B, P)
 
-    was_training = model.training
-    model.eval()
-    try:
-        return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
-    finally:
-        model.train(was_training)
+    return _filter_in_eval_mode(model, initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
 
 
 def lgssm_particle_filter(params: Sequence, batch: SequenceBatch, num_particles: int, ess_threshold: float = 0.5,
