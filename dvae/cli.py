@@ -341,6 +341,12 @@ def cmd_train(a) -> dict:
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
         config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
         config.model, config.train = train_configs(a, data)
+        problem = config.problem()  # the checks a reloaded config.json gets, before anything is written
+        if problem:
+            key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
+            if rest and key.startswith(("train.", "model.")):
+                problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
+            raise ValueError(problem)
         if parallel is None or parallel.is_main:
             os.makedirs(run_dir, exist_ok=True)
             write_config(run_dir, config)
@@ -761,6 +767,8 @@ def cmd_compare(a, argv=None) -> dict:
     from dvae.infer.trainer import resolve_device
 
     out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
+    if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it
+        raise ValueError(f"{out}: --out must name a markdown file (*.md), not a folder")
     sections = list(SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
     if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
         raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")

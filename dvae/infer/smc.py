@@ -90,7 +90,7 @@ def particle_filter(initial: Callable[[int], State], transition: Callable[[int, 
     of s_t given s_{t-1} (t >= 1; the callable knows u_{t-1}); ``log_emission(t, state)``: log p(x_t |
     s_t) (B, P). ``mask`` (B, T) bool: real steps (padded steps contribute nothing). ``ess_threshold``:
     resample where ESS < ess_threshold * P (systematic resampling). With ``return_ess``, also the ESS
-    before resampling at every step (B, T) (P on padded steps).
+    before resampling at every step (B, T) (P on padded steps: they change no weight).
     """
     if num_particles < 1:
         raise ValueError(f"the particle filter needs at least 1 particle, got {num_particles}")
@@ -118,10 +118,10 @@ def particle_filter(initial: Callable[[int], State], transition: Callable[[int, 
         log_z = log_z + torch.where(m, step, step.new_zeros(()))
         log_w = joint - step[:, None]  # normalised
         ess = 1.0 / log_w.exp().pow(2).sum(-1)  # (B,)
-        ess_steps.append(ess)
+        ess_steps.append(torch.where(m, ess, ess.new_full((), float(P))))
         if t < T - 1:
             redo = m & (ess < ess_threshold * P)  # (B,)
-            if bool(redo.any()):
+            if bool(redo.any()):  # one device read per step (a CUDA sync); left: the eval path, not training
                 idx = torch.where(redo[:, None], systematic_resample(log_w), arange)  # (B, P)
                 state = _gather(state, idx)
                 log_w = torch.where(redo[:, None], log_w.new_full((), -math.log(P)), log_w)

@@ -334,13 +334,17 @@ class Trainer:
     def _take_snapshot(self) -> None:
         self._snapshot = (copy.deepcopy(self.model.state_dict()), self._optim_state())
 
-    def _set_lr_scale(self, scale: float) -> None:
+    def _set_lr_scale(self, scale: float, relative: bool = False) -> None:
+        """Set the learning rate to ``config.lr * scale``. ``relative``: multiply the live optimisers'
+        rates by the change of scale instead of overwriting them, which keeps ClippedAdam's per-update
+        decay (``--lr-decay``) already applied to them."""
+        change = scale / self.state["lr_scale"]
         self.state["lr_scale"] = scale
         lr = self.config.lr * scale
         self.optim.pt_optim_args["lr"] = lr  # optimisers created later
         for opt in self.optim.optim_objs.values():
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["lr"] * change if relative else lr
 
     def _recover(self) -> None:
         self.state["faults"] += 1
@@ -356,7 +360,7 @@ class Trainer:
                 name = store.param_name(p)
                 if name in optim_state:
                     opt.load_state_dict(copy.deepcopy(optim_state[name]))
-        self._set_lr_scale(self.state["lr_scale"] * self.fault_lr_factor)
+        self._set_lr_scale(self.state["lr_scale"] * self.fault_lr_factor, relative=True)  # the restored rates, lowered
 
     # --- the loop -----------------------------------------------------------------------------------
     def train_epoch(self, deadline: Optional[float] = None) -> Optional[Dict[str, float]]:

@@ -67,6 +67,9 @@ def test_unknown_section_and_corrupt_results_are_one_line_errors(tmp_path, fake_
     assert main(["compare", "--sections", "three", "--out", str(doc)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown section(s) three" in err[0]
+    assert main(["compare", "--sections", "none", "--out", str(tmp_path / "cmp")]) == 2  # results and doc would clash
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out must name a markdown file" in err[0]
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "one.json").write_text("{not json")
     assert main(["compare", "--sections", "two", "--out", str(doc)]) == 2

@@ -145,6 +145,12 @@ CASES = [
      r"checkpoint.pt: not a loadable checkpoint"),
     ("checkpoint that would run code", _run_with_checkpoint("evil", lambda d: _Evil(d / "pwned-ckpt")), ["eval", "{path}"],
      r"checkpoint.pt: not a loadable checkpoint"),
+    ("negative learning rate", lambda d: "pendulum", ["train", "--data", "{path}", "--lr", "-1"],
+     r"--lr = -1.0: expected a positive number"),
+    ("learning-rate decay of 0", lambda d: "pendulum", ["train", "--data", "{path}", "--optimizer", "clipped_adam",
+                                                        "--lr-decay", "0"], r"--lr-decay = 0.0: expected in \(0, 1\]"),
+    ("learning-rate decay without clipped_adam", lambda d: "pendulum", ["train", "--data", "{path}", "--lr-decay", "0.99"],
+     r"--lr-decay = 0.99: expected 1 unless the optimizer is clipped_adam"),
     ("pickle that would run code", _pickle("evil.pickle", {"train": [_Evil("/tmp/dvae-pwned-data")], "valid": [], "test": []}),
      ["train", "--data", "{path}"], r"evil.pickle: .*refusing to load posix.system"),
 ]

@@ -64,6 +64,17 @@ def test_a_nonfinite_update_is_skipped_restored_and_the_lr_lowered():
     assert np.isfinite(rows[-1]["valid_neg_elbo_per_step"])
 
 
+def test_a_skipped_update_keeps_clipped_adams_decay_and_halves_the_rate():
+    decay = 0.9
+    t = _trainer(epochs=1, optimizer="clipped_adam", lr_decay=decay)
+    _poison(t, {3})  # 3 updates: the first two decay the rate twice, the last is skipped (no decay) and recovered
+    t.fit(progress=False)
+    assert t.state["faults"] == 1
+    lrs = [g["lr"] for opt in t.optim.optim_objs.values() for g in opt.param_groups]
+    # the decayed rate, halved (before the fix: reset to config.lr * 0.5, undoing the decay)
+    assert lrs and lrs == pytest.approx([0.5 * t.config.lr * decay ** 2] * len(lrs))
+
+
 def test_persistent_faults_stop_with_a_clear_error_after_bounded_retries():
     t = _trainer()
     _poison(t, {"always"})
