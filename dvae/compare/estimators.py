@@ -116,6 +116,8 @@ def _race(model0_state, guide, s, data, device, seed) -> list:
                         p.grad /= n
                 torch.nn.utils.clip_grad_norm_(params, 10.0)
                 opt.step()
+                if params[0].is_cuda:
+                    torch.cuda.synchronize()  # the clock stops when the update has run (on CUDA, asynchronously)
                 spent += time.perf_counter() - t0
                 updates += 1
                 if spent >= marks[0]:

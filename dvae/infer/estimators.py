@@ -168,10 +168,12 @@ def measure_estimator(dvae_model, batch: SequenceBatch, name: str, particles: in
         for p in params:
             p.grad = None
         t0 = time.perf_counter()
-        loss = elbo.loss_and_grads(model, guide, batch)
+        loss = float(elbo.loss_and_grads(model, guide, batch))  # read inside the clock: the same sync for every estimator
+        if params[0].is_cuda:
+            torch.cuda.synchronize()  # the backward's kernels too
         seconds = time.perf_counter() - t0
         g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])  # (P,)
-        return -float(loss) / num_steps, -g.detach().double() / num_steps, seconds
+        return -loss / num_steps, -g.detach().double() / num_steps, seconds
 
     for _ in range(warmup):
         one_draw()
