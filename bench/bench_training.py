@@ -19,9 +19,14 @@ random draws (their first-batch losses agree, which the table reports):
          by length, cut into batches, the batches in a shuffled order: ``dvae.infer.trainer.batch_indices``
          with ``by_length=True``), where (a0), (a), (b) and (c) take the same random batches (Pyro's
          example); over the same sequences per epoch, so the same real steps, fewer padded ones
+    (r)  the recurrent loops alone, forward and backward, on the batches of (a): the guide's path (and
+         the VRAE's decoder RNN), the part of an update that has to run step by step whatever the
+         program's form, with no other term and no optimizer step (``recurrent_loops``). (r)/(a) is a
+         floor under (b)/(a): no rewrite of the program around these loops can go below it
 
 Two kinds of ratio: on the same batches, (b)/(a), (b)/(a0), (b)/(c); as users run them, (b')/(a) and
 (b')/(a0) (the vectorized program on bucketed batches against the per-step one on random batches).
+Beside them the floor (r)/(a) and (r)/(b), the share of (b) spent in the loops.
 The padded steps (batch size x longest length, summed over an epoch's batches) of both batchings are
 reported beside the real steps.
 
@@ -84,6 +89,7 @@ VARIANTS = {
     "vectorized": "(b) vectorized, DynamicalELBO",
     "torch": "(c) plain PyTorch",
     "vectorized_bucketed": "(b') vectorized, length-bucketed batches",
+    "loops": "(r) the recurrent loops alone (a floor)",
 }
 SAME_BATCHES = ["per_step_tmf", "per_step", "vectorized", "torch"]  # the variants fed identical batches
 X_DIM = 88
@@ -120,9 +126,33 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
+def recurrent_loops(model, batch) -> torch.Tensor:
+    """What every form of the model's ELBO must run step by step, and nothing else: the guide's path
+    (the DMM's backward RNN and combiner chain, the VRNN's filter; the VRAE's encoder RNN and its
+    q(z | x)) and, for the VRAE, the decoder RNN from the drawn z. A sum of its outputs, to backpropagate
+    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``_VRNNFilterScan``) as (a), (b) and (c)."""
+    if model.name == "vrae":
+        loc, scale = model.posterior_params(batch)  # (B, z_dim): the encoder RNN's loop
+        z = loc + torch.randn_like(loc) * scale
+        s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim): the decoder's
+        return loc.sum() + scale.sum() + s.sum()
+    loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
+    return loc.sum() + scale.sum() + z.sum()
+
+
 def _make_step(variant: str, model, lr: float):
     from dvae.infer import DynamicalELBO
     from dvae.infer.direct import direct_loss
+
+    if variant == "loops":  # forward and backward of the loops only: no other term, no optimizer step
+
+        def step(batch):
+            loss = recurrent_loops(model, batch)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            return loss.item()
+
+        return step
 
     if variant == "torch":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -338,7 +368,8 @@ def summarise(results: dict) -> dict:
                          "b_over_c": ratio("vectorized", "torch"),
                          "b_bucketed_over_a": ratio("vectorized_bucketed", "per_step"),
                          "b_bucketed_over_a0": ratio("vectorized_bucketed", "per_step_tmf"),
-                         "b_bucketed_over_b": ratio("vectorized_bucketed", "vectorized")}
+                         "b_bucketed_over_b": ratio("vectorized_bucketed", "vectorized"),
+                         "r_over_a": ratio("loops", "per_step"), "r_over_b": ratio("loops", "vectorized")}
         summary[fam] = row
     return summary
 
@@ -357,7 +388,8 @@ def print_table(summary: dict, batches: int, cuda: bool, steps: dict = None) -> 
         q = row["ratios"]
         print(f"{fam:6} ratios: (b)/(a) {q['b_over_a']:.3f}   (b)/(a0) {q['b_over_a0']:.3f}   "
               f"(b)/(c) {q['b_over_c']:.3f} [same batches]   (b')/(a) {q['b_bucketed_over_a']:.3f}   "
-              f"(b')/(a0) {q['b_bucketed_over_a0']:.3f} [(b') bucketed, (a) random]   first-batch loss agrees "
+              f"(b')/(a0) {q['b_bucketed_over_a0']:.3f} [(b') bucketed, (a) random]   floor (r)/(a) {q['r_over_a']:.3f}   "
+              f"(r)/(b) {q['r_over_b']:.3f}   first-batch loss agrees "
               f"across (a0)-(c) to {row['first_batch_loss_max_rel_diff']:.1e} (relative)")
     if steps:
         print("steps per epoch: " + "   ".join(f"{k} batches {v['real_steps']} real, {v['padded_steps']} padded"

@@ -24,7 +24,8 @@ def test_bench_training_quick(tmp_path):
         # same weights and the same draws: the first update scores the same -ELBO in every variant
         assert row["first_batch_loss_max_rel_diff"] < 1e-4, (fam, row["first_batch_loss"])
         assert row["vectorized_bucketed"]["epoch_seconds_median"] > 0
-        assert {"b_bucketed_over_a", "b_bucketed_over_a0", "b_over_a", "b_over_c"} <= set(row["ratios"])
+        assert {"b_bucketed_over_a", "b_bucketed_over_a0", "b_over_a", "b_over_c", "r_over_a", "r_over_b"} <= set(row["ratios"])
+        assert row["loops"]["epoch_seconds_median"] > 0 and row["loops"]["saved_mb"] > 0
     # (b') takes length-bucketed batches of the same sequences: the same real steps, no more padding
     steps = report["epoch_steps"]
     assert steps["random"]["real_steps"] == steps["bucketed"]["real_steps"] > 0
