@@ -399,6 +399,35 @@ def print_table(summary: dict, batches: int, cuda: bool, steps: dict = None) -> 
           "worker's peak resident set over the run; saved MB: tensors autograd keeps for one backward pass")
 
 
+RATIO_COLUMNS = [("b_over_a", "(b)/(a)", "same batching"), ("b_over_a0", "(b)/(a0)", "same batching"),
+                 ("b_over_c", "(b)/(c)", "same batching"), ("b_bucketed_over_a", "(b')/(a)", "bucketed vs random"),
+                 ("b_bucketed_over_b", "(b')/(b)", "bucketed vs random"), ("r_over_a", "(r)/(a)", "floor"),
+                 ("r_over_b", "(r)/(b)", "loops' share of (b)")]
+
+
+def markdown(report: dict) -> str:
+    """The two tables of docs/performance.md (times and memory; ratios) from a results file."""
+    summary, batches = report["summary"], report["config"]["batches"]
+    cuda = report["machine"]["device"] == "cuda"
+    mem = "peak CUDA (MB)" if cuda else "peak RSS growth (MB)"
+    lines = [f"| model | variant | s / epoch ({batches} batches) | ms / batch | {mem} | saved for backward (MB) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for fam, row in summary.items():
+        for v, label in report["variants"].items():
+            if v not in row:
+                continue
+            r = row[v]
+            m = r["peak_cuda_mb"] if cuda else r["peak_rss_delta_mb"]
+            lines.append(f"| {fam.upper()} | {label} | {r['epoch_seconds_median']:.2f} | "
+                         f"{1000 * r['epoch_seconds_median'] / batches:.0f} | {m:.0f} | {r['saved_mb']:.1f} |")
+    cols = [c for c in RATIO_COLUMNS if all(c[0] in row["ratios"] for row in summary.values())]
+    lines += ["", "| model | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols),
+              "| | " + " | ".join(c[2] for c in cols) + " |"]
+    for fam, row in summary.items():
+        lines.append(f"| {fam.upper()} | " + " | ".join(f"{row['ratios'][c[0]]:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke test")
@@ -417,7 +446,13 @@ def main(argv=None) -> int:
                         "slows down by up to 2x at random points of training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON output (default bench/results/training.json; quick: training-quick.json)")
+    p.add_argument("--markdown-from", metavar="JSON", help="only print the tables of docs/performance.md from a "
+                   "results file this script wrote (no timing)")
     a = p.parse_args(argv)
+    if a.markdown_from:
+        with open(a.markdown_from) as f:
+            print(markdown(json.load(f)))
+        return 0
 
     config = dict(QUICK if a.quick else FULL)
     for key in ("batches", "warmup", "rounds"):

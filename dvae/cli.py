@@ -23,7 +23,7 @@ def _add_common(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvae.infer.trainer import TrainConfig
+    from dvae.infer.trainer import DEFAULT_LR, TrainConfig
     from dvae.models import ModelConfig
     from dvae.run import DataConfig
 
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
-    p.add_argument("--lr", type=float, default=tc.lr)
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+                   + ")")
     p.add_argument("--z-dim", type=int, default=mc.z_dim)
     p.add_argument("--rnn-dim", type=int, default=mc.rnn_dim)
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
@@ -269,7 +271,7 @@ def _prepare(data, normalizer, split, c_dim: int = 0):
 def train_configs(a, data):
     """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
     ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig
+    from dvae.infer.trainer import TrainConfig, default_lr
     from dvae.models import ModelConfig
 
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
@@ -282,7 +284,7 @@ def train_configs(a, data):
                         # frames: the conv DMM (other families read frames as vectors)
                         frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
     train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
-                        lr=a.lr, optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
+                        lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
                         anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
                         collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
                         seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)

@@ -33,7 +33,7 @@ def fit(family: str, data, norm: Normalizer, time_limit: float, seed: int, devic
     """Train ``family`` with the project's default model and training settings (``train``: TrainConfig
     fields to override) for at most ``time_limit`` seconds (or ``epochs``, or until early stopping),
     keeping the best validation parameters. Returns (model, info) with ``train_seconds``, ``epochs``,
-    ``best_epoch``."""
+    ``best_epoch`` and ``lr`` (the learning rate used: the family's default unless ``train`` sets it)."""
     pyro.set_rng_seed(seed)
     model = build_model(ModelConfig(family, x_dim=data.x_dim, u_dim=data.u_dim)).to(device)
     trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=time_limit, seed=seed, device=device, **train),
@@ -50,7 +50,7 @@ def fit(family: str, data, norm: Normalizer, time_limit: float, seed: int, devic
         model.load_state_dict(trainer.best_model)
     model.eval()
     return model, {"train_seconds": round(wall, 1), "epochs": trainer.state["epoch"],
-                   "best_epoch": trainer.state["best_epoch"]}
+                   "best_epoch": trainer.state["best_epoch"], "lr": trainer.config.lr}
 
 
 @torch.no_grad()

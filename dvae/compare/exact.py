@@ -114,6 +114,15 @@ def run(ctx: Context) -> Section:
                    _markdown(res, figure), res)
 
 
+def _lr_note(res: dict) -> str:
+    """The learning rate each neural model trained with: as its results record it (``fit``'s ``lr``), or
+    for results written before they did, the one default of that time (1e-2 for every family)."""
+    lrs = {f: res["models"][f].get("lr", 1e-2) for f in FAMILIES}
+    if len(set(lrs.values())) == 1:
+        return f"learning rate {next(iter(lrs.values())):g}"
+    return "learning rates " + ", ".join(f"{f.upper()} {v:g}" for f, v in lrs.items())
+
+
 def _markdown(res: dict, figure: str) -> str:
     S, M = res["sizes"], res["models"]
     ks, pt = S["ks"], S["particles_true"]
@@ -156,7 +165,7 @@ loaders' 80/10/10 split. Every row is on the same {res['num_test_sequences']} he
 ({res['num_test_steps']} observed steps): a log-likelihood (or a bound on it) per observed step, in nats, in the data's
 units (the standardisation's log-Jacobian {res['log_det_per_step']:.3f} nats per step removed); higher is better.
 The models use the project's default sizes (z_dim {_MC.z_dim}, RNN width {_MC.rnn_dim}, hidden widths {_MC.transition_dim}) and training settings
-(`TrainConfig` defaults: Adam {_TC.lr:g}, batch {_TC.batch_size}, KL warm-up over {_TC.anneal_epochs:g} epochs, patience {_TC.patience}; the LGSSM's maximum-likelihood
+(`TrainConfig` defaults: Adam at {_lr_note(res)}, batch {_TC.batch_size}, KL warm-up over {_TC.anneal_epochs:g} epochs, patience {_TC.patience}; the LGSSM's maximum-likelihood
 fit with lr {S['train']['lgssm']['lr']} and batch {S['train']['lgssm']['batch_size']}, as with the defaults its
 Kalman program stops far from the optimum in the time), each trained for at most the stated seconds (time limits {', '.join(f'{k} {v:.0f} s' for k, v in S['time_limit'].items())}), keeping the best
 validation epoch. Each estimate is one Monte Carlo draw over the whole test set (the ELBO with one path per sequence

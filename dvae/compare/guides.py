@@ -27,7 +27,7 @@ from typing import Dict, List
 import numpy as np
 
 from dvae.compare import Context, Section, markdown_table
-from dvae.infer.trainer import TrainConfig
+from dvae.infer.trainer import TrainConfig, default_lr
 
 GUIDES = [  # key, label, what q(z_t | .) reads, dvae train flags
     ("mean_field", "mean-field", "x_{t:T}, u", ["--guide", "mean_field"]),
@@ -202,7 +202,7 @@ def run(ctx: Context) -> Section:
         f"hidden size {sizes['hidden']}, seed {ctx.seed}) fitted with each guide by `dvae train` for "
         f"{sizes['seconds']:.0f} s on one thread (`--time-limit`, wall-clock, which also pays for each "
         "epoch's validation pass and latent diagnostics, so the updates' own time, `train s`, is less; "
-        f"time-vectorized program, Adam with the default learning rate {TrainConfig().lr:g}, batch "
+        f"time-vectorized program, Adam with the DMM's default learning rate {default_lr('dmm'):g}, batch "
         f"{sizes['batch_size']}, KL warm-up over {TrainConfig().anneal_epochs:g} epochs, no early stopping), then scored by "
         f"`dvae eval --split test --iw-samples {sizes['iw']}` on the same {n_test} held-out sequences. Data: "
         f"{sizes['episodes']} episodes of {sizes['steps'] + 1} observations of `{ENV}` under an "

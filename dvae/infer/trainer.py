@@ -16,6 +16,7 @@ Each epoch's metrics row holds the two terms of the objective apart (``train_rec
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -35,6 +36,20 @@ from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, la
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
 
+DEFAULT_LR = {"dmm": 1e-2, "vrnn": 1e-2, "vrae": 1e-2, "lgssm": 1e-2, "vae": 1e-2}
+"""Adam's learning rate per model family when ``TrainConfig.lr`` is None (chosen for time to quality:
+docs/performance.md, "Tuning the defaults")."""
+
+
+OTHER_LR = 1e-2
+"""The default learning rate of any other model (a user's own ``DynamicalVAE`` subclass)."""
+
+
+def default_lr(family: str) -> float:
+    """The default learning rate of a model family (``DEFAULT_LR``; ``OTHER_LR`` for other names)."""
+    return DEFAULT_LR.get(family, OTHER_LR)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (saved in config.json)."""
@@ -45,9 +60,10 @@ class TrainConfig:
     """Stop after this many seconds of training (checked between updates); None: no limit."""
     batch_size: int = 16
     """Sequences per update."""
-    lr: float = 1e-2
-    """Learning rate (chosen for time to quality on Nottingham and Pendulum: docs/performance.md,
-    "Quality per second")."""
+    lr: Optional[float] = None
+    """Learning rate; None: the model family's default, ``default_lr(family)`` (``DEFAULT_LR``, chosen
+    for time to quality: docs/performance.md, "Tuning the defaults"). ``Trainer`` keeps the number it
+    used in its ``config``."""
     optimizer: str = "adam"
     """adam or clipped_adam (Pyro's ClippedAdam, with lr decay ``lr_decay`` per update)."""
     lr_decay: float = 1.0
@@ -268,6 +284,8 @@ class Trainer:
 
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
                  device=None, x_log_std=None):
+        if config.lr is None:  # the family's default, recorded in the trainer's config
+            config = dataclasses.replace(config, lr=default_lr(model.name))
         self.model, self.config = model, config
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.

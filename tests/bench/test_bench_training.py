@@ -31,3 +31,8 @@ def test_bench_training_quick(tmp_path):
     assert steps["random"]["real_steps"] == steps["bucketed"]["real_steps"] > 0
     assert steps["bucketed"]["padded_steps"] <= steps["random"]["padded_steps"]
     assert report["machine"]["torch_threads"] == 1 and report["config"]["batches"] == 3
+    # the tables of docs/performance.md come from the same file
+    md = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_training.py"), "--markdown-from", str(out)],
+                        capture_output=True, text=True, timeout=60)
+    assert md.returncode == 0, md.stderr
+    assert "| VRAE | (r) the recurrent loops alone (a floor) |" in md.stdout and "| (r)/(a) |" in md.stdout
