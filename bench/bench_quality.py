@@ -143,13 +143,20 @@ def _final_eval(result: dict, model, best_state, data, normalizer, spec: dict) -
     result["eval_wall_seconds"] = time.perf_counter() - t0
 
 
+def train_argv(spec: dict) -> list:
+    """The train verb's arguments of arm (A): the benchmark's ``--seed`` is the run's ``--seed`` (as
+    ``dvae train --seed``: training and, for a built-in source, the data collection) unless the flags
+    give one (the last one wins)."""
+    return ["train", "--data", spec["data"], "--seed", str(spec["seed"]), *shlex.split(spec.get("flags", ""))]
+
+
 def run_defaults(spec: dict) -> dict:
     """Arm (A): ``dvae train --data PATH [flags]`` under a CPU budget, through ``Trainer.fit``."""
     from dvae.cli import _prepare, build_parser, train_configs
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 
-    args = build_parser().parse_args(["train", "--data", spec["data"], *shlex.split(spec.get("flags", ""))])
+    args = build_parser().parse_args(train_argv(spec))
     data, normalizer = _load(spec["data"], args)
     model_config, train_config = train_configs(args, data)
     pyro.set_rng_seed(train_config.seed)
@@ -349,6 +356,29 @@ def sweep_table(results: list) -> str:
     return "\n".join(lines)
 
 
+def grid_table(reports: list) -> str:
+    """Sweeps of ``--model M [--lr R]`` variants as one grid: a row per (model, learning rate), a column
+    per (data, seed), the best-on-validation -ELBO per step (as ``dvae train`` keeps it)."""
+    from dvae.cli import build_parser
+    from dvae.infer.trainer import default_lr
+
+    cells, columns = {}, []
+    for rep in reports:
+        col = f"{os.path.splitext(os.path.basename(rep['data']))[0]}, seed {rep['seed']}"
+        if col not in columns:
+            columns.append(col)
+        for r in rep["results"]:
+            a = build_parser().parse_args(train_argv({"data": rep["data"], "seed": rep["seed"], "flags": r["flags"]}))
+            lr = a.lr if a.lr is not None else default_lr(a.model)
+            cells[(a.model, lr, col)] = r["best_valid_neg_elbo_per_step"]
+    rows = sorted({(m, lr) for m, lr, _ in cells}, key=lambda k: (k[0], k[1]))
+    lines = ["| model | lr | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for m, lr in rows:
+        vals = [_fmt(cells[(m, lr, c)]) if (m, lr, c) in cells else "" for c in columns]
+        lines.append(f"| {m.upper()} | {lr:g}{' (default)' if lr == default_lr(m) else ''} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(arms: dict, path: str, title: str) -> None:
     import matplotlib
 
@@ -382,7 +412,8 @@ def main(argv=None) -> int:
                     "CPU seconds (default budget / 5)")
     ap.add_argument("--iw-samples", type=int, default=None, help="K of the test IW bound (default 4; --quick 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per arm")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="arm (A): `dvae train --seed` (unless --flags or a --variant "
+                    "gives one); arm (B): its training seed; both: the evaluation draws")
     ap.add_argument("--quick", action="store_true", help="a 2-CPU-second budget: a smoke test")
     ap.add_argument("--sweep", action="store_true", help="arm (A) only, under each --variant (or the built-in list)")
     ap.add_argument("--variant", action="append", default=None, help="--sweep: train-verb flags, e.g. '--lr 1e-2'")
@@ -394,7 +425,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot-from", metavar="JSON", default=None,
                     help="only draw --figure from a results file this script wrote (no training)")
+    ap.add_argument("--grid-from", metavar="JSON", nargs="+", default=None,
+                    help="only print the sweeps of these results files as one grid of (model, lr) by (data, seed)")
     a = ap.parse_args(argv)
+    if a.grid_from:
+        reports = []
+        for path in a.grid_from:
+            with open(path) as f:
+                reports.append(json.load(f))
+        print(grid_table(reports))
+        return 0
     if a.plot_from:
         with open(a.plot_from) as f:
             r = json.load(f)

@@ -57,3 +57,28 @@ def test_bench_quality_quick(tmp_path):
     assert a["train_config"]["vectorized"] and a["train_config"]["bucket"]
     expected = a["test_best"]["neg_elbo_per_step"] / b["test_best"]["neg_elbo_per_step"]
     assert math.isclose(report["ratio_test_neg_elbo_best"], expected) and report["goal"] == 0.65
+
+
+def test_the_benchmark_seed_is_the_runs_seed_unless_the_flags_give_one():
+    sys.path.insert(0, ROOT)
+    from bench.bench_quality import train_argv
+    from dvae.cli import build_parser
+
+    parse = lambda spec: build_parser().parse_args(train_argv(spec))  # noqa: E731
+    assert parse({"data": "pendulum", "seed": 3, "flags": "--model vrae"}).seed == 3
+    assert parse({"data": "pendulum", "seed": 3, "flags": "--seed 5 --lr 1e-3"}).seed == 5
+
+
+def test_the_grid_puts_each_sweep_result_in_its_model_rate_and_data_cell():
+    sys.path.insert(0, ROOT)
+    from bench.bench_quality import grid_table
+    from dvae.infer.trainer import default_lr
+
+    res = lambda flags, v: {"flags": flags, "best_valid_neg_elbo_per_step": v}  # noqa: E731
+    reports = [{"data": "/x/Nott.pickle", "seed": 0, "results": [res("--model vrae --lr 3e-3", 1.5), res("--model vrae", 2.5)]},
+               {"data": "pendulum", "seed": 1, "results": [res("--lr 3e-3", -0.25)]}]
+    lines = grid_table(reports).splitlines()
+    assert lines[0] == "| model | lr | Nott, seed 0 | pendulum, seed 1 |"
+    assert "| DMM | 0.003 |  | -0.250 |" in lines
+    assert "| VRAE | 0.003 | 1.500 |  |" in lines
+    assert f"| VRAE | {default_lr('vrae'):g} (default) | 2.500 |  |" in lines

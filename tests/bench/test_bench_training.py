@@ -36,3 +36,12 @@ def test_bench_training_quick(tmp_path):
                         capture_output=True, text=True, timeout=60)
     assert md.returncode == 0, md.stderr
     assert "| VRAE | (r) the recurrent loops alone (a floor) |" in md.stdout and "| (r)/(a) |" in md.stdout
+
+
+def test_rnn_loop_bench_runs(tmp_path):
+    out = tmp_path / "rnn_loop.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rnn_loop.py"), "--steps", "6", "--hidden", "16",
+                           "--batch", "3", "--repeats", "2", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["T"] == 6 and all(report[k]["seconds"] > 0 for k in ("loop", "small", "large"))
