@@ -18,8 +18,20 @@ import numpy as np
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _add_common(p):
+def _add_common(p, device_and_seed: bool = False):
+    """The flags every verb ends with; ``device_and_seed``: the verbs that read a run get --device and
+    --seed before them."""
+    if device_and_seed:
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def _add_run_and_split(p):
+    """A trained run's directory and the data and split it is applied to."""
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="default: the run's own source")
+    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("eval", help="bounds per time step (and k-step open-loop errors) of a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help="default: the run's own source")
-    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    _add_run_and_split(p)
     p.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted bound")
     p.add_argument("--particles", type=int, default=0,
                    help="also the bootstrap particle filter's estimate with N particles (dmm, vrnn): nll_pf_per_step")
@@ -123,29 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --horizon: write kstep_errors.png and prediction plots with bands into DIR")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
                    help="nan: NaN entries are missing observations (default: as the run was trained)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("score", help="anomaly scores per sequence and per time step, with a threshold")
-    p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help="default: the run's own source")
-    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    _add_run_and_split(p)
     p.add_argument("--iw-samples", type=int, default=0, help="also the K-sample importance-weighted bound")
     p.add_argument("--quantile", type=float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
                    help="nan: NaN entries are missing observations (default: as the run was trained)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("latent", help="latent codes in 2-D (PCA, t-SNE) coloured by a label; interpolation and "
                                       "traversal of VRAE codes, decoded; PNGs")
-    p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help="default: the run's own source")
-    p.add_argument("--split", choices=["train", "valid", "test", "all"], default="test")
+    _add_run_and_split(p)
     p.add_argument("--label", default="auto",
                    help="colour: auto, energy (Pendulum), length, index, or an (N,) array of the .npz (e.g. labels)")
     p.add_argument("--pair", type=int, nargs=2, metavar=("I", "J"), default=None,
@@ -156,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
     p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
     p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("plan", help="model-predictive control in a real env with the learned model")
     p.add_argument("run_dir")
@@ -173,26 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the random and true-simulator baselines")
     p.add_argument("--save-episodes", metavar="FILE.npz", default=None,
                    help="write the planner's real episodes as trajectories (to train on them)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("generate", help="sample sequences from the prior; text runs decode them to tokens")
     p.add_argument("run_dir")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=50, help="time steps per sample (text: at most, cut at <eos>)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("impute", help="fill the missing (NaN) observations of an .npz from the posterior")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="a trajectory .npz whose NaN entries of obs are missing")
     p.add_argument("--out", required=True, help="output .npz: obs filled, obs_mean, obs_lo, obs_hi, missing")
     p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    _add_common(p, device_and_seed=True)
 
     p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
                                        "model families; writes docs/comparisons.md")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pyro
 import pytest
@@ -20,3 +22,12 @@ def make_batch(lengths=(7, 5, 3), x_dim=3, u_dim=2, seed=0):
     xs = [torch.randn(L, x_dim, generator=g) for L in lengths]
     us = [torch.randn(L, u_dim, generator=g) for L in lengths] if u_dim else None
     return collate(xs, us)
+
+
+def run_cli(capsys, *args):
+    """Run the ``dvae`` command line in this process: (exit status, its JSON output or None, stderr)."""
+    from dvae.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err

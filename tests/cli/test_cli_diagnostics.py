@@ -6,16 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from dvae.cli import main
+from tests.conftest import run_cli as run
 
 TINY = ["--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8", "--batch-size", "4",
         "--seed", "0", "--no-progress", "--patience", "0"]
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if code == 0 else None), err
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,12 @@
 """`dvae eval --particles N`: the bootstrap particle filter's estimate beside the bounds."""
 
-import json
-
 import numpy as np
 import pytest
 
-from dvae.cli import main
+from tests.conftest import run_cli as run
 
 TINY = ["--epochs", "2", "--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8",
         "--batch-size", "8", "--seed", "0", "--no-progress"]
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if code == 0 else None), err
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from dvae.cli import main
+from tests.conftest import run_cli as run
 from dvae.data.toy_grammar import CORPUS
 
 SMALL = ["--z-dim", "4", "--rnn-dim", "32", "--transition-dim", "32", "--emission-dim", "32", "--seed", "0",
          "--no-progress"]
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, (json.loads(out) if code == 0 else None), err
 
 
 def test_vrnn_learns_the_corpus_well_below_log_v_and_generates_tokens(capsys, tmp_path):
