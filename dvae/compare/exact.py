@@ -115,9 +115,8 @@ def run(ctx: Context) -> Section:
 
 
 def _lr_note(res: dict) -> str:
-    """The learning rate each neural model trained with: as its results record it (``fit``'s ``lr``), or
-    for results written before they did, the one default of that time (1e-2 for every family)."""
-    lrs = {f: res["models"][f].get("lr", 1e-2) for f in FAMILIES}
+    """The learning rate each neural model trained with, as ``fit`` recorded it."""
+    lrs = {f: res["models"][f]["lr"] for f in FAMILIES}
     if len(set(lrs.values())) == 1:
         return f"learning rate {next(iter(lrs.values())):g}"
     return "learning rates " + ", ".join(f"{f.upper()} {v:g}" for f, v in lrs.items())

@@ -18,7 +18,6 @@ import numpy as np
 
 from dvae.compare import Context, Section, markdown_table
 from dvae.compare import _bounds as B
-from dvae.infer.trainer import TrainConfig
 from dvae.models import ModelConfig
 
 NOISE_STD = 0.1
@@ -98,7 +97,7 @@ def _markdown(res: dict, figure: str) -> str:
     return f"""Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (`envs.collect`, policy `ou`),
 {S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot) plus independent
 Gaussian noise of std {res['noise_std']} in every entry (seeded); the loaders' 80/10/10 split. No exact likelihood is
-available. A DMM with the project's defaults (z_dim {ModelConfig().z_dim}, RNN width {ModelConfig().rnn_dim}, hidden widths {ModelConfig().transition_dim}; `TrainConfig` defaults, Adam {m.get('lr', 1e-2):g}) trained for at most
+available. A DMM with the project's defaults (z_dim {ModelConfig().z_dim}, RNN width {ModelConfig().rnn_dim}, hidden widths {ModelConfig().transition_dim}; `TrainConfig` defaults, Adam {m['lr']:g}) trained for at most
 {S['time_limit']:.0f} s ({m['train_seconds']:.0f} s, {m['epochs']} epochs, best epoch {m['best_epoch']}). On the
 same {res['num_test_sequences']} held-out sequences ({res['num_test_steps']} observed steps), per observed step in the
 data's units (log-Jacobian {res['log_det_per_step']:.3f} nats per step removed), nats, higher is better; one Monte Carlo
