@@ -723,7 +723,8 @@ def cmd_impute(a) -> dict:
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
     from dvae.infer.trainer import resolve_device
-    from dvae.run import atomic_write_bytes, load_model
+    from dvae.files import atomic_write
+    from dvae.run import load_model
 
     if a.num_samples < 1:
         raise ValueError("--num-samples must be at least 1")
@@ -750,7 +751,7 @@ def cmd_impute(a) -> dict:
         for k in ("mean", "lo", "hi"):
             out[f"obs_{k}"][i, :L] = r[k]
     arrays.update(obs=obs, missing=missing, **out)
-    atomic_write_bytes(a.out, lambda f: np.savez(f, **arrays))
+    atomic_write(a.out, lambda f: np.savez(f, **arrays))
     return {"run_dir": a.run_dir, "data": a.data, "out": a.out, "num_sequences": len(data.xs),
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 

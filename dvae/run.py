@@ -3,8 +3,8 @@
 A run directory holds ``config.json`` (model, training and data settings and the normalisation
 statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch),
 ``checkpoint.pt`` (the latest state, to resume), ``best.pt`` (the parameters with the best validation
-bound) and plots. Every file is written to a temporary name and renamed, so a run killed at any
-moment keeps its last complete version of each.
+bound) and plots. Every file is written by :func:`dvae.files.atomic_write` (a temporary name, fsync,
+rename), so a run killed at any moment keeps its last complete version of each.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
@@ -21,6 +20,7 @@ import torch
 
 from dvae.data import Normalizer, SequenceData, load_source
 from dvae.errors import RunDirError
+from dvae.files import atomic_write, write_text
 from dvae.infer.trainer import TrainConfig
 from dvae.models import MODELS, ModelConfig, build_model
 
@@ -169,30 +169,11 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through ``write(file_object)`` into a temporary file beside ``path``, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+atomic_write_bytes, atomic_write_text = atomic_write, write_text  # the old names of dvae.files' writers
 
 
 def save_torch(path: str, obj) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_torch(path: str, device="cpu"):
@@ -219,7 +200,7 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 def write_config(run_dir: str, config: RunConfig) -> None:
-    atomic_write_text(os.path.join(run_dir, CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(os.path.join(run_dir, CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def read_metrics(run_dir: str) -> list:
@@ -231,7 +212,7 @@ def read_metrics(run_dir: str) -> list:
 
 
 def write_metrics(run_dir: str, rows: list) -> None:
-    atomic_write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
