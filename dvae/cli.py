@@ -7,6 +7,7 @@ the traceback); stdout carries only the JSON result.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -58,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
+    ap.verb_parsers = sub.choices  # verb -> its parser (read by _refuse_resume_flags)
     p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
-                   "or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--data", default=None, help=f"{dc.source} (built-in, the default), a trajectory .npz, a polyphonic "
+                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line); with --resume: read the "
+                   "run's data from here (it moved or changed), recorded in its config.json")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
@@ -285,7 +288,7 @@ def train_configs(a, data):
     return model, train
 
 
-def cmd_train(a) -> dict:
+def cmd_train(a, argv=None) -> dict:
     """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
     run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
     import torch
@@ -294,17 +297,24 @@ def cmd_train(a) -> dict:
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
     from dvae.infer.trainer import resolve_device
-    from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
+    from dvae.rundir import RunLock, check_new_run_dir
+    from dvae.run import DataConfig, RunConfig, absolute_source, load_data, read_config, record_data
 
     if a.resume:
         run_dir = a.resume
+        _refuse_resume_flags(a, argv)
         config = read_config(run_dir)
         if a.epochs is not None:
             config.train.epochs = a.epochs
         if a.time_limit is not None:
             config.train.time_limit = a.time_limit
+        _refuse_problem(config)
+        resolve_device(config.train.device)  # before anything is read or written
         parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        data = load_data(config)
+        data = load_data(config, None if a.data is None else absolute_source(a.data))
+        if a.data is not None:  # the run goes on with its data from here: recorded in config.json
+            _check_dims(data, config)
+            config.data = record_data(dataclasses.replace(config.data, source=a.data))
         normalizer = config.normalizer
     else:
         if a.epochs is not None and a.epochs < 1:
@@ -321,12 +331,13 @@ def cmd_train(a) -> dict:
             raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
         if a.iaf_dim < 1:
             raise ValueError("--iaf-dim must be at least 1")
-        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
-                              missing=a.missing, tokens=a.tokens, min_count=a.min_count)
+        data_cfg = DataConfig(source=absolute_source(a.data or DataConfig.source), episodes=a.episodes,
+                              steps=a.steps, data_seed=a.seed, missing=a.missing, tokens=a.tokens,
+                              min_count=a.min_count)
         run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
-        # every rank has checked the run directory before joining; rank 0 writes it after
+        check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
+        resolve_device(a.device)
+        # every rank has checked the run directory before joining; rank 0 creates it with the first checkpoint
         parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
         config = RunConfig(data=data_cfg)
         data = load_data(config)
@@ -337,29 +348,57 @@ def cmd_train(a) -> dict:
         normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
         config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
         config.model, config.train = train_configs(a, data)
-        problem = config.problem()  # the checks a reloaded config.json gets, before anything is written
-        if problem:
-            key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-            if rest and key.startswith(("train.", "model.")):
-                problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-            raise ValueError(problem)
-        if parallel is None or parallel.is_main:
-            os.makedirs(run_dir, exist_ok=True)
-            write_config(run_dir, config)
+        _refuse_problem(config)  # the checks a reloaded config.json gets, before anything is written
+        config.data = record_data(config.data)  # the absolute source and its fingerprint
 
     device = resolve_device(config.train.device) if parallel is None else parallel.device
     # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
     # process-wide, so it is switched off again when training returns
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    lock = RunLock()  # taken in _train: by the new run's start, or before the resumed run's checkpoint is read
     try:
-        return _train(a, config, data, normalizer, run_dir, device, parallel)
+        return _train(a, config, data, normalizer, run_dir, device, parallel, lock)
     finally:
+        lock.release()
         if flush:
             torch.set_flush_denormal(False)
         shutdown(parallel)
 
 
-def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
+# the train flags --resume takes; the others are the run's, fixed in its config.json
+RESUME_FLAGS = ("epochs", "time_limit", "data", "no_progress", "no_plots", "dist_timeout")
+
+
+def _refuse_resume_flags(a, argv) -> None:
+    """Refuse train flags that --resume would ignore (the run keeps its config.json): those given on the
+    command line ``argv``, found by parsing it again with every default replaced by a marker; without
+    ``argv`` (a namespace built in Python), those that differ from their defaults."""
+    unset = object()
+    parser = build_parser()
+    train = parser.verb_parsers["train"]
+    if argv is not None:
+        train.set_defaults(**{k: unset for k in vars(a)})
+        given = {k for k, v in vars(parser.parse_args(list(argv))).items() if v is not unset}
+    else:
+        given = {k for k, v in vars(a).items() if v != train.get_default(k)}
+    ignored = sorted(given - set(RESUME_FLAGS) - {"verb", "resume", "debug"})
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise ValueError(f"--resume continues {a.resume} as its config.json says: {flags} cannot change it "
+                         f"(with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})")
+
+
+def _refuse_problem(config) -> None:
+    """The first senseless value of a new or resumed run's config, said as the flag that set it."""
+    problem = config.problem()
+    if problem:
+        key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
+        if rest and key.startswith(("train.", "model.")):
+            problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
+        raise ValueError(problem)
+
+
+def _train(a, config, data, normalizer, run_dir, device, parallel=None, lock=None) -> dict:
     import warnings
 
     import pyro
@@ -367,7 +406,9 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
     from dvae.infer.diagnostics import PosteriorCollapseWarning
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
-    from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
+    from dvae.checkpoint import load_training
+    from dvae.rundir import RunLock
+    from dvae.run import BEST, CHECKPOINT, create_run, save_torch, write_config
 
     main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
     pyro.set_rng_seed(config.train.seed)
@@ -391,12 +432,19 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
         if main_rank:
             save_torch(ckpt_path, ckpt)
 
+    lock = RunLock() if lock is None else lock
     if a.resume:
-        trainer.load_checkpoint(load_torch(ckpt_path, device))
+        if main_rank:
+            lock.acquire(run_dir)  # held until training returns: a second process is refused
+            if a.data is not None:
+                write_config(run_dir, config)  # the data's new place and fingerprint
+        trainer.load_checkpoint(load_training(ckpt_path, device, trainer.batches_per_epoch))
         if main_rank:
             _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
-    else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_checkpoint()
+    else:  # config.json and the first checkpoint appear at once: from then on, the run evaluates and resumes
+        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
+        if main_rank:
+            create_run(run_dir, config, ckpt, lock)
 
     collapse_told = [trainer.state.get("collapse_warned", False)]
 
@@ -416,41 +464,49 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
                   f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     def on_signal(signum, frame):
-        if trainer._stop_requested:  # a second signal: stop now (the last checkpoint stands)
+        if signalled:  # a second signal: stop now (the last checkpoint stands)
             raise KeyboardInterrupt
+        signalled.append(signum)
         print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
               "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
         trainer.request_stop()
 
+    # held until the summary: a signal after the last epoch (while the plots are drawn) still ends with
+    # the summary, and a second one stops at once, also with the summary (the last checkpoint stands)
+    signalled, plots = [], []
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with warnings.catch_warnings():  # on_epoch says it in one line instead
             warnings.simplefilter("ignore", PosteriorCollapseWarning)
             trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
+        if trainer.stopped:
+            save_checkpoint()
+        elif main_rank and trainer.best_model is not None and not signalled and not getattr(a, "no_plots", False):
+            model.load_state_dict(trainer.best_model)
+            plots = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows, stop=signalled)
+    except KeyboardInterrupt:
+        signalled.append(signal.SIGINT)
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    if trainer.stopped:
-        save_checkpoint()
+    interrupted = trainer.stopped or bool(signalled)
     summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
                "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
                "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
                "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "faults": trainer.state["faults"], "interrupted": trainer.stopped}
+               "faults": trainer.state["faults"], "interrupted": interrupted}
     if parallel is not None:
         summary["world_size"] = parallel.world_size
-    if trainer.stopped:
+    if interrupted:
         if main_rank:
-            print(json.dumps(summary))
+            print(json.dumps({**summary, "plots": plots}))
             print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if trainer.best_model is None:
         raise RuntimeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return None  # rank 0 writes the plots and prints the summary
-    model.load_state_dict(trainer.best_model)
-    summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
-                                                                                 normalizer, trainer.rows)
+    summary["plots"] = plots
     return summary
 
 
@@ -463,8 +519,9 @@ def _write_derived(run_dir, trainer, best: bool = True) -> None:
         save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
 
 
-def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence."""
+def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -> list:
+    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence;
+    the paths written. ``stop``: a container that becomes non-empty when the plots should stop (a signal)."""
     import torch
 
     from dvae.data import collate
@@ -474,6 +531,8 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
+    if stop:
+        return written
     from dvae.infer.trainer import sequence_lengths
 
     xs, us = data.subset("test")
@@ -495,7 +554,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
         plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
                              binary=config.kind in ("binary", "categorical"))
     written.append(path)
-    if config.kind == "continuous" and len(x) >= 4:
+    if config.kind == "continuous" and len(x) >= 4 and not stop:
         context = max(2, len(x) // 3)
         horizon = len(x) - context
         w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
@@ -777,11 +836,15 @@ def cmd_compare(a, argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    try:
+        a = build_parser().parse_args(argv)  # imports torch: seconds in which a Ctrl-C may come
+    except KeyboardInterrupt:
+        print("dvae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         from dvae.errors import DvaeError
 
-        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
+        verbs = {"collect": cmd_collect, "train": lambda a: cmd_train(a, sys.argv[1:] if argv is None else argv), "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
                  "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
                  "compare": lambda a: cmd_compare(a, argv)}
         result = verbs[a.verb](a)

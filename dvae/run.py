@@ -13,15 +13,18 @@ import json
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import List, Optional
 
 import torch
 
+from dvae import checkpoint
 from dvae.data import Normalizer, SequenceData, load_source
+from dvae.data.fingerprint import absolute_source, check_unchanged, fingerprint
 from dvae.errors import RunDirError
 from dvae.files import atomic_write, write_text
 from dvae.infer.trainer import TrainConfig
+from dvae.rundir import RunLock, start_run
 from dvae.models import MODELS, ModelConfig, build_model
 
 CONFIG, METRICS, CHECKPOINT, BEST = "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt"
@@ -32,7 +35,8 @@ class DataConfig:
     """Where the data comes from (saved in config.json so eval can reload it)."""
 
     source: str = "pendulum"
-    """A built-in name (pendulum), a trajectory .npz, a polyphonic pickle, or a text file (*.txt or text:PATH)."""
+    """A built-in name (pendulum), a trajectory .npz, a polyphonic pickle, or a text file (*.txt or text:PATH);
+    recorded as an absolute path."""
     episodes: int = 128
     """Built-in pendulum: number of episodes collected."""
     steps: int = 64
@@ -45,6 +49,11 @@ class DataConfig:
     """Text: a line's tokens are its whitespace-separated words, or its characters (chars)."""
     min_count: int = 1
     """Text: training tokens seen fewer times than this map to <unk>."""
+    source_size: Optional[int] = None
+    """The source's size in bytes when the run was trained (None: a built-in source, or an older run)."""
+    source_sha256: Optional[str] = None
+    """The SHA-256 of the source's content when the run was trained (:mod:`dvae.data.fingerprint`);
+    the run-reading verbs refuse a source that has changed since."""
 
 
 @dataclass
@@ -112,6 +121,11 @@ class RunConfig:
             ("data.missing", self.data.missing, self.data.missing in ("none", "nan"), "none or nan"),
             ("data.tokens", self.data.tokens, self.data.tokens in ("words", "chars"), "words or chars"),
             ("data.min_count", self.data.min_count, self.data.min_count >= 1, ">= 1"),
+            ("data.source_size", self.data.source_size, self.data.source_size is None or self.data.source_size >= 0,
+             "null or >= 0"),
+            ("data.source_sha256", self.data.source_sha256, self.data.source_sha256 is None or (
+                len(self.data.source_sha256) == 64 and all(c in "0123456789abcdef" for c in self.data.source_sha256)),
+             "null or 64 lowercase hex digits"),
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")
                    for k in ("x_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim")]
@@ -177,13 +191,9 @@ def save_torch(path: str, obj) -> None:
 
 
 def load_torch(path: str, device="cpu"):
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # unpickling errors of a corrupt or hostile file
-        raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only); its fields are
+    checked by :mod:`dvae.checkpoint` (``load_parameters``, ``load_training``)."""
+    return checkpoint.load(path, device)
 
 
 def read_config(run_dir: str) -> RunConfig:
@@ -199,8 +209,20 @@ def read_config(run_dir: str) -> RunConfig:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
 
 
+def _config_text(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
 def write_config(run_dir: str, config: RunConfig) -> None:
-    write_text(os.path.join(run_dir, CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(os.path.join(run_dir, CONFIG), _config_text(config))
+
+
+def create_run(run_dir: str, config: RunConfig, first_checkpoint: dict, lock: RunLock) -> None:
+    """Create ``run_dir`` with its config.json and first checkpoint.pt at once, and leave ``lock`` holding
+    it (:func:`dvae.rundir.start_run`): a start killed at any moment leaves no run or a resumable one.
+    Refuses an existing run or any other non-empty directory."""
+    start_run(run_dir, {CONFIG: _config_text(config).encode(), CHECKPOINT: lambda f: torch.save(first_checkpoint, f)},
+              lock)
 
 
 def read_metrics(run_dir: str) -> list:
@@ -215,10 +237,23 @@ def write_metrics(run_dir: str, rows: list) -> None:
     write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def record_data(d: DataConfig) -> DataConfig:
+    """``d`` with its source made absolute and its content fingerprinted (call after the data loaded:
+    a missing or bad file is reported by the loader)."""
+    source = absolute_source(d.source)
+    fp = fingerprint(source)
+    return replace(d, source=source, source_size=None if fp is None else fp.size,
+                   source_sha256=None if fp is None else fp.sha256)
+
+
 def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
-    mode). ``missing``: NaN entries are missing observations (default: as the run was trained)."""
+    mode). ``missing``: NaN entries are missing observations (default: as the run was trained). The
+    run's own data is refused (DataError) where it is missing or changed since training (a recorded
+    fingerprint differs); ``source`` is read as it is."""
     d = config.data
+    if source is None:
+        check_unchanged(d.source, d.source_size, d.source_sha256)
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
                        tokens=d.tokens, min_count=d.min_count, vocab=config.vocab)
@@ -234,10 +269,7 @@ def load_model(run_dir: str, device="cpu", which: str = "best"):
     path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
     if which == "best" and not os.path.exists(path):
         path = os.path.join(run_dir, CHECKPOINT)
-    ckpt = load_torch(path, device)
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise RunDirError(f"{path}: has no model parameters")
+    state = checkpoint.load_parameters(path, device)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -1,0 +1,241 @@
+"""Reading checkpoints: loaded without running code, then checked field by field before use.
+
+``torch.load(weights_only=True)`` guarantees a checkpoint holds only tensors and plain containers; it
+says nothing of their structure. A zero-byte file, ``best.pt`` copied over ``checkpoint.pt``, or a
+trainer state with a negative epoch, a string learning-rate scale or a truncated RNG state would fail
+later with an IndexError, a KeyError or a ZeroDivisionError, or be silently accepted. Here every
+field a resume or a load uses is checked for its type and range, and the first problem is reported
+as one line naming the file and the field (:class:`~dvae.errors.RunDirError`).
+
+Two kinds: the parameters alone (``best.pt``: ``{"model", "epoch"}``; what ``dvae eval`` and the other
+run-reading verbs load) and a full training checkpoint (``checkpoint.pt``: ``model``, ``best_model``,
+``optim``, ``state``, ``rng``, ``rows``, plus optional RNG states of other devices or ranks: any key
+with ``rng`` in its name holds a CPU ByteTensor or a list of them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+
+from dvae.errors import RunDirError
+
+# the trainer state's counters (integers >= 0) and the sums of an epoch in progress
+_COUNTERS = ("epoch", "step", "best_epoch", "since_best", "skipped_updates", "faults", "batch_in_epoch",
+             "collapse_count")
+_PARTIAL_FLOATS = ("loss_sum", "seconds", "log_lik_sum", "kl_sum")
+_PARTIAL_COUNTERS = ("steps_sum", "skipped")
+
+
+class _Bad(Exception):
+    """A field that fails its check: ``field`` and what was expected."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"{field}: {why}")
+
+
+def load(path: str, device="cpu") -> object:
+    """``torch.load(path, weights_only=True)``, every failure one :class:`RunDirError` naming ``path``."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such checkpoint") from None
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot be read ({e.strerror})") from None
+    if not os.path.isfile(path):
+        raise RunDirError(f"{path}: not a regular file")
+    if size == 0:
+        raise RunDirError(f"{path}: empty file (0 bytes): not a checkpoint (a write was cut short?)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # unpickling errors of a corrupt or hostile file
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from None
+
+
+def load_parameters(path: str, device="cpu") -> dict:
+    """The model parameters of ``best.pt`` or ``checkpoint.pt`` (``ckpt["model"]``), checked."""
+    ckpt = load(path, device)
+    try:
+        if not isinstance(ckpt, dict):
+            raise _Bad("(top level)", f"a {type(ckpt).__name__}, not a checkpoint's dictionary")
+        if "model" not in ckpt:
+            raise _Bad("model", "missing: the file has no model parameters")
+        _check_parameters(ckpt["model"], "model")
+        if "epoch" in ckpt:
+            _counter(ckpt["epoch"], "epoch")
+    except _Bad as e:
+        raise RunDirError(f"{path}: {e}") from None
+    return ckpt["model"]
+
+
+def load_training(path: str, device="cpu", batches_per_epoch: Optional[int] = None) -> dict:
+    """A full training checkpoint (``checkpoint.pt``) for ``--resume``, every field checked.
+    ``batches_per_epoch``: the resumed trainer's, to check the position within the epoch."""
+    ckpt = load(path, device)
+    try:
+        check_training(ckpt, batches_per_epoch)
+    except _Bad as e:
+        raise RunDirError(f"{path}: {e}") from None
+    return ckpt
+
+
+def check_training(ckpt, batches_per_epoch: Optional[int] = None) -> None:
+    """Raise ``_Bad(field, why)`` for the first field of a training checkpoint that cannot be resumed."""
+    if not isinstance(ckpt, dict):
+        raise _Bad("(top level)", f"a {type(ckpt).__name__}, not a checkpoint's dictionary")
+    missing = [k for k in ("model", "optim", "state", "rng", "rows") if k not in ckpt]
+    if missing:
+        hint = (" (this is a best.pt: parameters only; --resume needs the checkpoint.pt that dvae train writes)"
+                if set(ckpt) <= {"model", "epoch"} else "")
+        raise _Bad(missing[0], f"missing{hint}")
+    model = _check_parameters(ckpt["model"], "model")
+    if ckpt.get("best_model") is not None:
+        _check_parameters(ckpt["best_model"], "best_model", shapes=model)
+    state = ckpt["state"]
+    _check_state(state, batches_per_epoch)
+    if state.get("best_epoch", 0) > 0 and ckpt.get("best_model") is None:
+        raise _Bad("best_model", f"missing although state.best_epoch = {state['best_epoch']}")
+    _check_optim(ckpt["optim"], model)
+    for key, value in ckpt.items():
+        if "rng" in key:
+            _check_rng(value, key, required=key == "rng")
+    if "world_size" in ckpt:
+        _counter(ckpt["world_size"], "world_size", minimum=1)
+    rows = ckpt["rows"]
+    if not isinstance(rows, list):
+        raise _Bad("rows", f"a {type(rows).__name__}, not a list of metrics rows")
+    if len(rows) != state["epoch"]:
+        raise _Bad("rows", f"{len(rows)} rows for state.epoch = {state['epoch']} completed epochs")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or row.get("epoch") != i + 1:
+            raise _Bad(f"rows[{i}]", f"expected a metrics row with epoch {i + 1}")
+
+
+def _counter(value, field: str, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Bad(field, f"{value!r} is not an integer")
+    if value < minimum:
+        raise _Bad(field, f"{value!r} is below {minimum}")
+    return value
+
+
+def _number(value, field: str, finite: bool = True, minimum: Optional[float] = None, positive: bool = False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(field, f"{value!r} is not a number")
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise _Bad(field, f"{value!r} is not finite")
+    if (minimum is not None and value < minimum) or (positive and not value > 0):
+        raise _Bad(field, f"{value!r} is out of range (expected {'> 0' if positive else f'>= {minimum}'})")
+    return value
+
+
+def _check_parameters(params, field: str, shapes: Optional[dict] = None) -> dict:
+    """A state dict: names to finite floating tensors (``shapes``: the same names and shapes as these)."""
+    if not isinstance(params, dict) or not params:
+        raise _Bad(field, "expected a non-empty dictionary of parameter tensors")
+    for name, t in params.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise _Bad(f"{field}[{name!r}]", f"a {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _Bad(f"{field}[{name!r}]", "has non-finite values")
+        if shapes is not None and (name not in shapes or shapes[name].shape != t.shape):
+            raise _Bad(f"{field}[{name!r}]", "does not match the parameters in 'model'")
+    if shapes is not None and set(shapes) != set(params):
+        raise _Bad(field, "does not hold the same parameters as 'model'")
+    return params
+
+
+def _check_state(state, batches_per_epoch: Optional[int]) -> None:
+    """The trainer state. A key an older checkpoint lacks keeps the trainer's default (only ``epoch`` is
+    required); every key present is checked, and the counters against each other."""
+    if not isinstance(state, dict):
+        raise _Bad("state", f"a {type(state).__name__}, not the trainer state's dictionary")
+    _counter(state.get("epoch"), "state.epoch")
+    for key in _COUNTERS:
+        if key in state:
+            _counter(state[key], f"state.{key}")
+    get = state.get
+    if get("best_epoch", 0) > state["epoch"]:
+        raise _Bad("state.best_epoch", f"{state['best_epoch']} is beyond state.epoch = {state['epoch']}")
+    if batches_per_epoch is not None and get("batch_in_epoch", 0) >= batches_per_epoch:
+        raise _Bad("state.batch_in_epoch", f"{state['batch_in_epoch']} is not below the {batches_per_epoch} "
+                                           "batches of an epoch on this data")
+    if "step" in state and state["step"] < get("batch_in_epoch", 0):
+        raise _Bad("state.step", f"{state['step']} is below state.batch_in_epoch = {state['batch_in_epoch']}")
+    if "best_valid" in state:
+        _number(state["best_valid"], "state.best_valid", finite=False)
+    if "train_seconds" in state:
+        _number(state["train_seconds"], "state.train_seconds", minimum=0)
+    if "lr_scale" in state:
+        _number(state["lr_scale"], "state.lr_scale", positive=True)
+    if not isinstance(get("collapse_warned", False), bool):
+        raise _Bad("state.collapse_warned", f"{state['collapse_warned']!r} is not true or false")
+    if "partial" not in state:
+        return
+    partial = state["partial"]
+    if not isinstance(partial, dict):
+        raise _Bad("state.partial", "expected the sums of the epoch in progress (a dictionary)")
+    for key in _PARTIAL_COUNTERS:
+        if key in partial:
+            _counter(partial[key], f"state.partial.{key}")
+    for key in _PARTIAL_FLOATS:
+        if key in partial:
+            _number(partial[key], f"state.partial.{key}", minimum=0 if key == "seconds" else None)
+
+
+def _check_optim(optim, model: dict) -> None:
+    """Pyro's optimiser state: parameter name -> a torch optimiser's state dict, whose tensors have the
+    shape of that parameter (Pyro names a module's parameter ``NAME$$$key``)."""
+    if not isinstance(optim, dict):
+        raise _Bad("optim", f"a {type(optim).__name__}, not the optimiser state's dictionary")
+    for name, sd in optim.items():
+        field = f"optim[{name!r}]"
+        if not isinstance(name, str) or not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) \
+                or not isinstance(sd.get("param_groups"), list) or not sd["param_groups"]:
+            raise _Bad(field, "expected an optimiser state dict (state and param_groups)")
+        for g, group in enumerate(sd["param_groups"]):
+            if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+                raise _Bad(f"{field}.param_groups[{g}]", "expected a dictionary with params")
+            _number(group.get("lr"), f"{field}.param_groups[{g}].lr", minimum=0)
+        param = model.get(name.split("$$$", 1)[-1])
+        for pid, entry in sd["state"].items():
+            if not isinstance(entry, dict):
+                raise _Bad(f"{field}.state[{pid!r}]", "expected a dictionary")
+            for key, value in entry.items():
+                where = f"{field}.state[{pid!r}].{key}"
+                if isinstance(value, torch.Tensor):
+                    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                        raise _Bad(where, "has non-finite values")
+                    if value.dim() > 0 and param is not None and value.shape != param.shape:
+                        raise _Bad(where, f"has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
+                    if key == "step" and value.numel() == 1 and float(value) < 0:
+                        raise _Bad(where, f"{float(value)} is below 0")
+                elif key == "step":
+                    _number(value, where, minimum=0)
+
+
+def _check_rng(value, field: str, required: bool) -> None:
+    """A generator state: a 1-D uint8 tensor (the CPU one of torch's size), or a list of them (one per
+    CUDA device or per rank); None where optional."""
+    if value is None and not required:
+        return
+    if isinstance(value, (list, tuple)):
+        if required:
+            raise _Bad(field, "expected the CPU generator's state (a ByteTensor), not a list")
+        for i, v in enumerate(value):
+            _check_rng(v, f"{field}[{i}]", required=False)
+        return
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1 or value.numel() == 0:
+        raise _Bad(field, f"expected a generator state (a 1-D uint8 tensor), not {_describe(value)}")
+    if field == "rng" and value.numel() != torch.get_rng_state().numel():
+        raise _Bad(field, f"{value.numel()} bytes, the CPU generator's state has {torch.get_rng_state().numel()}")
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
