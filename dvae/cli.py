@@ -238,6 +238,11 @@ def _collect_shards(a) -> dict:
         raise ValueError("with --shards, --out is a directory (it gets manifest.json and the shards)")
     if os.path.exists(os.path.join(a.out, "manifest.json")):
         raise ValueError(f"{a.out}: already holds a manifest.json")
+    names = [f"shard-{k:05d}.npz" for k in range(a.shards)]
+    for name in names:  # never replaced (left by a collect that was stopped?); checked again as each is written
+        if os.path.lexists(os.path.join(a.out, name)):
+            raise ValueError(f"{os.path.join(a.out, name)}: already exists (left by an earlier collect?); remove "
+                             "it or choose another --out")
     os.makedirs(a.out, exist_ok=True)
     bounds = np.linspace(0, a.episodes, a.shards + 1).round().astype(int)
     shards, transitions = [], 0
@@ -245,8 +250,8 @@ def _collect_shards(a) -> dict:
         first, n = int(bounds[k]), int(bounds[k + 1] - bounds[k])
         data = collect(a.env, n, a.steps, policy=a.policy, seed=a.seed, first_episode=first)
         data["first_episode"] = np.array(first, np.int64)
-        name = f"shard-{k:05d}.npz"
-        save_npz(os.path.join(a.out, name), data)
+        name = names[k]
+        save_npz(os.path.join(a.out, name), data, replace=False)
         shards.append({"file": name, "episodes": n, "first_episode": first})
         transitions += int(data["lengths"].sum())
         print(f"dvae collect: {name}: episodes {first}..{first + n - 1}", file=sys.stderr, flush=True)
@@ -792,6 +797,9 @@ def cmd_impute(a) -> dict:
     model, config = load_model(a.run_dir, resolve_device(a.device))
     if config.kind != "continuous":
         raise ValueError("impute needs a run trained on continuous data")
+    if config.data.missing != "nan":  # as eval: NaN is bad input to a run that never saw missing entries
+        raise ValueError(f"{a.run_dir}: trained without --missing nan, so its networks never saw a missing entry: "
+                         "impute needs a run trained with --missing nan")
     data = load_npz(a.data, missing=True)
     _check_dims(data, config)
     pyro.set_rng_seed(a.seed)
@@ -847,6 +855,8 @@ def main(argv=None) -> int:
         verbs = {"collect": cmd_collect, "train": lambda a: cmd_train(a, sys.argv[1:] if argv is None else argv), "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
                  "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
                  "compare": lambda a: cmd_compare(a, argv)}
+        if not 0 <= getattr(a, "seed", 0) < 2 ** 32:  # numpy's and Gymnasium's range, checked before any work
+            raise ValueError(f"--seed = {a.seed}: expected in 0..4294967295 (2**32 - 1)")
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))

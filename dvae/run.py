@@ -114,6 +114,8 @@ class RunConfig:
             ("train.lr_decay", t.lr_decay, t.lr_decay == 1 or t.optimizer == "clipped_adam",
              "1 unless the optimizer is clipped_adam (adam has no decay)"),
             ("train.device", t.device, t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.seed", t.seed, 0 <= t.seed < 2 ** 32, "in 0..4294967295 (2**32 - 1)"),
+            ("data.data_seed", self.data.data_seed, 0 <= self.data.data_seed < 2 ** 32, "in 0..4294967295 (2**32 - 1)"),
             ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
             ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
             ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
