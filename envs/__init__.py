@@ -10,7 +10,8 @@ Importing ``envs`` registers with Gymnasium (string entry points, TimeLimit 200)
   (``gym.make("dvae/WorldModel-v0", run_dir=...)``; ``gym.make_vec`` gives the batched
   :class:`~envs.world_model_env.WorldModelVectorEnv`).
 
-Only the world-model env imports ``dvae``, and only its public ``dvae.run`` and ``dvae.world_model``.
+Only the world-model env imports ``dvae``, and only its public ``dvae.run`` and ``dvae.world_model``
+(and ``envs.collect.save_npz`` the project's one file writer, ``dvae.files``, when it is called).
 """
 
 import gymnasium as gym
