@@ -24,6 +24,7 @@ import torch
 
 from dvae.compare import Context, Section, markdown_table
 from dvae.compare import _bounds as B
+from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig
 from dvae.models import ModelConfig
 
@@ -261,6 +262,6 @@ def _figure(ctx: Context, res: dict) -> str:
     for ax in (a, b):
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link

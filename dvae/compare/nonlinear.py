@@ -18,6 +18,7 @@ import numpy as np
 
 from dvae.compare import Context, Section, markdown_table
 from dvae.compare import _bounds as B
+from dvae.files import save_figure
 from dvae.models import ModelConfig
 
 NOISE_STD = 0.1
@@ -144,6 +145,6 @@ def _figure(ctx: Context, res: dict) -> str:
     ax.set_title("noisy Pendulum-v1: bounds and particle filter of one DMM")
     ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link
