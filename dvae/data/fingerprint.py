@@ -2,9 +2,10 @@
 
 A run records its data source as an absolute path (a relative one would be resolved against whatever
 directory ``dvae eval`` is later run from, silently reading another file of the same name) and a
-fingerprint: the size in bytes and a SHA-256 of the content, streamed in 1 MiB blocks (a single file's
-digest is what ``sha256sum`` prints; a directory of shards hashes its manifest and every shard file,
-each named). The run-reading verbs refuse a source that is missing or whose fingerprint changed, with a
+fingerprint: the size in bytes and a SHA-256 of the content, streamed in 1 MiB blocks. A file's digest
+is what ``sha256sum`` prints, except for an ``.npz``, whose content is its arrays: the digest covers each
+member's name and uncompressed bytes, not the zip's timestamps, so data collected again with the same
+seed is the same data. A directory of shards hashes its manifest and every shard file, each named. The run-reading verbs refuse a source that is missing or whose fingerprint changed, with a
 hint to pass ``--data``. Built-in sources (``pendulum``) are generated, not read: no fingerprint.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import List, NamedTuple, Optional
+import zipfile
+from typing import List, NamedTuple, Optional, Tuple
 
 from dvae.errors import DataError
 
@@ -22,7 +24,7 @@ BUILTIN = ("pendulum",)
 
 class Fingerprint(NamedTuple):
     size: int
-    """Bytes, summed over the source's files."""
+    """Bytes of content, summed over the source's files (an .npz: its members uncompressed)."""
     sha256: str
     """Hex SHA-256 of the one file, or of the lines 'name sha256' of a directory's files."""
 
@@ -59,14 +61,34 @@ def source_files(source: str) -> Optional[List[str]]:
     return [path]
 
 
-def _digest(path: str) -> str:
+def _stream(h, f) -> int:
+    """Feed the open binary file ``f`` into the hash ``h``; the bytes read."""
+    n = 0
+    while True:
+        block = f.read(BLOCK)
+        if not block:
+            return n
+        h.update(block)
+        n += len(block)
+
+
+def _digest(path: str) -> Tuple[int, str]:
+    """(size, SHA-256) of a file's content: its bytes, or for an .npz its members' names and bytes."""
     h = hashlib.sha256()
+    if path.endswith(".npz") and zipfile.is_zipfile(path):
+        try:
+            size = 0
+            with zipfile.ZipFile(path) as z:
+                for info in sorted(z.infolist(), key=lambda i: i.filename):
+                    h.update(f"{info.filename}\0{info.file_size}\0".encode())
+                    with z.open(info) as f:
+                        size += _stream(h, f)
+            return size, h.hexdigest()
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError):
+            h = hashlib.sha256()  # not a readable zip after all: its bytes
     with open(path, "rb") as f:
-        while True:
-            block = f.read(BLOCK)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
+        size = _stream(h, f)
+    return size, h.hexdigest()
 
 
 def fingerprint(source: str) -> Optional[Fingerprint]:
@@ -79,10 +101,11 @@ def fingerprint(source: str) -> Optional[Fingerprint]:
     for path in files:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        size += os.path.getsize(path)
-        lines.append(f"{os.path.relpath(path, os.path.dirname(_path(source)))} {_digest(path)}\n")
+        n, digest = _digest(path)
+        size += n
+        lines.append(f"{os.path.relpath(path, os.path.dirname(_path(source)))} {digest}\n")
     if len(files) == 1:
-        return Fingerprint(size, lines[0].rsplit(" ", 1)[1].strip())
+        return Fingerprint(size, digest)
     return Fingerprint(size, hashlib.sha256("".join(lines).encode()).hexdigest())
 
 

@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import zipfile
 
 import matplotlib
 
@@ -175,6 +176,24 @@ def test_fingerprint_is_the_files_sha256_and_sees_any_change(tmp_path, monkeypat
     assert absolute_source("x.npz") == str(tmp_path / "x.npz")
     assert absolute_source("text:c.txt") == "text:" + str(tmp_path / "c.txt")
     assert absolute_source("pendulum") == "pendulum"
+
+
+def test_an_npz_saved_again_with_the_same_arrays_has_the_same_fingerprint(tmp_path):
+    import time as _time
+
+    import numpy as np
+
+    arrays = {"obs": np.arange(12.0).reshape(2, 3, 2), "actions": np.ones((2, 2, 1))}
+    np.savez(tmp_path / "a.npz", **arrays)
+    first = fingerprint(str(tmp_path / "a.npz"))
+    _time.sleep(2.1)  # the zip's timestamps have a 2-second resolution
+    np.savez_compressed(tmp_path / "a.npz", **arrays)  # other bytes, other timestamps, the same arrays
+    assert fingerprint(str(tmp_path / "a.npz")) == first
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:  # the members' .npy bytes, uncompressed
+        assert first.size == sum(i.file_size for i in z.infolist()) > sum(v.nbytes for v in arrays.values())
+    arrays["obs"][1, 2, 0] = -1.0
+    np.savez(tmp_path / "a.npz", **arrays)
+    assert fingerprint(str(tmp_path / "a.npz")).sha256 != first.sha256
 
 
 def test_fingerprint_of_a_shard_directory_covers_every_shard(tmp_path):
