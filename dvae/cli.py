@@ -443,7 +443,8 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None, lock=Non
             lock.acquire(run_dir)  # held until training returns: a second process is refused
             if a.data is not None:
                 write_config(run_dir, config)  # the data's new place and fingerprint
-        trainer.load_checkpoint(load_training(ckpt_path, device, trainer.batches_per_epoch))
+        ckpt = load_training(ckpt_path, device, trainer.batches_per_epoch, config.train.optimizer, model.state_dict())
+        trainer.load_checkpoint(ckpt)
         if main_rank:
             _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
     else:  # config.json and the first checkpoint appear at once: from then on, the run evaluates and resumes

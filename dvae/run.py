@@ -271,7 +271,7 @@ def load_model(run_dir: str, device="cpu", which: str = "best"):
     path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
     if which == "best" and not os.path.exists(path):
         path = os.path.join(run_dir, CHECKPOINT)
-    state = checkpoint.load_parameters(path, device)
+    state = checkpoint.load_parameters(path, device, reference=model.state_dict())
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
