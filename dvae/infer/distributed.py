@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dvae.data.batch import SequenceBatch, collate
 from dvae.errors import DistributedError
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, SiteKL
 from dvae.infer.trainer import (ClippedSVI, Trainer, batch_indices, bounds_per_step, evaluate_sums,
                                 resolve_device, sequence_lengths)
@@ -334,16 +335,16 @@ class DataParallelTrainer(Trainer):
         """:meth:`Trainer.checkpoint` plus ``world_size`` and ``rng_ranks`` (every rank's RNG state). A
         collective: every rank calls it; rank 0 writes it."""
         states: List[Optional[torch.Tensor]] = [None] * self.env.world_size
-        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, torch.get_rng_state())
+        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, rng.capture())
         ckpt = super().checkpoint()
-        ckpt.update(world_size=self.env.world_size, rng_ranks=states, rng=states[0])
+        ckpt.update(world_size=self.env.world_size, rng_ranks=states, **states[0])
         return ckpt
 
     def load_checkpoint(self, ckpt: dict) -> None:
         super().load_checkpoint(ckpt)
         states = ckpt.get("rng_ranks")
         if states is not None and len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank].cpu())
+            rng.restore(states[self.env.rank])  # a dict of CPU and CUDA states (a bare CPU state before)
         else:  # written by another number of processes (or one): a fresh stream per rank
             self._reseed(self.state["step"])
 

@@ -33,6 +33,7 @@ from pyro.infer.util import zero_grads
 
 from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
 
 
@@ -583,7 +584,7 @@ class Trainer:
         and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
         self._flush_terms()
         return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
-                "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
+                "state": copy.deepcopy(self.state), **rng.capture(), "rows": list(self.rows)}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -592,4 +593,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
+        rng.restore(ckpt)  # the CPU and (where used) CUDA random states
