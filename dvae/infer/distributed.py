@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -225,17 +226,20 @@ class DataParallelSVI(ClippedSVI):
         super().__init__(model, guide, optim, loss_module.module.elbo, clip_norm=clip_norm)
         self.loss_module, self.env = loss_module, env
 
-    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
+    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> torch.Tensor:
         """Forward and backward through DDP (gradients all-reduced: the batch's per-step ELBO gradient);
-        returns the batch's per-step loss, summed over the ranks."""
+        returns the batch's per-step loss, summed over the ranks: a float64 0-dim tensor on the device,
+        reduced there and read by :meth:`clip_and_update` with the gradient norm, in one read."""
         scale = self.env.world_size / num_steps
         loss = self.loss_module(batch, annealing_factor, scale, active)
         collective(self.env, "the gradient all-reduce (DistributedDataParallel backward)", loss.backward)
         # an inactive rank's loss is zero but for its share of the free-bits floors
-        return all_reduce_sum(self.env, [float(loss.detach()) / self.env.world_size], "the loss all-reduce")[0]
+        total = loss.detach().to(torch.float64) / self.env.world_size  # ()
+        collective(self.env, "the loss all-reduce", dist.all_reduce, total)
+        return total
 
     def step(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
-        with poutine.trace(param_only=True) as param_capture:
+        with self.validation(), poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads_global(batch, annealing_factor, num_steps, active)
         return self.clip_and_update(param_capture.trace, loss)
 
@@ -282,7 +286,8 @@ class DataParallelTrainer(Trainer):
 
     def _validate(self) -> Dict[str, float]:
         xs, us = self.valid_share
-        sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device)
+        sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
+                             vectorized=self.config.vectorized)
         keys = ("num_steps", "elbo", "log_lik", "kl", "iw")
         total = dict(zip(keys, all_reduce_sum(self.env, [sums[k] for k in keys], "the validation all-reduce")))
         total["num_steps"] = int(round(total["num_steps"]))
@@ -291,8 +296,10 @@ class DataParallelTrainer(Trainer):
     def _shard_batch(self, idx: List[int]):
         """(this rank's padded share of batch ``idx``, the batch's real steps, active)."""
         rows, active = shard(idx, self.env.rank, self.env.world_size)
-        batch = collate([torch.from_numpy(self.train_xs[i]) for i in rows],
-                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows])
+        xs = [self.train_xs[i] for i in rows]
+        batch = collate([torch.from_numpy(x) for x in xs],
+                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows],
+                        missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
         num_steps = sum(self.train_lengths[i] for i in idx)
         return pad_steps(batch, max(self.train_lengths[i] for i in idx)), num_steps, active
 
@@ -313,7 +320,7 @@ class DataParallelTrainer(Trainer):
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
             batch, n, active = self._shard_batch(idx)
-            loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), n, active)
+            loss = self.svi.step(batch.to_device(self.device), self.annealing_factor(self.state["step"]), n, active)
             self._record_update(acc, loss, n, i)
             now = time.perf_counter()
             acc["seconds"] += now - t_last

@@ -29,7 +29,7 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import SVI
-from pyro.infer.util import zero_grads
+from pyro.infer.util import is_validation_enabled, zero_grads
 
 from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
@@ -143,21 +143,36 @@ def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_
     """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`.
     ``cs``: per-sequence conditions (N, c_dim) or None."""
     for idx in batch_indices(sequence_lengths(xs), batch_size, generator, by_length):
-        yield collate([torch.from_numpy(xs[i]) for i in idx],
+        x = [xs[i] for i in idx]
+        yield collate([torch.from_numpy(xi) for xi in x],
                       None if us is None else [torch.from_numpy(us[i]) for i in idx],
-                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx])
+                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx],
+                      missing=any(np.isnan(xi).any() for xi in x))  # looked up in numpy: no tensor read
 
 
 class ClippedSVI(SVI):
     """``pyro.infer.SVI`` with a global gradient-norm clip; a non-finite loss or gradient skips the
-    update (returns nan) instead of corrupting the parameters."""
+    update (returns nan) instead of corrupting the parameters.
+
+    Argument validation (Pyro's and torch's checks of every distribution's parameters and values, and
+    of the programs' structure: on a GPU each check is a host-device synchronisation) runs on the
+    first update only, with the process's setting (``pyro.enable_validation``): that update checks the
+    programs and the data they score (which the loaders checked once as they read it). Later updates
+    run without it; a NaN parameter then gives a NaN loss, skipped as a refused one is."""
 
     def __init__(self, model, guide, optim, loss, clip_norm: float = 0.0):
         super().__init__(model, guide, optim, loss)
         self.clip_norm = clip_norm
+        self.validated = False
+
+    def validation(self):
+        """The validation context of this update: the process's setting on the first, off after."""
+        on = is_validation_enabled() and not self.validated
+        self.validated = True
+        return pyro.validation_enabled(on)
 
     def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as param_capture:
+        with self.validation(), poutine.trace(param_only=True) as param_capture:
             try:
                 loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
             except ValueError as e:  # distribution validation: a NaN/inf parameter (a fault, not a bug)
@@ -209,17 +224,22 @@ def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_
     model.eval()
     total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0, "extra_log_det": 0.0}
     program, guide = model.programs(vectorized=vectorized)
-    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
-        total["num_steps"] += int(batch.lengths.sum())
-        batch = batch.to(device)
-        if batch.obs_mask is not None:
-            total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
-        terms = elbo_terms(program, guide, batch, num_particles)
-        total["elbo"] += terms["elbo"].sum().item()
-        total["log_lik"] += terms["log_lik"].sum().item()
-        total["kl"] += terms["kl"].sum().item()
-        if iw_samples:
-            total["iw"] += iw_bound(program, guide, batch, iw_samples).sum().item()
+    lengths = sequence_lengths(xs)
+    chunks = batch_indices(lengths, batch_size, by_length=True)  # the order batches() collates them in
+    # argument validation off: the loaders checked the data once (a check per distribution is a read)
+    with pyro.validation_enabled(False):
+        for idx, batch in zip(chunks, batches(xs, us, batch_size, by_length=True, cs=cs)):
+            total["num_steps"] += sum(lengths[i] for i in idx)  # from the host's lengths
+            batch = batch.to_device(device)  # CUDA: pinned, non_blocking
+            if batch.obs_mask is not None:
+                total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
+            terms = elbo_terms(program, guide, batch, num_particles)
+            sums = [terms["elbo"].sum(), terms["log_lik"].sum(), terms["kl"].sum()]
+            if iw_samples:
+                sums.append(iw_bound(program, guide, batch, iw_samples).sum())
+            sums = torch.stack([v.to(torch.float64) for v in sums]).tolist()  # the batch's one read of the device
+            for key, value in zip(("elbo", "log_lik", "kl", "iw"), sums):
+                total[key] += value
     model.train(was_training)
     return total
 
@@ -409,10 +429,12 @@ class Trainer:
             if resident is not None:
                 batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
             else:
-                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                xs = [self.train_xs[j] for j in idx]
+                batch = collate([torch.from_numpy(x) for x in xs],
                                 None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
-                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
-                batch = batch.to(self.device)
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx],
+                                missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
+                batch = batch.to_device(self.device)  # CUDA: pinned, non_blocking
             loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
@@ -550,7 +572,8 @@ class Trainer:
     def _validate(self) -> Dict[str, float]:
         """The validation split's per-step bounds (a data-parallel trainer reduces them across ranks)."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
-                        device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std)
+                        device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std,
+                        vectorized=self.config.vectorized)
 
     def _agree(self, flag: bool) -> bool:
         """A decision every process takes together (a data-parallel trainer: true if any rank's is)."""
