@@ -94,6 +94,11 @@ def init_from_env(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Opt
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl":
+        # a collective that times out then raises in this thread (a DistBackendError, which collective()
+        # turns into one line) instead of NCCL's watchdog ending the process with a C++ stack; it also
+        # makes the host wait for each collective, which the update's one read does anyway
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
