@@ -106,11 +106,13 @@ class HostReads(TorchDispatchMode):
 def optimizer_counters(optim) -> list:
     """The step counters of a Pyro optimiser's torch optimisers (``state[p]["step"]``) that live on the
     host: where torch's Adam keeps them on every device unless fused or capturable."""
-    opts = getattr(optim, "optim_objs", None)
-    opts = opts.values() if opts is not None else [optim]
+    if getattr(optim, "shared", None) is not None:  # dvae.infer.optim.SharedAdam: one torch optimiser
+        opts = [optim.shared]
+    else:
+        opts = getattr(optim, "optim_objs", None)
+        opts = opts.values() if opts is not None else [optim]
     out = []
-    for opt in opts:
-        inner = getattr(opt, "optim", opt)  # dvae's single-optimiser wrapper, or a torch optimiser
+    for inner in opts:
         for state in inner.state.values():
             step = state.get("step")
             if torch.is_tensor(step) and step.device.type == "cpu" and not _fused(inner):

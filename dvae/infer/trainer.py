@@ -35,6 +35,7 @@ from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
 from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
+from dvae.infer.optim import make_adam
 
 
 DEFAULT_LR = {"dmm": 1e-2, "vrnn": 1e-2, "vrae": 1e-2, "lgssm": 1e-2, "vae": 1e-2}
@@ -321,7 +322,7 @@ class Trainer:
         c = config
         optim_args = {"lr": c.lr}
         if c.optimizer == "adam":
-            self.optim = pyro.optim.Adam(optim_args)
+            self.optim = make_adam(optim_args, self.device)  # CUDA: one fused Adam over all parameters
         elif c.optimizer == "clipped_adam":
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
@@ -381,9 +382,9 @@ class Trainer:
         self.state["lr_scale"] = scale
         lr = self.config.lr * scale
         self.optim.pt_optim_args["lr"] = lr  # optimisers created later
-        for opt in self.optim.optim_objs.values():
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * change if relative else lr
+        groups = {id(g): g for opt in self.optim.optim_objs.values() for g in opt.param_groups}  # a shared group once
+        for group in groups.values():
+            group["lr"] = group["lr"] * change if relative else lr
 
     def _recover(self) -> None:
         self.state["faults"] += 1
