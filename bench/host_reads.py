@@ -2,7 +2,7 @@
 """Count the host's reads of tensor values (on a GPU, each is a host-device synchronisation) and the
 tensors built from host data (each a host-to-device copy), on the CPU, for the steps of training:
 
-    python bench/host_reads.py [--out bench/results/host_reads.json]
+    python bench/host_reads.py [--device cuda] [--out bench/results/host_reads.json]
 
 :class:`HostReads` is the counter (importable: ``from bench.host_reads import HostReads``; the tests
 of tests/infer/test_host_syncs.py hold the budgets with it). It is a ``TorchDispatchMode`` that sees
@@ -136,8 +136,9 @@ def _fused(opt) -> bool:
 FAMILIES = ("dmm", "vrnn", "vrae", "vae")
 
 
-def tiny_trainer(family: str, vectorized: bool = True, n: int = 6, seed: int = 0, **train):
-    """A default-flag Trainer on a tiny model and tiny data (the counts do not depend on sizes)."""
+def tiny_trainer(family: str, vectorized: bool = True, n: int = 6, seed: int = 0, device="cpu", **train):
+    """A default-flag Trainer on a tiny model and tiny data (the counts do not depend on sizes), on
+    ``device`` (on CUDA with what the trainer picks there: the fused shared Adam, resident data)."""
     import numpy as np
 
     from dvae.infer.trainer import TrainConfig, Trainer
@@ -148,7 +149,7 @@ def tiny_trainer(family: str, vectorized: bool = True, n: int = 6, seed: int = 0
     g = np.random.default_rng(seed)
     xs = [g.standard_normal((L, 3)).astype(np.float32) for L in (5, 3, 4, 5, 2, 4)[:n]]
     config = TrainConfig(epochs=1, batch_size=4, patience=0, vectorized=vectorized, **train)
-    return Trainer(model, config, (xs, None), (xs, None))
+    return Trainer(model.to(device), config, (xs, None), (xs, None), device=torch.device(device))
 
 
 def count_update(trainer, updates_before: int = 1) -> HostReads:
@@ -176,13 +177,14 @@ def count_validation(trainer) -> HostReads:
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA every counted read is a synchronisation)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     print(f"{'model':6} {'program':11} {'what':22} {'reads':>5} {'built':>5} {'host (Adam steps)':>17}  where")
     for family in FAMILIES:
         for vectorized in (True, False):
-            t = tiny_trainer(family, vectorized)
+            t = tiny_trainer(family, vectorized, device=a.device)
             for what, h in (("training update", count_update(t)), ("validation batch", count_validation(t))):
                 row = {"model": family, "vectorized": vectorized, "what": what, **h.report()}
                 rows.append(row)
@@ -192,7 +194,7 @@ def main(argv: Optional[list] = None) -> int:
     if a.out:
         from dvae.run import atomic_write_text
 
-        atomic_write_text(a.out, json.dumps({"torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+        atomic_write_text(a.out, json.dumps({"torch": torch.__version__, "device": a.device, "rows": rows}, indent=1) + "\n")
     return 0
 
 
