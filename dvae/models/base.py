@@ -282,9 +282,17 @@ class DynamicalVAE(nn.Module):
             with poutine.scale(scale=annealing_factor):
                 return pyro.sample("z", self.posterior_path(batch))
 
+    @property
+    def has_paths(self) -> bool:
+        """Whether the family states its path densities (else only the per-step programs exist)."""
+        return type(self).posterior_path is not DynamicalVAE.posterior_path
+
     def programs(self, vectorized: bool = True):
-        """(model, guide): the time-vectorized Pyro programs, or the per-step ones."""
-        return (self.model_vectorized, self.guide_vectorized) if vectorized else (self.model, self.guide)
+        """(model, guide): the time-vectorized Pyro programs, or the per-step ones (also for a family
+        that states no path densities: the same ELBO, one site per step)."""
+        if vectorized and (self.has_paths or type(self).model_vectorized is not DynamicalVAE.model_vectorized):
+            return self.model_vectorized, self.guide_vectorized
+        return self.model, self.guide
 
     # --- batches at the public boundary ------------------------------------------------------------
     def check_batch(self, batch: SequenceBatch) -> SequenceBatch:
