@@ -132,7 +132,7 @@ class VRAE(DynamicalVAE):
             zeros = batch.x.new_zeros(B, self.config.z_dim)
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self._decode(z, self._shifted_controls(batch), self.condition(batch))  # (B, T, rnn_dim)
+            s = self.decoder_states(batch, z)  # (B, T, rnn_dim)
             for t in pyro.markov(range(T)):
                 pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood,
                                                        batch.step_obs_mask(t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
@@ -152,10 +152,13 @@ class VRAE(DynamicalVAE):
         zeros = batch.x.new_zeros(batch.batch_size, self.config.z_dim)
         return dist.Normal(zeros, 1.0).to_event(1)
 
+    def decoder_states(self, batch: SequenceBatch, z):
+        """s_t of every step (B, T, rnn_dim): the decoder run from the code z (B, z_dim) on u_{t-1} and c."""
+        return self._decode(z, self._shifted_controls(batch), self.condition(batch))
+
     def emission_path(self, batch: SequenceBatch, z):
         """p(x_t | s_t) of every step, the decoder run from the code z (B, z_dim): batch (B, T)."""
-        s = self._decode(z, self._shifted_controls(batch), self.condition(batch))  # (B, T, rnn_dim)
-        return observation_dist(self.emitter(s), self.config.likelihood, batch.obs_mask)
+        return observation_dist(self.emitter(self.decoder_states(batch, z)), self.config.likelihood, batch.obs_mask)
 
     def posterior_path(self, batch: SequenceBatch):
         """q(z | x, u, c): batch (B,), event (z_dim,)."""
