@@ -52,7 +52,7 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in config.json)."""
 
     model: str = "dmm"
-    """Model family: dmm, vrnn or vrae."""
+    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae)."""
     x_dim: int = 1
     """Observation dimension."""
     u_dim: int = 0
@@ -170,17 +170,24 @@ class DynamicalVAE(nn.Module):
     (:mod:`dvae.world_model`), the bootstrap particle filter (:mod:`dvae.infer.smc`) and the plain-torch
     loss (:mod:`dvae.infer.direct`) use only these public names.
 
-    Capabilities, stated once on each class and read by the command line and ``build_model``:
-    ``guides`` (the values ``ModelConfig.guide`` may take; the first is the default), ``conditional``
-    (takes a per-sequence condition c), ``bidirectional_encoder``.
+    Capabilities, stated once on each class and read by the command line, config validation and
+    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``default_lr``.
     """
 
     name = "dvae"
     markov_history = 1
     """How many earlier steps a step's latent depends on, for ``pyro.markov`` in the per-step programs."""
-    guides: Tuple[str, ...] = ("default",)
+    guides: Tuple[str, ...] = ()
+    """The values ``ModelConfig.guide`` may take (the first is the default); () when the family has one
+    guide and ignores the field."""
     conditional = False
+    """Takes a per-sequence condition c (``ModelConfig.c_dim`` > 0)."""
     bidirectional_encoder = False
+    """Takes ``ModelConfig.bidirectional``."""
+    tmc_guides: Tuple[str, ...] = ()
+    """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
+    default_lr = 1e-2
+    """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -75,6 +75,7 @@ class DMM(DynamicalVAE):
     guides = ("dks", "mean_field", "ltr", "iaf")
     conditional = True
     bidirectional_encoder = True
+    tmc_guides = ("mean_field",)  # the dks guide's q(z_t | z_{t-1}, .) makes TMC's pairwise weights not a bound
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
