@@ -66,7 +66,7 @@ from pyro import poutine
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
 from dvae.models.state import State
-from dvae.models.paths import FlowPath, FlowStep, GuidePath, PriorPath, observation_path
+from dvae.models.paths import FlowPath, FlowStep, GuidePath, PriorPath
 from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
 
 

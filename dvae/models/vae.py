@@ -37,7 +37,7 @@ from pyro import poutine
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.state import State
-from dvae.models.paths import GuidePath, PriorPath, observation_path
+from dvae.models.paths import GuidePath, PriorPath
 from dvae.nn import Emitter, StepPosterior
 
 

@@ -43,7 +43,6 @@ from pyro import poutine
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
 from dvae.models.state import State
-from dvae.models.paths import observation_path
 from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn, run_rnn
 
 

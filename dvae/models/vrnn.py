@@ -38,13 +38,12 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pyro import poutine
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.state import State
-from dvae.models.paths import GuidePath, PriorPath, observation_path
+from dvae.models.paths import GuidePath, PriorPath
 from dvae.nn import Emitter, GaussianHead, Recurrence, _VRNNFilterScan
 
 # path drawn by VRNN.guide_vectorized -> (model, x, u, (phi_z, h_{t-1})): the recurrence along that path,
