@@ -33,7 +33,6 @@ it cannot run unconditioned (``generate`` and ``predict`` use the per-step progr
 
 from __future__ import annotations
 
-import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
