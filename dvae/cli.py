@@ -1,7 +1,9 @@
-"""The ``dvae`` command: collect, train, eval (see DESIGN.md for the stable contract).
+"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent, ...),
+each printing one JSON object; the flags and JSON keys are the stable contract the README lists.
 
-Errors a user can fix are printed as one line on stderr with a non-zero exit status (add --debug for
-the traceback); stdout carries only the JSON result.
+Errors a user can fix (bad input, flags, files; ``_user_error``) are printed as one line on stderr
+with a non-zero exit status (add --debug for the traceback); anything else is a bug and shows its
+traceback. stdout carries only the JSON result.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ import time
 import numpy as np
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _user_error(e: BaseException) -> bool:
+    """Whether ``e`` is something a user can fix (bad input, flags or files, a diverged run, memory),
+    reported in one line; anything else (a RuntimeError from torch, a TypeError, ...) is a bug, and its
+    traceback is shown as it is."""
+    from dvae.errors import DvaeError
+
+    return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
+        type(e).__name__ == "OutOfMemoryError"
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -36,7 +48,7 @@ def _add_run_and_split(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from dvae.infer.trainer import DEFAULT_LR, TrainConfig
-    from dvae.models import ModelConfig
+    from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
@@ -58,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+    p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
@@ -80,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
     p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
-    p.add_argument("--guide", choices=["dks", "mean_field", "ltr", "iaf"], default=mc.guide,
+    p.add_argument("--guide", choices=list(all_guides()), default=mc.guide,
                    help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
                         "(dks followed by affine autoregressive flows on each step)")
     p.add_argument("--num-iafs", type=int, default=None,
@@ -445,7 +457,9 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
             print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if trainer.best_model is None:
-        raise RuntimeError("no epoch completed (is the time limit too short?)")
+        from dvae.errors import DvaeError
+
+        raise DvaeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return None  # rank 0 writes the plots and prints the summary
     model.load_state_dict(trainer.best_model)
@@ -778,8 +792,6 @@ def cmd_compare(a, argv=None) -> dict:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        from dvae.errors import DvaeError
-
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
                  "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
                  "compare": lambda a: cmd_compare(a, argv)}
@@ -790,8 +802,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DvaeError, ValueError, RuntimeError, FloatingPointError, OSError) as e:
-        if a.debug:
+    except Exception as e:
+        if a.debug or not _user_error(e):
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         who = f"dvae {a.verb}"

@@ -34,11 +34,12 @@ from pyro.infer.util import zero_grads
 from dvae.data.batch import ResidentSequences, SequenceBatch, collate
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
 from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
+from dvae.models import MODELS
 
 
-DEFAULT_LR = {"dmm": 1e-2, "vrnn": 1e-2, "vrae": 1e-2, "lgssm": 1e-2, "vae": 1e-2}
-"""Adam's learning rate per model family when ``TrainConfig.lr`` is None (chosen for time to quality:
-docs/performance.md, "Tuning the defaults")."""
+DEFAULT_LR = {name: cls.default_lr for name, cls in MODELS.items()}
+"""Adam's learning rate per model family when ``TrainConfig.lr`` is None, as each family's class states
+it (``default_lr``; chosen for time to quality: docs/performance.md, "Tuning the defaults")."""
 
 
 OTHER_LR = 1e-2
@@ -285,7 +286,7 @@ class Trainer:
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
                  device=None, x_log_std=None):
         if config.lr is None:  # the family's default, recorded in the trainer's config
-            config = dataclasses.replace(config, lr=default_lr(model.name))
+            config = dataclasses.replace(config, lr=getattr(model, "default_lr", OTHER_LR))
         self.model, self.config = model, config
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
