@@ -268,7 +268,8 @@ def evaluate_pf(model, xs, us, num_particles: int, log_det_per_step: float = 0.0
     """The particle filter's estimate over a set of sequences (standardised lists as :func:`evaluate`
     takes them), per observed step in the data's units: ``{"num_steps", "nll_pf_per_step"}``
     (-sum log Z_hat / steps + ``log_det_per_step``; the missing-entry correction as ``evaluate``)."""
-    from dvae.infer.trainer import batches, missing_log_det
+    from dvae.data.batching import batches
+    from dvae.infer.evaluation import missing_log_det
 
     run = filter_for(model)
     total, steps, extra = 0.0, 0, 0.0
