@@ -2,9 +2,9 @@
 
 :class:`ClippedSVI` is ``pyro.infer.SVI`` whose step clips the gradients of all parameters to one
 global norm and skips (returns nan for) an update whose loss or gradient is not finite, instead of
-corrupting the parameters; the trainers (:class:`dvae.infer.trainer.Trainer`, the data-parallel
-:class:`dvae.infer.distributed.DataParallelSVI`) then restore their last good snapshot. The loss and
-the norm are read to the host together: the one host-device sync of an update.
+corrupting the parameters (the trainer, :class:`dvae.infer.trainer.Trainer`, then restores its last
+good snapshot). The loss and the norm are read to the host together: the one host-device sync of an
+update. Data-parallel training subclasses it (:class:`dvae.infer.distributed.DataParallelSVI`).
 """
 
 from __future__ import annotations
