@@ -16,7 +16,7 @@ random draws (their first-batch losses agree, which the table reports):
     (c)  plain PyTorch: ``dvae.infer.direct.direct_loss`` (same networks, same estimator, the ELBO
          written in torch) with torch.optim.Adam
     (b') (b) as ``dvae train`` runs it by default: length-bucketed batches (each epoch's sequences sorted
-         by length, cut into batches, the batches in a shuffled order: ``dvae.infer.trainer.batch_indices``
+         by length, cut into batches, the batches in a shuffled order: ``dvae.data.batching.batch_indices``
          with ``by_length=True``), where (a0), (a), (b) and (c) take the same random batches (Pyro's
          example); over the same sequences per epoch, so the same real steps, fewer padded ones
     (r)  the recurrent loops alone, forward and backward, on the batches of (a): the guide's path (and
@@ -274,7 +274,7 @@ def batchings(lengths, config: dict, seed: int) -> dict:
     random order: Pyro's example) and ``bucketed`` (``dvae train``'s default): the warm-up sequences and
     the timed ones (one epoch) each bucketed by length on their own, so that an epoch of either batching
     holds the same sequences (the same real steps)."""
-    from dvae.infer.trainer import batch_indices
+    from dvae.data.batching import batch_indices
 
     B, w, n = config["batch_size"], config["warmup"], len(lengths)
     random = [list(range(i, i + B)) for i in range(0, n, B)]

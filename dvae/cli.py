@@ -305,7 +305,7 @@ def cmd_train(a) -> dict:
     from dvae.data import Normalizer
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
@@ -488,7 +488,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
-    from dvae.infer.trainer import sequence_lengths
+    from dvae.data.batching import sequence_lengths
 
     xs, us = data.subset("test")
     cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
@@ -533,7 +533,8 @@ def cmd_eval(a) -> dict:
 
     from dvae.errors import DataError
     from dvae.eval import kstep_report
-    from dvae.infer.trainer import evaluate, resolve_device
+    from dvae.device import resolve_device
+    from dvae.infer.evaluation import evaluate
     from dvae.run import load_data, load_model
 
     device = resolve_device(a.device)
@@ -592,7 +593,7 @@ def cmd_score(a):
     import pyro
 
     from dvae.infer.scores import sequence_scores, threshold_from
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if not 0 < a.quantile < 1:
@@ -636,7 +637,7 @@ def cmd_latent(a) -> dict:
     import pyro
 
     from dvae.eval.latent import latent_report
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if a.num_points < 2:
@@ -654,7 +655,7 @@ def cmd_latent(a) -> dict:
 # --- plan --------------------------------------------------------------------------------------------
 def cmd_plan(a) -> dict:
     from dvae.control import PlannerConfig
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.planning import model_policy, random_policy, run_episodes, true_policy
     from dvae.run import load_model
     from envs.rewards import reward_fn
@@ -699,7 +700,7 @@ def cmd_generate(a) -> dict:
     import pyro
     import torch
 
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_model
 
     if a.num_samples < 1 or a.steps < 1:
@@ -736,7 +737,7 @@ def cmd_impute(a) -> dict:
 
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import atomic_write_bytes, load_model
 
     if a.num_samples < 1:
@@ -774,7 +775,7 @@ def cmd_compare(a, argv=None) -> dict:
     from pathlib import Path
 
     from dvae.compare import SECTIONS, Context, command_line, run_study
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
 
     out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
     if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it

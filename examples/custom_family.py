@@ -21,7 +21,8 @@ import torch.nn as nn
 
 import envs  # noqa: F401  (registers dvae/WorldModel-v0)
 from dvae.data import Normalizer, collate, load_pendulum
-from dvae.infer.trainer import TrainConfig, Trainer, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.infer.smc import model_particle_filter
 from dvae.models import DynamicalVAE, ModelConfig
 from dvae.nn import MLP, GaussianHead, positive

@@ -21,9 +21,11 @@ import torch
 
 from dvae.compare import Context, Section, markdown_table
 from dvae.data.batch import collate
+from dvae.data.batching import batches
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
 from dvae.infer.estimators import estimator_programs, make_estimator, measure_estimator, tmc_applies
-from dvae.infer.trainer import TrainConfig, Trainer, batches, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 RACE_LR = 3e-3  # the fixed-time race's own Adam learning rate

@@ -29,7 +29,7 @@ Padded steps (``mask`` false; sequences padded at the end) contribute nothing: t
 increment is 0 and nothing is resampled there. Ragged batches thus give each sequence the estimate
 of its own length. The estimate is in the units of the data the callables score; a model trained
 on standardised data reports it in data units after the caller subtracts the standardisation's
-log-Jacobian per observed step, as ``dvae.infer.trainer.evaluate`` does for the bounds.
+log-Jacobian per observed step, as ``dvae.infer.evaluation.evaluate`` does for the bounds.
 
 The generic core is :func:`particle_filter` (three callables). :func:`model_particle_filter` runs it
 on any model through the state-space contract of ``dvae.models.base.DynamicalVAE`` (a particle is a
@@ -237,7 +237,8 @@ def evaluate_pf(model, xs, us, num_particles: int, log_det_per_step: float = 0.0
     """The particle filter's estimate over a set of sequences (standardised lists as :func:`evaluate`
     takes them), per observed step in the data's units: ``{"num_steps", "nll_pf_per_step"}``
     (-sum log Z_hat / steps + ``log_det_per_step``; the missing-entry correction as ``evaluate``)."""
-    from dvae.infer.trainer import batches, missing_log_det
+    from dvae.data.batching import batches
+    from dvae.infer.evaluation import missing_log_det
 
     run = filter_for(model)
     total, steps, extra = 0.0, 0, 0.0
