@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from dvae.compare import Context, Section, markdown_table
-from dvae.compare import _bounds as B
+from studies.compare import Context, Section, markdown_table
+from studies.compare import _bounds as B
 from dvae.models import ModelConfig
 
 NOISE_STD = 0.1
