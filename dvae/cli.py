@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent,compare}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -200,22 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
     _add_common(p, device_and_seed=True)
 
-    p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
-                                       "model families; writes docs/comparisons.md")
-    p.add_argument("--sections", default=None,
-                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
-                        "none: only rebuild the document")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
-                                                         "runs/compare-quick/comparisons.md)")
-    p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
-                                               "results go beside it as .json, figures under its figures/")
-    p.add_argument("--polyphonic-dir", default=None,
-                   help="directory with Nottingham/MuseData/Piano-midi.de pickles (the polyphonic section skips without it)")
-    p.add_argument("--work-dir", default=None, help="scratch space for runs (default runs/compare or runs/compare-quick)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
     return ap
 
 
@@ -770,32 +754,11 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
-# --- compare -----------------------------------------------------------------------------------------
-def cmd_compare(a, argv=None) -> dict:
-    from pathlib import Path
-
-    from dvae.compare import SECTIONS, Context, command_line, run_study
-    from dvae.device import resolve_device
-
-    out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
-    if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it
-        raise ValueError(f"{out}: --out must name a markdown file (*.md), not a folder")
-    sections = list(SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
-    if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
-        raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
-    ctx = Context(quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
-                  work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
-                  polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
-                  device=str(resolve_device(a.device)), threads=a.threads)
-    return run_study(sections, ctx, out, command_line(sys.argv[2:] if argv is None else list(argv)[1:]))
-
-
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
-                 "compare": lambda a: cmd_compare(a, argv)}
+                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))

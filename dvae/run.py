@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import torch
 
-from dvae.data import Normalizer, SequenceData, load_source
+from dvae.data import Normalizer, SequenceData
 from dvae.errors import RunDirError
 from dvae.infer.trainer import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
@@ -235,7 +235,10 @@ def write_metrics(run_dir: str, rows: list) -> None:
 
 def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
-    mode). ``missing``: NaN entries are missing observations (default: as the run was trained)."""
+    mode). ``missing``: NaN entries are missing observations (default: as the run was trained).
+    Built-in names (``pendulum``) are collected by :mod:`envs.sources`."""
+    from envs.sources import load_source  # the data layer reads files; a built-in source collects from an env
+
     d = config.data
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
