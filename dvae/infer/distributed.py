@@ -35,11 +35,14 @@ from pyro import poutine
 from torch.nn.parallel import DistributedDataParallel
 
 from dvae.data.batch import SequenceBatch, collate
+from dvae.data.batching import batch_indices, sequence_lengths
+from dvae.device import resolve_device
 from dvae.errors import DistributedError
 from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, SiteKL
-from dvae.infer.trainer import (ClippedSVI, Trainer, batch_indices, bounds_per_step, evaluate_sums,
-                                resolve_device, sequence_lengths)
+from dvae.infer.evaluation import bounds_per_step, evaluate_sums
+from dvae.infer.svi import ClippedSVI
+from dvae.infer.trainer import Trainer
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds a collective waits for the other ranks before the run fails (``dvae train --dist-timeout``)."""

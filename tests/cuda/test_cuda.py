@@ -84,7 +84,7 @@ def test_a_resumed_run_keeps_the_fused_adams_counters_with_the_parameters(tmp_pa
 def test_shared_fused_adam_on_cuda_makes_pyros_updates():
     from dvae.infer import DynamicalELBO
     from dvae.infer.optim import SharedAdam
-    from dvae.infer.trainer import ClippedSVI
+    from dvae.infer.svi import ClippedSVI
     from dvae.models import ModelConfig, build_model
 
     def train(optim):

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from bench.host_reads import (HostReads, count_update, count_validation, ddp_used_map, optimizer_counters,
                               tiny_trainer)
-from dvae.infer.trainer import evaluate
+from dvae.infer.evaluation import evaluate
 
 FAMILIES = ["dmm", "vrnn", "vrae", "vae", "lgssm"]
 

@@ -13,7 +13,8 @@ from bench.host_reads import HostReads, optimizer_counters
 from dvae.data import collate
 from dvae.infer import DynamicalELBO
 from dvae.infer.optim import SharedAdam, make_adam
-from dvae.infer.trainer import ClippedSVI, TrainConfig, Trainer
+from dvae.infer.svi import ClippedSVI
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 
