@@ -51,9 +51,8 @@ class _ParamView:
         group = {k: v for k, v in self.owner.shared.param_groups[0].items() if k != "params"}
         state = self.owner.shared.state.get(self.param)
         out = {}
-        if state:
+        if state:  # copied where they are (a fused counter stays on the GPU: no read for a snapshot)
             out = {k: v.detach().clone() for k, v in state.items() if torch.is_tensor(v)}
-            out["step"] = out["step"].to("cpu", torch.float32)  # where a one-parameter Adam keeps it
         return {"state": {0: out} if out else {}, "param_groups": [{**group, "params": [0]}]}
 
     def load_state_dict(self, state_dict: dict) -> None:
