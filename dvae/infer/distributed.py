@@ -349,7 +349,7 @@ class DataParallelTrainer(Trainer):
     def checkpoint(self) -> dict:
         """:meth:`Trainer.checkpoint` plus ``world_size`` and ``rng_ranks`` (every rank's RNG state). A
         collective: every rank calls it; rank 0 writes it."""
-        states: List[Optional[torch.Tensor]] = [None] * self.env.world_size
+        states: List[Optional[dict]] = [None] * self.env.world_size  # each rank's rng.capture()
         collective(self.env, "gathering the RNG states", dist.all_gather_object, states, rng.capture())
         ckpt = super().checkpoint()
         ckpt.update(world_size=self.env.world_size, rng_ranks=states, **states[0])
