@@ -133,7 +133,7 @@ def _fused(opt) -> bool:
 
 
 # --- the figures ---------------------------------------------------------------------------------
-FAMILIES = ("dmm", "vrnn", "vrae", "vae")
+FAMILIES = ("dmm", "vrnn", "vrae", "vae", "lgssm")
 
 
 def tiny_trainer(family: str, vectorized: bool = True, n: int = 6, seed: int = 0, device="cpu", **train):
