@@ -294,6 +294,7 @@ def cmd_train(a) -> dict:
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
     from dvae.device import resolve_device
+    from dvae.models import MODELS, ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
@@ -315,6 +316,10 @@ def cmd_train(a) -> dict:
             raise ValueError("--min-count must be at least 1")
         if a.guide in ("ltr", "iaf") and a.model != "dmm":
             raise ValueError(f"--guide {a.guide} is a DMM guide, not for {a.model}")
+        family_guides = MODELS[a.model].guides
+        if a.guide != ModelConfig.guide and a.guide not in family_guides:
+            raise ValueError(f"--guide {a.guide} is not a guide of {a.model} "
+                             f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
         if a.guide == "ltr" and a.bidirectional:
             raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
         if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
