@@ -150,7 +150,8 @@ class Recurrence(nn.Module):
             hx = state[None].contiguous()  # (1, B, hidden_dim)
         rnn = self._multi_step()
         rnn.train(torch.is_grad_enabled())
-        return torch.func.functional_call(rnn, params, (inputs, hx))[0]  # (B, T, hidden_dim)
+        # tie_weights=False: the module has no tied weights, and looking for them costs more than the call itself
+        return torch.func.functional_call(rnn, params, (inputs, hx), tie_weights=False)[0]  # (B, T, hidden_dim)
 
     def _multi_step(self) -> nn.RNNBase:
         """The cell's multi-step module, made once: a one-layer batch-first RNN of the cell's kind and sizes
