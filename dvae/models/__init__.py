@@ -49,6 +49,9 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
         both = [n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional]
         raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for {' and '.join(both)}, "
                          f"not {config.model!r}")
+    if config.kl_balance and not cls.kl_balancing:
+        takers = [n for n, c in MODELS.items() if c.kl_balancing]
+        raise ValueError(f"kl_balance (KL balancing) is for {' and '.join(takers)}, not {config.model!r}")
     return cls(config)
 
 

@@ -54,7 +54,7 @@ def test_the_guide_smooths_it_reads_later_observations():
 
 
 def test_an_unknown_guide_is_refused():
-    with pytest.raises(ValueError, match="srnn: guide = 'ltr' is not taken"):
+    with pytest.raises(ValueError, match="unknown SRNN guide 'ltr'"):
         build_model(ModelConfig("srnn", guide="ltr"))
 
 
