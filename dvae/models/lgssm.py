@@ -17,7 +17,8 @@ the Rauch-Tung-Striebel smoothed marginals of z. Covariances are parameterised b
 Two programs compute the same log p(x | u): the per-step ``model`` (one site ``x_t`` per step, the
 filter step by step; what ``generate`` runs unconditioned) and ``model_vectorized`` (training by
 default, ``evaluate(vectorized=True)``), ONE site ``"x"`` scored by ``pyro.distributions.GaussianHMM``
-(:meth:`LGSSM.marginal`), a parallel scan over time with no loop over steps. Every batch takes the
+(:meth:`LGSSM.marginal`), a parallel scan over time (the only loop over steps left is the controls'
+deterministic response, one small matmul per step). Every batch takes the
 GaussianHMM path in the vectorized program: padded steps and missing entries become observations
 without information (see :meth:`LGSSM.marginal`), so no case falls back to the step-by-step filter.
 
@@ -112,7 +113,7 @@ class LGSSM(DynamicalVAE):
     # Two exact computations of log p(x | u), measured equal (tests/models/test_lgssm.py):
     # - the time-vectorized program (training, and evaluation with ``vectorized=True``) scores the whole
     #   batch as ONE site through ``pyro.distributions.GaussianHMM`` (:meth:`marginal`), a parallel scan
-    #   over time with no Python loop over steps;
+    #   over time;
     # - the per-step program, the smoother and the per-step terms run the filter below step by step
     #   (``_forward``): generation (the program run unconditioned) needs one site per step.
     # Neither checks a factorisation's success (``cholesky_ex``, no per-step host sync): a covariance that
@@ -201,7 +202,8 @@ class LGSSM(DynamicalVAE):
 
     def marginal(self, batch: SequenceBatch) -> "KalmanMarginal":
         """p(x_{0:T-1} | u) of every sequence as one :class:`KalmanMarginal` (a ``GaussianHMM`` with an
-        observation offset; batch shape (B,), event shape (T, x_dim)), to score :meth:`observed` with.
+        observation offset; batch shape (B,), event shape (T, x_dim)), to score ``batch.x`` with every entry that is not observed (padding,
+        missing) set to 0 (as ``model_vectorized`` does).
 
         The controls move the state's mean only: z_t = d_t + e_t with the deterministic response
         d_0 = m0, d_t = A d_{t-1} + B u_{t-1} (B, T, z) (one small matmul per step) and the zero-mean
@@ -238,7 +240,7 @@ class LGSSM(DynamicalVAE):
         real = batch.mask[..., None].expand_as(batch.x)
         return real if batch.obs_mask is None else real & batch.obs_mask
 
-    def observed(self, batch: SequenceBatch) -> torch.Tensor:
+    def _zero_filled(self, batch: SequenceBatch) -> torch.Tensor:
         """x (B, T, x_dim) with every entry that is not observed (padding, missing) at 0, as
         :meth:`marginal` scores it."""
         return torch.where(self._observed_entries(batch), batch.x, batch.x.new_zeros(()))
@@ -248,7 +250,7 @@ class LGSSM(DynamicalVAE):
         (:meth:`marginal`)."""
         pyro.module("lgssm", self)
         with pyro.plate("sequences", batch.batch_size, dim=-1):
-            pyro.sample("x", self.marginal(batch), obs=self.observed(batch))
+            pyro.sample("x", self.marginal(batch), obs=self._zero_filled(batch))
 
     guide_vectorized = guide
 
