@@ -217,3 +217,15 @@ def test_set_params_makes_its_matrices_on_the_parameters_device():
     got = _numpy_params(_model().double().set_params(*true))
     for a, b in zip(got, true):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_both_programs_and_the_smoother_make_every_tensor_on_the_parameters_device():
+    """The ``meta`` device stands in for a GPU: a tensor made on the CPU next to the parameters would fail."""
+    m = _model().to("meta")
+    batch = _random_batch(3, 1, (5, 3), torch.Generator().manual_seed(0), missing=0.2, dtype=torch.float32)
+    batch = batch.to("meta")
+    with pyro.validation_enabled(False):
+        for program in (m.model, m.model_vectorized):
+            assert _observed_log_prob(program, batch).device.type == "meta"
+        loc, cov = m.smooth(batch)
+    assert loc.shape == (2, 5, 2) and cov.device.type == "meta"
