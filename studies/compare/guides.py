@@ -208,7 +208,7 @@ def run(ctx: Context) -> Section:
         f"{sizes['episodes']} episodes of {sizes['steps'] + 1} observations of `{ENV}` under an "
         "Ornstein-Uhlenbeck control (`dvae collect --policy ou`), split 80/10/10. The reference row is the "
         "exact negative log-likelihood of the same test sequences under the system's true parameters "
-        "(Kalman filter, `envs.linear_gaussian.kalman_log_likelihood`). Flags: " + flags_note + ".",
+        "(Kalman filter, `envs.linear_gaussian.log_likelihood`). Flags: " + flags_note + ".",
         "",
         markdown_table(header, rows),
         "",
