@@ -202,8 +202,8 @@ class LGSSM(DynamicalVAE):
 
     def marginal(self, batch: SequenceBatch) -> "KalmanMarginal":
         """p(x_{0:T-1} | u) of every sequence as one :class:`KalmanMarginal` (a ``GaussianHMM`` with an
-        observation offset; batch shape (B,), event shape (T, x_dim)), to score ``batch.x`` with every entry that is not observed (padding,
-        missing) set to 0 (as ``model_vectorized`` does).
+        observation offset; batch shape (B,), event shape (T, x_dim)), to score ``batch.x`` with every
+        entry that is not observed (padding, missing) set to 0 (as ``model_vectorized`` does).
 
         The controls move the state's mean only: z_t = d_t + e_t with the deterministic response
         d_0 = m0, d_t = A d_{t-1} + B u_{t-1} (B, T, z) (one small matmul per step) and the zero-mean

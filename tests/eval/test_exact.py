@@ -17,8 +17,8 @@ def _system(z_dim, x_dim, u_dim, seed):
     g = np.random.default_rng(seed)
     S, Rm, P = (g.standard_normal((d, d)) for d in (z_dim, x_dim, z_dim))
     return LGSSMParams(0.7 * g.standard_normal((z_dim, z_dim)), g.standard_normal((z_dim, u_dim)),
-                       g.standard_normal((x_dim, z_dim)), S @ S.T + 0.1 * np.eye(z_dim), Rm @ Rm.T + 0.1 * np.eye(x_dim),
-                       g.standard_normal(z_dim), P @ P.T + 0.5 * np.eye(z_dim)), g
+                       g.standard_normal((x_dim, z_dim)), S @ S.T + 0.1 * np.eye(z_dim),
+                       Rm @ Rm.T + 0.1 * np.eye(x_dim), g.standard_normal(z_dim), P @ P.T + 0.5 * np.eye(z_dim)), g
 
 
 @pytest.mark.parametrize("z_dim, x_dim, u_dim", [(1, 1, 1), (3, 2, 2), (2, 4, 1)])
