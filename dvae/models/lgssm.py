@@ -43,11 +43,10 @@ from dvae.models.base import DynamicalVAE, ModelConfig, fill_imputed
 JITTER = 1e-4
 
 
-def _cholesky(S: torch.Tensor) -> torch.Tensor:
-    """The lower Cholesky factor of (a batch of) positive-definite S, without the success check that
-    reads the result back to the host (``torch.linalg.cholesky`` does, per call): a matrix that is not
-    positive definite gives a factor with non-finite entries instead of an error."""
-    return torch.linalg.cholesky_ex(S).L
+def _cholesky(M: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor of a covariance this model built positive definite, without the error check
+    that reads the result back to the host (``cholesky_ex``)."""
+    return torch.linalg.cholesky_ex(M).L
 
 
 class KalmanMarginal(dist.GaussianHMM):
@@ -327,13 +326,13 @@ class LGSSM(DynamicalVAE):
     def initial_state(self, n: int, c=None):
         """p(z_0) = N(m0, P0); the state is z_t alone."""
         *_, m0, P0 = self.params()
-        return {}, dist.MultivariateNormal(m0.expand(n, -1), P0)
+        return {}, dist.MultivariateNormal(m0.expand(n, -1), scale_tril=_cholesky(P0))
 
     def transition_step(self, state, x, u=None, obs_mask=None):
         """p(z_t | z_{t-1}, u_{t-1}) = N(A z_{t-1} + B u_{t-1}, Q)."""
         A, Bm, _, Q, *_ = self.params()
         loc = state["z"] @ A.T + (u @ Bm.T if u is not None else 0.0)  # (n, z_dim)
-        return {}, dist.MultivariateNormal(loc, Q)
+        return {}, dist.MultivariateNormal(loc, scale_tril=_cholesky(Q))
 
     def emission(self, state, obs_mask=None):
         """p(x_t | z_t) = N(C z_t, R); with ``obs_mask`` (n, x_dim) the density of the observed entries
@@ -341,7 +340,7 @@ class LGSSM(DynamicalVAE):
         C, R = self._observation_matrices(self.params(), obs_mask)
         z = state["z"]
         loc = z @ C.T if C.dim() == 2 else (C @ z[..., None])[..., 0]  # (n, x_dim)
-        return dist.MultivariateNormal(loc, R)
+        return dist.MultivariateNormal(loc, scale_tril=_cholesky(R))
 
     @torch.no_grad()
     def posterior_last(self, batch: SequenceBatch):
