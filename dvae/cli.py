@@ -310,13 +310,13 @@ def cmd_train(a) -> dict:
     else:
         if a.epochs is not None and a.epochs < 1:
             raise ValueError("--epochs must be at least 1")
-        if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
-            raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
+        family = MODELS[a.model]
+        if (a.bidirectional and not family.bidirectional_encoder) or (a.condition and not family.conditional):
+            both = " and ".join(n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional)
+            raise ValueError(f"--bidirectional and --condition are for {both}, not {a.model}")
         if a.min_count < 1:
             raise ValueError("--min-count must be at least 1")
-        if a.guide in ("ltr", "iaf") and a.model != "dmm":
-            raise ValueError(f"--guide {a.guide} is a DMM guide, not for {a.model}")
-        family_guides = MODELS[a.model].guides
+        family_guides = family.guides
         if a.guide != ModelConfig.guide and a.guide not in family_guides:
             raise ValueError(f"--guide {a.guide} is not a guide of {a.model} "
                              f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
