@@ -10,7 +10,10 @@ applies one control (data units) through ``model.imagine_step`` (``transition_st
 latent's and of the observation's distribution at every step (a deterministic rollout).
 
 Units: the normaliser's statistics are put on the model's device once, when the world model is made;
-a step moves nothing between the host and the device except the action it is given.
+a step moves nothing between the host and the device except the action it is given, and reads nothing
+back: the distributions of a step are built without argument validation (the states come from the
+model itself), which would read every parameter tensor back to check it (tests/test_world_model.py
+counts the reads).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import pyro
 import torch
 
 from dvae.data.batch import collate
@@ -75,7 +79,8 @@ class WorldModel:
             u = torch.cat([u_hist, x.new_zeros(1, self.u_dim)], 0)  # (C, u_dim): the last one is not known yet
         batch = collate([x.cpu()], None if u is None else [u.cpu()]).to(self.device)  # collate builds on the host
         batch = repeat_batch(batch, num_samples)
-        self.state, self._y = self.model.posterior_last(batch)
+        with pyro.validation_enabled(False):
+            self.state, self._y = self.model.posterior_last(batch)
         self.x = torch.as_tensor(x_history[-1], dtype=self.dtype, device=self.device).expand(num_samples, -1).clone()
         return self.x
 
@@ -83,9 +88,10 @@ class WorldModel:
     def reset_prior(self, num_samples: int = 1) -> torch.Tensor:
         """Start ``num_samples`` rollouts from the model's prior p(z_0), p(x_0 | z_0): returns x_0
         (N, x_dim), data units."""
-        state, p_z = self.model.initial_state(num_samples)
-        self.state = self.model.with_latent(state, p_z.sample() if self.sample else p_z.mean)
-        p_x = self.model.emission(self.state)
+        with pyro.validation_enabled(False):
+            state, p_z = self.model.initial_state(num_samples)
+            self.state = self.model.with_latent(state, p_z.sample() if self.sample else p_z.mean)
+            p_x = self.model.emission(self.state)
         self._y = p_x.sample() if self.sample else p_x.mean
         self.x = self._x_out(self._y)
         return self.x
@@ -96,7 +102,8 @@ class WorldModel:
         """Apply controls u (N, u_dim) (data units); returns the next observations (N, x_dim), data units."""
         if self.state is None:
             raise RuntimeError("call reset() or reset_prior() before step()")
-        self.state, self._y, _ = self.model.imagine_step(self.state, self._y, self._u_in(u), sample=self.sample)
+        with pyro.validation_enabled(False):
+            self.state, self._y, _ = self.model.imagine_step(self.state, self._y, self._u_in(u), sample=self.sample)
         self.x = self._x_out(self._y)
         return self.x
 
