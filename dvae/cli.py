@@ -398,7 +398,7 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
             save_torch(ckpt_path, ckpt)
 
     if a.resume:
-        trainer.load_checkpoint(load_torch(ckpt_path, device))
+        trainer.load_checkpoint(load_torch(ckpt_path, "cpu"))  # Adam's step counters stay on the CPU (moments move)
         if main_rank:
             _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
     else:  # from the first moment on, the run directory can be evaluated and resumed

@@ -101,8 +101,17 @@ class _Imagined:
         return obs_space, self._action_space_1
 
     def _seeded(self, fn, *args):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.np_random.integers(2 ** 62)))
+        """``fn(*args)`` under a torch seed drawn from ``self.np_random``; every random stream the seed
+        touches is put back afterwards (the CPU's and, where CUDA is in use, each CUDA device's), so
+        the caller's own draws go on as if the env had drawn nothing. Without CUDA in use only the CPU
+        generator is seeded (``torch.manual_seed`` would queue a seed for CUDA's later start)."""
+        seed = int(self.np_random.integers(2 ** 62))
+        cuda = torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            if cuda:
+                torch.manual_seed(seed)  # the CPU and every CUDA device, all forked above
+            else:
+                torch.default_generator.manual_seed(seed)
             return fn(*args)
 
     def _start(self, n, options):

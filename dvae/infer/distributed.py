@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -37,6 +38,7 @@ from dvae.data.batch import SequenceBatch, collate
 from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.device import resolve_device
 from dvae.errors import DistributedError
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, SiteKL
 from dvae.infer.evaluation import bounds_per_step, evaluate_sums
 from dvae.infer.svi import ClippedSVI
@@ -95,6 +97,11 @@ def init_from_env(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Opt
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl":
+        # a collective that times out then raises in this thread (a DistBackendError, which collective()
+        # turns into one line) instead of NCCL's watchdog ending the process with a C++ stack; it also
+        # makes the host wait for each collective, which the update's one read does anyway
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
@@ -227,17 +234,20 @@ class DataParallelSVI(ClippedSVI):
         super().__init__(model, guide, optim, loss_module.module.elbo, clip_norm=clip_norm)
         self.loss_module, self.env = loss_module, env
 
-    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
+    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> torch.Tensor:
         """Forward and backward through DDP (gradients all-reduced: the batch's per-step ELBO gradient);
-        returns the batch's per-step loss, summed over the ranks."""
+        returns the batch's per-step loss, summed over the ranks: a float64 0-dim tensor on the device,
+        reduced there and read by :meth:`clip_and_update` with the gradient norm, in one read."""
         scale = self.env.world_size / num_steps
         loss = self.loss_module(batch, annealing_factor, scale, active)
         collective(self.env, "the gradient all-reduce (DistributedDataParallel backward)", loss.backward)
         # an inactive rank's loss is zero but for its share of the free-bits floors
-        return all_reduce_sum(self.env, [float(loss.detach()) / self.env.world_size], "the loss all-reduce")[0]
+        total = loss.detach().to(torch.float64) / self.env.world_size  # ()
+        collective(self.env, "the loss all-reduce", dist.all_reduce, total)
+        return total
 
     def step(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
-        with poutine.trace(param_only=True) as param_capture:
+        with self.validation(), poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads_global(batch, annealing_factor, num_steps, active)
         return self.clip_and_update(param_capture.trace, loss)
 
@@ -294,8 +304,10 @@ class DataParallelTrainer(Trainer):
     def _shard_batch(self, idx: List[int]):
         """(this rank's padded share of batch ``idx``, the batch's real steps, active)."""
         rows, active = shard(idx, self.env.rank, self.env.world_size)
-        batch = collate([torch.from_numpy(self.train_xs[i]) for i in rows],
-                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows])
+        xs = [self.train_xs[i] for i in rows]
+        batch = collate([torch.from_numpy(x) for x in xs],
+                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows],
+                        missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
         num_steps = sum(self.train_lengths[i] for i in idx)
         return pad_steps(batch, max(self.train_lengths[i] for i in idx)), num_steps, active
 
@@ -316,7 +328,7 @@ class DataParallelTrainer(Trainer):
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
             batch, n, active = self._shard_batch(idx)
-            loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), n, active)
+            loss = self.svi.step(batch.to_device(self.device), self.annealing_factor(self.state["step"]), n, active)
             self._record_update(acc, loss, n, i)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
@@ -337,17 +349,17 @@ class DataParallelTrainer(Trainer):
     def checkpoint(self) -> dict:
         """:meth:`Trainer.checkpoint` plus ``world_size`` and ``rng_ranks`` (every rank's RNG state). A
         collective: every rank calls it; rank 0 writes it."""
-        states: List[Optional[torch.Tensor]] = [None] * self.env.world_size
-        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, torch.get_rng_state())
+        states: List[Optional[dict]] = [None] * self.env.world_size  # each rank's rng.capture()
+        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, rng.capture())
         ckpt = super().checkpoint()
-        ckpt.update(world_size=self.env.world_size, rng_ranks=states, rng=states[0])
+        ckpt.update(world_size=self.env.world_size, rng_ranks=states, **states[0])
         return ckpt
 
     def load_checkpoint(self, ckpt: dict) -> None:
         super().load_checkpoint(ckpt)
         states = ckpt.get("rng_ranks")
         if states is not None and len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank].cpu())
+            rng.restore(states[self.env.rank])  # a dict of CPU and CUDA states (a bare CPU state before)
         else:  # written by another number of processes (or one): a fresh stream per rank
             self._reseed(self.state["step"])
 

@@ -218,6 +218,15 @@ class DynamicalELBO(TraceMeanField_ELBO):
             out[name] = kl
         return out
 
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The -ELBO estimate to differentiate, a 0-dim tensor on the device, read nowhere here (Pyro's
+        reads it twice, and checks it for NaN: host-device synchronisations). Every latent site is
+        reparameterized, so the estimate is its own surrogate: the same value and gradient as Pyro's."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._particle_loss(model_trace, guide_trace) / self.num_particles
+        return torch.as_tensor(loss)
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         loss = self._particle_loss(model_trace, guide_trace)
         # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss

@@ -33,8 +33,10 @@ from pyro import poutine
 from dvae.data.batch import ResidentSequences, collate
 from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, elbo
 from dvae.infer.evaluation import evaluate, missing_log_det
+from dvae.infer.optim import make_adam
 from dvae.infer.svi import ClippedSVI
 from dvae.models import MODELS
 
@@ -145,7 +147,7 @@ class Trainer:
         c = config
         optim_args = {"lr": c.lr}
         if c.optimizer == "adam":
-            self.optim = pyro.optim.Adam(optim_args)
+            self.optim = make_adam(optim_args, self.device)  # CUDA: one fused Adam over all parameters
         elif c.optimizer == "clipped_adam":
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
@@ -205,9 +207,9 @@ class Trainer:
         self.state["lr_scale"] = scale
         lr = self.config.lr * scale
         self.optim.pt_optim_args["lr"] = lr  # optimisers created later
-        for opt in self.optim.optim_objs.values():
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * change if relative else lr
+        groups = {id(g): g for opt in self.optim.optim_objs.values() for g in opt.param_groups}  # a shared group once
+        for group in groups.values():
+            group["lr"] = group["lr"] * change if relative else lr
 
     def _recover(self) -> None:
         self.state["faults"] += 1
@@ -253,10 +255,12 @@ class Trainer:
             if resident is not None:
                 batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
             else:
-                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                xs = [self.train_xs[j] for j in idx]
+                batch = collate([torch.from_numpy(x) for x in xs],
                                 None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
-                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
-                batch = batch.to(self.device)
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx],
+                                missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
+                batch = batch.to_device(self.device)  # CUDA: pinned, non_blocking
             loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
@@ -431,7 +435,7 @@ class Trainer:
         and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
         self._flush_terms()
         return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
-                "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
+                "state": copy.deepcopy(self.state), **rng.capture(), "rows": list(self.rows)}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -440,4 +444,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
+        rng.restore(ckpt)  # the CPU and (where used) CUDA random states
