@@ -209,6 +209,6 @@ def to_float32(path: str, name: str, arr: np.ndarray, where=None, axes=("sequenc
         if over.any():
             pos = np.argwhere(over)[0]
             place = ", ".join(f"{ax} {int(i)}" for ax, i in zip(axes, pos))
-            raise DataError(f"{path}: {name} has {arr[tuple(pos)]!r} at {place}: beyond float32's range "
+            raise DataError(f"{path}: {name} has {float(arr[tuple(pos)])!r} at {place}: beyond float32's range "
                             f"(|x| <= {float(np.finfo(np.float32).max):.4g}); rescale the data")
     return out

@@ -341,7 +341,7 @@ def _check_finite(path: str, name: str, arr: np.ndarray, j: int) -> None:
 def shard_paths(source: str) -> List[str]:
     """The shards a lazily read SOURCE names: a manifest (or its directory), or one .npy directory."""
     manifest = source if os.path.basename(source) == MANIFEST else os.path.join(source, MANIFEST)
-    if os.path.isfile(manifest):
+    if os.path.lexists(manifest):  # a FIFO or a link too: read_bytes refuses them
         m = _read_json(manifest)
         if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("shards"), list):
             raise DataError(f"{manifest}: not a shard manifest (expected format {MANIFEST_FORMAT!r} and a "
@@ -366,7 +366,7 @@ def load_lazy(source: str):
     paths = shard_paths(source)
     shards = [Shard(p) for p in paths]
     manifest = source if os.path.basename(source) == MANIFEST else os.path.join(source, MANIFEST)
-    if os.path.isfile(manifest):
+    if os.path.lexists(manifest):  # a FIFO or a link too: read_bytes refuses them
         for k, (entry, shard) in enumerate(zip(_read_json(manifest)["shards"], shards)):
             if "episodes" in entry and entry["episodes"] != shard.n:
                 raise DataError(f"{manifest}: shards[{k}] lists {entry['episodes']} episodes but {shard.path} "
