@@ -293,8 +293,17 @@ def read_metrics(run_dir: str) -> list:
     path = os.path.join(run_dir, METRICS)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from dvae.errors import DataError
+    from dvae.inputs import read_bytes
+
+    try:  # a regular file within the size limit (not a FIFO or /dev/zero)
+        text = read_bytes(path, "metrics.jsonl").decode("utf-8")
+    except (DataError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e)) from None
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise RunDirError(f"{path}: not valid JSON lines ({str(e)[:200]})") from None
 
 
 def write_metrics(run_dir: str, rows: list) -> None:
