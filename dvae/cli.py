@@ -1,7 +1,9 @@
-"""The ``dvae`` command: collect, train, eval (see DESIGN.md for the stable contract).
+"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent, ...),
+each printing one JSON object; the flags and JSON keys are the stable contract the README lists.
 
-Errors a user can fix are printed as one line on stderr with a non-zero exit status (add --debug for
-the traceback); stdout carries only the JSON result.
+Errors a user can fix (bad input, flags, files; ``_user_error``) are printed as one line on stderr
+with a non-zero exit status (add --debug for the traceback); anything else is a bug and shows its
+traceback. stdout carries only the JSON result.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ MAX_ERROR_CHARS = 500
 """Error lines are cut to this many characters (a hostile file name or value cannot flood the terminal)."""
 
 
+def _user_error(e: BaseException) -> bool:
+    """Whether ``e`` is something a user can fix (bad input, flags or files, a diverged run, memory),
+    reported in one line; anything else (a RuntimeError from torch, a TypeError, ...) is a bug, and its
+    traceback is shown as it is."""
+    from dvae.errors import DvaeError
+
+    return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
+        type(e).__name__ == "OutOfMemoryError"
+
+
 def _add_common(p, device_and_seed: bool = False):
     """The flags every verb ends with; ``device_and_seed``: the verbs that read a run get --device and
     --seed before them."""
@@ -40,12 +52,12 @@ def _add_run_and_split(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from dvae.infer.trainer import DEFAULT_LR, TrainConfig
-    from dvae.models import ModelConfig
+    from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent,compare}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+    p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
@@ -84,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
     p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
-    p.add_argument("--guide", choices=["dks", "mean_field", "ltr", "iaf"], default=mc.guide,
+    p.add_argument("--guide", choices=list(all_guides()), default=mc.guide,
                    help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
                         "(dks followed by affine autoregressive flows on each step)")
     p.add_argument("--num-iafs", type=int, default=None,
@@ -192,22 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
     _add_common(p, device_and_seed=True)
 
-    p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
-                                       "model families; writes docs/comparisons.md")
-    p.add_argument("--sections", default=None,
-                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
-                        "none: only rebuild the document")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
-                                                         "runs/compare-quick/comparisons.md)")
-    p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
-                                               "results go beside it as .json, figures under its figures/")
-    p.add_argument("--polyphonic-dir", default=None,
-                   help="directory with Nottingham/MuseData/Piano-midi.de pickles (the polyphonic section skips without it)")
-    p.add_argument("--work-dir", default=None, help="scratch space for runs (default runs/compare or runs/compare-quick)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
     return ap
 
 
@@ -297,7 +293,7 @@ def cmd_train(a) -> dict:
     from dvae.data import Normalizer
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
@@ -449,7 +445,9 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
             print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if trainer.best_model is None:
-        raise RuntimeError("no epoch completed (is the time limit too short?)")
+        from dvae.errors import DvaeError
+
+        raise DvaeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return None  # rank 0 writes the plots and prints the summary
     model.load_state_dict(trainer.best_model)
@@ -478,7 +476,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
-    from dvae.infer.trainer import sequence_lengths
+    from dvae.data.batching import sequence_lengths
 
     xs, us = data.subset("test")
     cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
@@ -539,7 +537,8 @@ def cmd_eval(a) -> dict:
 
     from dvae.errors import DataError
     from dvae.eval import kstep_report
-    from dvae.infer.trainer import evaluate, resolve_device
+    from dvae.device import resolve_device
+    from dvae.infer.evaluation import evaluate
     from dvae.run import load_data, load_model
 
     device = resolve_device(a.device)
@@ -601,7 +600,7 @@ def cmd_score(a):
     import pyro
 
     from dvae.infer.scores import sequence_scores, threshold_from
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if not 0 < a.quantile < 1:
@@ -646,7 +645,7 @@ def cmd_latent(a) -> dict:
     import pyro
 
     from dvae.eval.latent import latent_report
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if a.num_points < 2:
@@ -664,7 +663,7 @@ def cmd_latent(a) -> dict:
 # --- plan --------------------------------------------------------------------------------------------
 def cmd_plan(a) -> dict:
     from dvae.control import PlannerConfig
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.planning import model_policy, random_policy, run_episodes, true_policy
     from dvae.run import load_model
     from envs.rewards import reward_fn
@@ -709,7 +708,7 @@ def cmd_generate(a) -> dict:
     import pyro
     import torch
 
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_model
 
     if a.num_samples < 1 or a.steps < 1:
@@ -747,7 +746,7 @@ def cmd_impute(a) -> dict:
 
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import atomic_write_bytes, load_model
 
     if a.num_samples < 1:
@@ -781,26 +780,6 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
-# --- compare -----------------------------------------------------------------------------------------
-def cmd_compare(a, argv=None) -> dict:
-    from pathlib import Path
-
-    from dvae.compare import SECTIONS, Context, command_line, run_study
-    from dvae.infer.trainer import resolve_device
-
-    out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
-    if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it
-        raise ValueError(f"{out}: --out must name a markdown file (*.md), not a folder")
-    sections = list(SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
-    if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
-        raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
-    ctx = Context(quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
-                  work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
-                  polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
-                  device=str(resolve_device(a.device)), threads=a.threads)
-    return run_study(sections, ctx, out, command_line(sys.argv[2:] if argv is None else list(argv)[1:]))
-
-
 def _non_finite_at(obj, where="result"):
     """The place of the first NaN or infinity in a JSON-able result, or None."""
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -832,11 +811,8 @@ def _strict_json(result) -> str:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        from dvae.errors import DvaeError
-
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
-                 "compare": lambda a: cmd_compare(a, argv)}
+                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else _strict_json(result))
@@ -844,8 +820,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DvaeError, ValueError, RuntimeError, FloatingPointError, OSError, MemoryError) as e:
-        if a.debug:
+    except Exception as e:
+        if a.debug or not _user_error(e):
             raise
         msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, MemoryError):

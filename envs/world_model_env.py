@@ -24,7 +24,8 @@ Episode End:
     ``termination_fn(obs) -> bool`` if given; truncation by the TimeLimit of the registration (200).
 
 Arguments:
-    run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled observations;
+    run_dir (or ``model=`` a model in memory, any family that states the state-space contract, with
+    ``normalizer=`` its data's :class:`dvae.data.Normalizer`), env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled observations;
     False: the emitter means), device="cpu".
 
 Randomness comes only from ``reset(seed=...)``: each sampling step runs under a torch seed drawn
@@ -69,8 +70,17 @@ def _reward(env_id, reward_fn):
 class _Imagined:
     """What the single and the vector env share: the world model and seeded sampling."""
 
-    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device):
-        model, norm, world_cls = _load(run_dir, device)
+    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device, model=None, normalizer=None):
+        if model is not None:  # a model in memory (any family that states the contract) and its normaliser
+            if run_dir is not None or normalizer is None:
+                raise ValueError("give either run_dir, or model= with normalizer= (the data's units)")
+            from dvae.world_model import WorldModel
+
+            model, norm, world_cls = model.to(device), normalizer, WorldModel
+        elif run_dir is None:
+            raise ValueError("dvae/WorldModel-v0 needs run_dir= (a run directory) or model= and normalizer=")
+        else:
+            model, norm, world_cls = _load(run_dir, device)
         self.world = world_cls(model, norm, sample=sample)
         self.model = model
         self.reward_fn, self.termination_fn = _reward(env_id, reward_fn), termination_fn
@@ -104,9 +114,10 @@ class _Imagined:
 class WorldModelEnv(_Imagined, gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu"):
+    def __init__(self, run_dir=None, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu",
+                 model=None, normalizer=None):
         self.observation_space, self.action_space = self._setup(run_dir, env_id, reward_fn, termination_fn,
-                                                                sample, device)
+                                                                sample, device, model, normalizer)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -121,11 +132,11 @@ class WorldModelEnv(_Imagined, gym.Env):
 class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
-    def __init__(self, run_dir, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
-                 device="cpu", max_episode_steps: int = 200):
+    def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
+                 device="cpu", max_episode_steps: int = 200, model=None, normalizer=None):
         self.num_envs = num_envs
         self.single_observation_space, self.single_action_space = self._setup(
-            run_dir, env_id, reward_fn, termination_fn, sample, device)
+            run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.max_episode_steps = max_episode_steps

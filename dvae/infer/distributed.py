@@ -34,10 +34,13 @@ from pyro import poutine
 from torch.nn.parallel import DistributedDataParallel
 
 from dvae.data.batch import SequenceBatch, collate
+from dvae.data.batching import batch_indices, sequence_lengths
+from dvae.device import resolve_device
 from dvae.errors import DistributedError
 from dvae.infer.elbo import DynamicalELBO, SiteKL
-from dvae.infer.trainer import (ClippedSVI, Trainer, batch_indices, bounds_per_step, evaluate_sums,
-                                missing_log_det, resolve_device, sequence_lengths)
+from dvae.infer.evaluation import bounds_per_step, evaluate_sums, missing_log_det
+from dvae.infer.svi import ClippedSVI
+from dvae.infer.trainer import Trainer
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds a collective waits for the other ranks before the run fails (``dvae train --dist-timeout``)."""
@@ -288,7 +291,8 @@ class DataParallelTrainer(Trainer):
     def _validate(self) -> Dict[str, float]:
         xs, us = self.valid_share
         sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
-                             log_det_per_step=self.log_det, x_log_std=self.x_log_std)
+                             vectorized=self.config.vectorized, log_det_per_step=self.log_det,
+                             x_log_std=self.x_log_std)
         keys = ("num_steps", "elbo", "log_lik", "kl", "iw", "extra_log_det")
         total = dict(zip(keys, all_reduce_sum(self.env, [sums[k] for k in keys], "the validation all-reduce")))
         total["num_steps"] = int(round(total["num_steps"]))

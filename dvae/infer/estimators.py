@@ -71,15 +71,11 @@ def _check(name: str, particles: int) -> None:
         raise ValueError("the tmc estimator needs at least 2 samples per step (particles >= 2)")
 
 
-VECTORIZABLE = ("dmm", "lgssm", "vae")
-"""Families whose per-step programs broadcast over extra sample dimensions on the left (K particles in
-one pass, and TMC's K samples per site). The VRNN's and VRAE's recurrent networks take (B, .) inputs
-and hidden states, so their K particles are drawn one after another and TMC does not apply to them."""
-
-
 def broadcasts(dvae_model) -> bool:
-    """Whether ``dvae_model``'s programs broadcast over sample dimensions (:data:`VECTORIZABLE`)."""
-    return getattr(dvae_model, "name", None) in VECTORIZABLE
+    """Whether ``dvae_model``'s programs broadcast over sample dimensions (its class's ``sample_broadcast``:
+    the DMM, LGSSM and VAE do; the VRNN's and VRAE's recurrent networks take (B, .) inputs and hidden
+    states, so their K particles are drawn one after another and TMC does not apply to them)."""
+    return bool(getattr(dvae_model, "sample_broadcast", False))
 
 
 def make_estimator(name: str, particles: int = 1, dvae_model=None) -> pyro.infer.ELBO:
@@ -104,8 +100,8 @@ def make_estimator(name: str, particles: int = 1, dvae_model=None) -> pyro.infer
 def _check_tmc(dvae_model) -> None:
     if not broadcasts(dvae_model):
         raise ValueError(f"the tmc estimator is not defined for the {getattr(dvae_model, 'name', '?')}: it draws K "
-                         "samples of every latent site at once, and this family's recurrent networks do not "
-                         f"broadcast over them (tmc runs on {', '.join(VECTORIZABLE)})")
+                         "samples of every latent site at once, and this family's programs do not "
+                         "broadcast over them (sample_broadcast is False)")
 
 
 def estimator_programs(dvae_model, name: str, particles: int = 1) -> Tuple[Callable, Callable]:
@@ -122,9 +118,10 @@ def estimator_programs(dvae_model, name: str, particles: int = 1) -> Tuple[Calla
 def tmc_applies(dvae_model) -> Tuple[bool, str]:
     """Whether TMC gives a bound on ``dvae_model`` (see the module docstring), and why not."""
     guide = getattr(getattr(dvae_model, "config", None), "guide", None)
-    if getattr(dvae_model, "name", None) != "dmm":
-        return False, "only the DMM's per-step latent sites are set up for K-sample enumeration"
-    if guide != "mean_field":
+    tmc_guides = getattr(dvae_model, "tmc_guides", ())
+    if not tmc_guides:
+        return False, "this family's per-step latent sites are not set up for K-sample enumeration"
+    if guide not in tmc_guides:
         return False, ("the dks guide's q(z_t | z_{t-1}, .) depends on the previous latent, so the pairwise TMC "
                        "weights are not those of the draws (not a bound)")
     return True, ""
