@@ -519,7 +519,7 @@ def _check_samples(flag: str, k: int, config, xs, batch_size: int, num_steps: in
     """Refuse a sample count whose tensors, about k x batch x T x (the model's widths) floats, would
     exceed the size limit (DVAE_MAX_BYTES), before any is drawn."""
     from dvae.inputs import check_bytes
-    from dvae.infer.trainer import sequence_lengths
+    from dvae.data.batching import sequence_lengths
 
     if k <= 0:
         return
