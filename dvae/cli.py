@@ -31,7 +31,12 @@ def _user_error(e: BaseException) -> bool:
     from dvae.errors import DvaeError
 
     return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
-        type(e).__name__ == "OutOfMemoryError"
+        type(e).__name__ == "OutOfMemoryError" or _allocator_error(e)
+
+
+def _allocator_error(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError: memory, not a bug."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -824,7 +829,9 @@ def main(argv=None) -> int:
         if a.debug or not _user_error(e):
             raise
         msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, MemoryError):
+        if "DefaultCPUAllocator" in msg:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..."
+            msg = msg[msg.index("DefaultCPUAllocator"):]
+        if isinstance(e, MemoryError) or _allocator_error(e) or type(e).__name__ == "OutOfMemoryError":
             msg = f"out of memory ({msg}): the data or the sizes asked for need more memory than there is"
         if len(msg) > MAX_ERROR_CHARS:
             msg = msg[:MAX_ERROR_CHARS - 3] + "..."

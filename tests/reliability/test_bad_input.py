@@ -508,3 +508,24 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(capsys, work, name, make
 def test_debug_shows_the_traceback(work):
     with pytest.raises(Exception):
         main(["eval", str(work / "no-such-run"), "--debug"])
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "dvae eval: error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 "
+     "bytes. Error code 12 (Cannot allocate memory)): the data or the sizes asked for need more memory than there is"),
+    (MemoryError(), "dvae eval: error: out of memory (MemoryError): the data or the sizes asked for need more memory "
+                    "than there is"),
+])
+def test_allocator_errors_are_one_line(capsys, monkeypatch, error, message):
+    """numpy's MemoryError and torch's CPU allocator's RuntimeError (memory, not a bug) become one line."""
+    import dvae.cli
+
+    def fail(a):
+        raise error
+
+    monkeypatch.setattr(dvae.cli, "cmd_eval", fail)
+    assert main(["eval", "some-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == message
