@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 
 from dvae.errors import DataError
-from dvae.inputs import read_bytes
+from dvae.inputs import max_bytes, read_bytes
 
 _ALLOWED = {
     ("builtins", "set"),
@@ -63,7 +63,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def safe_load(path: str):
     """Load a data pickle (Python 3, or Python 2 with latin1 strings) through the restricted unpickler."""
-    data = read_bytes(path, "data pickle")  # a regular file, within DVAE_MAX_BYTES (dvae.inputs)
+    # a regular file of at most a 16th of DVAE_MAX_BYTES: unpickled objects take many times the file's size
+    data = read_bytes(path, "data pickle", max_bytes() // 16)
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except RecursionError:

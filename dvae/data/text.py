@@ -37,7 +37,7 @@ import numpy as np
 from dvae.data.sequences import SequenceData, split_indices
 from dvae.data.lazy import LazySequences
 from dvae.errors import DataError
-from dvae.inputs import check_bytes, read_bytes
+from dvae.inputs import check_bytes, max_bytes, read_bytes
 
 UNK, EOS = "<unk>", "<eos>"
 UNK_ID, EOS_ID = 0, 1
@@ -107,7 +107,8 @@ def join(tokens: List[str], mode: str = "words") -> str:
 
 def read_lines(path: str, tokens: str = "words") -> List[List[str]]:
     """The token sequences of a text file's non-blank lines (DataError naming the file and line)."""
-    raw = read_bytes(path, "text file")  # a regular file within the size limit (dvae.inputs)
+    # a regular file of at most a 16th of the size limit: its tokens as Python strings take many times that
+    raw = read_bytes(path, "text file", max_bytes() // 16)
     seqs = []
     for n, line in enumerate(raw.split(b"\n"), 1):
         try:

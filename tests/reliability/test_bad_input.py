@@ -529,3 +529,22 @@ def test_allocator_errors_are_one_line(capsys, monkeypatch, error, message):
     assert main(["eval", "some-run"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == message
+
+
+def test_reads_are_capped_at_a_16th_of_the_size_limit(tmp_path, monkeypatch):
+    """Text, pickles and JSON are read to at most DVAE_MAX_BYTES / 16 (their Python objects take many
+    times the bytes); the limit an environment variable sets is the one applied."""
+    from dvae.data import load_polyphonic
+    from dvae.data.text import load_text
+    from dvae.errors import DataError
+
+    monkeypatch.setenv("DVAE_MAX_BYTES", str(16 * 1000))
+    (tmp_path / "small.txt").write_text("a b c\n" * 100)  # 600 bytes
+    assert len(load_text(str(tmp_path / "small.txt")).xs) == 100
+    (tmp_path / "big.txt").write_text("a b c\n" * 200)  # 1200 bytes
+    with pytest.raises(DataError, match=r"big.txt: reading this text file needs 1.2 KiB, over the limit of 1000 bytes"):
+        load_text(str(tmp_path / "big.txt"))
+    with open(tmp_path / "big.pickle", "wb") as f:
+        pickle.dump({"train": [[(60,)]], "valid": [[(60,)]], "test": [[(60,)]], "notes": "x" * 2000}, f)
+    with pytest.raises(DataError, match=r"big.pickle: reading this data pickle needs .* over the limit of 1000 bytes"):
+        load_polyphonic(str(tmp_path / "big.pickle"))
