@@ -130,7 +130,7 @@ def recurrent_loops(model, batch) -> torch.Tensor:
     """What every form of the model's ELBO must run step by step, and nothing else: the guide's path
     (the DMM's backward RNN and combiner chain, the VRNN's filter; the VRAE's encoder RNN and its
     q(z | x)) and, for the VRAE, the decoder RNN from the drawn z. A sum of its outputs, to backpropagate
-    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``_VRNNFilterScan``) as (a), (b) and (c)."""
+    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``VRNNFilterScan``) as (a), (b) and (c)."""
     if hasattr(model, "decoder_states"):  # one code per sequence, decoded by an RNN (the VRAE)
         loc, scale = model.posterior_params(batch)  # (B, z_dim): the encoder RNN's loop
         z = loc + torch.randn_like(loc) * scale

@@ -36,11 +36,14 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     """The model family named by ``config.model``."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r} (choose {', '.join(MODELS)})")
-    problems = capability_problems(config)
-    if problems:
-        field, value, want = problems[0]
-        raise ValueError(f"{config.model}: {field} = {value!r} is not taken (must be {want})")
-    return MODELS[config.model](config)
+    cls = MODELS[config.model]
+    if cls.guides and config.guide not in cls.guides:
+        raise ValueError(f"unknown {config.model.upper()} guide {config.guide!r} (choose {', '.join(cls.guides)})")
+    if (config.bidirectional and not cls.bidirectional_encoder) or (config.c_dim and not cls.conditional):
+        both = [n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional]
+        raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for {' and '.join(both)}, "
+                         f"not {config.model!r}")
+    return cls(config)
 
 
 __all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "MODELS", "build_model",

@@ -323,10 +323,11 @@ def observation_path(x_dist, mask: torch.Tensor):
 
 
 def observed_step_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
-    """log p(x_t | .) of every step (B, T) of an observation site built by :func:`observation_path`
-    (zero on padded steps)."""
+    """log p(x_t | .) of every step (B, T) of an observation site built by :func:`observation_path`, or
+    of any distribution over the path with a ``step_log_prob`` (the LGSSM's ``KalmanMarginal``: log p(x_t
+    | x_{<t})) (zero on padded steps)."""
     inner, mask = _unmask(fn)
-    if isinstance(inner, _PathBase):
+    if hasattr(inner, "step_log_prob"):
         lp = inner.step_log_prob(value)
     else:
         assert getattr(inner, "reinterpreted_batch_ndims", None) == 1, type(inner)
