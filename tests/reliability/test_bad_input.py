@@ -548,3 +548,18 @@ def test_reads_are_capped_at_a_16th_of_the_size_limit(tmp_path, monkeypatch):
         pickle.dump({"train": [[(60,)]], "valid": [[(60,)]], "test": [[(60,)]], "notes": "x" * 2000}, f)
     with pytest.raises(DataError, match=r"big.pickle: reading this data pickle needs .* over the limit of 1000 bytes"):
         load_polyphonic(str(tmp_path / "big.pickle"))
+
+
+@pytest.mark.parametrize("config", [dict(model="dmm"), dict(model="dmm", guide="iaf", num_iafs=2, iaf_dim=7),
+                                    dict(model="dmm", guide="mean_field", bidirectional=True),
+                                    dict(model="dmm", x_dim=64, frame_shape=[8, 8]), dict(model="vrnn", u_dim=2),
+                                    dict(model="vrae", bidirectional=True, c_dim=3), dict(model="lgssm", u_dim=1),
+                                    dict(model="vae")], ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_the_parameter_count_checked_before_building_is_the_built_models(config):
+    """config validation counts a model's parameters on the meta device (the IAF flows by formula): the
+    count equals that of the model built for real."""
+    from dvae.models import ModelConfig, build_model
+    from dvae.run import parameter_count
+
+    cfg = ModelConfig(**{"x_dim": 3, "z_dim": 4, "rnn_dim": 8, "transition_dim": 6, "emission_dim": 5, **config})
+    assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
