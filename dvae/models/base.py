@@ -124,7 +124,7 @@ class DynamicalVAE(nn.Module):
     loss (:mod:`dvae.infer.direct`) use only these public names.
 
     Capabilities, stated once on each class and read by the command line, config validation and
-    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``,
+    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
     ``sample_broadcast``, ``default_lr``.
     """
 
@@ -144,6 +144,8 @@ class DynamicalVAE(nn.Module):
     """The per-step programs broadcast over extra sample dimensions on the left of (B, ...): K particles
     in one pass (``vectorize_particles``) and TMC's K samples per site. False: particles are drawn one
     after another and TMC is refused (:mod:`dvae.infer.estimators`)."""
+    kl_balancing = False
+    """Takes ``ModelConfig.kl_balance`` (KL balancing of each step's KL)."""
     default_lr = 1e-2
     """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
 
