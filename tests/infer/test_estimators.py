@@ -151,7 +151,8 @@ def test_bad_estimator_names_and_particle_counts_are_refused():
         measure_estimator(small_dmm(), make_batch((3,)), "analytic", draws=1)
 
 
-FAMILIES = ("dmm", "vrnn", "vrae", "lgssm", "vae")
+FAMILIES = ("dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm")
+NOT_BROADCASTING = ("vrnn", "vrae", "vae", "storn", "srnn", "rssm")
 
 
 def _family(name):
@@ -171,7 +172,7 @@ def test_every_family_and_estimator_runs_or_is_refused_in_one_clear_error(family
     g = np.random.default_rng(0)
     batch = collate([torch.from_numpy(g.standard_normal((L, 2))) for L in (4, 2)],
                     [torch.from_numpy(g.standard_normal((L, 1))) for L in (4, 2)])
-    if name == "tmc" and family in ("vrnn", "vrae", "vae"):
+    if name == "tmc" and family in NOT_BROADCASTING:
         with pytest.raises(ValueError, match=f"tmc estimator is not defined for the {family}"):
             measure_estimator(model, batch, name, k, draws=2, warmup=0)
         return
@@ -179,7 +180,7 @@ def test_every_family_and_estimator_runs_or_is_refused_in_one_clear_error(family
     assert math.isfinite(st.value_mean) and math.isfinite(st.grad_var) and st.grad_norm > 0
 
 
-@pytest.mark.parametrize("family", ["vrnn", "vrae", "vae"])
+@pytest.mark.parametrize("family", NOT_BROADCASTING)
 def test_iw_particles_drawn_one_after_another_are_the_log_mean_of_the_importance_weights(family):
     """The non-broadcasting families' K particles are drawn in turn: the bound equals sum_b log (1/K) sum_k w_kb of
     the K traces drawn in the same order from the same seed (w_kb = log p(x_b, z_kb) - log q(z_kb | x_b),
