@@ -111,22 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
     p.add_argument("--lr-decay", type=finite_float, default=tc.lr_decay,
                    help="clipped_adam: learning-rate decay per update (1: none)")
-<<<<<<< HEAD
     p.add_argument("--clip-norm", type=finite_float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
     p.add_argument("--kl-start", type=finite_float, default=tc.kl_start, help="KL annealing factor at the first update")
     p.add_argument("--anneal-epochs", type=finite_float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=finite_float, default=tc.free_bits, help="nats per latent dim per step")
-    p.add_argument("--beta", type=finite_float, default=tc.beta,
-=======
-    p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
-    p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
-    p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=float, default=tc.free_bits,
+    p.add_argument("--free-bits", type=finite_float, default=tc.free_bits,
                    help="nats per latent dim per step (rssm: PlaNet's free nats F are F / z-dim)")
-    p.add_argument("--kl-balance", type=float, default=mc.kl_balance,
+    p.add_argument("--kl-balance", type=finite_float, default=mc.kl_balance,
                    help="rssm: KL balancing weight alpha in [0, 1) on the prior's side (DreamerV2: 0.8; 0: off)")
-    p.add_argument("--beta", type=float, default=tc.beta,
->>>>>>> main
+    p.add_argument("--beta", type=finite_float, default=tc.beta,
                    help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
     p.add_argument("--collapse-kl", type=finite_float, default=tc.collapse_kl,
                    help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
