@@ -326,8 +326,9 @@ def cmd_train(a) -> dict:
         if a.min_count < 1:
             raise ValueError("--min-count must be at least 1")
         family_guides = family.guides
+        owners = [n.upper() for n, c in MODELS.items() if a.guide in c.guides]
         if a.guide != ModelConfig.guide and a.guide not in family_guides:
-            raise ValueError(f"--guide {a.guide} is not a guide of {a.model} "
+            raise ValueError(f"--guide {a.guide} is a {' or '.join(owners)} guide, not a guide of {a.model} "
                              f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
         if a.guide == "ltr" and a.bidirectional:
             raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
