@@ -17,7 +17,11 @@ import time
 
 import numpy as np
 
+from dvae.flags import finite_float
+
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+MAX_ERROR_CHARS = 500
+"""Error lines are cut to this many characters (a hostile file name or value cannot flood the terminal)."""
 
 
 def _user_error(e: BaseException) -> bool:
@@ -27,7 +31,12 @@ def _user_error(e: BaseException) -> bool:
     from dvae.errors import DvaeError
 
     return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
-        type(e).__name__ == "OutOfMemoryError"
+        type(e).__name__ == "OutOfMemoryError" or _allocator_error(e)
+
+
+def _allocator_error(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError: memory, not a bug."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -82,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int, default=dc.min_count,
                    help="text data: training tokens seen fewer times map to <unk>")
     p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
+    p.add_argument("--time-limit", type=finite_float, default=None, help="seconds of training")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=None,
                    help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
                    + ")")
     p.add_argument("--z-dim", type=int, default=mc.z_dim)
@@ -100,18 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guide iaf: affine autoregressive transforms per step (default 1)")
     p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
-    p.add_argument("--lr-decay", type=float, default=tc.lr_decay,
+    p.add_argument("--lr-decay", type=finite_float, default=tc.lr_decay,
                    help="clipped_adam: learning-rate decay per update (1: none)")
-    p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
-    p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
-    p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=float, default=tc.free_bits,
+    p.add_argument("--clip-norm", type=finite_float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
+    p.add_argument("--kl-start", type=finite_float, default=tc.kl_start, help="KL annealing factor at the first update")
+    p.add_argument("--anneal-epochs", type=finite_float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
+    p.add_argument("--free-bits", type=finite_float, default=tc.free_bits,
                    help="nats per latent dim per step (rssm: PlaNet's free nats F are F / z-dim)")
-    p.add_argument("--kl-balance", type=float, default=mc.kl_balance,
+    p.add_argument("--kl-balance", type=finite_float, default=mc.kl_balance,
                    help="rssm: KL balancing weight alpha in [0, 1) on the prior's side (DreamerV2: 0.8; 0: off)")
-    p.add_argument("--beta", type=float, default=tc.beta,
+    p.add_argument("--beta", type=finite_float, default=tc.beta,
                    help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
-    p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
+    p.add_argument("--collapse-kl", type=finite_float, default=tc.collapse_kl,
                    help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
     p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true",
                    help="skip the PNGs written after training (training curves, reconstruction, prediction)")
-    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=finite_float, default=None, metavar="SECONDS",
                    help="under torchrun: seconds a collective waits for the other ranks before the run fails "
                         "(default 300)")
     _add_common(p)
@@ -154,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="anomaly scores per sequence and per time step, with a threshold")
     _add_run_and_split(p)
     p.add_argument("--iw-samples", type=int, default=0, help="also the K-sample importance-weighted bound")
-    p.add_argument("--quantile", type=float, default=0.99,
+    p.add_argument("--quantile", type=finite_float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
@@ -171,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: lowest and highest label)")
     p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
     p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
-    p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
+    p.add_argument("--span", type=finite_float, default=2.0, help="traversal: prior standard deviations either side of 0")
     p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
     p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
     _add_common(p, device_and_seed=True)
@@ -389,7 +398,7 @@ def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
         if c_dim:
             raise ValueError("conditional models (--condition) do not train under torchrun yet")
         trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
-                                      device, env=parallel)
+                                      device, env=parallel, x_log_std=normalizer.log_std)
     ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
 
     def save_checkpoint():
@@ -521,6 +530,22 @@ def _check_dims(data, config) -> None:
                          f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
 
 
+def _check_samples(flag: str, k: int, config, xs, batch_size: int, num_steps: int = 0) -> None:
+    """Refuse a sample count whose tensors, about k x batch x T x (the model's widths) floats, would
+    exceed the size limit (DVAE_MAX_BYTES), before any is drawn."""
+    from dvae.inputs import check_bytes
+    from dvae.data.batching import sequence_lengths
+
+    if k <= 0:
+        return
+    m = config.model
+    width = m.x_dim + m.u_dim + 2 * m.z_dim + m.rnn_dim + m.transition_dim + m.emission_dim
+    T = max(sequence_lengths(xs)) if xs is not None and len(xs) else num_steps
+    b = min(batch_size, len(xs)) if xs is not None and len(xs) else batch_size
+    check_bytes(4 * k * b * max(T, 1) * width, f"{k} samples ({b} sequences x {T} steps x {width} floats each)",
+                f"--{flag}")
+
+
 # --- eval --------------------------------------------------------------------------------------------
 def cmd_eval(a) -> dict:
     import pyro
@@ -543,6 +568,9 @@ def cmd_eval(a) -> dict:
         raise ValueError("--iw-samples must be >= 0")
     if a.particles < 0:
         raise ValueError("--particles must be >= 0")
+    _check_samples("iw-samples", a.iw_samples, config, xs, config.train.eval_batch_size)
+    _check_samples("particles", a.particles, config, xs, 1)
+    _check_samples("num-samples", a.num_samples, config, xs, 1)
     if a.particles:
         from dvae.infer.smc import filter_for
 
@@ -602,6 +630,7 @@ def cmd_score(a):
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
     xs, us = data.subset(a.split)
+    _check_samples("iw-samples", a.iw_samples, config, xs, 64)
     c_dim = config.model.c_dim
     cs = data.conditions(a.split, c_dim) if c_dim else None
     scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs,
@@ -700,6 +729,7 @@ def cmd_generate(a) -> dict:
     if a.num_samples < 1 or a.steps < 1:
         raise ValueError("--num-samples and --steps must be at least 1")
     model, config = load_model(a.run_dir, resolve_device(a.device))
+    _check_samples("num-samples", a.num_samples, config, None, 1, a.steps)
     model.eval()
     norm = config.normalizer
     pyro.set_rng_seed(a.seed)
@@ -743,6 +773,7 @@ def cmd_impute(a) -> dict:
         raise ValueError("impute needs a run trained on continuous data")
     data = load_npz(a.data, missing=True)
     _check_dims(data, config)
+    _check_samples("num-samples", a.num_samples, config, data.xs, 1)
     pyro.set_rng_seed(a.seed)
     norm = config.normalizer
     filled = impute_sequences(model, norm, data.xs, data.us, a.num_samples, config.train.eval_batch_size)
@@ -764,6 +795,34 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
+def _non_finite_at(obj, where="result"):
+    """The place of the first NaN or infinity in a JSON-able result, or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite_at(v, f"{where}.{k}" if where != "result" else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite_at(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _strict_json(result) -> str:
+    """The result as standard JSON: a NaN or infinity (which JSON has no number for) is an error naming
+    its key, never printed as the non-standard NaN/Infinity with exit status 0."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except ValueError:
+        where = _non_finite_at(result) or "the result"
+        raise FloatingPointError(f"{where} is not a finite number: the data or the model overflowed "
+                                 "(no JSON printed)") from None
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -771,7 +830,7 @@ def main(argv=None) -> int:
                  "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
-            print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+            print(result if isinstance(result, str) else _strict_json(result))
         return 0
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
@@ -779,7 +838,13 @@ def main(argv=None) -> int:
     except Exception as e:
         if a.debug or not _user_error(e):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if "DefaultCPUAllocator" in msg:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..."
+            msg = msg[msg.index("DefaultCPUAllocator"):]
+        if isinstance(e, MemoryError) or _allocator_error(e) or type(e).__name__ == "OutOfMemoryError":
+            msg = f"out of memory ({msg}): the data or the sizes asked for need more memory than there is"
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = msg[:MAX_ERROR_CHARS - 3] + "..."
         who = f"dvae {a.verb}"
         if a.verb == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "rank" not in msg[:5]:  # under torchrun
             who += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"

@@ -40,7 +40,7 @@ from dvae.device import resolve_device
 from dvae.errors import DistributedError
 from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, SiteKL
-from dvae.infer.evaluation import bounds_per_step, evaluate_sums
+from dvae.infer.evaluation import bounds_per_step, evaluate_sums, missing_log_det
 from dvae.infer.svi import ClippedSVI
 from dvae.infer.trainer import Trainer
 
@@ -152,7 +152,8 @@ def shard(idx: Sequence[int], rank: int, world_size: int):
 
 
 def pad_steps(batch: SequenceBatch, num_steps: int) -> SequenceBatch:
-    """Pad a batch with zeros at the end to ``num_steps`` steps (as :func:`collate` pads)."""
+    """Pad a batch with zeros at the end to ``num_steps`` steps (as :func:`collate` pads); every field is
+    kept: the conditions ``c`` as they are, the observation mask padded with False (nothing observed)."""
     extra = num_steps - batch.num_steps
     assert extra >= 0, (batch.num_steps, num_steps)
     if extra == 0:
@@ -160,7 +161,8 @@ def pad_steps(batch: SequenceBatch, num_steps: int) -> SequenceBatch:
     x = F.pad(batch.x, (0, 0, 0, extra))  # (B, num_steps, x_dim)
     u = None if batch.u is None else F.pad(batch.u, (0, 0, 0, extra))  # (B, num_steps, u_dim)
     mask = F.pad(batch.mask, (0, extra))  # (B, num_steps), False on the new steps
-    return SequenceBatch(x, u, mask, batch.lengths)
+    obs_mask = None if batch.obs_mask is None else F.pad(batch.obs_mask, (0, 0, 0, extra))  # (B, num_steps, x_dim)
+    return SequenceBatch(x, u, mask, batch.lengths, batch.c, obs_mask)
 
 
 class DataParallelELBO(DynamicalELBO):
@@ -263,9 +265,13 @@ class DataParallelTrainer(Trainer):
     """
 
     def __init__(self, model, config, train_data, valid_data, log_det_per_step: float = 0.0, device=None,
-                 env: Optional[DistEnv] = None):
+                 env: Optional[DistEnv] = None, x_log_std=None):
         assert env is not None and env.world_size > 1, "DataParallelTrainer needs a DistEnv of 2 or more ranks"
-        super().__init__(model, config, train_data, valid_data, log_det_per_step, device or env.device)
+        super().__init__(model, config, train_data, valid_data, log_det_per_step, device or env.device,
+                         x_log_std=x_log_std)
+        # missing entries (--missing nan): every rank sums the log-Jacobian difference of its steps with
+        # missing entries, and the sums are reduced every update (on every rank, masked batch or not)
+        self.missing = bool(getattr(getattr(model, "config", None), "missing", False)) and x_log_std is not None
         self.env = env
         if config.batch_size < env.world_size:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of processes "
@@ -295,8 +301,9 @@ class DataParallelTrainer(Trainer):
     def _validate(self) -> Dict[str, float]:
         xs, us = self.valid_share
         sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
-                             vectorized=self.config.vectorized)
-        keys = ("num_steps", "elbo", "log_lik", "kl", "iw")
+                             vectorized=self.config.vectorized, log_det_per_step=self.log_det,
+                             x_log_std=self.x_log_std)
+        keys = ("num_steps", "elbo", "log_lik", "kl", "iw", "extra_log_det")
         total = dict(zip(keys, all_reduce_sum(self.env, [sums[k] for k in keys], "the validation all-reduce")))
         total["num_steps"] = int(round(total["num_steps"]))
         return bounds_per_step(total, self.num_valid, self.log_det)
@@ -328,8 +335,13 @@ class DataParallelTrainer(Trainer):
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
             batch, n, active = self._shard_batch(idx)
-            loss = self.svi.step(batch.to_device(self.device), self.annealing_factor(self.state["step"]), n, active)
-            self._record_update(acc, loss, n, i)
+            batch = batch.to_device(self.device)
+            loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), n, active)
+            extra = 0.0
+            if self.missing:  # the batch's log-Jacobian difference of steps with missing entries, all ranks
+                mine = missing_log_det(batch, self.log_det, self.x_log_std).sum().item() if active else 0.0
+                extra = all_reduce_sum(self.env, [mine], "summing the missing entries' log-Jacobian")[0]
+            self._record_update(acc, loss, n, i, extra)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
             t_last = now

@@ -125,7 +125,7 @@ class DynamicalVAE(nn.Module):
 
     Capabilities, stated once on each class and read by the command line, config validation and
     ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
-    ``default_lr``.
+    ``sample_broadcast``, ``default_lr``.
     """
 
     name = "dvae"
@@ -140,6 +140,10 @@ class DynamicalVAE(nn.Module):
     """Takes ``ModelConfig.bidirectional``."""
     tmc_guides: Tuple[str, ...] = ()
     """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
+    sample_broadcast = False
+    """The per-step programs broadcast over extra sample dimensions on the left of (B, ...): K particles
+    in one pass (``vectorize_particles``) and TMC's K samples per site. False: particles are drawn one
+    after another and TMC is refused (:mod:`dvae.infer.estimators`)."""
     kl_balancing = False
     """Takes ``ModelConfig.kl_balance`` (KL balancing of each step's KL)."""
     default_lr = 1e-2

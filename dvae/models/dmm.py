@@ -72,6 +72,7 @@ from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransitio
 
 class DMM(DynamicalVAE):
     name = "dmm"
+    sample_broadcast = True  # its per-step programs broadcast over sample dims left of (B, ...)
     guides = ("dks", "mean_field", "ltr", "iaf")
     conditional = True
     bidirectional_encoder = True
