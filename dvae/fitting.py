@@ -14,6 +14,7 @@ is written.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import signal
@@ -81,6 +82,9 @@ class TrainResult:
     """The ``SequenceData`` it was trained on."""
     trainer: Any
     """The ``Trainer``: ``rows`` (the metrics), ``checkpoint()``."""
+    checkpoint: Optional[dict] = None
+    """Without a run directory: what checkpoint.pt would hold at the end (the last parameters, the
+    optimiser, the trainer's state), so that ``Run.save`` writes a resumable run."""
 
 
 def train_options(model: str = "dmm", data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
@@ -375,11 +379,12 @@ def _train(a, config, data, run_dir, device, parallel=None, signals: bool = Fals
         raise RuntimeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return TrainResult(None, model, config, data, trainer)  # rank 0 writes the plots and prints the summary
+    last = None if run_dir is not None else copy.deepcopy(trainer.checkpoint())
     model.load_state_dict(trainer.best_model)
     if run_dir is not None:
         summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
                                                                                      normalizer, trainer.rows)
-    return TrainResult(summary, model, config, data, trainer)
+    return TrainResult(summary, model, config, data, trainer, last)
 
 
 def write_derived(run_dir, trainer, best: bool = True) -> None:

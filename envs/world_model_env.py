@@ -3,7 +3,8 @@
 Description:
     Imagined dynamics: observations come from a trained model's predictive distribution under the
     actions taken. Built from a run directory (``run_dir``) written by ``dvae train``, through the
-    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``.
+    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``, or from an in-memory
+    ``dvae.Run`` (``run``; ``run.env(env_id)`` makes one).
 
 Action Space:
     The real env's action space when ``env_id`` is given (e.g. Pendulum-v1's Box(-2, 2, (1,))),
@@ -24,8 +25,8 @@ Episode End:
     ``termination_fn(obs) -> bool`` if given; truncation by the TimeLimit of the registration (200).
 
 Arguments:
-    run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled observations;
-    False: the emitter means), device="cpu".
+    run_dir or run (exactly one), env_id=None, reward_fn=None, termination_fn=None, sample=True
+    (sampled observations; False: the emitter means), device="cpu".
 
 Randomness comes only from ``reset(seed=...)``: each sampling step runs under a torch seed drawn
 from ``self.np_random``. ``WorldModelVectorEnv`` runs ``num_envs`` imagined rollouts in one batch on
@@ -41,9 +42,17 @@ from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
 
-def _load(run_dir, device):
-    from dvae.run import load_model
+def _load(run_dir, run, device):
+    """(model, normaliser, WorldModel) of a run directory or of an in-memory ``dvae.Run``."""
     from dvae.world_model import WorldModel
+
+    if (run_dir is None) == (run is None):
+        raise ValueError("dvae/WorldModel-v0: give run_dir (a run directory) or run (a dvae.Run), exactly one")
+    if run is not None:
+        if not (hasattr(run, "model") and hasattr(run, "normalizer")):
+            raise ValueError(f"dvae/WorldModel-v0: run must be a dvae.Run, got {type(run).__name__}")
+        return run.model.to(device), run.normalizer, WorldModel
+    from dvae.run import load_model
 
     model, config = load_model(run_dir, device)
     return model, config.normalizer, WorldModel
@@ -69,8 +78,8 @@ def _reward(env_id, reward_fn):
 class _Imagined:
     """What the single and the vector env share: the world model and seeded sampling."""
 
-    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device):
-        model, norm, world_cls = _load(run_dir, device)
+    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device, run=None):
+        model, norm, world_cls = _load(run_dir, run, device)
         self.world = world_cls(model, norm, sample=sample)
         self.model = model
         self.reward_fn, self.termination_fn = _reward(env_id, reward_fn), termination_fn
@@ -104,9 +113,10 @@ class _Imagined:
 class WorldModelEnv(_Imagined, gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu"):
+    def __init__(self, run_dir=None, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu",
+                 run=None):
         self.observation_space, self.action_space = self._setup(run_dir, env_id, reward_fn, termination_fn,
-                                                                sample, device)
+                                                                sample, device, run)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -121,11 +131,11 @@ class WorldModelEnv(_Imagined, gym.Env):
 class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
-    def __init__(self, run_dir, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
-                 device="cpu", max_episode_steps: int = 200):
+    def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
+                 device="cpu", max_episode_steps: int = 200, run=None):
         self.num_envs = num_envs
         self.single_observation_space, self.single_action_space = self._setup(
-            run_dir, env_id, reward_fn, termination_fn, sample, device)
+            run_dir, env_id, reward_fn, termination_fn, sample, device, run)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.max_episode_steps = max_episode_steps
