@@ -159,6 +159,8 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, **options) -> "Run"
             loaded.source = ARRAYS_SOURCE  # written into the run directory when it has one
         a.data = loaded.source
     result = train(a, loaded)
+    if loaded is not None and loaded.source != result.config.data.source:  # arrays written as RUN/data.npz
+        loaded.source = result.config.data.source
     checkpoint = None if a.out is not None else result.checkpoint
     return Run(result.model, result.config, list(result.trainer.rows), run_dir=a.out, data=result.data,
                summary=result.summary, checkpoint=checkpoint, plots=not a.no_plots)
@@ -237,6 +239,7 @@ class Run:
         if config.data.source == ARRAYS_SOURCE:
             config.data.source = os.path.join(run_dir, DATA_FILE)
             save_arrays(config.data.source, data)
+            data.source = config.data.source
         write_config(run_dir, config)
         if self._checkpoint is not None:
             save_torch(os.path.join(run_dir, CHECKPOINT), self._checkpoint)
