@@ -321,3 +321,13 @@ def test_plan_equals_dvae_plan(tmp_path, capsys):
     assert code == 0
     ours.pop("seconds"), cli.pop("seconds")
     assert json.loads(json.dumps(ours)) == cli
+
+
+def test_import_dvae_leaves_the_api_unimported_until_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, dvae; assert 'dvae.api' not in sys.modules and 'dvae.fitting' not in sys.modules; "
+            "dvae.fit; assert 'dvae.api' in sys.modules; print(sorted(set(dvae.__all__) & set(dir(dvae))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'Forecast', 'Run'" in out and "'fit'" in out and "'load'" in out
