@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell reports it
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
+    from dvae import __version__
+
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
+    ap.add_argument("--version", action="version", version=f"dvae {__version__}")
     sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent,compare}")
     sub.required = True
 
@@ -60,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
-                   "or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a CSV table (a header "
+                   "row, an episode column, action*/u_* control columns), a .npy array of observations, a polyphonic "
+                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line)")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
@@ -549,7 +553,11 @@ def main(argv=None) -> int:
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+            sys.stdout.flush()
         return 0
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) has gone: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
