@@ -31,6 +31,9 @@ from dvae.fitting import ARRAYS_SOURCE, DATA_FILE
 
 __all__ = ["fit", "load", "Run", "Forecast"]
 
+ENV_OBS_NAMES = {"Pendulum-v1": ["cos theta", "sin theta", "theta dot (rad/s)"]}
+"""The names of the observation dimensions of the envs whose observations are known."""
+
 
 # --- input checks -----------------------------------------------------------------------------------
 def _numpy(value, name: str, what: str) -> np.ndarray:
@@ -48,6 +51,14 @@ def _numpy(value, name: str, what: str) -> np.ndarray:
 
 def _shape_error(name: str, what: str, arr) -> ValueError:
     return ValueError(f"{name}: expected {what}, got shape {tuple(np.shape(arr))}")
+
+
+def _steps_last(arr: np.ndarray, u_dim: int) -> bool:
+    """Whether controls ``arr`` have the steps on their last axis: integer (discrete) actions (steps,) or
+    (B, steps), or a one-dimensional control given as (steps,)."""
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.ndim == 1 or (arr.ndim == 2 and not (u_dim == 1 and arr.shape[-1] == 1))
+    return arr.ndim == 1 and u_dim == 1
 
 
 def _is_sequence_list(value) -> bool:
@@ -134,7 +145,8 @@ def _source(data) -> Optional[str]:
 
 
 # --- fit and load -----------------------------------------------------------------------------------
-def fit(data, actions=None, *, model: str = "dmm", out=None, **options) -> "Run":
+def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional[Sequence[str]] = None,
+        **options) -> "Run":
     """Fit a model, as ``dvae train`` does; returns the :class:`Run` with the BEST parameters.
 
     ``data``: a SOURCE as on the command line (``"pendulum"``, a path), a ``SequenceData``, or arrays
@@ -142,7 +154,8 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, **options) -> "Run"
     ``out``: a run directory to write exactly as ``dvae train --out`` does (None: nothing is written;
     :meth:`Run.save` writes it later). ``options``: the ``dvae train`` flags with underscores
     (``epochs``, ``time_limit``, ``seed``, ``device``, ``z_dim``, ``guide``, ``batch_size``, ...);
-    ``seed`` seeds everything (parameters, batch order, samples).
+    ``seed`` seeds everything (parameters, batch order, samples). ``obs_names``: a name per observation
+    dimension, for plots (default: from the data, e.g. a CSV header, or the env).
     """
     from dvae.fitting import train, train_options
 
@@ -158,12 +171,22 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, **options) -> "Run"
             loaded = copy.copy(loaded)
             loaded.source = ARRAYS_SOURCE  # written into the run directory when it has one
         a.data = loaded.source
+    def check_names(x_dim):
+        if obs_names is not None and (isinstance(obs_names, str) or len(obs_names) != x_dim):
+            raise ValueError(f"obs_names: expected {x_dim} names (one per observation dimension), got {obs_names!r}")
+
+    if loaded is not None:
+        check_names(loaded.x_dim)  # before any training
     result = train(a, loaded)
+    check_names(result.config.model.x_dim)
     if loaded is not None and loaded.source != result.config.data.source:  # arrays written as RUN/data.npz
         loaded.source = result.config.data.source
     checkpoint = None if a.out is not None else result.checkpoint
-    return Run(result.model, result.config, list(result.trainer.rows), run_dir=a.out, data=result.data,
-               summary=result.summary, checkpoint=checkpoint, plots=not a.no_plots)
+    run = Run(result.model, result.config, list(result.trainer.rows), run_dir=a.out, data=result.data,
+              summary=result.summary, checkpoint=checkpoint, plots=not a.no_plots)
+    if obs_names is not None:
+        run.obs_names = [str(n) for n in obs_names]
+    return run
 
 
 def _readable_source(source: str) -> bool:
@@ -200,12 +223,23 @@ class Run:
         self.summary = summary
         self._data = data
         self._checkpoint = checkpoint  # a fit without out=: what checkpoint.pt would hold (resumable)
+        self.obs_names = self._known_names()
+        """A name per observation dimension (plots), or None: from the data (a CSV header's
+        ``obs_names``) or the env it came from."""
 
     def __repr__(self) -> str:
         m = self.config.model
         best = min((r["valid_neg_elbo_per_step"] for r in self.metrics), default=float("nan"))
         return (f"Run(model={m.model!r}, x_dim={m.x_dim}, u_dim={m.u_dim}, z_dim={m.z_dim}, epochs={len(self.metrics)}, "
                 f"best_valid_neg_elbo_per_step={best:.4g}, run_dir={self.run_dir!r})")
+
+    def _known_names(self) -> Optional[List[str]]:
+        meta = {} if self._data is None else self._data.meta
+        names = meta.get("obs_names")
+        if isinstance(names, str) and len(names.split(",")) == self.config.model.x_dim:
+            return names.split(",")
+        env_id = meta.get("env_id") or ("Pendulum-v1" if self.config.data.source == "pendulum" else None)
+        return ENV_OBS_NAMES.get(env_id) if self.config.kind == "continuous" else None
 
     @property
     def normalizer(self):
@@ -311,8 +345,9 @@ class Run:
                 return np.zeros((B, steps, u_dim), np.float32)
             raise ValueError(f"{name}: expected {want} (the model takes controls, u_dim = {u_dim}), got None")
         arr = _numpy(actions, name, want)
-        if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2) and not (arr.ndim == 2 and u_dim == 1 and
-                                                                               arr.shape[-1] == 1):
+        if arr.ndim == 1 and u_dim == 1 and not np.issubdtype(arr.dtype, np.integer):
+            arr = arr[:, None]  # (steps,) of a one-dimensional control: (steps, 1)
+        if _steps_last(arr, u_dim):  # discrete actions: integers (steps,) or (B, steps)
             if arr.size and (arr.min() < 0 or arr.max() >= u_dim):
                 raise ValueError(f"{name}: expected discrete actions in 0..{u_dim - 1}, got {int(arr.min())}..{int(arr.max())}")
             arr = np.eye(u_dim, dtype=np.float32)[arr]  # one-hot (.., u_dim)
@@ -425,9 +460,7 @@ class Run:
                                  f"{self.config.model.u_dim}) controls u_{{C-1}}..u_{{C+H-2}} (the model takes "
                                  "controls), got None")
             fa = _numpy(future_actions, "future_actions", "controls")
-            H = fa.shape[-2] if fa.ndim >= 2 and not np.issubdtype(fa.dtype, np.integer) else fa.shape[-1]
-            if fa.ndim == 2 and np.issubdtype(fa.dtype, np.integer) and (fa.shape[0] == B and batched):
-                H = fa.shape[1]
+            H = fa.shape[-1] if _steps_last(fa, self.config.model.u_dim) else fa.shape[-2] if fa.ndim >= 2 else 0
             if horizon is not None and horizon != H:
                 raise ValueError(f"horizon: expected {H} (the number of future_actions) or None, got {horizon}")
             u_fut = self._u(future_actions, "future_actions", B, H)  # (B, H, u_dim)
@@ -449,7 +482,7 @@ class Run:
         if not batched:
             samples, mean, x = samples[:, 0], mean[0], x[0]
             u_fut = None if u_fut is None else u_fut[0]
-        return Forecast(mean, samples, x, u_fut)
+        return Forecast(mean, samples, x, u_fut, self.obs_names)
 
     def generate(self, num_steps: int = 50, num_samples: int = 4, actions=None, *, seed: Optional[int] = None) -> dict:
         """Sequences from the prior (``dvae generate``'s keys): ``x``, ``x_mean`` (num_samples, num_steps,

@@ -331,3 +331,41 @@ def test_import_dvae_leaves_the_api_unimported_until_used():
             "dvae.fit; assert 'dvae.api' in sys.modules; print(sorted(set(dvae.__all__) & set(dir(dvae))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'Forecast', 'Run'" in out and "'fit'" in out and "'load'" in out
+
+
+def test_discrete_actions_fit_and_predict_as_their_one_hot(tmp_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 3, size=(8, 10))  # (N, T) discrete actions
+    x = np.cumsum(np.eye(3)[a][..., :2] - 0.3, axis=1)  # (N, T, 2), driven by the action
+    x = np.concatenate([np.zeros((8, 1, 2)), x], 1)  # (N, T+1, 2)
+    run = dvae.fit(x, a, epochs=1, seed=0, **TINY)
+    assert run.config.model.u_dim == 3
+    by_id = run.predict(x[0, :4], a[0, :3], future_actions=a[0, 3:7], num_samples=5, seed=2)
+    one_hot = run.predict(x[0, :4], np.eye(3)[a[0, :3]], future_actions=np.eye(3)[a[0, 3:7]], num_samples=5, seed=2)
+    np.testing.assert_array_equal(by_id.samples, one_hot.samples)
+    batch = run.predict(x[:2, :4], a[:2, :3], future_actions=a[:2, 3:7], num_samples=5, seed=2)
+    assert batch.mean.shape == (2, 4, 2)
+    with pytest.raises(ValueError, match=r"future_actions: expected discrete actions in 0..2, got 0..3"):
+        run.predict(x[0, :4], a[0, :3], future_actions=np.array([0, 3]))
+
+
+def test_a_one_dimensional_control_may_be_given_as_a_vector(cli_run):
+    run = dvae.load(cli_run, device="cpu")
+    x, u = np.zeros((4, 2)), np.linspace(-1, 1, 8)
+    a = run.predict(x, u[:3], future_actions=u[3:], num_samples=4, seed=0)
+    b = run.predict(x, u[:3, None], future_actions=u[3:, None], num_samples=4, seed=0)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert a.mean.shape == (5, 2)
+
+
+def test_dimension_names_from_the_caller_the_env_or_a_csv_header(arrays, tmp_path):
+    x, u = arrays
+    with pytest.raises(ValueError, match=r"obs_names: expected 2 names \(one per observation dimension\), got \['a'\]"):
+        dvae.fit(x, u, obs_names=["a"], epochs=1, **TINY)
+    run = dvae.fit(x, u, obs_names=["angle", "rate"], epochs=1, **TINY)
+    fig = run.predict(x[0, :4], u[0, :3], u[0, 3:6], num_samples=4).plot()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["angle", "rate", "controls"]
+    rows = "".join(f"{i // 5},{v[0]},{v[1]},{c}\n" for i, (v, c) in enumerate(zip(x[0, :10], u[0, :10, 0])))
+    (tmp_path / "d.csv").write_text("episode,pos,vel,u_0\n" + rows)
+    assert dvae.fit(str(tmp_path / "d.csv"), epochs=1, **TINY).obs_names == ["pos", "vel"]
+    assert dvae.fit("pendulum", episodes=4, steps=6, epochs=1, **TINY).obs_names[0] == "cos theta"
