@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -142,6 +141,15 @@ def _source(data) -> Optional[str]:
     if isinstance(data, (str, os.PathLike)):
         return os.fspath(data)
     return None
+
+
+def _copy(src: str, dst: str) -> None:
+    """Copy a file, written atomically (a temporary name, then renamed)."""
+    from dvae.run import atomic_write_bytes
+
+    with open(src, "rb") as f:
+        body = f.read()
+    atomic_write_bytes(dst, lambda out: out.write(body))
 
 
 # --- fit and load -----------------------------------------------------------------------------------
@@ -274,11 +282,14 @@ class Run:
             config.data.source = os.path.join(run_dir, DATA_FILE)
             save_arrays(config.data.source, data)
             data.source = config.data.source
+        elif self.run_dir is not None and config.data.source == os.path.join(self.run_dir, DATA_FILE):
+            config.data.source = os.path.join(run_dir, DATA_FILE)  # the arrays travel with the run
+            _copy(os.path.join(self.run_dir, DATA_FILE), config.data.source)
         write_config(run_dir, config)
         if self._checkpoint is not None:
             save_torch(os.path.join(run_dir, CHECKPOINT), self._checkpoint)
         else:  # a loaded run: its own checkpoint, as it is
-            shutil.copyfile(os.path.join(self.run_dir, CHECKPOINT), os.path.join(run_dir, CHECKPOINT))
+            _copy(os.path.join(self.run_dir, CHECKPOINT), os.path.join(run_dir, CHECKPOINT))
         write_metrics(run_dir, self.metrics)
         best_epoch = min(self.metrics, key=lambda r: r["valid_neg_elbo_per_step"])["epoch"] if self.metrics else 0
         save_torch(os.path.join(run_dir, BEST), {"model": copy.deepcopy(self.model.state_dict()), "epoch": best_epoch})

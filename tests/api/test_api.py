@@ -369,3 +369,14 @@ def test_dimension_names_from_the_caller_the_env_or_a_csv_header(arrays, tmp_pat
     (tmp_path / "d.csv").write_text("episode,pos,vel,u_0\n" + rows)
     assert dvae.fit(str(tmp_path / "d.csv"), epochs=1, **TINY).obs_names == ["pos", "vel"]
     assert dvae.fit("pendulum", episodes=4, steps=6, epochs=1, **TINY).obs_names[0] == "cos theta"
+
+
+def test_a_saved_run_saved_again_elsewhere_takes_its_data_along(arrays, tmp_path, capsys):
+    x, u = arrays
+    run = dvae.fit(x, u, epochs=1, seed=0, out=tmp_path / "a", no_plots=True, **TINY)
+    again = dvae.load(tmp_path / "a", device="cpu")
+    again.save(tmp_path / "b")
+    assert again.config.data.source == str(tmp_path / "b" / "data.npz")
+    assert (tmp_path / "b" / "data.npz").read_bytes() == (tmp_path / "a" / "data.npz").read_bytes()
+    code, cli, _ = run_cli(capsys, "eval", tmp_path / "b", "--seed", "0", "--device", "cpu")
+    assert code == 0 and cli["neg_elbo_per_step"] == run.evaluate(seed=0)["neg_elbo_per_step"]
