@@ -105,6 +105,8 @@ def _episodes(data, actions):
     if obs.ndim == 2:  # one trajectory (T+1, x_dim)
         obs = obs[None]
         if act is not None:
+            if act.ndim == 1 and not np.issubdtype(act.dtype, np.integer):
+                act = act[:, None]  # (T,) of a one-dimensional control: (T, 1)
             if act.ndim not in (1, 2):
                 raise _shape_error("actions", f"({obs.shape[1] - 1}, u_dim) float or ({obs.shape[1] - 1},) int for "
                                    f"one trajectory of {obs.shape[1]} observations", act)
@@ -132,8 +134,14 @@ def as_data(data, actions=None, missing: bool = False):
         return data
     if data is None:
         raise ValueError("data: expected a SOURCE, a SequenceData or observations, got None")
+    from dvae.errors import DataError
+
     obs, act, lengths = _episodes(data, actions)
-    return from_trajectories(obs, act, lengths, path=ARRAYS_SOURCE, missing=missing)
+    try:
+        return from_trajectories(obs, act, lengths, path=ARRAYS_SOURCE, missing=missing)
+    except DataError as e:  # the loader names the file's fields; here they are the arguments
+        msg = str(e).replace(f"{ARRAYS_SOURCE}: obs", "data: obs").replace(f"{ARRAYS_SOURCE}: actions", "actions:")
+        raise DataError(msg.replace("--missing nan", 'missing="nan"')) from None
 
 
 def _source(data) -> Optional[str]:

@@ -157,6 +157,8 @@ def test_as_data_discrete_actions_are_one_hot_as_collect_data_is_read():
     (np.zeros(5), None, r"data: expected observations \(N, T\+1, x_dim\).* got shape \(5,\)"),
     (np.array(["a", "b"]), None, r"data: expected .* of real numbers, got ndarray of dtype <U1"),
     ([np.zeros((4, 2)), np.zeros((3, 1))], None, r"data\[1\]: expected x_dim 2 as data\[0\], got shape \(3, 1\)"),
+    (np.array([[[0.0], [np.nan]]]), None, r"data: obs has nan .* at sequence 0, step 1, dim 0 .*missing=\"nan\""),
+    (np.zeros((1, 3, 1)), np.array([[[0.0], [np.inf]]]), r"actions: has inf \(nan/inf\) at sequence 0, step 1"),
 ])
 def test_as_data_refuses_bad_input_naming_the_argument_and_shapes(data, actions, match):
     with pytest.raises(ValueError, match=match):
