@@ -23,7 +23,7 @@ validation and test bounds) is excluded from the budget: the clock is paused aro
     the project's DMM (its per-step program), Bernoulli observations. Validated every ``--eval-every``
     CPU seconds; the best-on-validation parameters are kept.
 
-Both arms are scored by the same code: ``dvae.infer.trainer.evaluate`` (the ELBO with the KL of each
+Both arms are scored by the same code: ``dvae.infer.evaluation.evaluate`` (the ELBO with the KL of each
 step in closed form given the sampled z_{t-1}, one draw per sequence, seeded; the vectorized form of
 the program, which gives the same bound and draws), on the test split with the best-on-validation
 parameters (and the final ones), plus the K-sample importance-weighted bound (``--iw-samples``) of the
@@ -104,7 +104,7 @@ def _finite(x: float) -> float:
 
 def _bounds(model, split, normalizer, iw_samples: int, seed: int, batch_size: int = 64) -> dict:
     """Per-step bounds on a split ``(xs, us)`` (seeded, without touching the training's random stream)."""
-    from dvae.infer.trainer import evaluate
+    from dvae.infer.evaluation import evaluate
 
     xs, us = split
     with torch.random.fork_rng():

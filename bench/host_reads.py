@@ -4,7 +4,7 @@ synchronisation), for each model and form of the program, with Pyro's validation
 
     python bench/host_reads.py
 
-An update is ``dvae.infer.trainer.ClippedSVI.step`` (forward, backward, clip, the skip decision,
+An update is ``dvae.infer.svi.ClippedSVI.step`` (forward, backward, clip, the skip decision,
 Adam) with ``DynamicalELBO``, on a tiny model and batch (the count does not depend on sizes). Reads
 are calls of ``Tensor.item``, ``tolist``, ``__float__``, ``__int__`` and ``__bool__``, grouped by the
 file that made them; torch's Adam reads its per-parameter step counters, which it keeps on the CPU
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from dvae.data import collate  # noqa: E402
 from dvae.infer import DynamicalELBO  # noqa: E402
-from dvae.infer.trainer import ClippedSVI  # noqa: E402
+from dvae.infer.svi import ClippedSVI  # noqa: E402
 from dvae.models import ModelConfig, build_model  # noqa: E402
 
 READS = ("item", "tolist", "__float__", "__int__", "__bool__")

@@ -206,7 +206,7 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional
 
 
 def _readable_source(source: str) -> bool:
-    from dvae.data.datasets import BUILTIN_SOURCES
+    from envs.sources import BUILTIN_SOURCES
 
     path = source[len("text:"):] if source.startswith("text:") else source
     return source in BUILTIN_SOURCES or os.path.exists(path)
@@ -215,7 +215,7 @@ def _readable_source(source: str) -> bool:
 def load(run_dir, device: str = "auto") -> "Run":
     """The run in ``run_dir`` (written by ``dvae train`` or ``dvae.fit(..., out=...)``), with its best
     parameters (``best.pt``)."""
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_model, read_metrics
 
     run_dir = os.fspath(run_dir)
@@ -407,7 +407,7 @@ class Run:
 
         from dvae.errors import DataError
         from dvae.eval import kstep_report
-        from dvae.infer.trainer import evaluate
+        from dvae.infer.evaluation import evaluate
 
         model, config, norm = self.model, self.config, self.normalizer
         iw_samples, particles = iw_samples or 0, particles or 0

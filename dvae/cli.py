@@ -1,7 +1,9 @@
-"""The ``dvae`` command: collect, train, eval (see DESIGN.md for the stable contract).
+"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent, ...),
+each printing one JSON object; the flags and JSON keys are the stable contract the README lists.
 
-Errors a user can fix are printed as one line on stderr with a non-zero exit status (add --debug for
-the traceback); stdout carries only the JSON result.
+Errors a user can fix (bad input, flags, files; ``_user_error``) are printed as one line on stderr
+with a non-zero exit status (add --debug for the traceback); anything else is a bug and shows its
+traceback. stdout carries only the JSON result.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ import time
 import numpy as np
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell reports it
+
+
+def _user_error(e: BaseException) -> bool:
+    """Whether ``e`` is something a user can fix (bad input, flags or files, a diverged run, memory),
+    reported in one line; anything else (a RuntimeError from torch, a TypeError, ...) is a bug, and its
+    traceback is shown as it is."""
+    from dvae.errors import DvaeError
+
+    return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
+        type(e).__name__ == "OutOfMemoryError"
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -35,7 +47,7 @@ def _add_run_and_split(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from dvae.infer.trainer import DEFAULT_LR, TrainConfig
-    from dvae.models import ModelConfig
+    from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
@@ -43,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
     ap.add_argument("--version", action="version", version=f"dvae {__version__}")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent,compare}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -60,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+    p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
     p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a CSV table (a header "
@@ -83,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
     p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
-    p.add_argument("--guide", choices=["dks", "mean_field", "ltr", "iaf"], default=mc.guide,
+    p.add_argument("--guide", choices=list(all_guides()), default=mc.guide,
                    help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
                         "(dks followed by affine autoregressive flows on each step)")
     p.add_argument("--num-iafs", type=int, default=None,
@@ -191,22 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
     _add_common(p, device_and_seed=True)
 
-    p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
-                                       "model families; writes docs/comparisons.md")
-    p.add_argument("--sections", default=None,
-                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
-                        "none: only rebuild the document")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
-                                                         "runs/compare-quick/comparisons.md)")
-    p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
-                                               "results go beside it as .json, figures under its figures/")
-    p.add_argument("--polyphonic-dir", default=None,
-                   help="directory with Nottingham/MuseData/Piano-midi.de pickles (the polyphonic section skips without it)")
-    p.add_argument("--work-dir", default=None, help="scratch space for runs (default runs/compare or runs/compare-quick)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
     return ap
 
 
@@ -286,7 +282,8 @@ def cmd_eval(a) -> dict:
 
     from dvae.errors import DataError
     from dvae.eval import kstep_report
-    from dvae.infer.trainer import evaluate, resolve_device
+    from dvae.device import resolve_device
+    from dvae.infer.evaluation import evaluate
     from dvae.run import load_data, load_model
 
     device = resolve_device(a.device)
@@ -345,7 +342,7 @@ def cmd_score(a):
     import pyro
 
     from dvae.infer.scores import sequence_scores, threshold_from
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if not 0 < a.quantile < 1:
@@ -389,7 +386,7 @@ def cmd_latent(a) -> dict:
     import pyro
 
     from dvae.eval.latent import latent_report
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if a.num_points < 2:
@@ -407,7 +404,7 @@ def cmd_latent(a) -> dict:
 # --- plan --------------------------------------------------------------------------------------------
 def cmd_plan(a) -> dict:
     from dvae.control import PlannerConfig
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.planning import model_policy, random_policy, run_episodes, true_policy
     from dvae.run import load_model
     from envs.rewards import reward_fn
@@ -452,7 +449,7 @@ def cmd_generate(a) -> dict:
     import pyro
     import torch
 
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_model
 
     if a.num_samples < 1 or a.steps < 1:
@@ -489,7 +486,7 @@ def cmd_impute(a) -> dict:
 
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import atomic_write_bytes, load_model
 
     if a.num_samples < 1:
@@ -522,34 +519,11 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
-# --- compare -----------------------------------------------------------------------------------------
-def cmd_compare(a, argv=None) -> dict:
-    from pathlib import Path
-
-    from dvae.compare import SECTIONS, Context, command_line, run_study
-    from dvae.infer.trainer import resolve_device
-
-    out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
-    if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it
-        raise ValueError(f"{out}: --out must name a markdown file (*.md), not a folder")
-    sections = list(SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
-    if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
-        raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
-    ctx = Context(quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
-                  work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
-                  polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
-                  device=str(resolve_device(a.device)), threads=a.threads)
-    return run_study(sections, ctx, out, command_line(sys.argv[2:] if argv is None else list(argv)[1:]))
-
-
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        from dvae.errors import DvaeError
-
         verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
-                 "compare": lambda a: cmd_compare(a, argv)}
+                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
@@ -561,8 +535,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DvaeError, ValueError, RuntimeError, FloatingPointError, OSError) as e:
-        if a.debug:
+    except Exception as e:
+        if a.debug or not _user_error(e):
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         who = f"dvae {a.verb}"

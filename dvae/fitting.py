@@ -54,9 +54,17 @@ TRAIN_OPTIONS = {
 """The ``dvae train`` flags (besides --model, --data, --out, --resume, --debug) by their names with
 underscores, with the command line's defaults (tests/api checks them against its parser)."""
 
-CHOICES = {"model": ("dmm", "vrnn", "vrae", "lgssm", "vae"), "missing": ("none", "nan"), "tokens": ("words", "chars"),
-           "rnn_type": ("gru", "lstm", "rnn"), "guide": ("dks", "mean_field", "ltr", "iaf"),
+CHOICES = {"missing": ("none", "nan"), "tokens": ("words", "chars"), "rnn_type": ("gru", "lstm", "rnn"),
            "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda")}
+"""The choices of the flags that have fixed ones; ``model`` and ``guide`` come from the families
+(:func:`choices`)."""
+
+
+def choices() -> dict:
+    """Every flag with choices: :data:`CHOICES`, the model families and every guide a family takes."""
+    from dvae.models import MODELS, all_guides
+
+    return {**CHOICES, "model": tuple(MODELS), "guide": tuple(all_guides())}
 _FLOAT_OPTIONS = {"time_limit", "lr", "lr_decay", "clip_norm", "kl_start", "anneal_epochs", "free_bits", "beta",
                   "collapse_kl", "dist_timeout"}
 
@@ -98,9 +106,10 @@ def train_options(model: str = "dmm", data: str = "pendulum", out: Optional[str]
         hint = f"; did you mean {', '.join(close)}?" if close else f"; the options are {', '.join(TRAIN_OPTIONS)}"
         raise ValueError(f"unknown option {name!r} (the `dvae train` flags with underscores){hint}")
     a = SimpleNamespace(**{**TRAIN_OPTIONS, **options}, model=model, data=data, out=out, resume=None, debug=False)
+    allowed = choices()
     for name, value in vars(a).items():
-        if name in CHOICES and value not in CHOICES[name]:
-            raise ValueError(f"{name} = {value!r}: expected one of {', '.join(CHOICES[name])}")
+        if name in allowed and value not in allowed[name]:
+            raise ValueError(f"{name} = {value!r}: expected one of {', '.join(allowed[name])}")
         default = TRAIN_OPTIONS.get(name, "")
         if isinstance(default, bool) or name in ("per_step", "no_bucket", "bidirectional", "condition"):
             ok = isinstance(value, (bool, np.bool_))
@@ -234,7 +243,7 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
     import torch
 
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, read_config, write_config
 
     timeout = getattr(a, "dist_timeout", None) or DEFAULT_TIMEOUT
@@ -376,7 +385,9 @@ def _train(a, config, data, run_dir, device, parallel=None, signals: bool = Fals
     if trainer.stopped:
         raise Interrupted(summary if main_rank else None)
     if trainer.best_model is None:
-        raise RuntimeError("no epoch completed (is the time limit too short?)")
+        from dvae.errors import DvaeError
+
+        raise DvaeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return TrainResult(None, model, config, data, trainer)  # rank 0 writes the plots and prints the summary
     last = None if run_dir is not None else copy.deepcopy(trainer.checkpoint())
@@ -402,7 +413,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
 
     from dvae.data import collate
     from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
-    from dvae.infer.trainer import sequence_lengths
+    from dvae.data.batching import sequence_lengths
 
     written = []
     path = os.path.join(run_dir, "training_curves.png")

@@ -19,10 +19,10 @@ from typing import List, Optional
 
 import torch
 
-from dvae.data import Normalizer, SequenceData, load_source
+from dvae.data import Normalizer, SequenceData
 from dvae.errors import RunDirError
 from dvae.infer.trainer import TrainConfig
-from dvae.models import MODELS, ModelConfig, build_model
+from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
 
 CONFIG, METRICS, CHECKPOINT, BEST = "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt"
 
@@ -87,15 +87,14 @@ class RunConfig:
             ("model.rnn_type", m.rnn_type, m.rnn_type in ("gru", "lstm", "rnn"), "gru, lstm or rnn"),
             ("model.likelihood", m.likelihood, m.likelihood in ("gaussian", "bernoulli", "categorical"),
              "gaussian, bernoulli or categorical"),
-            ("model.guide", m.guide, m.guide in ("dks", "mean_field", "ltr", "iaf"), "dks, mean_field, ltr or iaf"),
+            ("model.guide", m.guide, m.guide in all_guides(), ", ".join(all_guides())),
             ("model.num_iafs", m.num_iafs, m.num_iafs >= 0 and (m.num_iafs == 0 or m.guide == "iaf"),
              ">= 0, and 0 unless guide is iaf"),
             ("model.iaf_dim", m.iaf_dim, m.iaf_dim >= 1, ">= 1"),
             ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
             ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
-            ("model.c_dim", m.c_dim, m.c_dim == 0 or m.model in ("dmm", "vrae"), "0 for models other than dmm, vrae"),
-            ("model.bidirectional", m.bidirectional, not m.bidirectional or m.model in ("dmm", "vrae"),
-             "false for models other than dmm, vrae"),
+        ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
+             if field in ("c_dim", "bidirectional")] + [
             ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, t.lr is None or (math.isfinite(t.lr) and t.lr > 0),
@@ -236,7 +235,10 @@ def write_metrics(run_dir: str, rows: list) -> None:
 
 def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
-    mode). ``missing``: NaN entries are missing observations (default: as the run was trained)."""
+    mode). ``missing``: NaN entries are missing observations (default: as the run was trained).
+    Built-in names (``pendulum``) are collected by :mod:`envs.sources`."""
+    from envs.sources import load_source  # the data layer reads files; a built-in source collects from an env
+
     d = config.data
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,

@@ -10,7 +10,9 @@ Importing ``envs`` registers with Gymnasium (string entry points, TimeLimit 200)
   (``gym.make("dvae/WorldModel-v0", run_dir=...)``; ``gym.make_vec`` gives the batched
   :class:`~envs.world_model_env.WorldModelVectorEnv`).
 
-Only the world-model env imports ``dvae``, and only its public ``dvae.run`` and ``dvae.world_model``.
+The built-in data sources (``pendulum``) are in :mod:`envs.sources`, which ``import envs`` does not
+import. Only the world-model env and the sources import ``dvae``, and only its public ``dvae.run``,
+``dvae.world_model`` and ``dvae.data``.
 """
 
 import gymnasium as gym

@@ -51,6 +51,14 @@ class SequenceBatch(NamedTuple):
     def c_dim(self) -> int:
         return 0 if self.c is None else self.c.shape[1]
 
+    def step_u(self, t: int) -> Optional[torch.Tensor]:
+        """The control u_t (B, u_dim), or None for an uncontrolled batch."""
+        return None if self.u is None else self.u[:, t]
+
+    def step_obs_mask(self, t: int) -> Optional[torch.Tensor]:
+        """The observed entries of x_t (B, x_dim) bool, or None when every entry is observed."""
+        return None if self.obs_mask is None else self.obs_mask[:, t]
+
     def to(self, device) -> "SequenceBatch":
         u = None if self.u is None else self.u.to(device)
         c = None if self.c is None else self.c.to(device)

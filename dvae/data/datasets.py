@@ -1,6 +1,6 @@
-"""Sequence data sets: trajectory .npz files, polyphonic pickles, and the built-in Pendulum source.
+"""Sequence data sets: trajectory .npz files, polyphonic pickles, and the SOURCE strings that name them.
 
-Every loader returns a :class:`SequenceData` with deterministic train/valid/test splits. Sequences
+Every loader returns a :class:`~dvae.data.sequences.SequenceData` with deterministic train/valid/test splits. Sequences
 are kept as lists of float32 numpy arrays ``x_i`` (L_i, x_dim) and ``u_i`` (L_i, u_dim); batching
 and padding happen in :func:`dvae.data.batch.collate`.
 """
@@ -10,98 +10,15 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, List, Mapping, Optional
 
 import numpy as np
 
 from dvae.data.safe_pickle import safe_load
+from dvae.data.sequences import SPLITS, SequenceData, split_indices
 from dvae.errors import DataError
 
-SPLITS = ("train", "valid", "test")
-BUILTIN_SOURCES = ("pendulum",)
 PIANO_LOW, PIANO_KEYS = 21, 88  # MIDI note 21 (A0) is column 0 of an 88-key piano roll
-
-
-@dataclass
-class SequenceData:
-    """Sequences of one source with their split.
-
-    Attributes:
-        xs: observations, one (L_i, x_dim) float32 array per sequence, in file order.
-        us: controls, one (L_i, u_dim) float32 array per sequence (the last row unused), or None.
-        splits: split name -> list of sequence indices (positions in ``xs``).
-        kind: "continuous" (Gaussian emitter, standardised), "binary" (Bernoulli emitter) or
-            "categorical" (one-hot tokens, categorical emitter; see ``dvae.data.text``).
-        source: the source string it was loaded from.
-        meta: metadata of the file (env id, seed, ...), JSON-serialisable.
-        cs: per-sequence conditions (N, c_dim) float32 (an .npz's ``cond``, or its ``labels`` one-hot), or
-            None; a conditional model (``dvae train --condition``) reads them.
-        vocab: categorical data: the token of each id (x_dim of them), else None.
-    """
-
-    xs: List[np.ndarray]
-    us: Optional[List[np.ndarray]]
-    splits: Dict[str, List[int]]
-    kind: str
-    source: str
-    meta: dict = field(default_factory=dict)
-    cs: Optional[np.ndarray] = None
-    vocab: Optional[List[str]] = None
-
-    @property
-    def x_dim(self) -> int:
-        return self.xs[0].shape[1]
-
-    @property
-    def u_dim(self) -> int:
-        return 0 if self.us is None else self.us[0].shape[1]
-
-    def indices(self, split: str) -> List[int]:
-        if split == "all":
-            return list(range(len(self.xs)))
-        if split not in self.splits:
-            raise DataError(f"{self.source}: unknown split {split!r} (choose from train, valid, test, all)")
-        return self.splits[split]
-
-    @property
-    def c_dim(self) -> int:
-        return 0 if self.cs is None else self.cs.shape[1]
-
-    def conditions(self, split: str, c_dim: Optional[int] = None) -> Optional[np.ndarray]:
-        """The conditions (n, c_dim) of one split, or None without any. ``c_dim``: the width a model
-        expects; one-hot labels with fewer classes in this file are widened with zero columns."""
-        if self.cs is None:
-            if c_dim:
-                raise DataError(f"{self.source}: the model is conditional (c_dim {c_dim}) but the file has no "
-                                "'cond' or 'labels' array")
-            return None
-        cs = self.cs[self.indices(split)]
-        if c_dim is not None and c_dim != cs.shape[1]:
-            if "num_labels" in self.meta and cs.shape[1] < c_dim:
-                cs = np.concatenate([cs, np.zeros((len(cs), c_dim - cs.shape[1]), np.float32)], 1)  # (n, c_dim)
-            else:
-                raise DataError(f"{self.source}: conditions have {self.c_dim} dims, the model expects {c_dim}")
-        return cs
-
-    def subset(self, split: str):
-        """(xs, us) of one split; ``us`` is None for uncontrolled data."""
-        idx = self.indices(split)
-        if hasattr(self.xs, "take"):  # lazily read data (dvae.data.lazy): views, nothing read
-            return self.xs.take(idx), (None if self.us is None else self.us.take(idx))
-        return [self.xs[i] for i in idx], (None if self.us is None else [self.us[i] for i in idx])
-
-
-def split_indices(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Dict[str, List[int]]:
-    """Deterministic split of ``n`` sequences by a seeded permutation (sorted within each split)."""
-    if n < 3:  # too few to hold any out: every split sees every sequence
-        return {s: list(range(n)) for s in SPLITS}
-    perm = np.random.default_rng(seed).permutation(n)
-    n_valid = max(1, int(round(fractions[1] * n)))
-    n_test = max(1, int(round(fractions[2] * n)))
-    n_train = n - n_valid - n_test
-    parts = (perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
-    return {s: sorted(int(i) for i in p) for s, p in zip(SPLITS, parts)}
 
 
 def _first_nonfinite(path, name, arr, lengths=None, allow_nan=False):
@@ -335,32 +252,27 @@ def load_polyphonic(path: str) -> SequenceData:
     return SequenceData(xs, None, splits, "binary", path, {"format": "polyphonic"})
 
 
-def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
-    """The built-in source: Gymnasium's Pendulum-v1 under smooth (Ornstein-Uhlenbeck) random torques."""
-    from envs import collect
-
-    d = collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
-    meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
-    return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta,
-                             (d["action_low"], d["action_high"]))
-
-
 def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64, missing: bool = False,
-                tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None) -> SequenceData:
+                tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None,
+                builtins: Optional[Mapping[str, Callable[..., SequenceData]]] = None) -> SequenceData:
     """Dispatch on a SOURCE string: a built-in name, an .npz file, a CSV table or a single .npy array
     (:mod:`dvae.data.tabular`), a polyphonic pickle, a text file
     (``*.txt`` or ``text:PATH``: one token sequence per line, see :func:`dvae.data.text.load_text`), or a
     directory of trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`).
 
     ``missing``: NaN entries of a trajectory .npz are missing observations. ``tokens``, ``min_count``,
-    ``vocab``: text only (``vocab``: a trained run's vocabulary, used instead of building one)."""
+    ``vocab``: text only (``vocab``: a trained run's vocabulary, used instead of building one).
+    ``builtins``: the built-in names, name -> ``loader(seed=, episodes=, steps=)`` returning a
+    :class:`SequenceData`. The data layer knows none itself (it collects from no environment):
+    ``envs.sources.BUILTIN_SOURCES`` holds ``pendulum``, and ``envs.sources.load_source`` passes it."""
+    builtins = {} if builtins is None else builtins
     if source.startswith("text:") or source.endswith(".txt"):
         from dvae.data.text import load_text
 
         path = source[len("text:"):] if source.startswith("text:") else source
         data = load_text(path, tokens=tokens, min_count=min_count, vocab=vocab)
-    elif source == "pendulum":
-        data = load_pendulum(seed, episodes, steps)
+    elif source in builtins:
+        data = builtins[source](seed=seed, episodes=episodes, steps=steps)
     elif os.path.isdir(source) or os.path.basename(source) == "manifest.json":
         from dvae.data.lazy import load_lazy  # shards with a manifest, or .npy arrays: read lazily
 
@@ -368,17 +280,19 @@ def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64
     elif source.endswith(".npz"):
         data = load_npz(source, missing=missing)
     elif source.endswith(".csv"):
-        from dvae.data.tabular import load_csv  # a header row, one column per dimension, an episode column
+        from dvae.data.tabular import read_csv  # a header row, one column per dimension, an episode column
 
-        data = load_csv(source, missing=missing)
+        obs, actions, lengths, meta = read_csv(source, missing=missing)
+        data = from_trajectories(obs, actions, lengths, source, meta, missing=missing)
     elif source.endswith(".npy"):
-        from dvae.data.tabular import load_npy  # observations only
+        from dvae.data.tabular import read_npy  # observations only
 
-        data = load_npy(source, missing=missing)
+        data = from_trajectories(read_npy(source), None, None, source, {"format": "npy"}, missing=missing)
     elif source.endswith((".pickle", ".pkl")):
         data = load_polyphonic(source)
     elif not os.path.exists(source):
-        raise DataError(f"{source}: no such file, and not a built-in source ({', '.join(BUILTIN_SOURCES)})")
+        names = f"not a built-in source ({', '.join(builtins)})" if builtins else "no built-in sources given"
+        raise DataError(f"{source}: no such file, and {names}")
     else:
         raise DataError(f"{source}: unknown data format (expected .npz, .csv, .npy, .pickle/.pkl, .txt, a directory "
                         "of shards or .npy arrays, or a built-in name); convert other formats to a trajectory .npz: "

@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from dvae.data.sequences import SequenceData, split_indices
 from dvae.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -340,10 +341,8 @@ def shard_paths(source: str) -> List[str]:
 
 
 def load_lazy(source: str):
-    """Open lazily read trajectory data: returns a :class:`~dvae.data.datasets.SequenceData` whose
+    """Open lazily read trajectory data: returns a :class:`~dvae.data.sequences.SequenceData` whose
     ``xs``/``us`` are :class:`LazySequences` (nothing but metadata read yet)."""
-    from dvae.data.datasets import SequenceData, split_indices
-
     paths = shard_paths(source)
     shards = [Shard(p) for p in paths]
     manifest = source if os.path.basename(source) == MANIFEST else os.path.join(source, MANIFEST)

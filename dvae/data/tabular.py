@@ -27,10 +27,9 @@ NPZ_HINT = ("a trajectory .npz: np.savez('data.npz', obs=obs, actions=actions) w
             "actions (N, T, u_dim), padded, and lengths (N,) for ragged episodes")
 
 
-def load_csv(path: str, missing: bool = False):
-    """A CSV table of trajectories (see the module's docstring) as ``SequenceData`` (via ``from_trajectories``)."""
-    from dvae.data.datasets import from_trajectories
-
+def read_csv(path: str, missing: bool = False):
+    """A CSV table of trajectories (see the module's docstring) in the trajectory layout: (obs (N, T+1,
+    x_dim), actions (N, T, u_dim) or None, lengths (N,), meta); ``from_trajectories`` takes them."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -74,7 +73,7 @@ def load_csv(path: str, missing: bool = False):
     meta = {"format": "csv", "obs_names": ",".join(header[c] for c in obs_cols)}
     if act_cols:
         meta["action_names"] = ",".join(header[c] for c in act_cols)
-    return from_trajectories(obs, actions, lengths, path, meta, missing=missing)
+    return obs, actions, lengths, meta
 
 
 def _is_number(s: str) -> bool:
@@ -96,10 +95,8 @@ def _cell(path, line, column, value, allow_empty: bool = False) -> float:
                         + (" (an empty cell is a missing entry only with --missing nan)" if value == "" else "")) from None
 
 
-def load_npy(path: str, missing: bool = False):
-    """One ``.npy`` array of observations, (N, T+1, x_dim) or (T+1, x_dim), as ``SequenceData``."""
-    from dvae.data.datasets import from_trajectories
-
+def read_npy(path: str) -> np.ndarray:
+    """One ``.npy`` array of observations, (N, T+1, x_dim) or (T+1, x_dim): returned as (N, T+1, x_dim)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -113,4 +110,4 @@ def load_npy(path: str, missing: bool = False):
     if arr.ndim != 3:
         raise DataError(f"{path}: a .npy input holds observations (N, T+1, x_dim) or (T+1, x_dim), got shape "
                         f"{arr.shape}; with controls or ragged episodes convert it to {NPZ_HINT}")
-    return from_trajectories(arr, None, None, path, {"format": "npy"}, missing=missing)
+    return arr

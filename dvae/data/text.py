@@ -3,7 +3,7 @@
 Each non-empty line of a UTF-8 file is one sequence of tokens: its whitespace-separated words
 (``tokens="words"``) or its characters, spaces included (``tokens="chars"``); blank lines are
 skipped, so sequence i is the i-th non-blank line. Lines are split into train/valid/test like the
-episodes of an .npz (:func:`dvae.data.datasets.split_indices`).
+episodes of an .npz (:func:`dvae.data.sequences.split_indices`).
 
 Vocabulary (:class:`Vocabulary`): id 0 is ``<unk>``, id 1 is ``<eos>``, then every token seen at
 least ``min_count`` times in the TRAINING split, by decreasing count (ties in code-point order).
@@ -30,7 +30,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from dvae.data.datasets import SequenceData, split_indices
+from dvae.data.sequences import SequenceData, split_indices
 from dvae.errors import DataError
 
 UNK, EOS = "<unk>", "<eos>"

@@ -34,10 +34,13 @@ from pyro import poutine
 from torch.nn.parallel import DistributedDataParallel
 
 from dvae.data.batch import SequenceBatch, collate
+from dvae.data.batching import batch_indices, sequence_lengths
+from dvae.device import resolve_device
 from dvae.errors import DistributedError
 from dvae.infer.elbo import DynamicalELBO, SiteKL
-from dvae.infer.trainer import (ClippedSVI, Trainer, batch_indices, bounds_per_step, evaluate_sums,
-                                resolve_device, sequence_lengths)
+from dvae.infer.evaluation import bounds_per_step, evaluate_sums
+from dvae.infer.svi import ClippedSVI
+from dvae.infer.trainer import Trainer
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds a collective waits for the other ranks before the run fails (``dvae train --dist-timeout``)."""
@@ -281,7 +284,8 @@ class DataParallelTrainer(Trainer):
 
     def _validate(self) -> Dict[str, float]:
         xs, us = self.valid_share
-        sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device)
+        sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
+                             vectorized=self.config.vectorized)
         keys = ("num_steps", "elbo", "log_lik", "kl", "iw")
         total = dict(zip(keys, all_reduce_sum(self.env, [sums[k] for k in keys], "the validation all-reduce")))
         total["num_steps"] = int(round(total["num_steps"]))

@@ -76,7 +76,7 @@ class SiteKL(NamedTuple):
     analytic: bool
 
 
-def _site_mask(site, like: torch.Tensor) -> torch.Tensor:
+def site_mask(site, like: torch.Tensor) -> torch.Tensor:
     """The batch mask of a per-step site (B,): ``.mask(...)`` wrappers and poutine.mask."""
     mask = torch.ones_like(like, dtype=torch.bool)
     fn = site["fn"]
@@ -89,7 +89,9 @@ def _site_mask(site, like: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _with_batch_mask(mask, extra):
+def with_batch_mask(mask, extra):
+    """``mask`` (a bool tensor) and ``extra``, a site's mask as Pyro holds it (None or True: no mask;
+    a bool tensor; a Python bool)."""
     if extra is None or extra is True:
         return mask
     return mask & (extra if torch.is_tensor(extra) else torch.tensor(bool(extra)))
@@ -107,7 +109,7 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
     if q is not None and p is not None:
         extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,): .mask(...) and poutine.mask
         for m in (q_mask, p_mask, guide_site["mask"]):
-            extra = _with_batch_mask(extra, m)
+            extra = with_batch_mask(extra, m)
         analytic = isinstance(q, GuidePath)  # a flow path (FlowPath): no closed form, the one-draw estimate
         kl = steps_kl(q, p) if analytic else sampled_steps_kl(q, p)  # (B, T), zero on padded steps
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]
@@ -123,7 +125,7 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
     if not torch.is_tensor(kl):  # a KL masked out entirely comes back as the number 0
         kl = torch.zeros(q_fn.batch_shape, device=guide_site["value"].device)
     kl = scale_and_mask(kl, mask=guide_site["mask"])
-    real = _site_mask(guide_site, kl)
+    real = site_mask(guide_site, kl)
     return SiteKL(kl[..., None], real[..., None], q_fn.event_shape.numel(), False, analytic)
 
 
@@ -146,7 +148,7 @@ class DynamicalELBO(TraceMeanField_ELBO):
 
     :meth:`loss_and_grads` returns the loss as a detached 0-dim tensor (no host-device
     synchronisation; ``float()`` it to read it) and, unlike Pyro's, does not check it for NaN (the
-    trainer's :class:`~dvae.infer.trainer.ClippedSVI` skips non-finite updates).
+    trainer's :class:`~dvae.infer.svi.ClippedSVI` skips non-finite updates).
 
     It computes only what the estimator uses: log densities of the observed sites, and the KL columns
     of the latent ones (no log densities of latent sites unless a KL has no closed form).

@@ -98,9 +98,10 @@ def estimator_programs(dvae_model, name: str, particles: int = 1) -> Tuple[Calla
 def tmc_applies(dvae_model) -> Tuple[bool, str]:
     """Whether TMC gives a bound on ``dvae_model`` (see the module docstring), and why not."""
     guide = getattr(getattr(dvae_model, "config", None), "guide", None)
-    if getattr(dvae_model, "name", None) != "dmm":
-        return False, "only the DMM's per-step latent sites are set up for K-sample enumeration"
-    if guide != "mean_field":
+    tmc_guides = getattr(dvae_model, "tmc_guides", ())
+    if not tmc_guides:
+        return False, "this family's per-step latent sites are not set up for K-sample enumeration"
+    if guide not in tmc_guides:
         return False, ("the dks guide's q(z_t | z_{t-1}, .) depends on the previous latent, so the pairwise TMC "
                        "weights are not those of the draws (not a bound)")
     return True, ""

@@ -8,16 +8,41 @@ from dvae.models.vrae import VRAE
 from dvae.models.vrnn import VRNN
 
 MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE}
+"""The families by name (``ModelConfig.model``); each class states its capabilities."""
+
+
+def all_guides():
+    """Every guide name any family takes (what ``--guide`` accepts; a family checks its own)."""
+    return tuple(dict.fromkeys(g for cls in MODELS.values() for g in cls.guides))
+
+
+def capability_problems(config: ModelConfig):
+    """(field, value, what it must be) for each setting the family named by ``config.model`` does not take."""
+    cls = MODELS.get(config.model)
+    if cls is None:
+        return [("model", config.model, f"one of {', '.join(MODELS)}")]
+    takes = lambda flag: ", ".join(n for n, c in MODELS.items() if getattr(c, flag))  # noqa: E731
+    out = []
+    if cls.guides and config.guide not in cls.guides:
+        out.append(("guide", config.guide, f"one of {', '.join(cls.guides)} for {config.model}"))
+    if config.c_dim and not cls.conditional:
+        out.append(("c_dim", config.c_dim, f"0 for models other than {takes('conditional')}"))
+    if config.bidirectional and not cls.bidirectional_encoder:
+        out.append(("bidirectional", config.bidirectional, f"false for models other than {takes('bidirectional_encoder')}"))
+    return out
 
 
 def build_model(config: ModelConfig) -> DynamicalVAE:
     """The model family named by ``config.model``."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r} (choose {', '.join(MODELS)})")
-    if (config.bidirectional or config.c_dim) and config.model not in ("dmm", "vrae"):
-        raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for dmm and vrae, not {config.model!r}")
+    problems = capability_problems(config)
+    if problems:
+        field, value, want = problems[0]
+        raise ValueError(f"{config.model}: {field} = {value!r} is not taken (must be {want})")
     return MODELS[config.model](config)
 
 
 __all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "MODELS", "build_model",
+           "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

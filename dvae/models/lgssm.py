@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import DynamicalVAE, ModelConfig, _fill
+from dvae.models.base import DynamicalVAE, ModelConfig, fill_imputed
 
 JITTER = 1e-4
 
@@ -119,8 +119,8 @@ class LGSSM(DynamicalVAE):
         with pyro.plate("sequences", Bsz, dim=-1):
             for t in pyro.markov(range(T)):
                 if t > 0:
-                    m, P = self._predict_state(m, P, self._u(batch, t - 1), params)
-                obs_mask_t = self._obs_mask(batch, t)
+                    m, P = self._predict_state(m, P, batch.step_u(t - 1), params)
+                obs_mask_t = batch.step_obs_mask(t)
                 x_mean, S, K = self._observe(m, P, params, obs_mask_t)
                 x = pyro.sample(f"x_{t}", dist.MultivariateNormal(x_mean, S).mask(batch.mask[:, t]),
                                 obs=batch.x[:, t])
@@ -146,9 +146,9 @@ class LGSSM(DynamicalVAE):
         filt, pred = [], []
         for t in range(T):
             if t > 0:
-                m, P = self._predict_state(m, P, self._u(batch, t - 1), params)
+                m, P = self._predict_state(m, P, batch.step_u(t - 1), params)
             pred.append((m, P))
-            obs_mask_t = self._obs_mask(batch, t)
+            obs_mask_t = batch.step_obs_mask(t)
             x_mean, S, K = self._observe(m, P, params, obs_mask_t)
             m, P = self._update(m, P, K, batch.x[:, t], x_mean, batch.mask[:, t], params, obs_mask_t)
             filt.append((m, P))
@@ -171,7 +171,7 @@ class LGSSM(DynamicalVAE):
         E[x_m] = C_m m_t + J (x_o - C_o m_t) and Var = (C_m - J C_o) P_t (.)^T + R_mm - J R_om with
         J = R_mo R_oo^{-1}. ``lo``/``hi``: the 5% / 95% quantiles. At observed entries ``mean`` is
         C m_t (variance C P_t C^T + R). ``num_samples`` is unused (nothing is sampled)."""
-        batch = self._check(batch)
+        batch = self.check_batch(batch)
         loc, cov = self.smooth(batch)  # (B, T, z), (B, T, z, z)
         _, _, C, _, R, _, _ = self.params()
         o = torch.ones_like(batch.x) if batch.obs_mask is None else batch.obs_mask.to(batch.x.dtype)  # (B, T, x)
@@ -183,7 +183,7 @@ class LGSSM(DynamicalVAE):
         var = torch.diagonal(H @ cov @ H.transpose(-1, -2) + R - J @ R, dim1=-2, dim2=-1)
         sd = var.clamp(min=0).sqrt()
         z90 = 1.6448536269514722  # the 95% quantile of N(0, 1)
-        return _fill(batch, mean, mean - z90 * sd, mean + z90 * sd)
+        return fill_imputed(batch, mean, mean - z90 * sd, mean + z90 * sd)
 
     @torch.no_grad()
     def set_params(self, A, B, C, Q, R, m0, P0) -> "LGSSM":
@@ -202,7 +202,7 @@ class LGSSM(DynamicalVAE):
     @torch.no_grad()
     def encode(self, batch: SequenceBatch, num_samples: int = 1):
         """Samples of each z_t from its smoothed marginal (S, B, T, z_dim), with ``loc`` and ``cov``."""
-        loc, cov = self.smooth(self._check(batch))
+        loc, cov = self.smooth(self.check_batch(batch))
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         z = dist.MultivariateNormal(loc, cov).sample((num_samples,))
         return {"z": z, "loc": loc, "cov": cov}
@@ -212,20 +212,32 @@ class LGSSM(DynamicalVAE):
         """C z under smoothed samples of z: ``{"x_mean": (S, B, T, x_dim)}``."""
         return {"x_mean": self.encode(batch, num_samples)["z"] @ self.C.T}
 
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
-        params = self.params()
-        A, Bm, C, Q, R, _, _ = params
-        loc, cov = self.smooth(context)
-        N = context.batch_size
-        last = (context.lengths - 1).clamp(min=0)
-        rows = torch.arange(N, device=loc.device)
+    # --- the contract: the same system, step by step (prediction, the world model, the particle filter) --
+    def initial_state(self, n: int, c=None):
+        """p(z_0) = N(m0, P0); the state is z_t alone."""
+        *_, m0, P0 = self.params()
+        return {}, dist.MultivariateNormal(m0.expand(n, -1), P0)
+
+    def transition_step(self, state, x, u=None, obs_mask=None):
+        """p(z_t | z_{t-1}, u_{t-1}) = N(A z_{t-1} + B u_{t-1}, Q)."""
+        A, Bm, _, Q, *_ = self.params()
+        loc = state["z"] @ A.T + (u @ Bm.T if u is not None else 0.0)  # (n, z_dim)
+        return {}, dist.MultivariateNormal(loc, Q)
+
+    def emission(self, state, obs_mask=None):
+        """p(x_t | z_t) = N(C z_t, R); with ``obs_mask`` (n, x_dim) the density of the observed entries
+        (missing entries, held at 0, score exactly 0: ``_observation_matrices``)."""
+        C, R = self._observation_matrices(self.params(), obs_mask)
+        z = state["z"]
+        loc = z @ C.T if C.dim() == 2 else (C @ z[..., None])[..., 0]  # (n, x_dim)
+        return dist.MultivariateNormal(loc, R)
+
+    @torch.no_grad()
+    def posterior_last(self, batch: SequenceBatch):
+        """z at each sequence's last real step drawn from its smoothed (there: filtered) marginal, exactly."""
+        batch = self.check_batch(batch)
+        loc, cov = self.smooth(batch)  # (B, T, z), (B, T, z, z)
+        rows, last = torch.arange(batch.batch_size, device=loc.device), (batch.lengths - 1).clamp(min=0)
         cov_last = cov[rows, last]
         z = dist.MultivariateNormal(loc[rows, last], 0.5 * (cov_last + cov_last.transpose(-1, -2))).sample()
-        noise_z, noise_x = dist.MultivariateNormal(torch.zeros_like(z), Q), None
-        xs, means, zs = [], [], []
-        for k in range(horizon):
-            z = z @ A.T + (u_future[:, k] @ Bm.T if u_future is not None else 0.0) + noise_z.sample()
-            x_mean = z @ C.T
-            noise_x = noise_x or dist.MultivariateNormal(torch.zeros_like(x_mean), R)
-            xs.append(x_mean + noise_x.sample()), means.append(x_mean), zs.append(z)
-        return {"x": torch.stack(xs, 1), "x_mean": torch.stack(means, 1), "z": torch.stack(zs, 1)}  # (N, H, .)
+        return {"z": z}, batch.x[rows, last]

@@ -20,6 +20,13 @@ concatenated to the encoder's input at every step, to the latent code and to the
     x_t ~ Emitter(s_t)
     guide: the encoder reads [x_t, u_t, c]: q(z | x, u, c)
 
+As the contract of :class:`~dvae.models.base.DynamicalVAE` states it, the state is the code z (the
+same at every step: ``transition_step`` gives a point mass at the previous step's code), the condition
+c and the decoder's state s_t: ``initial_state`` is p(z) = N(0, I), ``with_latent`` starts the decoder
+from the code at step 0, ``transition_step`` runs the decoder one step on u_{t-1}, and ``emission``
+reads s_t. Prediction, the world model and the particle filter are written over those; the latent path
+of a sequence (``latent_path``) is its code at every step.
+
 The time-vectorized form (``model_vectorized``/``guide_vectorized``) differs only in the observations:
 one site ``"x"`` (B, T, x_dim) scored with one emitter call over every step; ``"z"`` is one site in
 both forms, and ``guide_vectorized`` is ``guide``.
@@ -35,12 +42,14 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
-from dvae.models.paths import observation_path
+from dvae.models.state import State
 from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn, run_rnn
 
 
 class VRAE(DynamicalVAE):
     name = "vrae"
+    conditional = True
+    bidirectional_encoder = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -70,8 +79,50 @@ class VRAE(DynamicalVAE):
     def posterior_params(self, batch: SequenceBatch):
         """loc, scale (B, z_dim) of q(z | x, u, c)."""
         y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
-        return self.posterior(self.encoder.final(append_condition(y, self._c(batch)), batch.lengths))
+        return self.posterior(self.encoder.final(append_condition(y, self.condition(batch)), batch.lengths))
 
+    # --- the contract: one code, a decoder run step by step ------------------------------------------
+    def initial_state(self, n: int, c=None):
+        """p(z) = N(0, I): the code, drawn before the first step; the state carries c."""
+        loc = torch.zeros(n, self.config.z_dim, **self.tensor_kind)  # (n, z_dim)
+        return {"c": c}, dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def _decoder_step(self, state: State, u_prev, hidden) -> State:
+        """s_t = RNN_dec([u_{t-1}, c], s_{t-1}): the decoder's hidden state is kept batch first."""
+        n = state["z"].shape[0]
+        u_prev = state["z"].new_zeros(n, 1) if u_prev is None else u_prev  # (n, u_in)
+        c = state.get("c")
+        inp = u_prev if c is None else torch.cat([u_prev, c], -1)  # (n, u_in + c_dim)
+        out, hidden = self.decoder(inp[:, None], tuple(h[None] for h in hidden) if isinstance(hidden, tuple)
+                                   else hidden[None])  # hidden (1, n, rnn_dim)
+        hidden = tuple(h[0] for h in hidden) if isinstance(hidden, tuple) else hidden[0]  # (n, rnn_dim)
+        return {**state, "h": hidden, "s": out[:, 0]}
+
+    def with_latent(self, state: State, z) -> State:
+        """At step 0 the decoder starts from the code, s_{-1} = tanh(W [z, c]), and reads u_{-1} = 0."""
+        if "h" in state:  # later steps: the code is unchanged
+            return {**state, "z": z}
+        c = state.get("c")
+        s_init = torch.tanh(self.z_to_state(z if c is None else torch.cat([z, c], -1)))  # (n, rnn_dim)
+        hidden = (s_init, torch.zeros_like(s_init)) if isinstance(self.decoder, nn.LSTM) else s_init
+        u_dim = max(self.config.u_dim, 1)
+        return self._decoder_step({**state, "z": z}, z.new_zeros(z.shape[0], u_dim), hidden)
+
+    def transition_step(self, state: State, x, u=None, obs_mask=None):
+        """s_t = RNN_dec([u_{t-1}, c], s_{t-1}); the code carries over (a point mass)."""
+        new = self._decoder_step(state, u, state["h"])
+        return new, dist.Delta(state["z"], event_dim=1)
+
+    def emission(self, state: State, obs_mask=None):
+        """p(x_t | s_t)."""
+        return observation_dist(self.emitter(state["s"]), self.config.likelihood, obs_mask)
+
+    def latent_path(self, batch: SequenceBatch):
+        """The guide's code, at every step: (B, T, z_dim)."""
+        z = self.guide(batch)  # (B, z_dim)
+        return z[:, None].expand(batch.batch_size, batch.num_steps, z.shape[-1])
+
+    # --- the Pyro programs: one code per sequence --------------------------------------------------
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u). Returns z (B, z_dim)."""
         pyro.module("vrae", self)
@@ -80,10 +131,10 @@ class VRAE(DynamicalVAE):
             zeros = batch.x.new_zeros(B, self.config.z_dim)
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
+            s = self.decoder_states(batch, z)  # (B, T, rnn_dim)
             for t in pyro.markov(range(T)):
                 pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood,
-                                                       self._obs_mask(batch, t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
+                                                       batch.step_obs_mask(t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
         return z
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -94,35 +145,25 @@ class VRAE(DynamicalVAE):
             with poutine.scale(scale=annealing_factor):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z | u) with the observations of every step as one site. Returns z (B, z_dim)."""
-        pyro.module("vrae", self)
-        B = batch.batch_size
-        with pyro.plate("sequences", B, dim=-1):
-            zeros = batch.x.new_zeros(B, self.config.z_dim)
-            with poutine.scale(scale=annealing_factor):
-                z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
-            x_dist = observation_dist(self.emitter(s), self.config.likelihood, batch.obs_mask)  # batch (B, T)
-            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
-        return z
+    # --- the same densities in one call each (the time-vectorized program) ----------------------------
+    def prior_path(self, batch: SequenceBatch):
+        """p(z) = N(0, I): batch (B,), event (z_dim,)."""
+        zeros = batch.x.new_zeros(batch.batch_size, self.config.z_dim)
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+    def decoder_states(self, batch: SequenceBatch, z):
+        """s_t of every step (B, T, rnn_dim): the decoder run from the code z (B, z_dim) on u_{t-1} and c."""
+        return self._decode(z, self._shifted_controls(batch), self.condition(batch))
+
+    def emission_path(self, batch: SequenceBatch, z):
+        """p(x_t | s_t) of every step, the decoder run from the code z (B, z_dim): batch (B, T)."""
+        return observation_dist(self.emitter(self.decoder_states(batch, z)), self.config.likelihood, batch.obs_mask)
+
+    def posterior_path(self, batch: SequenceBatch):
+        """q(z | x, u, c): batch (B,), event (z_dim,)."""
+        loc, scale = self.posterior_params(batch)
+        return dist.Normal(loc, scale).to_event(1)
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u): the per-step guide already has one site."""
         return self.guide(batch, annealing_factor)
-
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
-        N, C = context.batch_size, context.num_steps
-        z = self.guide(context)  # (N, z_dim)
-        rows = torch.arange(N, device=z.device)[:, None]
-        steps = (context.lengths[:, None] + torch.arange(horizon, device=z.device)[None])  # (N, H) predicted
-        if u_future is None:
-            u_prev = z.new_zeros(N, C + horizon, 1)
-        else:  # u_{t-1} for t = 1 .. C + H - 1, with u_future placed after each context
-            u_full = torch.cat([context.u, u_future.new_zeros(N, horizon, u_future.shape[-1])], 1)
-            u_full[rows, steps - 1] = u_future
-            u_prev = torch.cat([u_full.new_zeros(N, 1, u_full.shape[-1]), u_full[:, :-1]], 1)  # (N, C+H, u_dim)
-        s = self._decode(z, u_prev, self._c(context))[rows, steps]  # (N, H, rnn_dim)
-        x_dist = observation_dist(self.emitter(s), self.config.likelihood)
-        z_rep = z[:, None].expand(N, horizon, z.shape[-1])
-        return {"x": x_dist.sample(), "x_mean": x_dist.mean, "z": z_rep}

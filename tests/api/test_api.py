@@ -295,7 +295,7 @@ def test_env_of_an_in_memory_run_passes_check_env_and_matches_the_run_dir_env(cl
     for _ in range(3):
         np.testing.assert_array_equal(env.step(np.array([0.5], np.float32))[0],
                                       from_dir.step(np.array([0.5], np.float32))[0])
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="give one of run_dir, run= "):
         gym.make("dvae/WorldModel-v0", run_dir=cli_run, run=run)
 
 
@@ -382,3 +382,12 @@ def test_a_saved_run_saved_again_elsewhere_takes_its_data_along(arrays, tmp_path
     assert (tmp_path / "b" / "data.npz").read_bytes() == (tmp_path / "a" / "data.npz").read_bytes()
     code, cli, _ = run_cli(capsys, "eval", tmp_path / "b", "--seed", "0", "--device", "cpu")
     assert code == 0 and cli["neg_elbo_per_step"] == run.evaluate(seed=0)["neg_elbo_per_step"]
+
+
+def test_fit_choices_are_the_train_verb_choices():
+    from dvae.cli import build_parser
+    from dvae.fitting import choices
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    want = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
+    assert choices() == want

@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-from dvae.compare.estimators import _grid_log_p
+from studies.compare.estimators import grid_log_p
 from dvae.data import collate
 from dvae.infer import DynamicalELBO
 from dvae.infer.estimators import estimator_programs, make_estimator, measure_estimator, tmc_applies
@@ -103,14 +103,14 @@ def test_tmc_is_a_bound_above_iw_with_the_mean_field_guide_and_not_a_bound_with_
     x = torch.tensor([[0.5], [1.0], [0.2]], dtype=torch.float64)
     batch = collate([x] * 200)  # 200 independent draws of the bound on one sequence per call
     mf = _tiny("mean_field")
-    log_p = _grid_log_p(mf, x)
+    log_p = grid_log_p(mf, x)
     iw, iw_se = _mean_bound(mf, "iw", 8, batch, 5, 0)
     tmc, tmc_se = _mean_bound(mf, "tmc", 8, batch, 5, 1)
     assert iw - 3 * iw_se < tmc + 3 * tmc_se  # E[TMC_K] >= E[IW_K] for independent per-step proposals
     assert tmc < log_p + 3 * tmc_se  # a bound on the grid-sum log p(x)
     assert tmc_applies(mf)[0]
     dks = _tiny("dks")
-    log_p = _grid_log_p(dks, x)
+    log_p = grid_log_p(dks, x)
     tmc, tmc_se = _mean_bound(dks, "tmc", 16, batch, 5, 2)
     assert tmc > log_p + 3 * tmc_se  # measured above log p(x): not a bound
     assert not tmc_applies(dks)[0]
@@ -137,7 +137,7 @@ def test_grid_log_p_is_the_kalman_likelihood_of_a_linear_gaussian_dmm():
     x = np.array([[0.5], [1.0], [0.2]])
     params = LGSSMParams(np.array([[0.9]]), np.zeros((1, 1)), np.array([[1.5]]), np.array([[0.25]]),
                          np.array([[sx ** 2]]), np.zeros(1), np.eye(1))
-    assert _grid_log_p(m, torch.from_numpy(x)) == pytest.approx(kalman_log_likelihood(params, x), abs=1e-6)
+    assert grid_log_p(m, torch.from_numpy(x)) == pytest.approx(kalman_log_likelihood(params, x), abs=1e-6)
 
 
 def test_bad_estimator_names_and_particle_counts_are_refused():

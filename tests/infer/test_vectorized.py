@@ -230,10 +230,11 @@ def test_the_dmm_prior_path_scores_every_step_as_its_sampler_draws_it():
     prior, path = trace.nodes["z"]["fn"], trace.nodes["z"]["value"]
     assert path.shape == (3, 7, 4) and trace.nodes["x"]["value"].shape == (3, 7, 3)
     loc, scale = prior.params(path)  # every step at once
-    for t in range(7):
-        step = m._prior(t, None if t == 0 else path[:, t - 1], batch)
-        torch.testing.assert_close(loc[:, t], step[0], **TIGHT)
-        torch.testing.assert_close(scale[:, t], step[1], **TIGHT)
+    for t in range(7):  # the contract's step t, one at a time
+        _, p = m.initial_state(3) if t == 0 else m.transition_step({"z": path[:, t - 1], "c": None}, None,
+                                                                   batch.step_u(t - 1))
+        torch.testing.assert_close(loc[:, t], p.base_dist.loc, **TIGHT)
+        torch.testing.assert_close(scale[:, t], p.base_dist.scale, **TIGHT)
 
 
 def test_the_vrnn_vectorized_model_cannot_run_unconditioned():

@@ -10,7 +10,8 @@ import torch
 from dvae.data import collate
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
 from dvae.infer import elbo_terms, iw_bound
-from dvae.infer.trainer import TrainConfig, Trainer, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 

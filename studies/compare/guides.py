@@ -26,7 +26,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from dvae.compare import Context, Section, markdown_table
+from studies.compare import Context, Section, markdown_table
 from dvae.infer.trainer import TrainConfig, default_lr
 
 GUIDES = [  # key, label, what q(z_t | .) reads, dvae train flags

@@ -1,17 +1,17 @@
-"""``dvae compare --sections guides --quick``: every guide trained, scored and tabled with finite numbers."""
+"""``python -m studies.compare --sections guides --quick``: every guide trained, scored and tabled with finite numbers."""
 
 import json
 import math
 
 import pytest
 
-from dvae.cli import main
-from dvae.compare.guides import GUIDES
+from studies.compare.cli import main
+from studies.compare.guides import GUIDES
 
 
 # the section's smoke test (about 8 s on a quiet 2-core machine): six short trainings
 def test_the_guides_section_runs_quick(tmp_path):
-    assert main(["compare", "--sections", "guides", "--quick", "--threads", "1", "--out", str(tmp_path / "c.md"),
+    assert main(["--sections", "guides", "--quick", "--threads", "1", "--out", str(tmp_path / "c.md"),
                  "--work-dir", str(tmp_path / "w")]) == 0
     doc = (tmp_path / "c.md").read_text()
     stored = json.loads((tmp_path / "c" / "guides.json").read_text())

@@ -1,11 +1,11 @@
-"""`dvae compare --sections exact,nonlinear --quick`: the document and the results of both sections."""
+"""`python -m studies.compare --sections exact,nonlinear --quick`: the document and the results of both sections."""
 
 import json
 import math
 
 import pytest
 
-from dvae.cli import main
+from studies.compare.cli import main
 
 TOL = 0.05  # nats per step: what one Monte Carlo draw of an ELBO on the quick test set can overshoot by
 
@@ -21,7 +21,7 @@ def _numbers(d, prefix=""):
 # the sections' smoke test (~15 s on a quiet 2-core machine): four models trained for 2 s each, IW to K = 1000, filters
 def test_quick_exact_and_nonlinear_sections(tmp_path, capsys):
     out = tmp_path / "c.md"
-    assert main(["compare", "--sections", "exact,nonlinear", "--quick", "--threads", "1", "--out", str(out),
+    assert main(["--sections", "exact,nonlinear", "--quick", "--threads", "1", "--out", str(out),
                  "--work-dir", str(tmp_path / "w")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["sections"]) == {"exact", "nonlinear"}

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from dvae.compare import Context, Section, markdown_table
-from dvae.compare import _bounds as B
+from studies.compare import Context, Section, markdown_table
+from studies.compare import _bounds as B
 from dvae.infer.trainer import TrainConfig
 from dvae.models import ModelConfig
 

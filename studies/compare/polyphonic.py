@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from dvae.compare import Context, Section, markdown_table
+from studies.compare import Context, Section, markdown_table
 from dvae.errors import DataError
 
 KEY = "polyphonic"

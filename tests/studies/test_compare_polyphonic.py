@@ -1,4 +1,4 @@
-"""The polyphonic section of ``dvae compare``: skipped without data; on a tiny Boulanger-Lewandowski pickle
+"""The polyphonic section of ``python -m studies.compare``: skipped without data; on a tiny Boulanger-Lewandowski pickle
 in quick mode, one row per family with finite bounds, the IW bound below the -ELBO, and the test steps
 counted as the data has them."""
 
@@ -8,8 +8,8 @@ import pickle
 
 import numpy as np
 
-from dvae.cli import main
-from dvae.compare import polyphonic
+from studies.compare.cli import main
+from studies.compare import polyphonic
 
 
 def _tiny_pickle(path, seed=0):
@@ -30,7 +30,7 @@ def _tiny_pickle(path, seed=0):
 
 def _compare(tmp_path, *extra):
     out = tmp_path / "doc" / "comparisons.md"
-    rc = main(["compare", "--sections", "polyphonic", "--quick", "--threads", "1", "--out", str(out),
+    rc = main(["--sections", "polyphonic", "--quick", "--threads", "1", "--out", str(out),
                "--work-dir", str(tmp_path / "work"), *extra])
     return rc, out
 

@@ -19,11 +19,13 @@ import numpy as np
 import pyro
 import torch
 
-from dvae.compare import Context, Section, markdown_table
+from studies.compare import Context, Section, markdown_table
 from dvae.data.batch import collate
+from dvae.data.batching import batches
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
 from dvae.infer.estimators import estimator_programs, make_estimator, measure_estimator, tmc_applies
-from dvae.infer.trainer import TrainConfig, Trainer, batches, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 RACE_LR = 3e-3  # the fixed-time race's own Adam learning rate
@@ -130,7 +132,7 @@ def _race(model0_state, guide, s, data, device, seed) -> list:
     return out
 
 
-def _grid_log_p(model, x: torch.Tensor, n: int = 801, lim: float = 8.0) -> float:
+def grid_log_p(model, x: torch.Tensor, n: int = 801, lim: float = 8.0) -> float:
     """log p(x) of a 1-D-latent, control-free DMM by a grid sum over z (forward recursion), float64."""
     z = torch.linspace(-lim, lim, n, dtype=torch.float64, device=x.device)[:, None]  # (n, 1)
     log_dz = math.log(float(z[1, 0] - z[0, 0]))
@@ -156,7 +158,7 @@ def _grid_check(s: dict, seed: int) -> list:
         torch.manual_seed(seed + 1)
         model = build_model(ModelConfig(model="dmm", x_dim=1, u_dim=0, z_dim=1, rnn_dim=8, transition_dim=8,
                                         emission_dim=8, guide=guide)).double()
-        log_p = _grid_log_p(model, x)
+        log_p = grid_log_p(model, x)
         batch = collate([x] * s["grid_copies"])
         configs = [("sampled", 1)] + [(name, k) for k in s["grid_k"] for name in ("iw", "tmc")]
         for name, k in configs:

@@ -1,4 +1,4 @@
-"""`dvae compare --sections estimators --quick`: the document and results have every row, finite numbers,
+"""`python -m studies.compare --sections estimators --quick`: the document and results have every row, finite numbers,
 and the relations that hold at any size."""
 
 import json
@@ -6,13 +6,13 @@ import math
 
 import torch
 
-from dvae.cli import main
+from studies.compare.cli import main
 
 
 def test_quick_estimators_section_writes_rows_figures_and_true_relations(tmp_path):
     n = torch.get_num_threads()
     try:
-        rc = main(["compare", "--sections", "estimators", "--quick", "--threads", "1", "--out", str(tmp_path / "c.md"),
+        rc = main(["--sections", "estimators", "--quick", "--threads", "1", "--out", str(tmp_path / "c.md"),
                    "--work-dir", str(tmp_path / "w")])
     finally:
         torch.set_num_threads(n)

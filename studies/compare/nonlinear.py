@@ -6,7 +6,7 @@ policy "ou", as the built-in ``pendulum`` source), its observations (cos theta, 
 theta-dot) plus independent Gaussian noise of std ``NOISE_STD`` in every entry (seeded), so the
 observation density is nowhere degenerate. A DMM with the project's defaults is trained under a
 time limit; on the held-out sequences, per observed step in data units: its ELBO, its IW bounds
-for K = 1 .. 1000, and the bootstrap particle filter (``dvae.infer.smc.dmm_particle_filter``) with
+for K = 1 .. 1000, and the bootstrap particle filter (``dvae.infer.smc.model_particle_filter``) with
 its learned initial state, transition and emission, 10 .. 10,000 particles.
 """
 
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from dvae.compare import Context, Section, markdown_table
-from dvae.compare import _bounds as B
+from studies.compare import Context, Section, markdown_table
+from studies.compare import _bounds as B
 from dvae.models import ModelConfig
 
 NOISE_STD = 0.1

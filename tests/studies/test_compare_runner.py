@@ -1,4 +1,4 @@
-"""The `dvae compare` runner: sections run, stored per section, and the document rebuilt from them."""
+"""The `python -m studies.compare` runner: sections run, stored per section, and the document rebuilt from them."""
 
 import json
 import sys
@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-import dvae.compare as compare
-from dvae.cli import main
+import studies.compare as compare
+from studies.compare.cli import main
 
 
 def _fake_section(key, value):
@@ -34,7 +34,7 @@ def fake_sections(monkeypatch):
 def test_sections_are_stored_and_the_document_is_rebuilt_from_them(tmp_path, fake_sections, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --work-dir is relative
     doc = tmp_path / "c.md"
-    assert main(["compare", "--quick", "--out", str(doc), "--work-dir", str(tmp_path / "w")]) == 0
+    assert main(["--quick", "--out", str(doc), "--work-dir", str(tmp_path / "w")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["sections"]) == {"one", "two"}
     text = doc.read_text()
@@ -43,36 +43,36 @@ def test_sections_are_stored_and_the_document_is_rebuilt_from_them(tmp_path, fak
     assert text.index("## Fake one") < text.index("## Fake two")  # document order is SECTIONS order
     stored = json.loads((tmp_path / "c" / "one.json").read_text())
     assert stored["results"] == {"value": 1.25, "quick": True}
-    assert stored["meta"]["command"].startswith("dvae compare --quick")
+    assert stored["meta"]["command"].startswith("python -m studies.compare --quick")
 
     # re-running one section keeps the other's stored results
     compare_mod = sys.modules["fake_section_two"]
     compare_mod.run = _fake_section("two", 7.0).run
-    assert main(["compare", "--sections", "two", "--out", str(doc)]) == 0
+    assert main(["--sections", "two", "--out", str(doc)]) == 0
     capsys.readouterr()
     text = doc.read_text()
     assert "| answer | 1.250 |" in text and "| answer | 7.000 |" in text and "2.500" not in text
     assert json.loads((tmp_path / "c" / "two.json").read_text())["meta"]["command"] == \
-        f"dvae compare --sections two --out {doc}"
+        f"python -m studies.compare --sections two --out {doc}"
 
     # --sections none: only the document, from what is stored
     doc.unlink()
-    assert main(["compare", "--sections", "none", "--out", str(doc)]) == 0
+    assert main(["--sections", "none", "--out", str(doc)]) == 0
     assert "| answer | 7.000 |" in doc.read_text()
 
 
 def test_unknown_section_and_corrupt_results_are_one_line_errors(tmp_path, fake_sections, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     doc = tmp_path / "c.md"
-    assert main(["compare", "--sections", "three", "--out", str(doc)]) == 2
+    assert main(["--sections", "three", "--out", str(doc)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown section(s) three" in err[0]
-    assert main(["compare", "--sections", "none", "--out", str(tmp_path / "cmp")]) == 2  # results and doc would clash
+    assert main(["--sections", "none", "--out", str(tmp_path / "cmp")]) == 2  # results and doc would clash
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out must name a markdown file" in err[0]
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "one.json").write_text("{not json")
-    assert main(["compare", "--sections", "two", "--out", str(doc)]) == 2
+    assert main(["--sections", "two", "--out", str(doc)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "one.json" in err[0] and "not a comparison section's results" in err[0]
 

@@ -3,7 +3,7 @@ held-out sequences, per observed step in the data's original units.
 
 Every figure here is a LOG-likelihood per observed step (nats, higher is better), moved to data units
 by subtracting the standardisation's log-Jacobian ``Normalizer.log_det_per_step`` (as
-``dvae.infer.trainer.evaluate`` adds it to the NLL).
+``dvae.infer.evaluation.evaluate`` adds it to the NLL).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pyro
 import torch
 
 from dvae.data import Normalizer
+from dvae.data.batching import batches
 from dvae.infer.elbo import elbo_terms, iw_bound
 from dvae.infer.smc import evaluate_pf
-from dvae.infer.trainer import TrainConfig, Trainer, batches
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 
