@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The three uses of docs/python-api.md at full size: the figures and the numbers that page quotes.
 
-    python examples/python_api_tour.py --out docs/figures/python-api   # regenerates the page's figures and numbers
+    python examples/python_api_tour.py --out docs/figures/python-api --work-dir runs/python-api-tour
     python examples/python_api_tour.py --quick --out /tmp/tour         # tiny sizes: a smoke test
 
 1. Arrays of control trajectories (a damped oscillator pushed by u): ``dvae.fit``, ``run.predict``
@@ -11,7 +11,9 @@
 3. dvae/LinearGaussian-v0: the DMM's -ELBO, IW bound and particle-filter estimate against the fitted
    LGSSM's exact NLL and the true system's (the floor), on the same test sequences.
 
-Writes ``OUT/results.json`` and ``OUT/forecast.png``; prints the results as JSON.
+Writes ``OUT/results.json`` and ``OUT/forecast.png`` (the Pendulum run directory under
+``--work-dir``); prints the results as JSON. The page's figures: ``--out docs/figures/python-api
+--work-dir runs/python-api-tour``.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ def oscillator(episodes: int, steps: int, seed: int):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/python-api-tour")
+    p.add_argument("--out", default="runs/python-api-tour", help="results.json and forecast.png")
+    p.add_argument("--work-dir", default=None, help="the Pendulum run directory goes here (default OUT/work)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     quick = dict(epochs=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8) if a.quick else {}
     os.makedirs(a.out, exist_ok=True)
+    work = a.work_dir or os.path.join(a.out, "work")
     t0 = time.perf_counter()
     res = {"command": "python examples/python_api_tour.py " + " ".join(sys.argv[1:] if argv is None else argv)}
 
@@ -67,7 +71,7 @@ def main(argv=None) -> dict:
                          "kstep_rmse_linear": ev["baselines"]["linear"]["kstep_rmse"]}
 
     # --- 2. a run as an env and a planner ---
-    pend = dvae.fit("pendulum", seed=a.seed, no_progress=True, no_plots=True, out=os.path.join(a.out, "pendulum"),
+    pend = dvae.fit("pendulum", seed=a.seed, no_progress=True, no_plots=True, out=os.path.join(work, "pendulum"),
                     **({"episodes": 8, "steps": 16, **quick} if a.quick else {"epochs": 60}))
     env = pend.env("Pendulum-v1")
     obs, _ = env.reset(seed=a.seed)
