@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from dvae.flags import finite_float
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell reports it
 MAX_ERROR_CHARS = 500
 """Error lines are cut to this many characters (a hostile file name or value cannot flood the terminal)."""
 
@@ -61,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
+    from dvae import __version__
+
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
+    ap.add_argument("--version", action="version", version=f"dvae {__version__}")
     sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
@@ -82,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
-                   "or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a CSV table (a header "
+                   "row, an episode column, action*/u_* control columns), a .npy array of observations, a polyphonic "
+                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line)")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
@@ -263,264 +266,20 @@ def _collect_shards(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def _prepare(data, normalizer, split, c_dim: int = 0):
-    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
-    xs, us = data.subset(split)
-    if c_dim:
-        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
-    return normalizer.x(xs), normalizer.u(us)
-
-
-def train_configs(a, data):
-    """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
-    ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig, default_lr
-    from dvae.models import ModelConfig
-
-    likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
-    model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
-                        rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
-                        num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
-                        c_dim=data.c_dim if a.condition else 0,
-                        likelihood=likelihood, missing=a.missing == "nan",
-                        # frames: the conv DMM (other families read frames as vectors)
-                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
-                        lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
-                        anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
-                        collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
-    return model, train
-
-
 def cmd_train(a) -> dict:
-    """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
-    run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
-    import torch
+    """Train a new run or resume one (``dvae.fitting.train``); SIGINT/SIGTERM stop it after a checkpoint."""
+    from dvae.fitting import Interrupted, default_run_dir, train
 
-    from dvae.data import Normalizer
-    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
-    from dvae.errors import DataError
-    from dvae.device import resolve_device
-    from dvae.models import MODELS, ModelConfig
-    from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
-
-    if a.resume:
-        run_dir = a.resume
-        config = read_config(run_dir)
-        if a.epochs is not None:
-            config.train.epochs = a.epochs
-        if a.time_limit is not None:
-            config.train.time_limit = a.time_limit
-        parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        data = load_data(config)
-        normalizer = config.normalizer
-    else:
-        if a.epochs is not None and a.epochs < 1:
-            raise ValueError("--epochs must be at least 1")
-        family = MODELS[a.model]
-        if (a.bidirectional and not family.bidirectional_encoder) or (a.condition and not family.conditional):
-            both = " and ".join(n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional)
-            raise ValueError(f"--bidirectional and --condition are for {both}, not {a.model}")
-        if a.min_count < 1:
-            raise ValueError("--min-count must be at least 1")
-        family_guides = family.guides
-        owners = [n.upper() for n, c in MODELS.items() if a.guide in c.guides]
-        if a.guide != ModelConfig.guide and a.guide not in family_guides:
-            raise ValueError(f"--guide {a.guide} is a {' or '.join(owners)} guide, not a guide of {a.model} "
-                             f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
-        if a.guide == "ltr" and a.bidirectional:
-            raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
-        if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
-            raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
-        if a.iaf_dim < 1:
-            raise ValueError("--iaf-dim must be at least 1")
-        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
-                              missing=a.missing, tokens=a.tokens, min_count=a.min_count)
-        run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
-        # every rank has checked the run directory before joining; rank 0 writes it after
-        parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        config = RunConfig(data=data_cfg)
-        data = load_data(config)
-        if a.condition and data.cs is None:
-            raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
-                            "array in the .npz")
-        train_xs, train_us = data.subset("train")
-        normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
-        config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
-        config.model, config.train = train_configs(a, data)
-        problem = config.problem()  # the checks a reloaded config.json gets, before anything is written
-        if problem:
-            key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-            if rest and key.startswith(("train.", "model.")):
-                problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-            raise ValueError(problem)
-        if parallel is None or parallel.is_main:
-            os.makedirs(run_dir, exist_ok=True)
-            write_config(run_dir, config)
-
-    device = resolve_device(config.train.device) if parallel is None else parallel.device
-    # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
-    # process-wide, so it is switched off again when training returns
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    if not a.resume and not a.out:
+        a.out = default_run_dir(a.model)
     try:
-        return _train(a, config, data, normalizer, run_dir, device, parallel)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-        shutdown(parallel)
-
-
-def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
-    import warnings
-
-    import pyro
-
-    from dvae.infer.diagnostics import PosteriorCollapseWarning
-    from dvae.infer.trainer import Trainer
-    from dvae.models import build_model
-    from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
-
-    main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
-    pyro.set_rng_seed(config.train.seed)
-    model = build_model(config.model).to(device)
-    c_dim = config.model.c_dim
-    train_data, valid_data = _prepare(data, normalizer, "train", c_dim), _prepare(data, normalizer, "valid", c_dim)
-    if parallel is None:
-        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device,
-                          x_log_std=normalizer.log_std)
-    else:
-        from dvae.infer.distributed import DataParallelTrainer
-
-        if c_dim:
-            raise ValueError("conditional models (--condition) do not train under torchrun yet")
-        trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
-                                      device, env=parallel, x_log_std=normalizer.log_std)
-    ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
-
-    def save_checkpoint():
-        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
-        if main_rank:
-            save_torch(ckpt_path, ckpt)
-
-    if a.resume:
-        trainer.load_checkpoint(load_torch(ckpt_path, "cpu"))  # Adam's step counters stay on the CPU (moments move)
-        if main_rank:
-            _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
-    else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_checkpoint()
-
-    collapse_told = [trainer.state.get("collapse_warned", False)]
-
-    def on_epoch(row, improved):
-        save_checkpoint()  # the one file that restores the run, written first
-        if not main_rank:
-            return
-        _write_derived(run_dir, trainer, best=improved)
-        if row.get("posterior_collapse") and not collapse_told[0]:  # once per run; the Python warning is muted
-            collapse_told[0] = True
-            print(f"dvae train: warning: posterior collapse at epoch {row['epoch']}: the validation KL per step "
-                  f"has stayed below {config.train.collapse_kl} nats for {config.train.collapse_epochs} epochs "
-                  f"({row['valid_kl_per_step']:.3g} now, {row['active_units']} active units): the latent code is "
-                  "ignored (try --free-bits, --anneal-epochs, --beta < 1)", file=sys.stderr, flush=True)
-        if not sys.stderr.isatty() and not a.no_progress:
-            print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
-                  f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
-
-    def on_signal(signum, frame):
-        if trainer._stop_requested:  # a second signal: stop now (the last checkpoint stands)
-            raise KeyboardInterrupt
-        print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
-              "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
-        trainer.request_stop()
-
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with warnings.catch_warnings():  # on_epoch says it in one line instead
-            warnings.simplefilter("ignore", PosteriorCollapseWarning)
-            trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-    if trainer.stopped:
-        save_checkpoint()
-    summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
-               "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
-               "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
-               "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "faults": trainer.state["faults"], "interrupted": trainer.stopped}
-    if parallel is not None:
-        summary["world_size"] = parallel.world_size
-    if trainer.stopped:
-        if main_rank:
-            print(json.dumps(summary))
-            print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
+        return train(a, signals=True).summary
+    except Interrupted as e:
+        if e.summary is not None:  # rank 0 prints
+            print(json.dumps(e.summary))
+            print(f"dvae train: interrupted; continue with: dvae train --resume {e.summary['run_dir']}",
+                  file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
-    if trainer.best_model is None:
-        from dvae.errors import DvaeError
-
-        raise DvaeError("no epoch completed (is the time limit too short?)")
-    if not main_rank:
-        return None  # rank 0 writes the plots and prints the summary
-    model.load_state_dict(trainer.best_model)
-    summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
-                                                                                 normalizer, trainer.rows)
-    return summary
-
-
-def _write_derived(run_dir, trainer, best: bool = True) -> None:
-    """metrics.jsonl and best.pt, both derived from the trainer's state (and so from checkpoint.pt)."""
-    from dvae.run import BEST, save_torch, write_metrics
-
-    write_metrics(run_dir, trainer.rows)
-    if best and trainer.best_model is not None:
-        save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
-
-
-def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence."""
-    import torch
-
-    from dvae.data import collate
-    from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
-
-    written = []
-    path = os.path.join(run_dir, "training_curves.png")
-    plot_training_curves(rows, path)
-    written.append(path)
-    from dvae.data.batching import sequence_lengths
-
-    xs, us = data.subset("test")
-    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
-    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
-    x, u = xs[i][:400], None if us is None else us[i][:400]
-    batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
-                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
-    torch.manual_seed(config.train.seed)
-    rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
-    rec = normalizer.x_inverse(rec).cpu().numpy()
-    path = os.path.join(run_dir, "reconstruction.png")
-    if getattr(config.model, "frame_shape", None):
-        from dvae.eval.plots import plot_frame_strips
-        plot_frame_strips(x, rec.mean(0), config.model.frame_shape, path, title="Reconstruction (step t)",
-                          row_names=("truth", "reconstruction", "|error|"), first_step=0)
-    else:
-        plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind in ("binary", "categorical"))
-    written.append(path)
-    if config.kind == "continuous" and len(x) >= 4:
-        context = max(2, len(x) // 3)
-        horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
-                            cs=None if cs is None else cs[i:i + 1])
-        path = os.path.join(run_dir, "prediction.png")
-        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
-        written.append(path)
-    return written
 
 
 def _check_dims(data, config) -> None:
@@ -831,7 +590,11 @@ def main(argv=None) -> int:
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else _strict_json(result))
+            sys.stdout.flush()
         return 0
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) has gone: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -286,7 +286,8 @@ def load_polyphonic(path: str) -> SequenceData:
 def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64, missing: bool = False,
                 tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None,
                 builtins: Optional[Mapping[str, Callable[..., SequenceData]]] = None) -> SequenceData:
-    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, a text file
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, a CSV table or a single .npy array
+    (:mod:`dvae.data.tabular`), a polyphonic pickle, a text file
     (``*.txt`` or ``text:PATH``: one token sequence per line, see :func:`dvae.data.text.load_text`), or a
     directory of trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`).
 
@@ -309,13 +310,23 @@ def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64
         data = load_lazy(source)
     elif source.endswith(".npz"):
         data = load_npz(source, missing=missing)
+    elif source.endswith(".csv"):
+        from dvae.data.tabular import read_csv  # a header row, one column per dimension, an episode column
+
+        obs, actions, lengths, meta = read_csv(source, missing=missing)
+        data = from_trajectories(obs, actions, lengths, source, meta, missing=missing)
+    elif source.endswith(".npy"):
+        from dvae.data.tabular import read_npy  # observations only
+
+        data = from_trajectories(read_npy(source), None, None, source, {"format": "npy"}, missing=missing)
     elif source.endswith((".pickle", ".pkl")):
         data = load_polyphonic(source)
     elif not os.path.exists(source):
         names = f"not a built-in source ({', '.join(builtins)})" if builtins else "no built-in sources given"
         raise DataError(f"{source}: no such file, and {names}")
     else:
-        raise DataError(f"{source}: unknown data format (expected .npz, .pickle/.pkl, a directory of shards "
-                        "or .npy arrays, or a built-in name)")
+        raise DataError(f"{source}: unknown data format (expected .npz, .csv, .npy, .pickle/.pkl, .txt, a directory "
+                        "of shards or .npy arrays, or a built-in name); convert other formats to a trajectory .npz: "
+                        "np.savez('data.npz', obs=obs, actions=actions) with obs (N, T+1, x_dim), actions (N, T, u_dim)")
     data.source = source
     return data
