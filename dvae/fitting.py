@@ -47,7 +47,7 @@ TRAIN_OPTIONS = {
     "device": "auto", "seed": 0,
     # model
     "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
-    "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False,
+    "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,
 }
