@@ -29,6 +29,10 @@ def capability_problems(config: ModelConfig):
         out.append(("c_dim", config.c_dim, f"0 for models other than {takes('conditional')}"))
     if config.bidirectional and not cls.bidirectional_encoder:
         out.append(("bidirectional", config.bidirectional, f"false for models other than {takes('bidirectional_encoder')}"))
+    if config.emission_scale not in ("constant", "state"):
+        out.append(("emission_scale", config.emission_scale, "constant or state"))
+    elif config.emission_scale == "state" and not cls.state_scale:
+        out.append(("emission_scale", config.emission_scale, f"constant for {config.model}"))
     return out
 
 
@@ -43,6 +47,9 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
         both = [n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional]
         raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for {' and '.join(both)}, "
                          f"not {config.model!r}")
+    scale = [p for p in capability_problems(config) if p[0] == "emission_scale"]
+    if scale:
+        raise ValueError(f"emission_scale {scale[0][1]!r}: it must be {scale[0][2]}")
     return cls(config)
 
 

@@ -124,7 +124,8 @@ class DynamicalVAE(nn.Module):
     loss (:mod:`dvae.infer.direct`) use only these public names.
 
     Capabilities, stated once on each class and read by the command line, config validation and
-    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``default_lr``.
+    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``default_lr``,
+    ``state_scale``.
     """
 
     name = "dvae"
@@ -141,6 +142,8 @@ class DynamicalVAE(nn.Module):
     """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
     default_lr = 1e-2
     """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
+    state_scale = True
+    """Its Gaussian emitter can read the observation scale from the state (``ModelConfig.emission_scale``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

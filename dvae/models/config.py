@@ -51,3 +51,7 @@ class ModelConfig:
     missing: bool = False
     """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
     observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
+    emission_scale: str = "constant"
+    """Gaussian observation scale: constant (one learned scale per dimension, the same at every step) or
+    state (read from the emitter's input with the mean: from z_t for the DMM and the VAE, from
+    (z_t, h_{t-1}) for the VRNN, from the decoder state for the VRAE). Ignored by the LGSSM (refused)."""

@@ -48,6 +48,7 @@ def _covariance(raw_tril: torch.Tensor) -> torch.Tensor:
 
 class LGSSM(DynamicalVAE):
     name = "lgssm"
+    state_scale = False  # its observation noise is the system's R
     exact = True  # its bound is the exact log-likelihood
 
     def __init__(self, config: ModelConfig):

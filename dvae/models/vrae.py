@@ -59,7 +59,7 @@ class VRAE(DynamicalVAE):
         self.posterior = GaussianHead(self.encoder.out_dim, c.transition_dim, c.z_dim)  # q(z | x, u, c)
         self.z_to_state = nn.Linear(c.z_dim + c.c_dim, c.rnn_dim)  # s_0 = tanh(W [z, c])
         self.decoder = make_rnn(c.rnn_type, max(c.u_dim, 1) + c.c_dim, c.rnn_dim)  # s_t
-        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | s_t)
+        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | s_t)
 
     def _decode(self, z, u_prev, c=None):
         """Decoder states (N, T, rnn_dim) from z (N, z_dim), the shifted controls (N, T, u_in) and the
