@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emission-scale", choices=["constant", "state"], default=mc.emission_scale,
                    help="Gaussian observation scale: one learned per dimension (constant) or read from the "
                         "state with the mean (state: from z_t; vrnn: from (z_t, h_{t-1}))")
+    p.add_argument("--vrae-decoder", choices=["controls", "feedback"], default=mc.vrae_decoder,
+                   help="vrae: decoder fed the controls only (controls) or also its previous output and z at "
+                        "every step (feedback, the seeds' form; teacher forcing in training)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
@@ -270,7 +273,8 @@ def train_configs(a, data):
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
     model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional, emission_scale=a.emission_scale,
+                        guide=a.guide, bidirectional=a.bidirectional,
+                        emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder,
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",

@@ -94,7 +94,7 @@ class RunConfig:
             ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
             ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
-             if field in ("c_dim", "bidirectional", "emission_scale")] + [
+             if field in ("c_dim", "bidirectional", "emission_scale", "vrae_decoder")] + [
             ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, t.lr is None or (math.isfinite(t.lr) and t.lr > 0),

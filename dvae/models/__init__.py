@@ -29,6 +29,8 @@ def capability_problems(config: ModelConfig):
         out.append(("c_dim", config.c_dim, f"0 for models other than {takes('conditional')}"))
     if config.bidirectional and not cls.bidirectional_encoder:
         out.append(("bidirectional", config.bidirectional, f"false for models other than {takes('bidirectional_encoder')}"))
+    if config.vrae_decoder not in ("controls", "feedback"):
+        out.append(("vrae_decoder", config.vrae_decoder, "controls or feedback"))
     if config.emission_scale not in ("constant", "state"):
         out.append(("emission_scale", config.emission_scale, "constant or state"))
     elif config.emission_scale == "state" and not cls.state_scale:

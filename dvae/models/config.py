@@ -55,3 +55,7 @@ class ModelConfig:
     """Gaussian observation scale: constant (one learned scale per dimension, the same at every step) or
     state (read from the emitter's input with the mean: from z_t for the DMM and the VAE, from
     (z_t, h_{t-1}) for the VRNN, from the decoder state for the VRAE). Ignored by the LGSSM (refused)."""
+    vrae_decoder: str = "controls"
+    """VRAE decoder: controls (s_t = RNN([u_{t-1}, c], s_{t-1}), z only in s_{-1}) or feedback (the seeds'
+    form: s_t = RNN([x_{t-1}, z, u_{t-1}, c], s_{t-1}), teacher-forced in training, fed its own samples in
+    generation and prediction). Other families ignore it."""
