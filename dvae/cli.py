@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vrae-decoder", choices=["controls", "feedback"], default=mc.vrae_decoder,
                    help="vrae: decoder fed the controls only (controls) or also its previous output and z at "
                         "every step (feedback, the seeds' form; teacher forcing in training)")
+    p.add_argument("--rvae-noncausal", action="store_true",
+                   help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
@@ -274,7 +276,7 @@ def train_configs(a, data):
     model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
                         guide=a.guide, bidirectional=a.bidirectional,
-                        emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder,
+                        emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder, rvae_causal=not a.rvae_noncausal,
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",

@@ -8,6 +8,11 @@ from dvae.models.vrae import VRAE
 from dvae.models.vrnn import VRNN
 
 MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE}
+# --- families of issue 17, part 2 (RVAE, DSAE) ---
+from dvae.models.rvae import RVAE  # noqa: E402
+
+MODELS.update(rvae=RVAE)
+# --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
 
@@ -55,6 +60,6 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "MODELS", "build_model",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "RVAE", "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

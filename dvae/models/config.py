@@ -59,3 +59,6 @@ class ModelConfig:
     """VRAE decoder: controls (s_t = RNN([u_{t-1}, c], s_{t-1}), z only in s_{-1}) or feedback (the seeds'
     form: s_t = RNN([x_{t-1}, z, u_{t-1}, c], s_{t-1}), teacher-forced in training, fed its own samples in
     generation and prediction). Other families ignore it."""
+    rvae_causal: bool = True
+    """RVAE: causal (x_t from an RNN over z_{0:t}; a forward state-space model) or non-causal (x_t from a
+    bidirectional RNN over z_{0:T-1}; no step-by-step use). Other families ignore it."""
