@@ -136,8 +136,11 @@ def recurrent_loops(model, batch) -> torch.Tensor:
         z = loc + torch.randn_like(loc) * scale
         s = model.decoder_states(batch, z)  # (B, T, rnn_dim): the decoder's
         return loc.sum() + scale.sum() + s.sum()
-    loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
-    return loc.sum() + scale.sum() + z.sum()
+    if hasattr(model, "guide_path"):
+        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
+        return loc.sum() + scale.sum() + z.sum()
+    q = model.posterior_path(batch)  # any other family with path densities (STORN, SRNN, RSSM): its guide's path
+    return q.loc.sum() + q.scale.sum() + q.path.sum()
 
 
 def _make_step(variant: str, model, lr: float):
