@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
     p.add_argument("--bidirectional", action="store_true",
                    help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--emission-scale", choices=["constant", "state"], default=mc.emission_scale,
+                   help="Gaussian observation scale: one learned per dimension (constant) or read from the "
+                        "state with the mean (state: from z_t; vrnn: from (z_t, h_{t-1}))")
+    p.add_argument("--vrae-decoder", choices=["controls", "feedback"], default=mc.vrae_decoder,
+                   help="vrae: decoder fed the controls only (controls) or also its previous output and z at "
+                        "every step (feedback, the seeds' form; teacher forcing in training)")
+    p.add_argument("--rvae-noncausal", action="store_true",
+                   help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")

@@ -48,6 +48,7 @@ TRAIN_OPTIONS = {
     # model
     "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
     "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
+    "emission_scale": "constant", "vrae_decoder": "controls", "rvae_noncausal": False,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,
 }
@@ -55,7 +56,8 @@ TRAIN_OPTIONS = {
 underscores, with the command line's defaults (tests/api checks them against its parser)."""
 
 CHOICES = {"missing": ("none", "nan"), "tokens": ("words", "chars"), "rnn_type": ("gru", "lstm", "rnn"),
-           "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda")}
+           "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda"),
+           "emission_scale": ("constant", "state"), "vrae_decoder": ("controls", "feedback")}
 """The choices of the flags that have fixed ones; ``model`` and ``guide`` come from the families
 (:func:`choices`)."""
 
@@ -150,6 +152,7 @@ def train_configs(a, data):
     model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
                         guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
+                        emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder, rvae_causal=not a.rvae_noncausal,
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",

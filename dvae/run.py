@@ -96,7 +96,7 @@ class RunConfig:
             ("model.kl_balance", m.kl_balance, math.isfinite(m.kl_balance) and 0 <= m.kl_balance < 1,
              "in [0, 1) (0: off)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
-             if field in ("c_dim", "bidirectional", "kl_balance")] + [
+             if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [
             ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, t.lr is None or (math.isfinite(t.lr) and t.lr > 0),
