@@ -47,7 +47,8 @@ def _add_run_and_split(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvae.infer.trainer import DEFAULT_LR, TrainConfig
+    from dvae.infer.objectives import OBJECTIVES
+    from dvae.infer.trainer import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
     from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
@@ -81,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text data: a line's tokens are its whitespace-separated words, or its characters")
     p.add_argument("--min-count", type=int, default=dc.min_count,
                    help="text data: training tokens seen fewer times map to <unk>")
-    p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default: with --time-limit none, the limit or convergence ends training; "
+                        f"without it {DEFAULT_EPOCHS})")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds of training (default: no limit)")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
     p.add_argument("--lr", type=float, default=None,
                    help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
@@ -115,7 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
-    p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--patience", type=int, default=tc.patience,
+                   help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
+                        f"has reached --min-lr (0: never stop early; default {tc.patience})")
+    p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
+                   help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
+                        f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
+    p.add_argument("--lr-factor", type=float, default=tc.lr_factor,
+                   help=f"plateau schedule: factor on the rate at each reduction, in (0, 1) (default {tc.lr_factor:g})")
+    p.add_argument("--lr-patience", type=int, default=tc.lr_patience,
+                   help=f"plateau schedule: epochs without improvement before a reduction (default {tc.lr_patience})")
+    p.add_argument("--min-lr", type=float, default=tc.min_lr,
+                   help=f"plateau schedule: the floor of the rate (default {tc.min_lr:g})")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=tc.objective,
+                   help="training bound per real step: elbo (the dynamical ELBO, closed-form KL) or iwae (the "
+                        f"--train-samples-sample importance-weighted bound); validation reports the ELBO either way "
+                        f"(default {tc.objective})")
+    p.add_argument("--train-samples", type=int, default=tc.train_samples, metavar="K",
+                   help=f"samples per sequence of the training bound: iwae's K, or elbo draws averaged "
+                        f"(default {tc.train_samples})")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
     p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")
@@ -261,7 +282,7 @@ def _prepare(data, normalizer, split, c_dim: int = 0):
 def train_configs(a, data):
     """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
     ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig, default_lr
+    from dvae.infer.trainer import DEFAULT_EPOCHS, TrainConfig, default_lr
     from dvae.models import ModelConfig
 
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
@@ -273,11 +294,14 @@ def train_configs(a, data):
                         likelihood=likelihood, missing=a.missing == "nan",
                         # frames: the conv DMM (other families read frames as vectors)
                         frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
+    epochs = a.epochs if a.epochs is not None else (None if a.time_limit is not None else DEFAULT_EPOCHS)
+    train = TrainConfig(epochs=epochs, time_limit=a.time_limit, batch_size=a.batch_size,
                         lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
                         anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
                         collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
+                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket,
+                        lr_schedule=a.lr_schedule, lr_factor=a.lr_factor, lr_patience=a.lr_patience, min_lr=a.min_lr,
+                        objective=a.objective, train_samples=a.train_samples)
     return model, train
 
 
