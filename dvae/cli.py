@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience,
                    help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
-                        f"has reached --min-lr (0: never stop early; default {tc.patience})")
+                        f"has reached --min-lr (0: never stop early) (default {tc.patience})")
     p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
                    help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
                         f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
