@@ -177,8 +177,9 @@ def _worker(spec, queue):
         queue.put({"error": traceback.format_exc(), **{k: spec[k] for k in ("dataset", "family", "objective")}})
 
 
-def run_all(specs, jobs: int, log=print) -> list:
-    """Every spec in its own forked process, ``jobs`` at a time; results in the specs' order."""
+def run_all(specs, jobs: int, log=print, on_result=None) -> list:
+    """Every spec in its own forked process, ``jobs`` at a time; results in the specs' order (None
+    while not done); ``on_result(results)`` after each run ends (the JSON written as runs finish)."""
     ctx = mp.get_context("fork")
     results, pending = [None] * len(specs), list(enumerate(specs))
     running = []
@@ -202,6 +203,8 @@ def run_all(specs, jobs: int, log=print) -> list:
                 f"{best.get('neg_elbo_per_step', float('nan')):.3f}"
                 + (f", IW {best['nll_iw_per_step']:.3f}" if "nll_iw_per_step" in best else "")
                 + (f", exact {r['exact_nll_per_step']:.3f}" if "exact_nll_per_step" in r else ""))
+        if on_result is not None:
+            on_result(results)
     return results
 
 
@@ -300,11 +303,18 @@ def main(argv=None) -> int:
              for d in datasets for f in a.families for o in a.objectives if not (o == "iwae" and f == "lgssm")]
     out = a.out or os.path.join(ROOT, "bench", "results", "convergence-quick.json" if a.quick else "convergence.json")
     t0 = time.perf_counter()
-    runs = run_all(specs, a.jobs, log=lambda s: print(s, flush=True))
-    report = {"command": " ".join(["python", "bench/bench_convergence.py"] + (sys.argv[1:] if argv is None else argv)),
-              "machine": {**machine_info(1, "cpu"), "load_average": list(os.getloadavg())},
-              "wall_seconds": time.perf_counter() - t0, "budget_cpu_seconds": a.budget, "goals": GOALS, "runs": runs}
-    _write_json(out, report)
+    machine = {**machine_info(1, "cpu"), "load_average_at_start": list(os.getloadavg())}
+    command = " ".join(["python", "bench/bench_convergence.py"] + (sys.argv[1:] if argv is None else argv))
+
+    def write(results):
+        report = {"command": command, "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
+                  "wall_seconds": time.perf_counter() - t0, "budget_cpu_seconds": a.budget, "goals": GOALS,
+                  "runs": [r for r in results if r is not None], "runs_planned": len(specs)}
+        _write_json(out, report)
+        return report
+
+    runs = run_all(specs, a.jobs, log=lambda s: print(s, flush=True), on_result=write)
+    report = write(runs)
     plot(report, a.figure or os.path.splitext(out)[0] + ".png")
     failed = [r for r in runs if "error" in r]
     return 1 if failed else 0
