@@ -130,14 +130,17 @@ def recurrent_loops(model, batch) -> torch.Tensor:
     """What every form of the model's ELBO must run step by step, and nothing else: the guide's path
     (the DMM's backward RNN and combiner chain, the VRNN's filter; the VRAE's encoder RNN and its
     q(z | x)) and, for the VRAE, the decoder RNN from the drawn z. A sum of its outputs, to backpropagate
-    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``_VRNNFilterScan``) as (a), (b) and (c)."""
+    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``VRNNFilterScan``) as (a), (b) and (c)."""
     if hasattr(model, "decoder_states"):  # one code per sequence, decoded by an RNN (the VRAE)
         loc, scale = model.posterior_params(batch)  # (B, z_dim): the encoder RNN's loop
         z = loc + torch.randn_like(loc) * scale
         s = model.decoder_states(batch, z)  # (B, T, rnn_dim): the decoder's
         return loc.sum() + scale.sum() + s.sum()
-    loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
-    return loc.sum() + scale.sum() + z.sum()
+    if hasattr(model, "guide_path"):
+        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
+        return loc.sum() + scale.sum() + z.sum()
+    q = model.posterior_path(batch)  # any other family with path densities (STORN, SRNN, RSSM): its guide's path
+    return q.loc.sum() + q.scale.sum() + q.path.sum()
 
 
 def _make_step(variant: str, model, lr: float):

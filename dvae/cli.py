@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
     p.add_argument("--guide", choices=list(all_guides()), default=mc.guide,
                    help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
-                        "(dks followed by affine autoregressive flows on each step)")
+                        "(dks followed by affine autoregressive flows on each step); SRNN guide: dks or resq "
+                        "(its mean a residual on the prior's)")
     p.add_argument("--num-iafs", type=int, default=None,
                    help="guide iaf: affine autoregressive transforms per step (default 1)")
     p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
@@ -107,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
     p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
     p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
+    p.add_argument("--free-bits", type=float, default=tc.free_bits,
+                   help="nats per latent dim per step (rssm: PlaNet's free nats F are F / z-dim)")
+    p.add_argument("--kl-balance", type=float, default=mc.kl_balance,
+                   help="rssm: KL balancing weight alpha in [0, 1) on the prior's side (DreamerV2: 0.8; 0: off)")
     p.add_argument("--beta", type=float, default=tc.beta,
                    help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
     p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
@@ -288,7 +292,7 @@ def train_configs(a, data):
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
     model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional,
+                        guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",
@@ -314,6 +318,7 @@ def cmd_train(a) -> dict:
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.errors import DataError
     from dvae.device import resolve_device
+    from dvae.models import MODELS, ModelConfig
     from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
 
     if a.resume:
@@ -329,12 +334,17 @@ def cmd_train(a) -> dict:
     else:
         if a.epochs is not None and a.epochs < 1:
             raise ValueError("--epochs must be at least 1")
-        if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
-            raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
+        family = MODELS[a.model]
+        if (a.bidirectional and not family.bidirectional_encoder) or (a.condition and not family.conditional):
+            both = " and ".join(n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional)
+            raise ValueError(f"--bidirectional and --condition are for {both}, not {a.model}")
         if a.min_count < 1:
             raise ValueError("--min-count must be at least 1")
-        if a.guide in ("ltr", "iaf") and a.model != "dmm":
-            raise ValueError(f"--guide {a.guide} is a DMM guide, not for {a.model}")
+        family_guides = family.guides
+        owners = [n.upper() for n, c in MODELS.items() if a.guide in c.guides]
+        if a.guide != ModelConfig.guide and a.guide not in family_guides:
+            raise ValueError(f"--guide {a.guide} is a {' or '.join(owners)} guide, not a guide of {a.model} "
+                             f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
         if a.guide == "ltr" and a.bidirectional:
             raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
         if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):

@@ -97,8 +97,10 @@ class RunConfig:
             ("model.iaf_dim", m.iaf_dim, m.iaf_dim >= 1, ">= 1"),
             ("model.u_dim", m.u_dim, m.u_dim >= 0, ">= 0"),
             ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
+            ("model.kl_balance", m.kl_balance, math.isfinite(m.kl_balance) and 0 <= m.kl_balance < 1,
+             "in [0, 1) (0: off)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
-             if field in ("c_dim", "bidirectional")] + [
+             if field in ("c_dim", "bidirectional", "kl_balance")] + [
             ("train.epochs", t.epochs, t.epochs is None or t.epochs >= 1, ">= 1 (or null: no cap)"),
             ("train.epochs", t.epochs, t.epochs is not None or t.time_limit is not None or t.patience > 0,
              "a number when neither a time limit nor early stopping (patience > 0) ends training"),

@@ -10,13 +10,18 @@ applies one control (data units) through ``model.imagine_step`` (``transition_st
 latent's and of the observation's distribution at every step (a deterministic rollout).
 
 Units: the normaliser's statistics are put on the model's device once, when the world model is made;
-a step moves nothing between the host and the device except the action it is given.
+a step moves nothing between the host and the device except the action it is given, and reads nothing
+back: the distributions of a step are built without argument validation (the states come from the
+model itself), which would read every parameter tensor back to check it (tests/test_world_model.py
+counts the reads).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+import pyro
 import torch
 
 from dvae.data.batch import collate
@@ -74,7 +79,8 @@ class WorldModel:
             u = torch.cat([u_hist, x.new_zeros(1, self.u_dim)], 0)  # (C, u_dim): the last one is not known yet
         batch = collate([x.cpu()], None if u is None else [u.cpu()]).to(self.device)  # collate builds on the host
         batch = repeat_batch(batch, num_samples)
-        self.state, self._y = self.model.posterior_last(batch)
+        with pyro.validation_enabled(False):
+            self.state, self._y = self.model.posterior_last(batch)
         self.x = torch.as_tensor(x_history[-1], dtype=self.dtype, device=self.device).expand(num_samples, -1).clone()
         return self.x
 
@@ -82,9 +88,10 @@ class WorldModel:
     def reset_prior(self, num_samples: int = 1) -> torch.Tensor:
         """Start ``num_samples`` rollouts from the model's prior p(z_0), p(x_0 | z_0): returns x_0
         (N, x_dim), data units."""
-        state, p_z = self.model.initial_state(num_samples)
-        self.state = self.model.with_latent(state, p_z.sample() if self.sample else p_z.mean)
-        p_x = self.model.emission(self.state)
+        with pyro.validation_enabled(False):
+            state, p_z = self.model.initial_state(num_samples)
+            self.state = self.model.with_latent(state, p_z.sample() if self.sample else p_z.mean)
+            p_x = self.model.emission(self.state)
         self._y = p_x.sample() if self.sample else p_x.mean
         self.x = self._x_out(self._y)
         return self.x
@@ -95,7 +102,8 @@ class WorldModel:
         """Apply controls u (N, u_dim) (data units); returns the next observations (N, x_dim), data units."""
         if self.state is None:
             raise RuntimeError("call reset() or reset_prior() before step()")
-        self.state, self._y, _ = self.model.imagine_step(self.state, self._y, self._u_in(u), sample=self.sample)
+        with pyro.validation_enabled(False):
+            self.state, self._y, _ = self.model.imagine_step(self.state, self._y, self._u_in(u), sample=self.sample)
         self.x = self._x_out(self._y)
         return self.x
 
@@ -110,3 +118,57 @@ class WorldModel:
 
     def restore(self, saved):
         self.state, self._y, self.x = saved
+
+
+# --- real envs' spaces against a model ---------------------------------------------------------------
+def spaces_problem(model, observation_space, action_space, env_id: str = "the env") -> Optional[str]:
+    """Why a model cannot stand in for (or plan in) an env with these Gymnasium spaces, or None: its
+    observations must be vectors of the model's x_dim; a Box action space must have the model's u_dim
+    entries, a Discrete(n) one a model trained on its actions one-hot (u_dim n, as ``dvae collect``
+    records and the loaders encode them); an uncontrolled model (u_dim 0) takes no actions."""
+    x_dim, u_dim = model.config.x_dim, model.config.u_dim
+    obs_shape = tuple(getattr(observation_space, "shape", None) or ())
+    if obs_shape != (x_dim,):
+        return f"{env_id}: observations of shape {obs_shape}, but the run's model has x_dim {x_dim}"
+    kind = type(action_space).__name__
+    if kind == "Discrete":
+        if u_dim != int(action_space.n):
+            return (f"{env_id}: {int(action_space.n)} discrete actions, but the run's model has u_dim {u_dim} "
+                    f"(a model of discrete actions reads them one-hot: u_dim = the number of actions)")
+        return None
+    if kind != "Box":
+        return f"{env_id}: action space {action_space} is neither Box nor Discrete"
+    if u_dim == 0:
+        return f"{env_id}: the run's model takes no controls (u_dim 0), so it cannot respond to actions"
+    if int(np.prod(action_space.shape)) != u_dim:
+        return f"{env_id}: actions of shape {tuple(action_space.shape)}, but the run's model has u_dim {u_dim}"
+    return None
+
+
+def encode_actions(action_space, actions, n: int) -> np.ndarray:
+    """Actions of ``n`` rollouts as the model reads them, (n, u_dim) float32: Discrete actions (n,)
+    integers one-hot; Box actions (n,) + shape, clipped to the space's bounds (as the real env's
+    dynamics clip them). ValueError for None, NaN, non-numbers, values outside a Discrete space or a
+    shape other than (n,) + the space's shape (nothing is reshaped)."""
+    if actions is None:
+        raise ValueError("an action is required (got None)")
+    a = np.asarray(actions)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise ValueError(f"actions must be real numbers, got dtype {a.dtype}")
+    if type(action_space).__name__ == "Discrete":
+        if a.shape != (n,):
+            raise ValueError(f"expected {n} discrete action(s) of shape ({n},), got shape {a.shape}")
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ValueError(f"discrete actions must be integers, got {a.tolist()}")
+        k, start = int(action_space.n), int(getattr(action_space, "start", 0))
+        idx = a.astype(np.int64) - start
+        if np.any((idx < 0) | (idx >= k)):
+            raise ValueError(f"discrete actions must lie in {start}..{start + k - 1}, got {a.tolist()}")
+        return np.eye(k, dtype=np.float32)[idx]  # (n, k)
+    shape = (n,) + tuple(action_space.shape)
+    if a.shape != shape:
+        raise ValueError(f"expected actions of shape {shape}, got {a.shape}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"actions must be finite, got {a.tolist()}")
+    return np.clip(a, action_space.low, action_space.high).reshape(n, -1)  # (n, u_dim)

@@ -7,7 +7,11 @@ Description:
 
 Action Space:
     The real env's action space when ``env_id`` is given (e.g. Pendulum-v1's Box(-2, 2, (1,))),
-    else an unbounded Box of the model's control dimension.
+    else an unbounded Box of the model's control dimension. An ``env_id`` whose spaces the run's model
+    cannot stand in for (observation size, number of controls, discrete or continuous) is refused
+    (``dvae.world_model.spaces_problem``). Actions outside a Box are clipped to it, as the real
+    dynamics clip them; a Discrete action reaches the model one-hot, as it was trained; None, NaN,
+    non-numbers and wrong shapes are refused with a ValueError (nothing is reshaped).
 
 Observation Space:
     Box(-inf, inf, (x_dim,), float32), in the data's units.
@@ -51,9 +55,18 @@ def _load(run_dir, device):
 
 
 def _spaces(model, env_id):
+    """The imagined env's spaces: the real env's action space when ``env_id`` is given (after checking
+    that the model can stand in for that env), else an unbounded Box of the model's controls."""
     obs_space = spaces.Box(-np.inf, np.inf, (model.config.x_dim,), np.float32)
     if env_id is not None:
-        act_space = gym.make(env_id).action_space
+        from dvae.world_model import spaces_problem
+
+        real = gym.make(env_id)
+        problem = spaces_problem(model, real.observation_space, real.action_space, env_id)
+        real.close()
+        if problem:
+            raise ValueError(problem)
+        act_space = real.action_space
     else:
         act_space = spaces.Box(-np.inf, np.inf, (max(model.config.u_dim, 1),), np.float32)
     return obs_space, act_space
@@ -84,7 +97,8 @@ class _Imagined:
         self.world = world_cls(model, norm, sample=sample)
         self.model = model
         self.reward_fn, self.termination_fn = _reward(env_id, reward_fn), termination_fn
-        return _spaces(model, env_id)
+        obs_space, self._action_space_1 = _spaces(model, env_id)
+        return obs_space, self._action_space_1
 
     def _seeded(self, fn, *args):
         with torch.random.fork_rng(devices=[]):
@@ -100,12 +114,17 @@ class _Imagined:
                                                      None if u is None else np.asarray(u, np.float32), n))
 
     def _advance(self, actions):
-        """actions (N, u_dim) -> obs (N, x_dim), rewards (N,), terminated (N,)."""
+        """actions (N,) + the action space's shape -> obs (N, x_dim), rewards (N,), terminated (N,)."""
+        from dvae.world_model import encode_actions
+
+        if self.world.x is None:
+            raise RuntimeError("call reset() before step()")
         prev = self.world.x.cpu().numpy()
-        a = np.asarray(actions, np.float32).reshape(len(prev), -1)
+        a = encode_actions(self._action_space_1, actions, len(prev))  # (N, u_dim): one-hot or clipped
         u = a if self.model.config.u_dim else None
         obs = self._seeded(self.world.step, None if u is None else torch.from_numpy(u)).cpu().numpy()
-        rewards = np.zeros(len(prev)) if self.reward_fn is None else np.asarray(self.reward_fn(prev, a), np.float64)
+        taken = np.asarray(actions) if type(self._action_space_1).__name__ == "Discrete" else a
+        rewards = np.zeros(len(prev)) if self.reward_fn is None else np.asarray(self.reward_fn(prev, taken), np.float64)
         term = np.zeros(len(prev), bool) if self.termination_fn is None else \
             np.array([bool(self.termination_fn(o)) for o in obs])
         return obs.astype(np.float32), rewards, term
@@ -125,6 +144,8 @@ class WorldModelEnv(_Imagined, gym.Env):
         return obs, {}
 
     def step(self, action):
+        if action is None:
+            raise ValueError("an action is required (got None)")
         obs, r, term = self._advance(np.asarray(action)[None])
         return obs[0], float(r[0]), bool(term[0]), False, {}
 
@@ -134,7 +155,9 @@ class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
 
     def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
                  device="cpu", max_episode_steps: int = 200, model=None, normalizer=None):
-        self.num_envs = num_envs
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        self.num_envs = int(num_envs)
         self.single_observation_space, self.single_action_space = self._setup(
             run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer)
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import envs  # noqa: F401  (registers dvae/WorldModel-v0)
-from dvae.data import Normalizer, collate, load_pendulum
+from dvae.data import Normalizer, collate
 from dvae.infer.evaluation import evaluate
 from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.infer.smc import model_particle_filter
@@ -30,6 +30,7 @@ from dvae.planning import model_policy, run_episodes
 from dvae.control import PlannerConfig
 from dvae.world_model import WorldModel
 from envs.rewards import REWARDS
+from envs.sources import load_pendulum
 
 
 class LinearDMM(DynamicalVAE):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Union
 
+import pyro
 import pyro.distributions as dist
 import torch
 
@@ -177,8 +178,9 @@ def model_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_t
 
     was_training = model.training
     model.eval()  # no dropout; the mode is restored afterwards
-    try:
-        return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
+    try:  # no argument validation: it would read every parameter back to the host at every step
+        with pyro.validation_enabled(False):
+            return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
     finally:
         model.train(was_training)
 

@@ -3,11 +3,15 @@
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist, repeat_batch
 from dvae.models.dmm import DMM
 from dvae.models.lgssm import LGSSM
+from dvae.models.rssm import RSSM
+from dvae.models.srnn import SRNN
+from dvae.models.storn import STORN
 from dvae.models.vae import VAE
 from dvae.models.vrae import VRAE
 from dvae.models.vrnn import VRNN
 
-MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE}
+MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "storn": STORN, "srnn": SRNN,
+          "rssm": RSSM}
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
 
@@ -27,6 +31,8 @@ def capability_problems(config: ModelConfig):
         out.append(("guide", config.guide, f"one of {', '.join(cls.guides)} for {config.model}"))
     if config.c_dim and not cls.conditional:
         out.append(("c_dim", config.c_dim, f"0 for models other than {takes('conditional')}"))
+    if config.kl_balance and not cls.kl_balancing:
+        out.append(("kl_balance", config.kl_balance, f"0 for models other than {takes('kl_balancing')}"))
     if config.bidirectional and not cls.bidirectional_encoder:
         out.append(("bidirectional", config.bidirectional, f"false for models other than {takes('bidirectional_encoder')}"))
     return out
@@ -36,13 +42,20 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     """The model family named by ``config.model``."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r} (choose {', '.join(MODELS)})")
-    problems = capability_problems(config)
-    if problems:
-        field, value, want = problems[0]
-        raise ValueError(f"{config.model}: {field} = {value!r} is not taken (must be {want})")
-    return MODELS[config.model](config)
+    cls = MODELS[config.model]
+    if cls.guides and config.guide not in cls.guides:
+        raise ValueError(f"unknown {config.model.upper()} guide {config.guide!r} (choose {', '.join(cls.guides)})")
+    if (config.bidirectional and not cls.bidirectional_encoder) or (config.c_dim and not cls.conditional):
+        both = [n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional]
+        raise ValueError(f"bidirectional encoders and conditioning (c_dim) are for {' and '.join(both)}, "
+                         f"not {config.model!r}")
+    if config.kl_balance and not cls.kl_balancing:
+        takers = [n for n, c in MODELS.items() if c.kl_balancing]
+        raise ValueError(f"kl_balance (KL balancing) is for {' and '.join(takers)}, not {config.model!r}")
+    return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "MODELS", "build_model",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "MODELS",
+           "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

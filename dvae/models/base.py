@@ -124,7 +124,8 @@ class DynamicalVAE(nn.Module):
     loss (:mod:`dvae.infer.direct`) use only these public names.
 
     Capabilities, stated once on each class and read by the command line, config validation and
-    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``default_lr``.
+    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
+    ``default_lr``.
     """
 
     name = "dvae"
@@ -139,6 +140,8 @@ class DynamicalVAE(nn.Module):
     """Takes ``ModelConfig.bidirectional``."""
     tmc_guides: Tuple[str, ...] = ()
     """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
+    kl_balancing = False
+    """Takes ``ModelConfig.kl_balance`` (KL balancing of each step's KL)."""
     default_lr = 1e-2
     """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
 

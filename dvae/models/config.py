@@ -11,7 +11,7 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in config.json)."""
 
     model: str = "dmm"
-    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae)."""
+    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm)."""
     x_dim: int = 1
     """Observation dimension."""
     u_dim: int = 0
@@ -32,7 +32,9 @@ class ModelConfig:
     guide: str = "dks"
     """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})), mean_field (q(z_t | x_{t:T})),
     ltr (left to right, filtering: a forward RNN + combiner, q(z_t | z_{t-1}, x_{0:t}, u_{0:t-1})) or iaf
-    (the DKS Gaussian of each step followed by ``num_iafs`` affine autoregressive flows)."""
+    (the DKS Gaussian of each step followed by ``num_iafs`` affine autoregressive flows). SRNN guide: dks
+    (q(z_t | z_{t-1}, a_t), a backward RNN over [d_t, x_t]) or resq (the same, its mean a residual on the
+    prior's mean)."""
     num_iafs: int = 0
     """DMM guide iaf: affine autoregressive transforms (Pyro's ``AffineAutoregressive``) on each step's
     posterior; 0 with guide iaf means 1. Must be 0 for the other guides."""
@@ -51,3 +53,7 @@ class ModelConfig:
     missing: bool = False
     """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
     observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
+    kl_balance: float = 0.0
+    """RSSM: KL balancing weight alpha in [0, 1) (DreamerV2 uses 0.8): each step's KL is alpha KL(sg(q) || p)
+    + (1 - alpha) KL(q || sg(p)), the same value with the gradient split; 0: off (the plain KL). Must be 0
+    for the other families."""

@@ -22,7 +22,7 @@ and its ELBO a bound on log p(x_obs | obs_mask).
 
 The time-vectorized form (``model_vectorized``/``guide_vectorized``): the path is one site ``"z"``
 (B, T, z_dim), the observations one site ``"x"``. The guide runs the recurrence step by step (h_t
-needs z_t; with a ReLU RNN cell the whole loop is one fused autograd node, ``dvae.nn._VRNNFilterScan``). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
+needs z_t; with a ReLU RNN cell the whole loop is one fused autograd node, ``dvae.nn.VRNNFilterScan``). The model, given the replayed path and the observed x, needs h_{t-1} for every t: for the
 path the guide just drew it reuses the guide's (the same function of the same inputs, so the same
 value and gradients, one recurrence instead of two); for any other path it knows every input of the
 recurrence in advance and runs it as one multi-step RNN call (``Recurrence.scan``). Then the prior and
@@ -43,7 +43,7 @@ from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
 from dvae.models.state import State
 from dvae.models.paths import GuidePath, PriorPath
-from dvae.nn import Emitter, GaussianHead, Recurrence, _VRNNFilterScan
+from dvae.nn import Emitter, GaussianHead, Recurrence, VRNNFilterScan
 
 # path drawn by VRNN.guide_vectorized -> (model, x, u, (phi_z, h_{t-1})): the recurrence along that path,
 # for model_vectorized to reuse; an entry disappears with its path tensor
@@ -164,7 +164,7 @@ class VRNN(DynamicalVAE):
         return isinstance(cell, nn.RNNCell) and cell.nonlinearity == "relu" and cell.bias
 
     def _guide_path_fused(self, phi_x, u, features: bool):
-        """:meth:`guide_path` for a ReLU RNN cell as one autograd node (``dvae.nn._VRNNFilterScan``): what
+        """:meth:`guide_path` for a ReLU RNN cell as one autograd node (``dvae.nn.VRNNFilterScan``): what
         the step loop computes, up to float rounding, with the same gradients; the parts of each step
         that read x_t and u_t alone (the posterior's first layer on phi_x(x_t), the cell's input
         weights on phi_x(x_t) and u_t) computed for every step at once."""
@@ -180,7 +180,7 @@ class VRNN(DynamicalVAE):
             eps[t].normal_()
         h0 = Recurrence.output(self.recurrence.initial(B))  # (B, H)
         wh = torch.cat([post1.weight[:, feat:], cell.weight_hh], 0)  # (Hp + H, H): both read h_{t-1}
-        outs = _VRNNFilterScan.apply(ax.transpose(0, 1).contiguous(), rx.transpose(0, 1).contiguous(), h0, eps,
+        outs = VRNNFilterScan.apply(ax.transpose(0, 1).contiguous(), rx.transpose(0, 1).contiguous(), h0, eps,
                                      wh, post2.weight, post2.bias, self.phi_z[0].weight, self.phi_z[0].bias,
                                      w_ih[:, feat:2 * feat])  # loc, scale, z, phi_z, h_{t-1}: (T, B, .) each
         loc, scale, z, phi_z, h_prev = (v.transpose(0, 1) for v in outs)  # (B, T, .) each

@@ -63,7 +63,7 @@ def collect_data(episodes: int, steps: int, seed: int):
 
 def exact_per_step(data, params, split: str = "test") -> float:
     """sum of the exact log p(x | u) over a split's sequences / their steps (data units)."""
-    from envs.linear_gaussian import kalman_log_likelihood
+    from envs.linear_gaussian import log_likelihood as kalman_log_likelihood
 
     xs, us = data.subset(split)
     total = sum(kalman_log_likelihood(x, u[:-1], params) for x, u in zip(xs, us))  # u[-1] is padding

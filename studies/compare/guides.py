@@ -51,7 +51,7 @@ def _collect(path: Path, sizes: dict, seed: int) -> None:
 
 def _exact_per_step(xs, us) -> float:
     """-log p(x | u) per step under the true parameters (Kalman filter), over the given sequences."""
-    from envs.linear_gaussian import kalman_log_likelihood
+    from envs.linear_gaussian import log_likelihood as kalman_log_likelihood
 
     total, steps = 0.0, 0
     for x, u in zip(xs, us):
@@ -208,7 +208,7 @@ def run(ctx: Context) -> Section:
         f"{sizes['episodes']} episodes of {sizes['steps'] + 1} observations of `{ENV}` under an "
         "Ornstein-Uhlenbeck control (`dvae collect --policy ou`), split 80/10/10. The reference row is the "
         "exact negative log-likelihood of the same test sequences under the system's true parameters "
-        "(Kalman filter, `envs.linear_gaussian.kalman_log_likelihood`). Flags: " + flags_note + ".",
+        "(Kalman filter, `envs.linear_gaussian.log_likelihood`). Flags: " + flags_note + ".",
         "",
         markdown_table(header, rows),
         "",
