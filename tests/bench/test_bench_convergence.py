@@ -25,8 +25,9 @@ def test_bench_convergence_quick(tmp_path):
     budget = report["budget_cpu_seconds"]
     assert budget <= 2.0 and report["machine"]["torch_threads"] == 1
     runs = report["runs"]
-    assert [(r["dataset"], r["family"], r["objective"]) for r in runs] == [
-        (d, f, o) for d in ("nottingham", "lg") for f, o in (("dmm", "elbo"), ("dmm", "iwae"), ("lgssm", "elbo"))]
+    assert [(r["dataset"], r["family"], r["objective"]) for r in runs] == [  # lgssm: Gaussian data only
+        ("nottingham", "dmm", "elbo"), ("nottingham", "dmm", "iwae")] + [
+        ("lg", f, o) for f, o in (("dmm", "elbo"), ("dmm", "iwae"), ("lgssm", "elbo"))]
     for r in runs:
         assert r["stopped_by"] in ("budget", "converged"), r["stopped_by"]
         assert 0 < r["train_cpu_seconds"] <= budget + 1.0
@@ -37,7 +38,7 @@ def test_bench_convergence_quick(tmp_path):
         assert math.isfinite(r["test_best"]["neg_elbo_per_step"])
     iwae = runs[1]
     assert iwae["train_samples"] == 3 and iwae["train_config"]["train_samples"] == 3
-    for r in runs[3:]:  # lg: against the exact NLL of the true system
+    for r in runs[2:]:  # lg: against the exact NLL of the true system
         assert math.isfinite(r["exact_nll_per_step"]) and "iw_gap_to_exact" in r
-    lgssm = runs[5]["test_best"]  # no latent sites: its ELBO and IW bound are both its exact likelihood
-    assert math.isclose(lgssm["neg_elbo_per_step"], lgssm["nll_iw_per_step"], rel_tol=1e-6, abs_tol=1e-6)
+    lgssm = runs[4]["test_best"]  # no latent sites: its ELBO and IW bound are both its exact likelihood
+    assert math.isclose(lgssm["neg_elbo_per_step"], lgssm["nll_iw_per_step"], abs_tol=1e-3)  # float32 sums
