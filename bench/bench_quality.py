@@ -205,7 +205,7 @@ def run_defaults(spec: dict) -> dict:
     clock.resume()
     trainer.fit(progress=False)
     clock.pause()
-    stop = "budget" if trainer.stopped else ("epochs" if trainer.state["epoch"] >= train_config.epochs
+    stop = "budget" if trainer.stopped else ("epochs" if trainer.state.get("stop_reason") == "epochs"
                                                else "early stopping")
     result.update(train_cpu_seconds=clock.used, train_wall_seconds=time.perf_counter() - t0, updates=updates[0],
                   epochs=trainer.state["epoch"] + trainer.state["batch_in_epoch"] / trainer.batches_per_epoch,

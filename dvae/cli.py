@@ -55,7 +55,8 @@ def _add_run_and_split(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvae.infer.trainer import DEFAULT_LR, TrainConfig
+    from dvae.infer.objectives import OBJECTIVES
+    from dvae.infer.trainer import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
     from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
@@ -93,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text data: a line's tokens are its whitespace-separated words, or its characters")
     p.add_argument("--min-count", type=int, default=dc.min_count,
                    help="text data: training tokens seen fewer times map to <unk>")
-    p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
-    p.add_argument("--time-limit", type=finite_float, default=None, help="seconds of training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default: with --time-limit none, the limit or convergence ends training; "
+                        f"without it {DEFAULT_EPOCHS})")
+    p.add_argument("--time-limit", type=finite_float, default=None, help="seconds of training (default: no limit)")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
     p.add_argument("--lr", type=finite_float, default=None,
                    help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
@@ -139,7 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
-    p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--patience", type=int, default=tc.patience,
+                   help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
+                        f"has reached --min-lr (0: never stop early) (default {tc.patience})")
+    p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
+                   help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
+                        f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
+    p.add_argument("--lr-factor", type=finite_float, default=tc.lr_factor,
+                   help=f"plateau schedule: factor on the rate at each reduction, in (0, 1) (default {tc.lr_factor:g})")
+    p.add_argument("--lr-patience", type=int, default=tc.lr_patience,
+                   help=f"plateau schedule: epochs without improvement before a reduction (default {tc.lr_patience})")
+    p.add_argument("--min-lr", type=finite_float, default=tc.min_lr,
+                   help=f"plateau schedule: the floor of the rate (default {tc.min_lr:g})")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=tc.objective,
+                   help="training bound per real step: elbo (the dynamical ELBO, closed-form KL) or iwae (the "
+                        f"--train-samples-sample importance-weighted bound); validation reports the ELBO either way "
+                        f"(default {tc.objective})")
+    p.add_argument("--train-samples", type=int, default=tc.train_samples, metavar="K",
+                   help=f"samples per sequence of the training bound: iwae's K, or elbo draws averaged "
+                        f"(default {tc.train_samples})")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
     p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")

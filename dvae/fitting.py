@@ -43,8 +43,9 @@ TRAIN_OPTIONS = {
     # training
     "epochs": None, "time_limit": None, "batch_size": 16, "lr": None, "optimizer": "adam", "lr_decay": 1.0,
     "clip_norm": 10.0, "kl_start": 0.1, "anneal_epochs": 5.0, "free_bits": 0.0, "beta": 1.0,
-    "collapse_kl": 0.01, "collapse_epochs": 3, "patience": 20, "per_step": False, "no_bucket": False,
-    "device": "auto", "seed": 0,
+    "collapse_kl": 0.01, "collapse_epochs": 3, "patience": 10, "per_step": False, "no_bucket": False,
+    "device": "auto", "seed": 0, "lr_schedule": "plateau", "lr_factor": 0.5, "lr_patience": 3, "min_lr": 1e-4,
+    "objective": "elbo", "train_samples": 1,
     # model
     "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
     "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
@@ -57,7 +58,8 @@ underscores, with the command line's defaults (tests/api checks them against its
 
 CHOICES = {"missing": ("none", "nan"), "tokens": ("words", "chars"), "rnn_type": ("gru", "lstm", "rnn"),
            "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda"),
-           "emission_scale": ("constant", "state"), "vrae_decoder": ("controls", "feedback")}
+           "emission_scale": ("constant", "state"), "vrae_decoder": ("controls", "feedback"),
+           "lr_schedule": ("plateau", "none"), "objective": ("elbo", "iwae")}
 """The choices of the flags that have fixed ones; ``model`` and ``guide`` come from the families
 (:func:`choices`)."""
 
@@ -145,7 +147,7 @@ def prepare(data, normalizer, split, c_dim: int = 0):
 def train_configs(a, data):
     """The ModelConfig and TrainConfig of a new run from the train settings ``a`` and its loaded
     ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig, default_lr
+    from dvae.infer.trainer import DEFAULT_EPOCHS, TrainConfig, default_lr
     from dvae.models import ModelConfig
 
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
@@ -158,11 +160,14 @@ def train_configs(a, data):
                         likelihood=likelihood, missing=a.missing == "nan",
                         # frames: the conv DMM (other families read frames as vectors)
                         frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
+    epochs = a.epochs if a.epochs is not None else (None if a.time_limit is not None else DEFAULT_EPOCHS)
+    train = TrainConfig(epochs=epochs, time_limit=a.time_limit, batch_size=a.batch_size,
                         lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
                         anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
                         collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
+                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket,
+                        lr_schedule=a.lr_schedule, lr_factor=a.lr_factor, lr_patience=a.lr_patience, min_lr=a.min_lr,
+                        objective=a.objective, train_samples=a.train_samples)
     return model, train
 
 

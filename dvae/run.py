@@ -21,6 +21,7 @@ import torch
 
 from dvae.data import Normalizer, SequenceData
 from dvae.errors import RunDirError
+from dvae.infer.objectives import OBJECTIVES
 from dvae.infer.trainer import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
 
@@ -70,7 +71,10 @@ class RunConfig:
         file, the section and the key."""
         if not isinstance(d, dict) or not {"model", "train", "data"} <= set(d):
             raise RunDirError(f"{path}: expected an object with model, train and data sections")
-        config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, d["train"], path, "train"),
+        train = d["train"]
+        if isinstance(train, dict) and "lr_schedule" not in train:  # written before the schedule: a constant rate
+            train = {**train, "lr_schedule": "none"}
+        config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, train, path, "train"),
                      _build(DataConfig, d["data"], path, "data"),
                      None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
                      d.get("kind", "continuous"), d.get("vocab"))
@@ -97,7 +101,22 @@ class RunConfig:
              "in [0, 1) (0: off)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
              if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [
-            ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
+            ("train.epochs", t.epochs, t.epochs is None or t.epochs >= 1, ">= 1 (or null: no cap)"),
+            ("train.epochs", t.epochs, t.epochs is not None or t.time_limit is not None or t.patience > 0,
+             "a number when neither a time limit nor early stopping (patience > 0) ends training"),
+            ("train.time_limit", t.time_limit, t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0),
+             "a positive number of seconds (or null: no limit)"),
+            ("train.patience", t.patience, t.patience >= 0, ">= 0 (0: never stop early)"),
+            ("train.lr_schedule", t.lr_schedule, t.lr_schedule in ("plateau", "none"), "plateau or none"),
+            ("train.lr_factor", t.lr_factor, math.isfinite(t.lr_factor) and 0 < t.lr_factor < 1, "in (0, 1)"),
+            ("train.lr_patience", t.lr_patience, t.lr_patience >= 1, ">= 1"),
+            ("train.min_lr", t.min_lr, math.isfinite(t.min_lr) and t.min_lr > 0, "a positive number"),
+            ("train.objective", t.objective, t.objective in OBJECTIVES, " or ".join(OBJECTIVES)),
+            ("train.train_samples", t.train_samples, t.train_samples >= 1, ">= 1"),
+            ("train.free_bits", t.free_bits, t.objective == "elbo" or t.free_bits == 0,
+             "0 with the iwae objective (free bits act on the ELBO's KL)"),
+            ("train.beta", t.beta, t.objective == "elbo" or t.beta == 1,
+             "1 with the iwae objective (beta weights the ELBO's KL)"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, t.lr is None or (math.isfinite(t.lr) and t.lr > 0),
              "a positive number (or null: the model's default)"),

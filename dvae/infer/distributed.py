@@ -267,6 +267,9 @@ class DataParallelTrainer(Trainer):
     def __init__(self, model, config, train_data, valid_data, log_det_per_step: float = 0.0, device=None,
                  env: Optional[DistEnv] = None, x_log_std=None):
         assert env is not None and env.world_size > 1, "DataParallelTrainer needs a DistEnv of 2 or more ranks"
+        if config.objective != "elbo" or config.train_samples != 1:
+            raise ValueError(f"data-parallel training takes the one-draw elbo objective only (got objective "
+                             f"{config.objective!r}, train_samples {config.train_samples})")
         super().__init__(model, config, train_data, valid_data, log_det_per_step, device or env.device,
                          x_log_std=x_log_std)
         # missing entries (--missing nan): every rank sums the log-Jacobian difference of its steps with

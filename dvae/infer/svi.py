@@ -14,7 +14,7 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI
+from pyro.infer import ELBO, SVI
 from pyro.infer.util import is_validation_enabled, zero_grads
 
 
@@ -29,7 +29,9 @@ class ClippedSVI(SVI):
     run without it; a NaN parameter then gives a NaN loss, skipped as a refused one is."""
 
     def __init__(self, model, guide, optim, loss, clip_norm: float = 0.0):
-        super().__init__(model, guide, optim, loss)
+        # a Pyro ELBO, or an object with its own loss_and_grads (dvae.infer.objectives.IWAEObjective)
+        own = {} if isinstance(loss, ELBO) or not hasattr(loss, "loss_and_grads") else {"loss_and_grads": loss.loss_and_grads}
+        super().__init__(model, guide, optim, loss, **own)
         self.clip_norm = clip_norm
         self.validated = False
 
