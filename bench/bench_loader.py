@@ -80,7 +80,7 @@ def child(source: str, batch_size: int) -> dict:
     import torch
 
     from dvae.data import Normalizer, load_source
-    from dvae.infer.trainer import batches
+    from dvae.data.batching import batches
 
     torch.set_num_threads(1)
     before = _status("VmRSS")

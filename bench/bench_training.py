@@ -16,7 +16,7 @@ random draws (their first-batch losses agree, which the table reports):
     (c)  plain PyTorch: ``dvae.infer.direct.direct_loss`` (same networks, same estimator, the ELBO
          written in torch) with torch.optim.Adam
     (b') (b) as ``dvae train`` runs it by default: length-bucketed batches (each epoch's sequences sorted
-         by length, cut into batches, the batches in a shuffled order: ``dvae.infer.trainer.batch_indices``
+         by length, cut into batches, the batches in a shuffled order: ``dvae.data.batching.batch_indices``
          with ``by_length=True``), where (a0), (a), (b) and (c) take the same random batches (Pyro's
          example); over the same sequences per epoch, so the same real steps, fewer padded ones
     (r)  the recurrent loops alone, forward and backward, on the batches of (a): the guide's path (and
@@ -130,14 +130,17 @@ def recurrent_loops(model, batch) -> torch.Tensor:
     """What every form of the model's ELBO must run step by step, and nothing else: the guide's path
     (the DMM's backward RNN and combiner chain, the VRNN's filter; the VRAE's encoder RNN and its
     q(z | x)) and, for the VRAE, the decoder RNN from the drawn z. A sum of its outputs, to backpropagate
-    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``_VRNNFilterScan``) as (a), (b) and (c)."""
-    if model.name == "vrae":
+    through: the same loop code (``run_rnn``, ``Combiner.scan``, ``VRNNFilterScan``) as (a), (b) and (c)."""
+    if hasattr(model, "decoder_states"):  # one code per sequence, decoded by an RNN (the VRAE)
         loc, scale = model.posterior_params(batch)  # (B, z_dim): the encoder RNN's loop
         z = loc + torch.randn_like(loc) * scale
-        s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim): the decoder's
+        s = model.decoder_states(batch, z)  # (B, T, rnn_dim): the decoder's
         return loc.sum() + scale.sum() + s.sum()
-    loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
-    return loc.sum() + scale.sum() + z.sum()
+    if hasattr(model, "guide_path"):
+        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
+        return loc.sum() + scale.sum() + z.sum()
+    q = model.posterior_path(batch)  # any other family with path densities (STORN, SRNN, RSSM): its guide's path
+    return q.loc.sum() + q.scale.sum() + q.path.sum()
 
 
 def _make_step(variant: str, model, lr: float):
@@ -274,7 +277,7 @@ def batchings(lengths, config: dict, seed: int) -> dict:
     random order: Pyro's example) and ``bucketed`` (``dvae train``'s default): the warm-up sequences and
     the timed ones (one epoch) each bucketed by length on their own, so that an epoch of either batching
     holds the same sequences (the same real steps)."""
-    from dvae.infer.trainer import batch_indices
+    from dvae.data.batching import batch_indices
 
     B, w, n = config["batch_size"], config["warmup"], len(lengths)
     random = [list(range(i, i + B)) for i in range(0, n, B)]

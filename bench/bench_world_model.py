@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the dvae/ envs)
 from dvae.data.normalize import Normalizer  # noqa: E402
-from dvae.infer.trainer import resolve_device  # noqa: E402
+from dvae.device import resolve_device  # noqa: E402
 from dvae.models import ModelConfig, build_model  # noqa: E402
 from dvae.world_model import WorldModel  # noqa: E402
 

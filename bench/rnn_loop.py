@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How close the fused ReLU RNN loop (``dvae.nn._ReluRNNScan``) runs to the machine's matrix-multiply rate.
+"""How close the fused ReLU RNN loop (``dvae.nn.scans.ReluRNNScan``) runs to the machine's matrix-multiply rate.
 
     python bench/rnn_loop.py [--threads 1] [--steps 155] [--batch 20] [--hidden 600]
 
@@ -8,7 +8,7 @@ given) costs three (T B x H x H) matrix products: the forward chain (T small (B 
 one after the other), the backward chain (the same) and the recurrent weight's gradient (one large
 product). The script times, in one process, in turn (median of ``--repeats``):
 
-  loop   ``_ReluRNNScan`` forward + backward (what (a), (b), (c) and (r) of bench_training run)
+  loop   ``ReluRNNScan`` forward + backward (what (a), (b), (c) and (r) of bench_training run)
   small  the 2 T small products of the two chains alone, plus one large product: the least the loop
          can cost when its products run one after the other
   large  three large (T B x H)(H x H) products: the same arithmetic with no chain at all
@@ -30,7 +30,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from bench.bench_world_model import median_time as timed  # noqa: E402
-from dvae.nn import _ReluRNNScan  # noqa: E402
+from dvae.nn.scans import ReluRNNScan  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     h = torch.randn(B, H)
 
     def loop():
-        _ReluRNNScan.apply(x, h0, w).sum().backward()
+        ReluRNNScan.apply(x, h0, w).sum().backward()
         x.grad = w.grad = None
 
     def small():

@@ -10,7 +10,8 @@ as one line naming the file and the field (:class:`~dvae.errors.RunDirError`).
 Two kinds: the parameters alone (``best.pt``: ``{"model", "epoch"}``; what ``dvae eval`` and the other
 run-reading verbs load) and a full training checkpoint (``checkpoint.pt``: ``model``, ``best_model``,
 ``optim``, ``state``, ``rng``, ``rows``, plus optional RNG states of other devices or ranks: any key
-with ``rng`` in its name holds a CPU ByteTensor or a list of them).
+with ``rng`` in its name holds a CPU ByteTensor, a list of them (``rng_cuda``) or a list of per-rank
+``{rng, rng_cuda}`` dictionaries (``rng_ranks``)).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dvae.errors import RunDirError
 
 # the trainer state's counters (integers >= 0) and the sums of an epoch in progress
 _COUNTERS = ("epoch", "step", "best_epoch", "since_best", "skipped_updates", "faults", "batch_in_epoch",
-             "collapse_count")
+             "collapse_count", "lr_bad_epochs", "floor_stale", "lr_reductions")
 _PARTIAL_FLOATS = ("loss_sum", "seconds", "log_lik_sum", "kl_sum")
 _PARTIAL_COUNTERS = ("steps_sum", "skipped")
 _PARTIAL_OPTIONAL = ("log_lik_sum", "kl_sum")  # read with a default of 0
@@ -203,6 +204,8 @@ def _check_state(state, batches_per_epoch: Optional[int]) -> None:
         _number(state["train_seconds"], "state.train_seconds", minimum=0)
     if "lr_scale" in state:
         _number(state["lr_scale"], "state.lr_scale", positive=True)
+    if get("stop_reason") is not None and not isinstance(state["stop_reason"], str):
+        raise _Bad("state.stop_reason", f"{state['stop_reason']!r} is not text or null")
     if not isinstance(get("collapse_warned", False), bool):
         raise _Bad("state.collapse_warned", f"{state['collapse_warned']!r} is not true or false")
     if "partial" not in state:
@@ -322,8 +325,18 @@ def _check_optim_value(value, where: str, key: str, param) -> None:
 
 def _check_rng(value, field: str, required: bool) -> None:
     """A generator state: a 1-D uint8 tensor (the CPU one of torch's size), or a list of them (one per
-    CUDA device or per rank); None where optional."""
+    CUDA device, ``rng_cuda``), or a list of per-rank states (``rng_ranks``: each a dictionary of ``rng``
+    and ``rng_cuda``, as :func:`dvae.infer.rng.capture` returns, or an older bare tensor); None where
+    optional."""
     if value is None and not required:
+        return
+    if isinstance(value, dict) and not required:  # one rank's entry of rng_ranks
+        if "rng" not in value:
+            raise _Bad(field, "expected a rank's random state (rng and rng_cuda), 'rng' is missing")
+        for key, v in value.items():
+            if key not in ("rng", "rng_cuda"):
+                raise _Bad(f"{field}.{key}", "not a key of a rank's random state (rng, rng_cuda)")
+            _check_rng(v, f"{field}.{key}", required=False)
         return
     if isinstance(value, (list, tuple)):
         if required:
@@ -333,7 +346,7 @@ def _check_rng(value, field: str, required: bool) -> None:
         return
     if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1 or value.numel() == 0:
         raise _Bad(field, f"expected a generator state (a 1-D uint8 tensor), not {_describe(value)}")
-    if field == "rng" and value.numel() != torch.get_rng_state().numel():
+    if (field == "rng" or field.endswith(".rng")) and value.numel() != torch.get_rng_state().numel():
         raise _Bad(field, f"{value.numel()} bytes, the CPU generator's state has {torch.get_rng_state().numel()}")
 
 

@@ -1,22 +1,41 @@
-"""The ``dvae`` command: collect, train, eval (see DESIGN.md for the stable contract).
+"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent, ...),
+each printing one JSON object; the flags and JSON keys are the stable contract the README lists.
 
-Errors a user can fix are printed as one line on stderr with a non-zero exit status (add --debug for
-the traceback); stdout carries only the JSON result.
+Errors a user can fix (bad input, flags, files; ``_user_error``) are printed as one line on stderr
+with a non-zero exit status (add --debug for the traceback); anything else is a bug and shows its
+traceback. stdout carries only the JSON result.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 
 import numpy as np
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+from dvae.flags import finite_float
+
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell reports it
+MAX_ERROR_CHARS = 500
+"""Error lines are cut to this many characters (a hostile file name or value cannot flood the terminal)."""
+
+
+def _user_error(e: BaseException) -> bool:
+    """Whether ``e`` is something a user can fix (bad input, flags or files, a diverged run, memory),
+    reported in one line; anything else (a RuntimeError from torch, a TypeError, ...) is a bug, and its
+    traceback is shown as it is."""
+    from dvae.errors import DvaeError
+
+    return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
+        type(e).__name__ == "OutOfMemoryError" or _allocator_error(e)
+
+
+def _allocator_error(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError: memory, not a bug."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -36,13 +55,17 @@ def _add_run_and_split(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvae.infer.trainer import DEFAULT_LR, TrainConfig
-    from dvae.models import ModelConfig
+    from dvae.infer.objectives import OBJECTIVES
+    from dvae.infer.trainer import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
+    from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
+    from dvae import __version__
+
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
-    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent,compare}")
+    ap.add_argument("--version", action="version", version=f"dvae {__version__}")
+    sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
     p = sub.add_parser("collect", help="collect trajectories from a Gymnasium env into an .npz")
@@ -60,22 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
     ap.verb_parsers = sub.choices  # verb -> its parser (read by _refuse_resume_flags)
-    p.add_argument("--model", choices=["dmm", "vrnn", "vrae", "lgssm", "vae"], default=mc.model,
+    p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=None, help=f"{dc.source} (built-in, the default), a trajectory .npz, a polyphonic "
-                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line); with --resume: read the "
-                   "run's data from here (it moved or changed), recorded in its config.json")
+    p.add_argument("--data", default=None, help=f"{dc.source} (built-in, the default), a trajectory .npz, a CSV table "
+                   "(a header row, an episode column, action*/u_* control columns), a .npy array of observations, a "
+                   "polyphonic pickle, or a text file (*.txt or text:PATH, one token sequence per line); with --resume: "
+                   "read the run's data from here (it moved or changed), recorded in its config.json")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
                    help="text data: a line's tokens are its whitespace-separated words, or its characters")
     p.add_argument("--min-count", type=int, default=dc.min_count,
                    help="text data: training tokens seen fewer times map to <unk>")
-    p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default: with --time-limit none, the limit or convergence ends training; "
+                        f"without it {DEFAULT_EPOCHS})")
+    p.add_argument("--time-limit", type=finite_float, default=None, help="seconds of training (default: no limit)")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=None,
                    help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
                    + ")")
     p.add_argument("--z-dim", type=int, default=mc.z_dim)
@@ -83,30 +109,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn-type", choices=["gru", "lstm", "rnn"], default=mc.rnn_type)
     p.add_argument("--transition-dim", type=int, default=mc.transition_dim)
     p.add_argument("--emission-dim", type=int, default=mc.emission_dim)
-    p.add_argument("--guide", choices=["dks", "mean_field", "ltr", "iaf"], default=mc.guide,
+    p.add_argument("--guide", choices=list(all_guides()), default=mc.guide,
                    help="DMM guide: dks (backward RNN + combiner), mean_field, ltr (forward RNN: filtering) or iaf "
-                        "(dks followed by affine autoregressive flows on each step)")
+                        "(dks followed by affine autoregressive flows on each step); SRNN guide: dks or resq "
+                        "(its mean a residual on the prior's)")
     p.add_argument("--num-iafs", type=int, default=None,
                    help="guide iaf: affine autoregressive transforms per step (default 1)")
     p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
-    p.add_argument("--lr-decay", type=float, default=tc.lr_decay,
+    p.add_argument("--lr-decay", type=finite_float, default=tc.lr_decay,
                    help="clipped_adam: learning-rate decay per update (1: none)")
-    p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
-    p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
-    p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=float, default=tc.free_bits, help="nats per latent dim per step")
-    p.add_argument("--beta", type=float, default=tc.beta,
+    p.add_argument("--clip-norm", type=finite_float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
+    p.add_argument("--kl-start", type=finite_float, default=tc.kl_start, help="KL annealing factor at the first update")
+    p.add_argument("--anneal-epochs", type=finite_float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
+    p.add_argument("--free-bits", type=finite_float, default=tc.free_bits,
+                   help="nats per latent dim per step (rssm: PlaNet's free nats F are F / z-dim)")
+    p.add_argument("--kl-balance", type=finite_float, default=mc.kl_balance,
+                   help="rssm: KL balancing weight alpha in [0, 1) on the prior's side (DreamerV2: 0.8; 0: off)")
+    p.add_argument("--beta", type=finite_float, default=tc.beta,
                    help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
-    p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
+    p.add_argument("--collapse-kl", type=finite_float, default=tc.collapse_kl,
                    help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
     p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
     p.add_argument("--bidirectional", action="store_true",
                    help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--emission-scale", choices=["constant", "state"], default=mc.emission_scale,
+                   help="Gaussian observation scale: one learned per dimension (constant) or read from the "
+                        "state with the mean (state: from z_t; vrnn: from (z_t, h_{t-1}))")
+    p.add_argument("--vrae-decoder", choices=["controls", "feedback"], default=mc.vrae_decoder,
+                   help="vrae: decoder fed the controls only (controls) or also its previous output and z at "
+                        "every step (feedback, the seeds' form; teacher forcing in training)")
+    p.add_argument("--rvae-noncausal", action="store_true",
+                   help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
-    p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--patience", type=int, default=tc.patience,
+                   help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
+                        f"has reached --min-lr (0: never stop early) (default {tc.patience})")
+    p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
+                   help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
+                        f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
+    p.add_argument("--lr-factor", type=finite_float, default=tc.lr_factor,
+                   help=f"plateau schedule: factor on the rate at each reduction, in (0, 1) (default {tc.lr_factor:g})")
+    p.add_argument("--lr-patience", type=int, default=tc.lr_patience,
+                   help=f"plateau schedule: epochs without improvement before a reduction (default {tc.lr_patience})")
+    p.add_argument("--min-lr", type=finite_float, default=tc.min_lr,
+                   help=f"plateau schedule: the floor of the rate (default {tc.min_lr:g})")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=tc.objective,
+                   help="training bound per real step: elbo (the dynamical ELBO, closed-form KL) or iwae (the "
+                        f"--train-samples-sample importance-weighted bound); validation reports the ELBO either way "
+                        f"(default {tc.objective})")
+    p.add_argument("--train-samples", type=int, default=tc.train_samples, metavar="K",
+                   help=f"samples per sequence of the training bound: iwae's K, or elbo draws averaged "
+                        f"(default {tc.train_samples})")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
     p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")
@@ -119,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true",
                    help="skip the PNGs written after training (training curves, reconstruction, prediction)")
-    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=finite_float, default=None, metavar="SECONDS",
                    help="under torchrun: seconds a collective waits for the other ranks before the run fails "
                         "(default 300)")
     _add_common(p)
@@ -141,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="anomaly scores per sequence and per time step, with a threshold")
     _add_run_and_split(p)
     p.add_argument("--iw-samples", type=int, default=0, help="also the K-sample importance-weighted bound")
-    p.add_argument("--quantile", type=float, default=0.99,
+    p.add_argument("--quantile", type=finite_float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
@@ -158,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: lowest and highest label)")
     p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
     p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
-    p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
+    p.add_argument("--span", type=finite_float, default=2.0, help="traversal: prior standard deviations either side of 0")
     p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
     p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
     _add_common(p, device_and_seed=True)
@@ -191,22 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=100, help="posterior predictive samples")
     _add_common(p, device_and_seed=True)
 
-    p = sub.add_parser("compare", help="the comparison study: exact against variational, guides, estimators, "
-                                       "model families; writes docs/comparisons.md")
-    p.add_argument("--sections", default=None,
-                   help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
-                        "none: only rebuild the document")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
-                                                         "runs/compare-quick/comparisons.md)")
-    p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
-                                               "results go beside it as .json, figures under its figures/")
-    p.add_argument("--polyphonic-dir", default=None,
-                   help="directory with Nottingham/MuseData/Piano-midi.de pickles (the polyphonic section skips without it)")
-    p.add_argument("--work-dir", default=None, help="scratch space for runs (default runs/compare or runs/compare-quick)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
     return ap
 
 
@@ -262,112 +302,23 @@ def _collect_shards(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def _prepare(data, normalizer, split, c_dim: int = 0):
-    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
-    xs, us = data.subset(split)
-    if c_dim:
-        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
-    return normalizer.x(xs), normalizer.u(us)
-
-
-def train_configs(a, data):
-    """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
-    ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig, default_lr
-    from dvae.models import ModelConfig
-
-    likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
-    model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
-                        rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional,
-                        num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
-                        c_dim=data.c_dim if a.condition else 0,
-                        likelihood=likelihood, missing=a.missing == "nan",
-                        # frames: the conv DMM (other families read frames as vectors)
-                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
-                        lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
-                        anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
-                        collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
-    return model, train
-
-
 def cmd_train(a, argv=None) -> dict:
-    """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
-    run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
-    import torch
-
-    from dvae.data import Normalizer
-    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
-    from dvae.errors import DataError
-    from dvae.infer.trainer import resolve_device
-    from dvae.rundir import RunLock, check_new_run_dir
-    from dvae.run import DataConfig, RunConfig, absolute_source, load_data, read_config, record_data
+    """Train a new run or resume one (``dvae.fitting.train``); SIGINT/SIGTERM stop it after a checkpoint.
+    ``argv``: the command line, to refuse train flags that --resume would ignore."""
+    from dvae.fitting import Interrupted, default_run_dir, train
 
     if a.resume:
-        run_dir = a.resume
         _refuse_resume_flags(a, argv)
-        config = read_config(run_dir)
-        if a.epochs is not None:
-            config.train.epochs = a.epochs
-        if a.time_limit is not None:
-            config.train.time_limit = a.time_limit
-        _refuse_problem(config)
-        resolve_device(config.train.device)  # before anything is read or written
-        parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        data = load_data(config, None if a.data is None else absolute_source(a.data))
-        if a.data is not None:  # the run goes on with its data from here: recorded in config.json
-            _check_dims(data, config)
-            config.data = record_data(dataclasses.replace(config.data, source=a.data))
-        normalizer = config.normalizer
-    else:
-        if a.epochs is not None and a.epochs < 1:
-            raise ValueError("--epochs must be at least 1")
-        if (a.bidirectional or a.condition) and a.model not in ("dmm", "vrae"):
-            raise ValueError(f"--bidirectional and --condition are for dmm and vrae, not {a.model}")
-        if a.min_count < 1:
-            raise ValueError("--min-count must be at least 1")
-        if a.guide in ("ltr", "iaf") and a.model != "dmm":
-            raise ValueError(f"--guide {a.guide} is a DMM guide, not for {a.model}")
-        if a.guide == "ltr" and a.bidirectional:
-            raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
-        if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
-            raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
-        if a.iaf_dim < 1:
-            raise ValueError("--iaf-dim must be at least 1")
-        data_cfg = DataConfig(source=absolute_source(a.data or DataConfig.source), episodes=a.episodes,
-                              steps=a.steps, data_seed=a.seed, missing=a.missing, tokens=a.tokens,
-                              min_count=a.min_count)
-        run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
-        resolve_device(a.device)
-        # every rank has checked the run directory before joining; rank 0 creates it with the first checkpoint
-        parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        config = RunConfig(data=data_cfg)
-        data = load_data(config)
-        if a.condition and data.cs is None:
-            raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
-                            "array in the .npz")
-        train_xs, train_us = data.subset("train")
-        normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
-        config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
-        config.model, config.train = train_configs(a, data)
-        _refuse_problem(config)  # the checks a reloaded config.json gets, before anything is written
-        config.data = record_data(config.data)  # the absolute source and its fingerprint
-
-    device = resolve_device(config.train.device) if parallel is None else parallel.device
-    # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
-    # process-wide, so it is switched off again when training returns
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
-    lock = RunLock()  # taken in _train: by the new run's start, or before the resumed run's checkpoint is read
+    elif not a.out:
+        a.out = default_run_dir(a.model)
     try:
-        return _train(a, config, data, normalizer, run_dir, device, parallel, lock)
-    finally:
-        lock.release()
-        if flush:
-            torch.set_flush_denormal(False)
-        shutdown(parallel)
+        return train(a, signals=True).summary
+    except Interrupted as e:
+        if e.summary is not None:  # rank 0 prints
+            print(json.dumps({"plots": [], **e.summary}))
+            print(f"dvae train: interrupted; continue with: dvae train --resume {e.summary['run_dir']}",
+                  file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 # the train flags --resume takes; the others are the run's, fixed in its config.json
@@ -393,189 +344,27 @@ def _refuse_resume_flags(a, argv) -> None:
                          f"(with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})")
 
 
-def _refuse_problem(config) -> None:
-    """The first senseless value of a new or resumed run's config, said as the flag that set it."""
-    problem = config.problem()
-    if problem:
-        key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-        if rest and key.startswith(("train.", "model.")):
-            problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-        raise ValueError(problem)
-
-
-def _train(a, config, data, normalizer, run_dir, device, parallel=None, lock=None) -> dict:
-    import warnings
-
-    import pyro
-
-    from dvae.infer.diagnostics import PosteriorCollapseWarning
-    from dvae.infer.trainer import Trainer
-    from dvae.models import build_model
-    from dvae.checkpoint import load_training
-    from dvae.rundir import RunLock
-    from dvae.run import BEST, CHECKPOINT, create_run, save_torch, write_config
-
-    main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
-    pyro.set_rng_seed(config.train.seed)
-    model = build_model(config.model).to(device)
-    c_dim = config.model.c_dim
-    train_data, valid_data = _prepare(data, normalizer, "train", c_dim), _prepare(data, normalizer, "valid", c_dim)
-    if parallel is None:
-        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device,
-                          x_log_std=normalizer.log_std)
-    else:
-        from dvae.infer.distributed import DataParallelTrainer
-
-        if c_dim:
-            raise ValueError("conditional models (--condition) do not train under torchrun yet")
-        trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
-                                      device, env=parallel)
-    ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
-
-    def save_checkpoint():
-        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
-        if main_rank:
-            save_torch(ckpt_path, ckpt)
-
-    lock = RunLock() if lock is None else lock
-    if a.resume:
-        if main_rank:
-            lock.acquire(run_dir)  # held until training returns: a second process is refused
-            if a.data is not None:
-                write_config(run_dir, config)  # the data's new place and fingerprint
-        ckpt = load_training(ckpt_path, device, trainer.batches_per_epoch, config.train.optimizer, model.state_dict())
-        trainer.load_checkpoint(ckpt)
-        if main_rank:
-            _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
-    else:  # config.json and the first checkpoint appear at once: from then on, the run evaluates and resumes
-        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
-        if main_rank:
-            create_run(run_dir, config, ckpt, lock)
-
-    collapse_told = [trainer.state.get("collapse_warned", False)]
-
-    def on_epoch(row, improved):
-        save_checkpoint()  # the one file that restores the run, written first
-        if not main_rank:
-            return
-        _write_derived(run_dir, trainer, best=improved)
-        if row.get("posterior_collapse") and not collapse_told[0]:  # once per run; the Python warning is muted
-            collapse_told[0] = True
-            print(f"dvae train: warning: posterior collapse at epoch {row['epoch']}: the validation KL per step "
-                  f"has stayed below {config.train.collapse_kl} nats for {config.train.collapse_epochs} epochs "
-                  f"({row['valid_kl_per_step']:.3g} now, {row['active_units']} active units): the latent code is "
-                  "ignored (try --free-bits, --anneal-epochs, --beta < 1)", file=sys.stderr, flush=True)
-        if not sys.stderr.isatty() and not a.no_progress:
-            print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
-                  f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
-
-    def on_signal(signum, frame):
-        if signalled:  # a second signal: stop now (the last checkpoint stands)
-            raise KeyboardInterrupt
-        signalled.append(signum)
-        print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
-              "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
-        trainer.request_stop()
-
-    # held until the summary: a signal after the last epoch (while the plots are drawn) still ends with
-    # the summary, and a second one stops at once, also with the summary (the last checkpoint stands)
-    signalled, plots = [], []
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with warnings.catch_warnings():  # on_epoch says it in one line instead
-            warnings.simplefilter("ignore", PosteriorCollapseWarning)
-            trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
-        if trainer.stopped:
-            save_checkpoint()
-        elif main_rank and trainer.best_model is not None and not signalled and not getattr(a, "no_plots", False):
-            model.load_state_dict(trainer.best_model)
-            plots = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows, stop=signalled)
-    except KeyboardInterrupt:
-        signalled.append(signal.SIGINT)
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-    interrupted = trainer.stopped or bool(signalled)
-    summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
-               "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
-               "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
-               "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "faults": trainer.state["faults"], "interrupted": interrupted}
-    if parallel is not None:
-        summary["world_size"] = parallel.world_size
-    if interrupted:
-        if main_rank:
-            print(json.dumps({**summary, "plots": plots}))
-            print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED)
-    if trainer.best_model is None:
-        raise RuntimeError("no epoch completed (is the time limit too short?)")
-    if not main_rank:
-        return None  # rank 0 writes the plots and prints the summary
-    summary["plots"] = plots
-    return summary
-
-
-def _write_derived(run_dir, trainer, best: bool = True) -> None:
-    """metrics.jsonl and best.pt, both derived from the trainer's state (and so from checkpoint.pt)."""
-    from dvae.run import BEST, save_torch, write_metrics
-
-    write_metrics(run_dir, trainer.rows)
-    if best and trainer.best_model is not None:
-        save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
-
-
-def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence;
-    the paths written. ``stop``: a container that becomes non-empty when the plots should stop (a signal)."""
-    import torch
-
-    from dvae.data import collate
-    from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
-
-    written = []
-    path = os.path.join(run_dir, "training_curves.png")
-    plot_training_curves(rows, path)
-    written.append(path)
-    if stop:
-        return written
-    from dvae.infer.trainer import sequence_lengths
-
-    xs, us = data.subset("test")
-    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
-    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
-    x, u = xs[i][:400], None if us is None else us[i][:400]
-    batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
-                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
-    torch.manual_seed(config.train.seed)
-    rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
-    rec = normalizer.x_inverse(rec).cpu().numpy()
-    path = os.path.join(run_dir, "reconstruction.png")
-    if getattr(config.model, "frame_shape", None):
-        from dvae.eval.plots import plot_frame_strips
-        plot_frame_strips(x, rec.mean(0), config.model.frame_shape, path, title="Reconstruction (step t)",
-                          row_names=("truth", "reconstruction", "|error|"), first_step=0)
-    else:
-        plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind in ("binary", "categorical"))
-    written.append(path)
-    if config.kind == "continuous" and len(x) >= 4 and not stop:
-        context = max(2, len(x) // 3)
-        horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
-                            cs=None if cs is None else cs[i:i + 1])
-        path = os.path.join(run_dir, "prediction.png")
-        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
-        written.append(path)
-    return written
-
-
 def _check_dims(data, config) -> None:
     """Refuse data whose dimensions differ from the run's model, naming the file."""
     if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
         raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
                          f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+
+
+def _check_samples(flag: str, k: int, config, xs, batch_size: int, num_steps: int = 0) -> None:
+    """Refuse a sample count whose tensors, about k x batch x T x (the model's widths) floats, would
+    exceed the size limit (DVAE_MAX_BYTES), before any is drawn."""
+    from dvae.inputs import check_bytes
+    from dvae.data.batching import sequence_lengths
+
+    if k <= 0:
+        return
+    m = config.model
+    width = m.x_dim + m.u_dim + 2 * m.z_dim + m.rnn_dim + m.transition_dim + m.emission_dim
+    T = max(sequence_lengths(xs)) if xs is not None and len(xs) else num_steps
+    b = min(batch_size, len(xs)) if xs is not None and len(xs) else batch_size
+    check_bytes(4 * k * b * max(T, 1) * width, f"{k} samples ({b} sequences x {T} steps x {width} floats each)",
+                f"--{flag}")
 
 
 # --- eval --------------------------------------------------------------------------------------------
@@ -584,7 +373,8 @@ def cmd_eval(a) -> dict:
 
     from dvae.errors import DataError
     from dvae.eval import kstep_report
-    from dvae.infer.trainer import evaluate, resolve_device
+    from dvae.device import resolve_device
+    from dvae.infer.evaluation import evaluate
     from dvae.run import load_data, load_model
 
     device = resolve_device(a.device)
@@ -599,6 +389,9 @@ def cmd_eval(a) -> dict:
         raise ValueError("--iw-samples must be >= 0")
     if a.particles < 0:
         raise ValueError("--particles must be >= 0")
+    _check_samples("iw-samples", a.iw_samples, config, xs, config.train.eval_batch_size)
+    _check_samples("particles", a.particles, config, xs, 1)
+    _check_samples("num-samples", a.num_samples, config, xs, 1)
     if a.particles:
         from dvae.infer.smc import filter_for
 
@@ -643,7 +436,7 @@ def cmd_score(a):
     import pyro
 
     from dvae.infer.scores import sequence_scores, threshold_from
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if not 0 < a.quantile < 1:
@@ -658,6 +451,7 @@ def cmd_score(a):
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
     xs, us = data.subset(a.split)
+    _check_samples("iw-samples", a.iw_samples, config, xs, 64)
     c_dim = config.model.c_dim
     cs = data.conditions(a.split, c_dim) if c_dim else None
     scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs,
@@ -687,7 +481,7 @@ def cmd_latent(a) -> dict:
     import pyro
 
     from dvae.eval.latent import latent_report
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
     if a.num_points < 2:
@@ -705,7 +499,7 @@ def cmd_latent(a) -> dict:
 # --- plan --------------------------------------------------------------------------------------------
 def cmd_plan(a) -> dict:
     from dvae.control import PlannerConfig
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.planning import model_policy, random_policy, run_episodes, true_policy
     from dvae.run import load_model
     from envs.rewards import reward_fn
@@ -750,12 +544,13 @@ def cmd_generate(a) -> dict:
     import pyro
     import torch
 
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.run import load_model
 
     if a.num_samples < 1 or a.steps < 1:
         raise ValueError("--num-samples and --steps must be at least 1")
     model, config = load_model(a.run_dir, resolve_device(a.device))
+    _check_samples("num-samples", a.num_samples, config, None, 1, a.steps)
     model.eval()
     norm = config.normalizer
     pyro.set_rng_seed(a.seed)
@@ -787,7 +582,7 @@ def cmd_impute(a) -> dict:
 
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
-    from dvae.infer.trainer import resolve_device
+    from dvae.device import resolve_device
     from dvae.files import atomic_write
     from dvae.run import load_model
 
@@ -803,6 +598,7 @@ def cmd_impute(a) -> dict:
                          "impute needs a run trained with --missing nan")
     data = load_npz(a.data, missing=True)
     _check_dims(data, config)
+    _check_samples("num-samples", a.num_samples, config, data.xs, 1)
     pyro.set_rng_seed(a.seed)
     norm = config.normalizer
     filled = impute_sequences(model, norm, data.xs, data.us, a.num_samples, config.train.eval_batch_size)
@@ -824,24 +620,32 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
-# --- compare -----------------------------------------------------------------------------------------
-def cmd_compare(a, argv=None) -> dict:
-    from pathlib import Path
+def _non_finite_at(obj, where="result"):
+    """The place of the first NaN or infinity in a JSON-able result, or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite_at(v, f"{where}.{k}" if where != "result" else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite_at(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
-    from dvae.compare import SECTIONS, Context, command_line, run_study
-    from dvae.infer.trainer import resolve_device
 
-    out = Path(a.out or ("runs/compare-quick/comparisons.md" if a.quick else "docs/comparisons.md"))
-    if out.suffix != ".md" or out.is_dir():  # the results go beside it, in a folder named after it
-        raise ValueError(f"{out}: --out must name a markdown file (*.md), not a folder")
-    sections = list(SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
-    if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
-        raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
-    ctx = Context(quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
-                  work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
-                  polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
-                  device=str(resolve_device(a.device)), threads=a.threads)
-    return run_study(sections, ctx, out, command_line(sys.argv[2:] if argv is None else list(argv)[1:]))
+def _strict_json(result) -> str:
+    """The result as standard JSON: a NaN or infinity (which JSON has no number for) is an error naming
+    its key, never printed as the non-standard NaN/Infinity with exit status 0."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except ValueError:
+        where = _non_finite_at(result) or "the result"
+        raise FloatingPointError(f"{where} is not a finite number: the data or the model overflowed "
+                                 "(no JSON printed)") from None
 
 
 def main(argv=None) -> int:
@@ -851,24 +655,32 @@ def main(argv=None) -> int:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     try:
-        from dvae.errors import DvaeError
-
-        verbs = {"collect": cmd_collect, "train": lambda a: cmd_train(a, sys.argv[1:] if argv is None else argv), "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent,
-                 "compare": lambda a: cmd_compare(a, argv)}
+        verbs = {"collect": cmd_collect, "train": lambda a: cmd_train(a, sys.argv[1:] if argv is None else argv),
+                 "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan, "generate": cmd_generate,
+                 "impute": cmd_impute, "latent": cmd_latent}
         if not 0 <= getattr(a, "seed", 0) < 2 ** 32:  # numpy's and Gymnasium's range, checked before any work
             raise ValueError(f"--seed = {a.seed}: expected in 0..4294967295 (2**32 - 1)")
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
-            print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+            print(result if isinstance(result, str) else _strict_json(result))
+            sys.stdout.flush()
         return 0
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) has gone: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DvaeError, ValueError, RuntimeError, FloatingPointError, OSError) as e:
-        if a.debug:
+    except Exception as e:
+        if a.debug or not _user_error(e):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if "DefaultCPUAllocator" in msg:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..."
+            msg = msg[msg.index("DefaultCPUAllocator"):]
+        if isinstance(e, MemoryError) or _allocator_error(e) or type(e).__name__ == "OutOfMemoryError":
+            msg = f"out of memory ({msg}): the data or the sizes asked for need more memory than there is"
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = msg[:MAX_ERROR_CHARS - 3] + "..."
         who = f"dvae {a.verb}"
         if a.verb == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "rank" not in msg[:5]:  # under torchrun
             who += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"

@@ -30,15 +30,22 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 @contextmanager
 def _signals_held():
-    """SIGINT and SIGTERM held back (delivered on exit) while the main thread writes a file."""
+    """SIGINT and SIGTERM held back (delivered on exit, each once) while the main thread writes a file.
+    Held by a recording Python handler, not by the signal mask: a signal sent to the process may be
+    delivered to any thread (torch's, tqdm's), and Python runs its handler in the main thread whichever
+    thread took it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    pending = []
+    old = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):  # as a blocked signal: delivered once however often it came
+            signal.raise_signal(sig)
 
 
 def fsync_directory(directory: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dvae.control import Planner, PlannerConfig
-from dvae.world_model import WorldModel
+from dvae.world_model import WorldModel, spaces_problem
 
 
 def run_episodes(env_id: str, make_policy: Callable, episodes: int, seed: int, max_steps: int = 200,
@@ -103,6 +103,9 @@ def model_policy(model, normalizer, reward, kind: str, config: PlannerConfig, se
     ``history`` real observations, then ``num_samples`` candidate sequences are scored by
     reward(x_t, a_0) + sum_k reward(x^_{t+k}, a_k) with predicted observations (emitter means)."""
     def make(env, ep):
+        problem = spaces_problem(model, env.observation_space, env.action_space, env.spec.id if env.spec else "the env")
+        if problem:
+            raise ValueError(problem)
         low, high = _box(env)
         planner = Planner(kind, low, high, config, device=model.device,
                           generator=torch.Generator().manual_seed(seed + ep))

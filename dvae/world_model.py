@@ -1,29 +1,31 @@
 """A trained model as a step-by-step world model: filter on a real history, then imagine forward.
 
-``WorldModel(model, normalizer)`` keeps N parallel imagined rollouts. ``reset(x_history, u_history)``
-conditions on real observations (data units) through the model's guide (or, for the LGSSM, the
-Kalman smoother) and samples the latent state after the last observation; ``reset_prior(N)``
-starts from the prior. ``step(u)`` applies one control (data units) and returns the next observation
-(sampled, or the emitter mean). Every family is supported through a small adapter that exposes its
-recurrent state:
+``WorldModel(model, normalizer)`` keeps N parallel imagined rollouts of any model that states the
+state-space contract of :class:`dvae.models.base.DynamicalVAE` (every family of the package, and a
+user's own). ``reset(x_history, u_history)`` conditions on real observations (data units) through
+``model.posterior_last`` (the guide's posterior; for the LGSSM the Kalman smoother) and keeps the state
+after the last observation; ``reset_prior(N)`` starts from p(z_0) (``initial_state``). ``step(u)``
+applies one control (data units) through ``model.imagine_step`` (``transition_step``, then
+``emission``) and returns the next observation: sampled, or with ``sample=False`` the mean of the
+latent's and of the observation's distribution at every step (a deterministic rollout).
 
-- DMM: z_t; step: z_{t+1} ~ p(z | z_t, u_t), x_{t+1} ~ p(x | z_{t+1}).
-- VRNN: (h_{t-1}, x_t, z_t); step: h_t = f(x_t, z_t, u_t, h_{t-1}), z_{t+1} ~ p(z | h_t), x_{t+1} ~ p(x | z_{t+1}, h_t).
-- VRAE: the decoder's state s_t (the code z fixed by the history); step: s_{t+1} = RNN(u_t, s_t).
-- LGSSM: z_t; step: z_{t+1} = A z_t + B u_t + w, x_{t+1} = C z_{t+1} + v.
-- VAE (static baseline): no state; step: z ~ N(0, I), x ~ p(x | z), whatever the history and u.
+Units: the normaliser's statistics are put on the model's device once, when the world model is made;
+a step moves nothing between the host and the device except the action it is given, and reads nothing
+back: the distributions of a step are built without argument validation (the states come from the
+model itself), which would read every parameter tensor back to check it (tests/test_world_model.py
+counts the reads).
 """
 
 from __future__ import annotations
 
+from typing import Optional
 
-import pyro.distributions as dist
+import numpy as np
+import pyro
 import torch
-import torch.nn as nn
 
 from dvae.data.batch import collate
-from dvae.models.base import observation_dist, repeat_batch
-from dvae.nn import Recurrence
+from dvae.models.base import repeat_batch
 
 
 class WorldModel:
@@ -32,72 +34,79 @@ class WorldModel:
     def __init__(self, model, normalizer, sample: bool = True):
         if getattr(model.config, "c_dim", 0):
             raise ValueError("a conditional model (c_dim > 0) cannot be used as a world model yet")
+        if getattr(model, "step_by_step_problem", None):
+            raise ValueError(model.step_by_step_problem)
         self.model, self.norm, self.sample = model.eval(), normalizer, sample
-        self.device = model.device
-        self.state = None
-        self.x = None  # the current observation of each rollout, (N, x_dim), data units
+        kind = model.tensor_kind
+        self.device, self.dtype = kind["device"], kind["dtype"]
+        self.x_dim, self.u_dim = model.config.x_dim, model.config.u_dim
+        self._x_mean = torch.tensor(normalizer.x_mean, **kind)  # (x_dim,)
+        self._x_std = torch.tensor(normalizer.x_std, **kind)
+        has_u_stats = self.u_dim and normalizer.u_mean is not None
+        self._u_mean = torch.tensor(normalizer.u_mean, **kind) if has_u_stats else None  # (u_dim,) or None
+        self._u_std = torch.tensor(normalizer.u_std, **kind) if has_u_stats else None
+        self.state = None  # the model's state of each rollout (a dict of (N, ...) tensors)
+        self._y = None  # the current observation of each rollout, (N, x_dim), model units
+        self.x = None  # the same in data units
 
     # --- units -------------------------------------------------------------------------------------
-    def _x_in(self, x):
-        m = torch.tensor(self.norm.x_mean, device=self.device)
-        s = torch.tensor(self.norm.x_std, device=self.device)
-        return (torch.as_tensor(x, dtype=torch.float32, device=self.device) - m) / s
+    def _x_in(self, x) -> torch.Tensor:
+        return (torch.as_tensor(x, dtype=self.dtype, device=self.device) - self._x_mean) / self._x_std
 
-    def _u_in(self, u):
-        if u is None or self.model.config.u_dim == 0:
+    def _x_out(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self._x_std + self._x_mean
+
+    def _u_in(self, u) -> Optional[torch.Tensor]:
+        if u is None or self.u_dim == 0:
             return None
-        u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
-        if self.norm.u_mean is None:
-            return u
-        return (u - torch.tensor(self.norm.u_mean, device=self.device)) / torch.tensor(self.norm.u_std, device=self.device)
+        u = torch.as_tensor(u, dtype=self.dtype, device=self.device)
+        return u if self._u_mean is None else (u - self._u_mean) / self._u_std
 
     # --- reset -------------------------------------------------------------------------------------
     @torch.no_grad()
     def reset(self, x_history, u_history=None, num_samples: int = 1) -> torch.Tensor:
         """Condition on one real history: x (C, x_dim), u (C - 1, u_dim) (the controls between the
-        observations), and draw ``num_samples`` latent states after x_{C-1}. Returns x_{C-1} repeated
+        observations), and draw ``num_samples`` states after x_{C-1}. Returns x_{C-1} repeated
         (N, x_dim)."""
         x = self._x_in(x_history)  # (C, x_dim)
+        if x.dim() != 2 or x.shape[1] != self.x_dim or x.shape[0] < 1:
+            raise ValueError(f"x_history must have shape (C, {self.x_dim}) with C >= 1, got {tuple(x.shape)}")
         C = x.shape[0]
-        u_dim = self.model.config.u_dim
         u = None
-        if u_dim:
-            u_hist = self._u_in(u_history) if u_history is not None and len(u_history) else x.new_zeros(0, u_dim)
-            u = torch.cat([u_hist.reshape(-1, u_dim), x.new_zeros(1, u_dim)], 0)  # (C, u_dim): the last one unknown yet
-            assert u.shape[0] == C, (u.shape, C)
-        batch = repeat_batch(collate([x.cpu()], None if u is None else [u.cpu()]).to(self.device), num_samples)
-        self.state = getattr(self, f"_init_{self.model.name}")(batch)
-        self.x = torch.as_tensor(x_history[-1], dtype=torch.float32, device=self.device).expand(num_samples, -1).clone()
+        if self.u_dim:
+            u_hist = self._u_in(u_history) if u_history is not None and len(u_history) else x.new_zeros(0, self.u_dim)
+            if u_hist.dim() != 2 or u_hist.shape != (C - 1, self.u_dim):
+                raise ValueError(f"u_history must have shape ({C - 1}, {self.u_dim}) (the controls between the "
+                                 f"{C} observations), got {tuple(u_hist.shape)}")
+            u = torch.cat([u_hist, x.new_zeros(1, self.u_dim)], 0)  # (C, u_dim): the last one is not known yet
+        batch = collate([x.cpu()], None if u is None else [u.cpu()]).to(self.device)  # collate builds on the host
+        batch = repeat_batch(batch, num_samples)
+        with pyro.validation_enabled(False):
+            self.state, self._y = self.model.posterior_last(batch)
+        self.x = torch.as_tensor(x_history[-1], dtype=self.dtype, device=self.device).expand(num_samples, -1).clone()
         return self.x
 
     @torch.no_grad()
     def reset_prior(self, num_samples: int = 1) -> torch.Tensor:
-        """Start ``num_samples`` rollouts from the model's prior: returns x_0 (N, x_dim), data units."""
-        g = self.model.generate(1, u=None if not self.model.config.u_dim else
-                                torch.zeros(1, self.model.config.u_dim, device=self.device), num_samples=num_samples)
-        x0 = g["x"][:, 0] if self.sample else g["x_mean"][:, 0]
-        return self.reset_from_generated(x0)
-
-    def reset_from_generated(self, x0_std):
-        x0 = self.norm.x_inverse(x0_std)
-        N = x0.shape[0]
-        batch = collate([x0_std[i:i + 1].cpu() for i in range(N)],
-                        None if not self.model.config.u_dim else
-                        [torch.zeros(1, self.model.config.u_dim) for _ in range(N)]).to(self.device)
-        self.state = getattr(self, f"_init_{self.model.name}")(batch)
-        self.x = x0
-        return x0
+        """Start ``num_samples`` rollouts from the model's prior p(z_0), p(x_0 | z_0): returns x_0
+        (N, x_dim), data units."""
+        with pyro.validation_enabled(False):
+            state, p_z = self.model.initial_state(num_samples)
+            self.state = self.model.with_latent(state, p_z.sample() if self.sample else p_z.mean)
+            p_x = self.model.emission(self.state)
+        self._y = p_x.sample() if self.sample else p_x.mean
+        self.x = self._x_out(self._y)
+        return self.x
 
     # --- step --------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, u=None) -> torch.Tensor:
         """Apply controls u (N, u_dim) (data units); returns the next observations (N, x_dim), data units."""
-        u_in = self._u_in(u)
-        self.state, x_dist = getattr(self, f"_step_{self.model.name}")(self.state, u_in)
-        x = x_dist.sample() if self.sample else x_dist.mean
-        if self.model.name == "vrnn":
-            self.state["x"] = x
-        self.x = self.norm.x_inverse(x)
+        if self.state is None:
+            raise RuntimeError("call reset() or reset_prior() before step()")
+        with pyro.validation_enabled(False):
+            self.state, self._y, _ = self.model.imagine_step(self.state, self._y, self._u_in(u), sample=self.sample)
+        self.x = self._x_out(self._y)
         return self.x
 
     @torch.no_grad()
@@ -106,71 +115,62 @@ class WorldModel:
         return torch.stack([self.step(actions[:, k]) for k in range(actions.shape[1])], 1)
 
     def save(self):
-        return self.state, self.x
+        """The rollouts' current state, for :meth:`restore` (states are never changed in place)."""
+        return self.state, self._y, self.x
 
     def restore(self, saved):
-        self.state, self.x = saved
+        self.state, self._y, self.x = saved
 
-    # --- adapters ----------------------------------------------------------------------------------
-    def _last(self, path, batch):
-        return path[torch.arange(batch.batch_size, device=path.device), (batch.lengths - 1).clamp(min=0)]
 
-    def _init_dmm(self, batch):
-        return {"z": self._last(self.model.guide(batch), batch)}
+# --- real envs' spaces against a model ---------------------------------------------------------------
+def spaces_problem(model, observation_space, action_space, env_id: str = "the env") -> Optional[str]:
+    """Why a model cannot stand in for (or plan in) an env with these Gymnasium spaces, or None: its
+    observations must be vectors of the model's x_dim; a Box action space must have the model's u_dim
+    entries, a Discrete(n) one a model trained on its actions one-hot (u_dim n, as ``dvae collect``
+    records and the loaders encode them); an uncontrolled model (u_dim 0) takes no actions."""
+    x_dim, u_dim = model.config.x_dim, model.config.u_dim
+    obs_shape = tuple(getattr(observation_space, "shape", None) or ())
+    if obs_shape != (x_dim,):
+        return f"{env_id}: observations of shape {obs_shape}, but the run's model has x_dim {x_dim}"
+    kind = type(action_space).__name__
+    if kind == "Discrete":
+        if u_dim != int(action_space.n):
+            return (f"{env_id}: {int(action_space.n)} discrete actions, but the run's model has u_dim {u_dim} "
+                    f"(a model of discrete actions reads them one-hot: u_dim = the number of actions)")
+        return None
+    if kind != "Box":
+        return f"{env_id}: action space {action_space} is neither Box nor Discrete"
+    if u_dim == 0:
+        return f"{env_id}: the run's model takes no controls (u_dim 0), so it cannot respond to actions"
+    if int(np.prod(action_space.shape)) != u_dim:
+        return f"{env_id}: actions of shape {tuple(action_space.shape)}, but the run's model has u_dim {u_dim}"
+    return None
 
-    def _step_dmm(self, state, u):
-        m = self.model
-        loc, scale = m.transition(state["z"], u)
-        z = dist.Normal(loc, scale).sample()
-        return {"z": z}, observation_dist(m.emitter(z), m.config.likelihood)
 
-    def _init_vrnn(self, batch):
-        m = self.model
-        z_path = m.guide(batch)  # (N, C, z_dim)
-        h_state = m.recurrence.initial(batch.batch_size)
-        C = batch.num_steps
-        for t in range(C - 1):
-            h_state = m._step(batch.x[:, t], z_path[:, t], m._u(batch, t), h_state)
-        return {"h": h_state, "x": batch.x[:, C - 1], "z": z_path[:, C - 1]}
-
-    def _step_vrnn(self, state, u):
-        m = self.model
-        h_state = m._step(state["x"], state["z"], u, state["h"])
-        h = Recurrence.output(h_state)
-        loc, scale = m.prior(h)
-        z = dist.Normal(loc, scale).sample()
-        x_dist = observation_dist(m.emitter(torch.cat([m.phi_z(z), h], -1)), m.config.likelihood)
-        return {"h": h_state, "x": None, "z": z}, x_dist
-
-    def _init_vrae(self, batch):
-        m = self.model
-        z = m.guide(batch)  # (N, z_dim)
-        s_0 = torch.tanh(m.z_to_state(z))[None]  # (1, N, rnn_dim)
-        hidden = (s_0, torch.zeros_like(s_0)) if isinstance(m.decoder, nn.LSTM) else s_0
-        _, hidden = m.decoder(m._shifted_controls(batch), hidden)
-        return {"s": hidden}
-
-    def _step_vrae(self, state, u):
-        m = self.model
-        u_in = u if u is not None else torch.zeros(Recurrence.output(state["s"]).shape[1], 1, device=self.device)
-        out, hidden = m.decoder(u_in[:, None], state["s"])
-        return {"s": hidden}, observation_dist(m.emitter(out[:, 0]), m.config.likelihood)
-
-    def _init_lgssm(self, batch):
-        loc, cov = self.model.smooth(batch)
-        loc, cov = self._last(loc, batch), self._last(cov, batch)
-        return {"z": dist.MultivariateNormal(loc, 0.5 * (cov + cov.transpose(-1, -2))).sample()}
-
-    def _step_lgssm(self, state, u):
-        A, Bm, C, Q, R, _, _ = self.model.params()
-        z = state["z"] @ A.T + (u @ Bm.T if u is not None else 0.0)
-        z = z + dist.MultivariateNormal(torch.zeros_like(z), Q).sample()
-        return {"z": z}, dist.MultivariateNormal(z @ C.T, R)
-
-    def _init_vae(self, batch):
-        return {"n": batch.batch_size}  # frame-wise: nothing carries over from the history
-
-    def _step_vae(self, state, u):
-        m = self.model
-        z = torch.randn(state["n"], m.config.z_dim, device=self.device)  # (N, z_dim) ~ N(0, I)
-        return state, observation_dist(m.emitter(z), m.config.likelihood)
+def encode_actions(action_space, actions, n: int) -> np.ndarray:
+    """Actions of ``n`` rollouts as the model reads them, (n, u_dim) float32: Discrete actions (n,)
+    integers one-hot; Box actions (n,) + shape, clipped to the space's bounds (as the real env's
+    dynamics clip them). ValueError for None, NaN, non-numbers, values outside a Discrete space or a
+    shape other than (n,) + the space's shape (nothing is reshaped)."""
+    if actions is None:
+        raise ValueError("an action is required (got None)")
+    a = np.asarray(actions)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise ValueError(f"actions must be real numbers, got dtype {a.dtype}")
+    if type(action_space).__name__ == "Discrete":
+        if a.shape != (n,):
+            raise ValueError(f"expected {n} discrete action(s) of shape ({n},), got shape {a.shape}")
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ValueError(f"discrete actions must be integers, got {a.tolist()}")
+        k, start = int(action_space.n), int(getattr(action_space, "start", 0))
+        idx = a.astype(np.int64) - start
+        if np.any((idx < 0) | (idx >= k)):
+            raise ValueError(f"discrete actions must lie in {start}..{start + k - 1}, got {a.tolist()}")
+        return np.eye(k, dtype=np.float32)[idx]  # (n, k)
+    shape = (n,) + tuple(action_space.shape)
+    if a.shape != shape:
+        raise ValueError(f"expected actions of shape {shape}, got {a.shape}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"actions must be finite, got {a.tolist()}")
+    return np.clip(a, action_space.low, action_space.high).reshape(n, -1)  # (n, u_dim)

@@ -10,14 +10,17 @@ Importing ``envs`` registers with Gymnasium (string entry points, TimeLimit 200)
   (``gym.make("dvae/WorldModel-v0", run_dir=...)``; ``gym.make_vec`` gives the batched
   :class:`~envs.world_model_env.WorldModelVectorEnv`).
 
-Only the world-model env imports ``dvae``, and only its public ``dvae.run`` and ``dvae.world_model``
-(and ``envs.collect.save_npz`` the project's one file writer, ``dvae.files``, when it is called).
+The built-in data sources (``pendulum``) are in :mod:`envs.sources`, which ``import envs`` does not
+import. Only the world-model env and the sources import ``dvae``, and only its public ``dvae.run``,
+``dvae.world_model`` and ``dvae.data``; the linear-Gaussian env's ``log_likelihood``, when called,
+imports the exact oracle ``dvae.eval.exact``.
+(``envs.collect.save_npz`` writes through the project's one file writer, ``dvae.files``.)
 """
 
 import gymnasium as gym
 
 from envs.collect import OUPolicy, RandomPolicy, collect, save_npz
-from envs.linear_gaussian import LinearGaussianEnv, LinearGaussianParams, kalman_log_likelihood
+from envs.linear_gaussian import LinearGaussianEnv, LinearGaussianParams
 from envs.pixel_pendulum import PixelPendulumEnv, PixelPendulumParams
 
 ENV_IDS = {
@@ -33,5 +36,5 @@ if "dvae/WorldModel-v0" not in gym.registry:
                  vector_entry_point="envs.world_model_env:WorldModelVectorEnv", max_episode_steps=200)
 
 __all__ = ["collect", "save_npz", "OUPolicy", "RandomPolicy", "ENV_IDS",
-           "LinearGaussianEnv", "LinearGaussianParams", "kalman_log_likelihood",
+           "LinearGaussianEnv", "LinearGaussianParams",
            "PixelPendulumEnv", "PixelPendulumParams"]

@@ -7,7 +7,8 @@
 The pure, batched dynamics (:func:`initial_state`, :func:`transition`, :func:`observation`,
 :func:`reward`) work on numpy arrays with any leading batch shape, in the style of
 ``gymnasium/envs/phys2d``; :class:`LinearGaussianEnv` steps one system with them, and
-:func:`kalman_log_likelihood` gives the exact log-density of an observed sequence.
+:func:`log_likelihood` gives the exact log-density of an observed sequence (by the project's one
+Kalman filter, :func:`dvae.eval.exact.kalman_log_likelihood`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def _tuple2(a) -> tuple[tuple[float, ...], ...]:
 
 
 class LinearGaussianMatrices(NamedTuple):
-    """The parameters as float64 arrays: A (z, z), B (z, u), C (x, z), Q (z, z), R (x, x), m0 (z,), P0 (z, z)."""
+    """The parameters as float64 arrays: A (z, z), B (z, u), C (x, z), Q (z, z), R (x, x), m0 (z,), P0 (z, z):
+    the fields, in the order, of ``dvae.eval.exact.LGSSMParams``, the parameter type of the Kalman
+    filter (kept apart so that importing ``envs`` does not import ``dvae``)."""
 
     A: np.ndarray
     B: np.ndarray
@@ -154,52 +157,30 @@ def reward(state: np.ndarray, action: np.ndarray, next_state: np.ndarray,
     return -np.sum(z * z, axis=-1)
 
 
-def kalman_log_likelihood(obs: np.ndarray, actions: np.ndarray | None,
-                          params: LinearGaussianParams = LinearGaussianParams()) -> float:
-    """Exact log p(x_0 .. x_{L-1} | u_0 .. u_{L-2}) in nats, by the Kalman filter (float64).
+def log_likelihood(obs: np.ndarray, actions: np.ndarray | None,
+                   params: LinearGaussianParams = LinearGaussianParams()) -> float:
+    """Exact log p(x_0 .. x_{L-1} | u_0 .. u_{L-2}) in nats of an episode of this env (float64).
 
     ``obs`` (L, x_dim); ``actions`` (L-1, u_dim), u_t taken after x_t (so it moves z_t to
     z_{t+1}), clipped to [-max_action, max_action] as in :func:`transition`; ``None`` means
-    zero controls. The prediction-error decomposition
-    sum_t log N(x_t; C m_t, C P_t C^T + R) with the filter's predicted moments (m_t, P_t),
-    covariance updates in Joseph form.
+    zero controls. The Kalman filter is the project's one oracle,
+    :func:`dvae.eval.exact.kalman_log_likelihood` (imported on the first call, so that importing
+    ``envs`` does not import torch).
     """
-    A, B, C, Q, R, m0, P0 = params.matrices()
+    from dvae.eval.exact import kalman_log_likelihood
+
     x = np.asarray(obs, np.float64)
     if x.ndim != 2 or x.shape[1] != params.x_dim or x.shape[0] < 1:
         raise ValueError(f"obs must have shape (L >= 1, {params.x_dim}), got {x.shape}")
     L = x.shape[0]
-    if actions is None:
-        u = np.zeros((L - 1, params.u_dim))
-    else:
+    u = None
+    if actions is not None:
         u = np.asarray(actions, np.float64)
         if u.shape != (L - 1, params.u_dim):
             raise ValueError(f"actions must have shape ({L - 1}, {params.u_dim}) for {L} observations, "
                              f"got {u.shape}")
         u = np.clip(u, -params.max_action, params.max_action)
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(u))):
-        raise ValueError("obs and actions must be finite")
-    m, P = m0, P0
-    eye = np.eye(params.z_dim)
-    total = 0.0
-    for t in range(L):
-        S = C @ P @ C.T + R  # (x, x) innovation covariance
-        S = (S + S.T) / 2
-        cs = np.linalg.cholesky(S)
-        e = x[t] - C @ m  # (x,) innovation
-        alpha = np.linalg.solve(cs, e)
-        total += (-0.5 * (alpha @ alpha) - np.sum(np.log(np.diag(cs)))
-                  - 0.5 * params.x_dim * math.log(2 * math.pi))
-        if t == L - 1:
-            break
-        K = np.linalg.solve(cs.T, np.linalg.solve(cs, C @ P)).T  # (z, x) = P C^T S^-1
-        m = m + K @ e
-        IKC = eye - K @ C
-        P = IKC @ P @ IKC.T + K @ R @ K.T
-        m = A @ m + B @ u[t]
-        P = A @ P @ A.T + Q
-        P = (P + P.T) / 2
-    return float(total)
+    return kalman_log_likelihood(params.matrices(), x, u)
 
 
 class LinearGaussianEnv(gym.Env):
@@ -266,9 +247,9 @@ class LinearGaussianEnv(gym.Env):
     def log_likelihood(self, obs: np.ndarray, actions: np.ndarray | None) -> float:
         """Exact log p(obs | actions) in nats; obs (L, x_dim), actions (L-1, u_dim) or None.
 
-        See :func:`kalman_log_likelihood`.
+        See :func:`log_likelihood`.
         """
-        return kalman_log_likelihood(obs, actions, self.params)
+        return log_likelihood(obs, actions, self.params)
 
     def _obs(self) -> np.ndarray:
         return observation(self.state, self.np_random, self.params).astype(np.float32)

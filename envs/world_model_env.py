@@ -3,11 +3,16 @@
 Description:
     Imagined dynamics: observations come from a trained model's predictive distribution under the
     actions taken. Built from a run directory (``run_dir``) written by ``dvae train``, through the
-    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``.
+    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``, or from an in-memory
+    ``dvae.Run`` (``run``) or model (``model``, ``normalizer``).
 
 Action Space:
     The real env's action space when ``env_id`` is given (e.g. Pendulum-v1's Box(-2, 2, (1,))),
-    else an unbounded Box of the model's control dimension.
+    else an unbounded Box of the model's control dimension. An ``env_id`` whose spaces the run's model
+    cannot stand in for (observation size, number of controls, discrete or continuous) is refused
+    (``dvae.world_model.spaces_problem``). Actions outside a Box are clipped to it, as the real
+    dynamics clip them; a Discrete action reaches the model one-hot, as it was trained; None, NaN,
+    non-numbers and wrong shapes are refused with a ValueError (nothing is reshaped).
 
 Observation Space:
     Box(-inf, inf, (x_dim,), float32), in the data's units.
@@ -24,8 +29,10 @@ Episode End:
     ``termination_fn(obs) -> bool`` if given; truncation by the TimeLimit of the registration (200).
 
 Arguments:
-    run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled observations;
-    False: the emitter means), device="cpu".
+    run_dir, or ``run=`` a ``dvae.Run`` in memory (``run.env(env_id)`` makes one), or ``model=`` a model in
+    memory (any family that states the state-space contract) with ``normalizer=`` its data's
+    :class:`dvae.data.Normalizer`; env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled
+    observations; False: the emitter means), device="cpu".
 
 Randomness comes only from ``reset(seed=...)``: each sampling step runs under a torch seed drawn
 from ``self.np_random``. ``WorldModelVectorEnv`` runs ``num_envs`` imagined rollouts in one batch on
@@ -50,9 +57,18 @@ def _load(run_dir, device):
 
 
 def _spaces(model, env_id):
+    """The imagined env's spaces: the real env's action space when ``env_id`` is given (after checking
+    that the model can stand in for that env), else an unbounded Box of the model's controls."""
     obs_space = spaces.Box(-np.inf, np.inf, (model.config.x_dim,), np.float32)
     if env_id is not None:
-        act_space = gym.make(env_id).action_space
+        from dvae.world_model import spaces_problem
+
+        real = gym.make(env_id)
+        problem = spaces_problem(model, real.observation_space, real.action_space, env_id)
+        real.close()
+        if problem:
+            raise ValueError(problem)
+        act_space = real.action_space
     else:
         act_space = spaces.Box(-np.inf, np.inf, (max(model.config.u_dim, 1),), np.float32)
     return obs_space, act_space
@@ -69,16 +85,42 @@ def _reward(env_id, reward_fn):
 class _Imagined:
     """What the single and the vector env share: the world model and seeded sampling."""
 
-    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device):
-        model, norm, world_cls = _load(run_dir, device)
+    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device, model=None, normalizer=None,
+               run=None):
+        if run is not None:  # a dvae.Run in memory: its model and normaliser
+            if run_dir is not None or model is not None or normalizer is not None:
+                raise ValueError("give one of run_dir, run= (a dvae.Run), or model= with normalizer=")
+            if not (hasattr(run, "model") and hasattr(run, "normalizer")):
+                raise ValueError(f"run must be a dvae.Run (with model and normalizer), got {type(run).__name__}")
+            model, normalizer = run.model, run.normalizer
+        if model is not None:  # a model in memory (any family that states the contract) and its normaliser
+            if run_dir is not None or normalizer is None:
+                raise ValueError("give either run_dir, or model= with normalizer= (the data's units)")
+            from dvae.world_model import WorldModel
+
+            model, norm, world_cls = model.to(device), normalizer, WorldModel
+        elif run_dir is None:
+            raise ValueError("dvae/WorldModel-v0 needs run_dir= (a run directory) or model= and normalizer=")
+        else:
+            model, norm, world_cls = _load(run_dir, device)
         self.world = world_cls(model, norm, sample=sample)
         self.model = model
         self.reward_fn, self.termination_fn = _reward(env_id, reward_fn), termination_fn
-        return _spaces(model, env_id)
+        obs_space, self._action_space_1 = _spaces(model, env_id)
+        return obs_space, self._action_space_1
 
     def _seeded(self, fn, *args):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.np_random.integers(2 ** 62)))
+        """``fn(*args)`` under a torch seed drawn from ``self.np_random``; every random stream the seed
+        touches is put back afterwards (the CPU's and, where CUDA is in use, each CUDA device's), so
+        the caller's own draws go on as if the env had drawn nothing. Without CUDA in use only the CPU
+        generator is seeded (``torch.manual_seed`` would queue a seed for CUDA's later start)."""
+        seed = int(self.np_random.integers(2 ** 62))
+        cuda = torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            if cuda:
+                torch.manual_seed(seed)  # the CPU and every CUDA device, all forked above
+            else:
+                torch.default_generator.manual_seed(seed)
             return fn(*args)
 
     def _start(self, n, options):
@@ -90,12 +132,17 @@ class _Imagined:
                                                      None if u is None else np.asarray(u, np.float32), n))
 
     def _advance(self, actions):
-        """actions (N, u_dim) -> obs (N, x_dim), rewards (N,), terminated (N,)."""
+        """actions (N,) + the action space's shape -> obs (N, x_dim), rewards (N,), terminated (N,)."""
+        from dvae.world_model import encode_actions
+
+        if self.world.x is None:
+            raise RuntimeError("call reset() before step()")
         prev = self.world.x.cpu().numpy()
-        a = np.asarray(actions, np.float32).reshape(len(prev), -1)
+        a = encode_actions(self._action_space_1, actions, len(prev))  # (N, u_dim): one-hot or clipped
         u = a if self.model.config.u_dim else None
         obs = self._seeded(self.world.step, None if u is None else torch.from_numpy(u)).cpu().numpy()
-        rewards = np.zeros(len(prev)) if self.reward_fn is None else np.asarray(self.reward_fn(prev, a), np.float64)
+        taken = np.asarray(actions) if type(self._action_space_1).__name__ == "Discrete" else a
+        rewards = np.zeros(len(prev)) if self.reward_fn is None else np.asarray(self.reward_fn(prev, taken), np.float64)
         term = np.zeros(len(prev), bool) if self.termination_fn is None else \
             np.array([bool(self.termination_fn(o)) for o in obs])
         return obs.astype(np.float32), rewards, term
@@ -104,9 +151,10 @@ class _Imagined:
 class WorldModelEnv(_Imagined, gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, run_dir, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu"):
+    def __init__(self, run_dir=None, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu",
+                 model=None, normalizer=None, run=None):
         self.observation_space, self.action_space = self._setup(run_dir, env_id, reward_fn, termination_fn,
-                                                                sample, device)
+                                                                sample, device, model, normalizer, run)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -114,6 +162,8 @@ class WorldModelEnv(_Imagined, gym.Env):
         return obs, {}
 
     def step(self, action):
+        if action is None:
+            raise ValueError("an action is required (got None)")
         obs, r, term = self._advance(np.asarray(action)[None])
         return obs[0], float(r[0]), bool(term[0]), False, {}
 
@@ -121,11 +171,13 @@ class WorldModelEnv(_Imagined, gym.Env):
 class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
-    def __init__(self, run_dir, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
-                 device="cpu", max_episode_steps: int = 200):
-        self.num_envs = num_envs
+    def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
+                 device="cpu", max_episode_steps: int = 200, model=None, normalizer=None, run=None):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        self.num_envs = int(num_envs)
         self.single_observation_space, self.single_action_space = self._setup(
-            run_dir, env_id, reward_fn, termination_fn, sample, device)
+            run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer, run)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.max_episode_steps = max_episode_steps

@@ -21,7 +21,8 @@ import pyro
 import torch
 
 from dvae.infer import PosteriorCollapseWarning
-from dvae.infer.trainer import TrainConfig, Trainer, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 

@@ -14,7 +14,7 @@ from dvae.models import ModelConfig, build_model
 from dvae.world_model import WorldModel
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm"])
 def test_world_model_rollouts_match_predict_in_distribution(family):
     torch.manual_seed(0)
     m = build_model(ModelConfig(family, x_dim=2, u_dim=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
@@ -33,6 +33,67 @@ def test_world_model_rollouts_match_predict_in_distribution(family):
     se = (imagined.std(0) ** 2 / S + pred_x.std(0) ** 2 / S).sqrt()
     assert ((imagined.mean(0) - pred_x.mean(0)).abs() < 5 * se + 1e-3).all()
     assert ((imagined.std(0) - pred_x.std(0)).abs() < 0.1 * pred_x.std(0) + 1e-3).all()
+
+
+class HostReads:
+    """Counts, while active, the reads of tensor values back to the host (``aten._local_scalar_dense``:
+    every .item(), float(), bool() of a tensor; a device synchronisation on a GPU) and the tensors built
+    from host data (``aten.lift_fresh``)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func)
+                counts.reads += "_local_scalar_dense" in name
+                counts.lifts += "lift_fresh" in name
+                return func(*args, **(kwargs or {}))
+
+        self.reads = self.lifts = 0
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae"])
+def test_an_imagined_step_reads_nothing_back_and_builds_one_tensor_the_action(family):
+    from dvae.infer.smc import model_particle_filter
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(family, x_dim=3, u_dim=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    world = WorldModel(m, Normalizer([0.0] * 3, [2.0] * 3, [0.0], [1.0]))
+    world.reset(np.zeros((4, 3), np.float32), np.zeros((3, 1), np.float32), num_samples=5)
+    u = np.zeros((5, 1), np.float32)
+    with HostReads() as c:
+        world.step(u)
+    assert (c.reads, c.lifts) == (0, 1)
+    batch = collate([torch.randn(6, 3)], [torch.randn(6, 1)])
+    with HostReads() as c:
+        model_particle_filter(m, batch, 10)
+    assert c.reads <= 6  # the resampling decision: at most one read per time step
+
+
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "lgssm"])
+def test_a_world_model_without_sampling_is_deterministic(family):
+    """sample=False takes the mean of the latent's and of the observation's distribution at each step:
+    two rollouts from one state agree whatever the random stream."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(family, x_dim=3, u_dim=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    world = WorldModel(m, Normalizer([0.0] * 3, [1.0] * 3, [0.0], [1.0]), sample=False)
+    world.reset(np.zeros((4, 3), np.float32), np.zeros((3, 1), np.float32), num_samples=3)
+    start = world.save()
+    actions = torch.randn(3, 4, 1)
+    torch.manual_seed(1)
+    a = world.imagine(actions)
+    world.restore(start)
+    torch.manual_seed(2)
+    torch.testing.assert_close(world.imagine(actions), a, rtol=0, atol=0)
 
 
 def test_plan_runs_the_model_and_both_baselines(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""Inference: the dynamical ELBO, annealing and free bits, importance-weighted bounds, the trainer.
+"""Inference: the dynamical ELBO, annealing and free bits, importance-weighted bounds, evaluation, the trainer.
 
 ``DynamicalELBO`` scores both forms of every model's program (``model``/``guide`` with a site per
 step, ``model_vectorized``/``guide_vectorized`` with the path as one site); ``direct_loss`` is the same

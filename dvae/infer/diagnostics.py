@@ -2,7 +2,7 @@
 
 - KL per dimension: the closed-form KL(q || p) of each latent site split by latent dimension, summed
   over sequences and steps and divided by the number of observed steps (so that the entries sum to
-  the ``kl_per_step`` of :func:`dvae.infer.trainer.evaluate`). A dimension with a KL near zero carries
+  the ``kl_per_step`` of :func:`dvae.infer.evaluation.evaluate`). A dimension with a KL near zero carries
   no information about the data.
 - Active units (Burda et al. 2016, "Importance weighted autoencoders", section 5.2): dimension d is
   active when its posterior mean varies across the data, Var_x(E_q[z_d | x]) > 0.01. For the VRAE the
@@ -32,7 +32,8 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Normal
 from torch.distributions.kl import _kl_normal_normal
 
-from dvae.infer.elbo import _site_mask, _with_batch_mask
+from dvae.data.batching import batches
+from dvae.infer.elbo import site_mask, with_batch_mask
 from dvae.models.paths import FlowPath, FlowStep, as_path, steps_kl
 
 ACTIVE_THRESHOLD = 0.01
@@ -68,7 +69,7 @@ def site_columns(guide_site, model_site) -> LatentColumns:
     if q is not None and p is not None:
         extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,)
         for m in (q_mask, p_mask, guide_site["mask"]):
-            extra = _with_batch_mask(extra, m)
+            extra = with_batch_mask(extra, m)
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]  # (B, T)
         if isinstance(q, FlowPath):  # no KL per dimension; the flow's image of the base mean as the centre
             kl = torch.full_like(q.loc, float("nan"))
@@ -81,7 +82,7 @@ def site_columns(guide_site, model_site) -> LatentColumns:
     while isinstance(q_inner, MaskedDistribution):
         q_inner = q_inner.base_dist
     if isinstance(q_inner, FlowStep):  # a flow guide's step: as for a FlowPath
-        real = _site_mask(guide_site, q_inner.log_det)  # (B,)
+        real = site_mask(guide_site, q_inner.log_det)  # (B,)
         center = FlowPath(q_inner.loc[:, None], q_inner.scale[:, None], q_inner.base[:, None], q_inner.value[:, None],
                           q_inner.log_det[:, None], None, q_inner.transforms).center()  # (B, 1, d)
         kl = torch.full_like(center, float("nan"))
@@ -91,7 +92,7 @@ def site_columns(guide_site, model_site) -> LatentColumns:
     loc_p, scale_p = torch.broadcast_tensors(pn.loc, pn.scale)
     kl = _kl_normal_normal(Normal(loc_q, scale_q, validate_args=False),
                            Normal(loc_p, scale_p, validate_args=False))  # (B, d)
-    real = _site_mask(guide_site, kl[..., 0])  # (B,)
+    real = site_mask(guide_site, kl[..., 0])  # (B,)
     if isinstance(model_site["fn"], MaskedDistribution) and torch.is_tensor(model_site["fn"]._mask):
         real = real & model_site["fn"]._mask
     kl = torch.where(real[..., None], kl, kl.new_zeros(()))
@@ -125,8 +126,6 @@ def latent_report(model, xs, us, cs=None, batch_size: int = 64, vectorized: bool
     """KL per latent dimension (nats per observed step, a list summing to the KL per step), the number
     of active units and each dimension's posterior-mean variance, over a set of sequences (data as the
     model sees it: normalised). None for a model without latent sites (the exact LGSSM)."""
-    from dvae.infer.trainer import batches
-
     was_training = model.training
     model.eval()
     program = model.programs(vectorized=vectorized)

@@ -11,61 +11,23 @@ what remains between the two is Pyro's own cost.
 from __future__ import annotations
 
 import torch
-from torch.distributions import Normal
-from torch.distributions.kl import _kl_normal_normal
+from torch.distributions import kl_divergence
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import observation_dist
-
-
-def _kl(mq, sq, mp, sp) -> torch.Tensor:
-    """KL(N(mq, sq) || N(mp, sp)) summed over the last dim."""
-    return _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False)).sum(-1)
-
-
-def _log_lik(params, likelihood: str, x: torch.Tensor, mask: torch.Tensor, obs_mask=None) -> torch.Tensor:
-    """sum over real steps of log p(x_t | .) of the observed entries: params (B, T, .), x (B, T, x_dim),
-    mask (B, T), obs_mask (B, T, x_dim) or None."""
-    lp = observation_dist(params, likelihood, obs_mask).log_prob(x)  # (B, T)
-    return torch.where(mask, lp, lp.new_zeros(())).sum()
-
-
-def _path_kl(mq, sq, mp, sp, mask) -> torch.Tensor:
-    kl = _kl(mq, sq, mp, sp)  # (B, T)
-    return torch.where(mask, kl, kl.new_zeros(())).sum()
+from dvae.models.paths import FlowPath, sampled_steps_kl
 
 
 def direct_loss(model, batch: SequenceBatch, annealing_factor: float = 1.0) -> torch.Tensor:
-    """-ELBO of the batch (a scalar tensor to backpropagate), the KL scaled by ``annealing_factor``."""
-    lik = model.config.likelihood
-    if model.name == "dmm" and len(model.iafs):  # the flow guide: the one-draw KL log q(z_t) - log p(z_t)
-        q = model.flow_path(batch)
-        z = q.path  # (B, T, z_dim)
-        prior_loc, prior_scale = model._prior_params(z, batch)
-        log_q = Normal(q.loc, q.scale).log_prob(q.base).sum(-1) - q.log_det  # (B, T)
-        log_p = Normal(prior_loc, prior_scale).log_prob(z).sum(-1)
-        kl = torch.where(batch.mask, log_q - log_p, log_q.new_zeros(())).sum()
-        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
-    elif model.name == "dmm":
-        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
-        prior_loc, prior_scale = model._prior_params(z, batch)
-        kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
-        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
-    elif model.name == "vrnn":
-        loc, scale, z, (phi_z, h_prev) = model.guide_path(batch, features=True)  # h along the drawn path
-        prior_loc, prior_scale = model.prior(h_prev)
-        kl = _path_kl(loc, scale, prior_loc, prior_scale, batch.mask)
-        log_lik = _log_lik(model.emitter(torch.cat([phi_z, h_prev], -1)), lik, batch.x, batch.mask, batch.obs_mask)
-    elif model.name == "vrae":
-        loc, scale = model.posterior_params(batch)  # (B, z_dim)
-        z = loc + torch.empty_like(loc).normal_() * scale
-        kl = _kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale)).sum()
-        s = model._decode(z, model._shifted_controls(batch), model._c(batch))  # (B, T, rnn_dim)
-        log_lik = _log_lik(model.emitter(s), lik, batch.x, batch.mask, batch.obs_mask)
-    elif model.name == "vae":
-        loc, scale, z = model.guide_path(batch)  # (B, T, z_dim) each
-        kl = _path_kl(loc, scale, torch.zeros_like(loc), torch.ones_like(scale), batch.mask)
-        log_lik = _log_lik(model.emitter(z), lik, batch.x, batch.mask, batch.obs_mask)
-    else:
-        raise ValueError(f"no direct loss for model {model.name!r}")
-    return -(log_lik - annealing_factor * kl)
+    """-ELBO of the batch (a scalar tensor to backpropagate), the KL scaled by ``annealing_factor``.
+
+    Written over the model's path densities (``posterior_path``, ``prior_path``, ``emission_path``):
+    the guide's draw, the KL of every step against the prior along it (closed form; for a flow guide
+    the one-draw log q(z_t) - log p(z_t)), and the observations' log density along it, padded steps
+    and missing entries left out."""
+    q = model.posterior_path(batch)  # the guide's draw: a path distribution, or one code per sequence
+    z = q.rsample()  # (B, T, z_dim), or (B, z_dim)
+    prior = model.prior_path(batch)
+    kl = sampled_steps_kl(q, prior).sum(-1) if isinstance(q, FlowPath) else kl_divergence(q, prior)  # (B,)
+    lp = model.emission_path(batch, z).log_prob(batch.x)  # (B, T)
+    log_lik = torch.where(batch.mask, lp, lp.new_zeros(())).sum()
+    return -(log_lik - annealing_factor * kl.sum())

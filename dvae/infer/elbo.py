@@ -76,7 +76,7 @@ class SiteKL(NamedTuple):
     analytic: bool
 
 
-def _site_mask(site, like: torch.Tensor) -> torch.Tensor:
+def site_mask(site, like: torch.Tensor) -> torch.Tensor:
     """The batch mask of a per-step site (B,): ``.mask(...)`` wrappers and poutine.mask."""
     mask = torch.ones_like(like, dtype=torch.bool)
     fn = site["fn"]
@@ -89,7 +89,9 @@ def _site_mask(site, like: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _with_batch_mask(mask, extra):
+def with_batch_mask(mask, extra):
+    """``mask`` (a bool tensor) and ``extra``, a site's mask as Pyro holds it (None or True: no mask;
+    a bool tensor; a Python bool)."""
     if extra is None or extra is True:
         return mask
     return mask & (extra if torch.is_tensor(extra) else torch.tensor(bool(extra)))
@@ -107,7 +109,7 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
     if q is not None and p is not None:
         extra = torch.ones(q.batch_shape, dtype=torch.bool, device=q.loc.device)  # (B,): .mask(...) and poutine.mask
         for m in (q_mask, p_mask, guide_site["mask"]):
-            extra = _with_batch_mask(extra, m)
+            extra = with_batch_mask(extra, m)
         analytic = isinstance(q, GuidePath)  # a flow path (FlowPath): no closed form, the one-draw estimate
         kl = steps_kl(q, p) if analytic else sampled_steps_kl(q, p)  # (B, T), zero on padded steps
         real = extra[..., None] if q.mask is None else q.mask & extra[..., None]
@@ -123,7 +125,7 @@ def site_kl_steps(guide_site, model_site) -> SiteKL:
     if not torch.is_tensor(kl):  # a KL masked out entirely comes back as the number 0
         kl = torch.zeros(q_fn.batch_shape, device=guide_site["value"].device)
     kl = scale_and_mask(kl, mask=guide_site["mask"])
-    real = _site_mask(guide_site, kl)
+    real = site_mask(guide_site, kl)
     return SiteKL(kl[..., None], real[..., None], q_fn.event_shape.numel(), False, analytic)
 
 
@@ -146,7 +148,7 @@ class DynamicalELBO(TraceMeanField_ELBO):
 
     :meth:`loss_and_grads` returns the loss as a detached 0-dim tensor (no host-device
     synchronisation; ``float()`` it to read it) and, unlike Pyro's, does not check it for NaN (the
-    trainer's :class:`~dvae.infer.trainer.ClippedSVI` skips non-finite updates).
+    trainer's :class:`~dvae.infer.svi.ClippedSVI` skips non-finite updates).
 
     It computes only what the estimator uses: log densities of the observed sites, and the KL columns
     of the latent ones (no log densities of latent sites unless a KL has no closed form).
@@ -215,6 +217,15 @@ class DynamicalELBO(TraceMeanField_ELBO):
                 kl = torch.maximum(kl, self.free_bits * site.dims * n_real)
             out[name] = kl
         return out
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The -ELBO estimate to differentiate, a 0-dim tensor on the device, read nowhere here (Pyro's
+        reads it twice, and checks it for NaN: host-device synchronisations). Every latent site is
+        reparameterized, so the estimate is its own surrogate: the same value and gradient as Pyro's."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._particle_loss(model_trace, guide_trace) / self.num_particles
+        return torch.as_tensor(loss)
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         loss = self._particle_loss(model_trace, guide_trace)
@@ -305,25 +316,43 @@ def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) 
     return {"log_lik": log_lik, "kl": kl, "elbo": log_lik.sum(1) - kl.sum(1)}
 
 
+def importance_terms(model: Callable, guide: Callable, batch, num_samples: int, *args) -> Dict[str, torch.Tensor]:
+    """The terms of the importance weights of ``num_samples`` draws z_k ~ q(z | x) per sequence, each
+    (K, B), differentiable (reparameterized draws): ``log_lik`` sum_t log p(x_t | z_k), ``log_prior``
+    log p(z_k), ``log_q`` log q(z_k | x) (auxiliary guide sites included); the log weight is
+    log_lik + log_prior - log_q. The K draws run as one batch (the batch repeated K times, copy-major);
+    the programs are called as ``program(repeated_batch, *args)``, and their log densities taken as they
+    come (any ``poutine.scale`` inside them applies: pass unscaled programs for a bound)."""
+    B, K = batch.batch_size, num_samples
+    repeated = repeat_batch(batch, K)
+    guide_trace = poutine.trace(guide).get_trace(repeated, *args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(repeated, *args)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_lik, log_prior, log_q = (batch.x.new_zeros(K * B) for _ in range(3))  # (K*B,) each
+    for _, site in _sample_sites(model_trace):
+        if site["is_observed"]:
+            log_lik = log_lik + site["log_prob"]
+        else:
+            log_prior = log_prior + site["log_prob"]
+    for _, site in _sample_sites(guide_trace):
+        log_q = log_q + site["log_prob"]
+    return {"log_lik": log_lik.reshape(K, B), "log_prior": log_prior.reshape(K, B), "log_q": log_q.reshape(K, B)}
+
+
 @torch.no_grad()
 def iw_bound(model: Callable, guide: Callable, batch, num_samples: int, chunk: int = 64) -> torch.Tensor:
     """The K-sample importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k | x), per sequence (B,),
     for either form of a program.
 
-    Draws are vectorised ``chunk`` at a time by repeating the batch.
+    Draws are vectorised ``chunk`` at a time by repeating the batch (:func:`importance_terms`).
     """
-    B = batch.batch_size
     log_ws = []
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        model_trace, guide_trace = _traces(model, guide, repeat_batch(batch, k))
-        log_w = batch.x.new_zeros(k * B)  # (k*B,)
-        for _, site in _sample_sites(model_trace):
-            log_w += site["log_prob"]
-        for _, site in _sample_sites(guide_trace):
-            log_w -= site["log_prob"]
-        log_ws.append(log_w.reshape(k, B))
+        terms = importance_terms(model, guide, batch, k)
+        log_ws.append(terms["log_lik"] + terms["log_prior"] - terms["log_q"])  # (k, B)
         done += k
     log_w = torch.cat(log_ws, 0)  # (K, B)
     return torch.logsumexp(log_w, 0) - math.log(num_samples)

@@ -9,7 +9,7 @@ import torch
 
 from dvae.data.batch import collate
 from dvae.infer.elbo import elbo_terms, iw_bound
-from dvae.infer.trainer import missing_log_det
+from dvae.infer.evaluation import missing_log_det
 
 
 @torch.no_grad()

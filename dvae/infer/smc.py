@@ -29,11 +29,13 @@ Padded steps (``mask`` false; sequences padded at the end) contribute nothing: t
 increment is 0 and nothing is resampled there. Ragged batches thus give each sequence the estimate
 of its own length. The estimate is in the units of the data the callables score; a model trained
 on standardised data reports it in data units after the caller subtracts the standardisation's
-log-Jacobian per observed step, as ``dvae.infer.trainer.evaluate`` does for the bounds.
+log-Jacobian per observed step, as ``dvae.infer.evaluation.evaluate`` does for the bounds.
 
-The generic core is :func:`particle_filter` (three callables); :func:`dmm_particle_filter`,
-:func:`vrnn_particle_filter` and :func:`lgssm_particle_filter` adapt it to a DMM's learned networks,
-a VRNN's, and known linear-Gaussian parameters (A, B, C, Q, R, m0, P0).
+The generic core is :func:`particle_filter` (three callables). :func:`model_particle_filter` runs it
+on any model through the state-space contract of ``dvae.models.base.DynamicalVAE`` (a particle is a
+model state: the DMM's z_t, the VRNN's (z_t, h_{t-1}), the VRAE's code and decoder state, the
+LGSSM's z_t, a user's own family's); :func:`lgssm_particle_filter` adapts it to known linear-Gaussian
+parameters (A, B, C, Q, R, m0, P0).
 """
 
 from __future__ import annotations
@@ -41,23 +43,29 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Union
 
+import pyro
 import pyro.distributions as dist
 import torch
 
 from dvae.data.batch import SequenceBatch
-from dvae.models.base import observation_dist
-from dvae.nn import Recurrence
+from dvae.models.state import map_state, map_values
 
-State = Union[torch.Tensor, tuple]
-"""A particle state: a tensor (B, P, ...) or a tuple of them."""
+State = Union[torch.Tensor, tuple, dict]
+"""A particle state: a tensor (B, P, ...), a tuple of them, or a model's state (a dict of them)."""
 
 
 def _map(fn, state):
-    return tuple(_map(fn, s) for s in state) if isinstance(state, tuple) else fn(state)
+    return map_state(fn, state) if isinstance(state, dict) else map_values(fn, state)
 
 
 def _first(state) -> torch.Tensor:
-    return _first(state[0]) if isinstance(state, tuple) else state
+    """The first tensor of a state (its leading dims are (B, P))."""
+    values = state.values() if isinstance(state, dict) else (state if isinstance(state, tuple) else (state,))
+    for v in values:
+        found = v if torch.is_tensor(v) else (_first(v) if isinstance(v, (tuple, dict)) else None)
+        if found is not None:
+            return found
+    return None
 
 
 def _gather(state, idx: torch.Tensor):
@@ -100,7 +108,9 @@ def particle_filter(initial: Callable[[int], State], transition: Callable[[int, 
     P = num_particles
     state = initial(P)
     ref = _first(state)
-    assert ref.shape[:2] == (B, P), (ref.shape, B, P)
+    if ref is None or ref.shape[:2] != (B, P):
+        raise ValueError(f"initial({P}) must give a state of shape (B, P, ...) = ({B}, {P}, ...), "
+                         f"got {None if ref is None else tuple(ref.shape)}")
     mask = mask.to(ref.device)
     log_w = ref.new_full((B, P), -math.log(P))  # normalised log-weights
     log_z = ref.new_zeros(B)  # (B,)
@@ -131,88 +141,48 @@ def particle_filter(initial: Callable[[int], State], transition: Callable[[int, 
 
 
 # --- adapters ----------------------------------------------------------------------------------------
-def _flat(s: torch.Tensor) -> torch.Tensor:
-    return s.reshape((-1,) + s.shape[2:])  # (B, P, ...) -> (B * P, ...)
-
-
 def _per_particle(v: Optional[torch.Tensor], P: int) -> Optional[torch.Tensor]:
-    """A per-sequence tensor (B, d) repeated for each particle: (B * P, d)."""
-    return None if v is None else v[:, None].expand((v.shape[0], P) + v.shape[1:]).reshape((-1,) + v.shape[1:])
+    """A per-sequence tensor (B, ...) repeated for each particle: (B * P, ...), particles of a sequence adjacent."""
+    return None if v is None else v.repeat_interleave(P, 0)
 
 
-def dmm_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_threshold: float = 0.5,
-                        return_ess: bool = False):
-    """The bootstrap filter with a DMM's learned initial state, transition and emitter (its guide is
-    not used): log p(x | u) per sequence (B,) in the units of ``batch`` (standardised data: subtract
-    ``Normalizer.log_det_per_step`` per observed step for data units). Conditional DMMs (batch.c) and
-    missing entries (batch.obs_mask) are scored as the model scores them."""
-    batch = model._check(batch.to(model.device))
-    B, P, z_dim = batch.batch_size, num_particles, model.config.z_dim
-    c = _per_particle(model._c(batch), P)  # (B * P, c_dim) or None
+def model_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_threshold: float = 0.5,
+                          return_ess: bool = False):
+    """The bootstrap filter with a model's own dynamics (its guide is not used), through the contract:
+    s_0 from ``initial_state`` and p(z_0), s_t from ``transition_step`` with the observed x_{t-1} and
+    u_{t-1}, x_t scored by ``emission``. log p(x | u) per sequence (B,) in the units of ``batch``
+    (standardised data: subtract ``Normalizer.log_det_per_step`` per observed step for data units).
+    Conditions (batch.c) and missing entries (batch.obs_mask) are scored as the model scores them."""
+    batch = model.check_batch(batch.to(model.device))
+    B, P = batch.batch_size, num_particles
 
-    def initial(P_):
-        loc, scale = model.initial(B * P, c)  # (B * P, z_dim)
-        return dist.Normal(loc, scale).sample().reshape(B, P, z_dim)
+    def unflat(state):
+        return map_state(lambda v: v.reshape((B, P) + v.shape[1:]), state)
 
-    def transition(t, z):
-        u = _per_particle(model._u(batch, t - 1), P)  # (B * P, u_dim) or None
-        loc, scale = model.transition(_flat(z), model._drive(u, c))
-        return dist.Normal(loc, scale).sample().reshape(B, P, z_dim)
+    def flat(state):
+        return map_state(lambda v: v.reshape((B * P,) + v.shape[2:]), state)
 
-    def log_emission(t, z):
-        x = _per_particle(batch.x[:, t], P)  # (B * P, x_dim)
-        om = _per_particle(model._obs_mask(batch, t), P)
-        d = observation_dist(model.emitter(_flat(z)), model.config.likelihood, om)
-        return d.log_prob(x).reshape(B, P)
-
-    return _filter_in_eval_mode(model, initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
-
-
-def _filter_in_eval_mode(model, *args):
-    """:func:`particle_filter` with ``model`` in eval mode (no dropout), its mode restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        return particle_filter(*args)
-    finally:
-        model.train(was_training)
-
-
-def vrnn_particle_filter(model, batch: SequenceBatch, num_particles: int, ess_threshold: float = 0.5,
-                         return_ess: bool = False):
-    """The bootstrap filter with a VRNN's prior, emitter and recurrence: each particle carries
-    (z_t, the recurrence's state h_{t-1}); z_t ~ p(z_t | h_{t-1}), x_t scored by p(x_t | z_t, h_{t-1}),
-    then h_t = f(x_t, z_t, u_t, h_{t-1}) with the observed x_t. log p(x | u) per sequence (B,), in the
-    units of ``batch`` (see :func:`dmm_particle_filter`)."""
-    batch = model._check(batch.to(model.device))
-    B, P, z_dim = batch.batch_size, num_particles, model.config.z_dim
-
-    def unflat(s):
-        return _map(lambda v: v.reshape((B, P) + v.shape[1:]), s)
-
-    def draw_z(rec_state):  # z ~ p(z | h) for a flat recurrence state
-        loc, scale = model.prior(Recurrence.output(rec_state))
-        return dist.Normal(loc, scale).sample()  # (B * P, z_dim)
+    def draw(state, p_z):
+        return unflat(model.with_latent(state, p_z.sample()))
 
     def initial(P_):
-        rec = model.recurrence.initial(B * P)
-        return unflat((draw_z(rec), rec))
+        return draw(*model.initial_state(B * P, _per_particle(model.condition(batch), P)))
 
     def transition(t, state):
-        z, rec = _map(_flat, state)
-        x = _per_particle(batch.x[:, t - 1], P)
-        om = _per_particle(model._obs_mask(batch, t - 1), P)
-        rec = model._step(x, z, _per_particle(model._u(batch, t - 1), P), rec, om)  # h_{t-1}
-        return unflat((draw_z(rec), rec))
+        x, om = _per_particle(batch.x[:, t - 1], P), _per_particle(batch.step_obs_mask(t - 1), P)
+        return draw(*model.transition_step(flat(state), x, _per_particle(batch.step_u(t - 1), P), om))
 
     def log_emission(t, state):
-        z, rec = _map(_flat, state)
-        x = _per_particle(batch.x[:, t], P)
-        om = _per_particle(model._obs_mask(batch, t), P)
-        params = model.emitter(torch.cat([model.phi_z(z), Recurrence.output(rec)], -1))
-        return observation_dist(params, model.config.likelihood, om).log_prob(x).reshape(B, P)
+        x, om = _per_particle(batch.x[:, t], P), _per_particle(batch.step_obs_mask(t), P)
+        return model.emission(flat(state), om).log_prob(x).reshape(B, P)
 
-    return _filter_in_eval_mode(model, initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
+    was_training = model.training
+    model.eval()  # no dropout; the mode is restored afterwards
+    try:  # no argument validation: it would read every parameter back to the host at every step
+        with pyro.validation_enabled(False):
+            return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
+    finally:
+        model.train(was_training)
 
 
 def lgssm_particle_filter(params: Sequence, batch: SequenceBatch, num_particles: int, ess_threshold: float = 0.5,
@@ -249,17 +219,20 @@ def lgssm_particle_filter(params: Sequence, batch: SequenceBatch, num_particles:
     return particle_filter(initial, transition, log_emission, batch.mask, P, ess_threshold, return_ess)
 
 
-ADAPTERS = {"dmm": dmm_particle_filter, "vrnn": vrnn_particle_filter}
-"""Model families whose learned networks the filter can run (the others have no Markov state given
-the past: the VRAE's one code, the static VAE; the LGSSM is exact)."""
-
-
 def filter_for(model) -> Callable:
-    """The particle-filter adapter of a trained model's family, or a ValueError naming the families."""
-    name = getattr(model, "name", type(model).__name__)
-    if name not in ADAPTERS:
-        raise ValueError(f"the particle filter runs on the {' and '.join(ADAPTERS)} models, not {name}")
-    return ADAPTERS[name]
+    """The particle filter for ``model`` (:func:`model_particle_filter`), or a ValueError when the model
+    does not state the state-space contract (``initial_state``, ``transition_step``, ``emission``)."""
+    from dvae.models.base import DynamicalVAE
+
+    if getattr(model, "step_by_step_problem", None):
+        raise ValueError(model.step_by_step_problem)
+    cls = type(model)
+    stated = all(getattr(cls, name, None) is not getattr(DynamicalVAE, name)
+                 for name in ("initial_state", "transition_step", "emission"))
+    if not stated:
+        raise ValueError(f"the particle filter needs a model that states its dynamics (initial_state, "
+                         f"transition_step, emission): {cls.__name__} does not")
+    return model_particle_filter
 
 
 @torch.no_grad()
@@ -268,7 +241,8 @@ def evaluate_pf(model, xs, us, num_particles: int, log_det_per_step: float = 0.0
     """The particle filter's estimate over a set of sequences (standardised lists as :func:`evaluate`
     takes them), per observed step in the data's units: ``{"num_steps", "nll_pf_per_step"}``
     (-sum log Z_hat / steps + ``log_det_per_step``; the missing-entry correction as ``evaluate``)."""
-    from dvae.infer.trainer import batches, missing_log_det
+    from dvae.data.batching import batches
+    from dvae.infer.evaluation import missing_log_det
 
     run = filter_for(model)
     total, steps, extra = 0.0, 0, 0.0

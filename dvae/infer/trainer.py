@@ -1,11 +1,12 @@
-"""Training by stochastic variational inference: batching, KL annealing, validation, checkpoints.
+"""Training by stochastic variational inference: the loop, KL annealing, validation, faults, checkpoints.
 
-The trainer wraps ``pyro.infer.SVI`` (:class:`ClippedSVI` adds a global gradient-norm clip and skips
-non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide run under
-``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
+The trainer wraps ``pyro.infer.SVI`` (:class:`~dvae.infer.svi.ClippedSVI` adds a global gradient-norm
+clip and skips non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide
+run under ``poutine.scale(1 / number of real steps)``, and the latent sites under the annealing factor.
 Under torchrun, ``dvae.infer.distributed.DataParallelTrainer`` runs the same batches on every rank,
 each on its share, with the same objective (docs/scaling.md). The KL is weighted by ``beta``
-(``DynamicalELBO(beta=...)``).
+(``DynamicalELBO(beta=...)``). Batches come from :mod:`dvae.data.batching`; validation is
+:func:`dvae.infer.evaluation.evaluate` on the program form the trainer trains (``TrainConfig.vectorized``).
 
 Each epoch's metrics row holds the two terms of the objective apart (``train_recon_per_step``,
 ``train_kl_per_step``; ``valid_recon_per_step``, ``valid_kl_per_step``), and the latent diagnostics of
@@ -21,24 +22,34 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.infer.util import zero_grads
 
-from dvae.data.batch import ResidentSequences, SequenceBatch, collate
+from dvae.data.batch import ResidentSequences, collate
+from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
-from dvae.infer.elbo import DynamicalELBO, elbo, elbo_terms, iw_bound
+from dvae.infer import rng
+from dvae.infer.elbo import DynamicalELBO, elbo
+from dvae.infer.objectives import make_objective
+from dvae.infer.evaluation import evaluate, missing_log_det
+from dvae.infer.optim import make_adam
+from dvae.infer.svi import ClippedSVI
+from dvae.models import MODELS
 
 
-DEFAULT_LR = {"dmm": 1e-2, "vrnn": 1e-2, "vrae": 1e-2, "lgssm": 1e-2, "vae": 1e-2}
-"""Adam's learning rate per model family when ``TrainConfig.lr`` is None (chosen for time to quality:
-docs/performance.md, "Tuning the defaults")."""
+DEFAULT_EPOCHS = 60
+"""The epochs of ``dvae train`` given neither ``--epochs`` nor ``--time-limit`` (``TrainConfig.epochs``
+None, with a time limit, trains until the limit or convergence)."""
+
+
+DEFAULT_LR = {name: cls.default_lr for name, cls in MODELS.items()}
+"""Adam's learning rate per model family when ``TrainConfig.lr`` is None, as each family's class states
+it (``default_lr``; chosen for time to quality: docs/performance.md, "Tuning the defaults")."""
 
 
 OTHER_LR = 1e-2
@@ -54,8 +65,10 @@ def default_lr(family: str) -> float:
 class TrainConfig:
     """Optimisation settings (saved in config.json)."""
 
-    epochs: int = 60
-    """Total number of epochs (a resumed run counts the epochs already done)."""
+    epochs: Optional[int] = None
+    """Total number of epochs (a resumed run counts the epochs already done); None: no cap, the time
+    limit or convergence (the learning-rate schedule run out, then ``patience``) ends training.
+    ``dvae train`` with neither ``--epochs`` nor ``--time-limit`` trains ``DEFAULT_EPOCHS``."""
     time_limit: Optional[float] = None
     """Stop after this many seconds of training (checked between updates); None: no limit."""
     batch_size: int = 16
@@ -83,8 +96,27 @@ class TrainConfig:
     """Posterior collapse: validation KL per step (nats) below which an epoch counts as collapsed."""
     collapse_epochs: int = 3
     """Posterior collapse: consecutive collapsed epochs before the trainer warns."""
-    patience: int = 20
-    """Early stopping: epochs without a better validation bound (0: never stop early)."""
+    patience: int = 10
+    """Early stopping (0: never stop early): with a schedule (``lr_schedule`` plateau), epochs without a
+    better validation bound once the learning rate has reached its floor ``min_lr`` (the schedule has
+    run out); without one (none), epochs without a better validation bound. Training that stops early
+    ends with the best parameters restored into the model."""
+    lr_schedule: str = "plateau"
+    """plateau: multiply the learning rate by ``lr_factor`` after ``lr_patience`` epochs in a row without a
+    better validation bound, down to ``min_lr``; none: a constant rate (docs/performance.md, "Learning-
+    rate schedule")."""
+    lr_factor: float = 0.5
+    """plateau: the factor on the learning rate at each reduction, in (0, 1)."""
+    lr_patience: int = 3
+    """plateau: epochs in a row without a better validation bound before the rate is reduced."""
+    min_lr: float = 1e-4
+    """plateau: the floor of the learning rate (a rate set at or below it is never reduced)."""
+    objective: str = "elbo"
+    """The training objective: elbo (the per-step dynamical ELBO, ``DynamicalELBO``) or iwae (the
+    ``train_samples``-sample importance-weighted bound, ``dvae.infer.objectives.IWAEObjective``; no
+    annealing, free bits or beta). Either is divided by the batch's number of real steps."""
+    train_samples: int = 1
+    """iwae: K, the importance samples per sequence of the training bound (K = 1: the one-draw ELBO)."""
     seed: int = 0
     """Seed of parameters, batches and samples."""
     device: str = "auto"
@@ -97,164 +129,6 @@ class TrainConfig:
     bucket: bool = True
     """Length-bucketed batches: sequences of similar length batched together (less padding), the
     order of the batches shuffled each epoch."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r} (choose auto, cpu or cuda)")
-    return torch.device(name)
-
-
-def sequence_lengths(xs) -> List[int]:
-    """The number of steps of each sequence; read from the container's ``lengths`` where it has them
-    (lazily read data: no sequence is loaded), else ``len`` of each."""
-    lengths = getattr(xs, "lengths", None)
-    return [len(x) for x in xs] if lengths is None else [int(n) for n in lengths]
-
-
-def batch_indices(lengths: Sequence[int], batch_size: int, generator: Optional[torch.Generator] = None,
-                  by_length: bool = False) -> List[List[int]]:
-    """The sequence indices of each batch, in the order :func:`batches` collates them: shuffled by
-    ``generator`` (with ``by_length`` too: length buckets in a shuffled order, ties broken at random),
-    or sorted by length (``by_length``, less padding; for evaluation), or in order."""
-    n = len(lengths)
-    if generator is not None and by_length:
-        perm = torch.randperm(n, generator=generator).tolist()
-        order = sorted(perm, key=lambda i: lengths[i])  # stable: random order within equal lengths
-        chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
-        order = [i for c in torch.randperm(len(chunks), generator=generator).tolist() for i in chunks[c]]
-    elif generator is not None:
-        order = torch.randperm(n, generator=generator).tolist()
-    elif by_length:
-        order = sorted(range(n), key=lambda i: lengths[i])
-    else:
-        order = list(range(n))
-    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
-
-
-def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_size: int,
-            generator: Optional[torch.Generator] = None, by_length: bool = False,
-            cs: Optional[np.ndarray] = None) -> Iterator[SequenceBatch]:
-    """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`.
-    ``cs``: per-sequence conditions (N, c_dim) or None."""
-    for idx in batch_indices(sequence_lengths(xs), batch_size, generator, by_length):
-        yield collate([torch.from_numpy(xs[i]) for i in idx],
-                      None if us is None else [torch.from_numpy(us[i]) for i in idx],
-                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx])
-
-
-class ClippedSVI(SVI):
-    """``pyro.infer.SVI`` with a global gradient-norm clip; a non-finite loss or gradient skips the
-    update (returns nan) instead of corrupting the parameters."""
-
-    def __init__(self, model, guide, optim, loss, clip_norm: float = 0.0):
-        super().__init__(model, guide, optim, loss)
-        self.clip_norm = clip_norm
-
-    def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as param_capture:
-            try:
-                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            except ValueError as e:  # distribution validation: a NaN/inf parameter (a fault, not a bug)
-                if "invalid values" not in str(e):
-                    raise
-                loss = math.nan
-        return self.clip_and_update(param_capture.trace, loss)
-
-    def clip_and_update(self, param_trace, loss: float) -> float:
-        """Clip the gradients of the parameters in ``param_trace`` to the global norm, then update them;
-        a non-finite loss or gradient skips the update (returns nan). The parameters are taken in the
-        trace's order (not a set's), so the norm is summed in the same order in every process."""
-        params = list(dict.fromkeys(site["value"].unconstrained() for site in param_trace.nodes.values()))
-        grads = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm > 0 else math.inf)
-        if torch.is_tensor(loss):  # DynamicalELBO: a device tensor; the loss and the norm read in one transfer
-            loss, norm = torch.stack([loss.detach(), norm.to(loss)]).tolist()  # THE host-device sync of an update
-        else:
-            norm = float(norm)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            zero_grads(params)
-            return math.nan
-        self.optim(params)
-        zero_grads(params)
-        return float(loss)
-
-
-def missing_log_det(batch: SequenceBatch, log_det_per_step: float, x_log_std=None) -> torch.Tensor:
-    """(B, T): what the log-Jacobian of each real step differs from ``log_det_per_step`` by when
-    entries are missing: a step's is sum_d log std_d over its OBSERVED entries only. Zero without an
-    ``obs_mask`` or without ``x_log_std`` (per-dimension log std; None: unstandardised data)."""
-    if batch.obs_mask is None or x_log_std is None:
-        return batch.x.new_zeros(batch.mask.shape)
-    log_std = torch.as_tensor(x_log_std, dtype=batch.x.dtype, device=batch.x.device)  # (x_dim,)
-    per_step = (batch.obs_mask.to(batch.x.dtype) * log_std).sum(-1) - log_det_per_step  # (B, T)
-    return torch.where(batch.mask, per_step, per_step.new_zeros(()))
-
-
-@torch.no_grad()
-def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_particles: int = 1,
-                  device=None, cs=None, log_det_per_step: float = 0.0, x_log_std=None,
-                  vectorized: bool = False) -> Dict[str, float]:
-    """The sums behind :func:`evaluate` over a set of sequences (standardised units): ``num_steps``,
-    ``elbo``, ``log_lik``, ``kl``, ``iw`` (0 unless ``iw_samples``) and ``extra_log_det`` (the log-Jacobian
-    difference of steps with missing entries, :func:`missing_log_det`); sums of disjoint sets add up.
-    ``vectorized``: score the time-vectorized programs (the same bound, the same draws, faster)."""
-    device = device or model.device
-    was_training = model.training
-    model.eval()
-    total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0, "extra_log_det": 0.0}
-    program, guide = model.programs(vectorized=vectorized)
-    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
-        total["num_steps"] += int(batch.lengths.sum())
-        batch = batch.to(device)
-        if batch.obs_mask is not None:
-            total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
-        terms = elbo_terms(program, guide, batch, num_particles)
-        total["elbo"] += terms["elbo"].sum().item()
-        total["log_lik"] += terms["log_lik"].sum().item()
-        total["kl"] += terms["kl"].sum().item()
-        if iw_samples:
-            total["iw"] += iw_bound(program, guide, batch, iw_samples).sum().item()
-    model.train(was_training)
-    return total
-
-
-def bounds_per_step(total: Dict[str, float], num_sequences: int, log_det_per_step: float = 0.0,
-                    iw_samples: int = 0) -> Dict[str, float]:
-    """:func:`evaluate`'s figures from :func:`evaluate_sums`' sums."""
-    num_steps = total["num_steps"]
-    extra = total.get("extra_log_det", 0.0)
-    log_det_per_step = log_det_per_step + (extra / num_steps if extra else 0.0)  # missing entries: smaller
-    recon, kl = total["log_lik"] / num_steps, total["kl"] / num_steps  # nats per observed step
-    out = {"num_sequences": num_sequences, "num_steps": num_steps,
-           "neg_elbo_per_step": -elbo(recon, kl) + log_det_per_step,
-           "recon_per_step": -total["log_lik"] / num_steps + log_det_per_step,
-           "kl_per_step": total["kl"] / num_steps}
-    if iw_samples:
-        out["nll_iw_per_step"] = -total["iw"] / num_steps + log_det_per_step
-    return out
-
-
-def evaluate(model, xs, us, log_det_per_step: float = 0.0, batch_size: int = 64, iw_samples: int = 0,
-             num_particles: int = 1, device=None, cs=None, x_log_std=None,
-             vectorized: bool = False) -> Dict[str, float]:
-    """Per-step bounds on a set of sequences, in the data's original units.
-
-    ``log_det_per_step``: sum_d log std_d of the standardisation (0 for unstandardised data);
-    ``x_log_std``: the per-dimension log std_d, needed where entries are missing (NaN), whose steps
-    count only their observed entries' log std (:func:`missing_log_det`).
-    Returns ``num_sequences``, ``num_steps`` (observed steps), ``neg_elbo_per_step``,
-    ``recon_per_step`` (-E log p(x_t | z_t), data units), ``kl_per_step``, and ``nll_iw_per_step``
-    when ``iw_samples`` > 0. ``cs``: per-sequence conditions (N, c_dim) of a conditional model.
-    ``vectorized``: score the time-vectorized programs (the same bound and draws).
-    """
-    total = evaluate_sums(model, xs, us, batch_size, iw_samples, num_particles, device, cs=cs,
-                          log_det_per_step=log_det_per_step, x_log_std=x_log_std, vectorized=vectorized)
-    return bounds_per_step(total, len(xs), log_det_per_step, iw_samples)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -285,7 +159,7 @@ class Trainer:
     def __init__(self, model, config: TrainConfig, train_data, valid_data, log_det_per_step: float = 0.0,
                  device=None, x_log_std=None):
         if config.lr is None:  # the family's default, recorded in the trainer's config
-            config = dataclasses.replace(config, lr=default_lr(model.name))
+            config = dataclasses.replace(config, lr=getattr(model, "default_lr", OTHER_LR))
         self.model, self.config = model, config
         # pyro.module registers parameters by name: a store left by another model with the same names
         # would be optimised instead of this one's, silently. Start from a clean store.
@@ -300,18 +174,19 @@ class Trainer:
         c = config
         optim_args = {"lr": c.lr}
         if c.optimizer == "adam":
-            self.optim = pyro.optim.Adam(optim_args)
+            self.optim = make_adam(optim_args, self.device)  # CUDA: one fused Adam over all parameters
         elif c.optimizer == "clipped_adam":
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
             raise ValueError(f"unknown optimizer {c.optimizer!r} (choose adam or clipped_adam)")
-        self.elbo = DynamicalELBO(free_bits=c.free_bits, beta=c.beta)
+        self.elbo = make_objective(c.objective, c.train_samples, free_bits=c.free_bits, beta=c.beta)
         self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
         self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
                       "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
-                      "collapse_warned": False}
+                      "collapse_warned": False, "lr_bad_epochs": 0, "floor_stale": 0, "lr_reductions": 0,
+                      "stop_reason": None}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
@@ -337,7 +212,7 @@ class Trainer:
 
     def annealing_factor(self, step: int) -> float:
         warm = self.config.anneal_epochs * self.batches_per_epoch
-        if warm <= 0:
+        if warm <= 0 or self.config.objective != "elbo":  # the IWAE bound has no KL term to anneal
             return 1.0
         return min(1.0, self.config.kl_start + (1.0 - self.config.kl_start) * step / warm)
 
@@ -360,9 +235,43 @@ class Trainer:
         self.state["lr_scale"] = scale
         lr = self.config.lr * scale
         self.optim.pt_optim_args["lr"] = lr  # optimisers created later
-        for opt in self.optim.optim_objs.values():
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * change if relative else lr
+        groups = {id(g): g for opt in self.optim.optim_objs.values() for g in opt.param_groups}  # a shared group once
+        for group in groups.values():
+            group["lr"] = group["lr"] * change if relative else lr
+
+    # --- the learning-rate schedule -------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate now: ``config.lr`` times the schedule's and the fault recovery's factors
+        (ClippedAdam's per-update decay not included)."""
+        return self.config.lr * self.state["lr_scale"]
+
+    def _at_floor(self) -> bool:
+        """Whether the schedule has nothing left to reduce: the rate at (or below) ``min_lr``, or no
+        schedule (``lr_schedule`` none)."""
+        return self.config.lr_schedule != "plateau" or self.lr <= self.config.min_lr * (1 + 1e-9)
+
+    def _schedule_step(self, improved: bool) -> None:
+        """After an epoch's validation: reduce on plateau, and count the epochs without improvement at
+        the floor (what early stopping waits on). All of it lives in ``state`` (checkpointed)."""
+        st, c = self.state, self.config
+        if improved:
+            st["lr_bad_epochs"] = st["floor_stale"] = 0
+            return
+        if self._at_floor():  # the epoch trained at the floor: the schedule has run out
+            st["floor_stale"] += 1
+            return
+        st["lr_bad_epochs"] += 1
+        if st["lr_bad_epochs"] >= c.lr_patience:
+            new_lr = max(self.lr * c.lr_factor, c.min_lr)
+            self._set_lr_scale(new_lr / c.lr, relative=True)  # relative: keeps ClippedAdam's decay
+            st["lr_bad_epochs"] = 0
+            st["lr_reductions"] += 1
+
+    def converged(self) -> bool:
+        """Early stopping's test: ``patience`` epochs without a better validation bound once the schedule
+        has run out (with ``lr_schedule`` none: since the best epoch); never with ``patience`` 0."""
+        return bool(self.config.patience) and self.state["floor_stale"] >= self.config.patience
 
     def _recover(self) -> None:
         self.state["faults"] += 1
@@ -408,10 +317,12 @@ class Trainer:
             if resident is not None:
                 batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
             else:
-                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                xs = [self.train_xs[j] for j in idx]
+                batch = collate([torch.from_numpy(x) for x in xs],
                                 None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
-                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
-                batch = batch.to(self.device)
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx],
+                                missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
+                batch = batch.to_device(self.device)  # CUDA: pinned, non_blocking
             loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
@@ -506,11 +417,17 @@ class Trainer:
                 "train_neg_elbo_per_step": -elbo(recon, kl) + self.log_det if steps else math.nan,
                 "epoch_seconds": acc["seconds"],
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
-                "lr": self.config.lr * self.state["lr_scale"]}
+                "lr": self.lr}
 
     def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True) -> List[dict]:
-        """Train until ``epochs`` (total), the time limit, early stopping or :meth:`request_stop`.
-        ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows."""
+        """Train until ``epochs`` (total; None: no cap), the time limit, convergence or :meth:`request_stop`.
+        ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows.
+
+        After each epoch's validation the learning-rate schedule steps (:meth:`_schedule_step`; the rate
+        an epoch trained at is its row's ``lr``). Convergence (:meth:`converged`: the schedule run out,
+        then ``patience`` epochs without improvement) ends training with the best parameters restored
+        into the model. ``state["stop_reason"]`` says what ended it: epochs, time_limit, converged or
+        interrupted."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -519,13 +436,19 @@ class Trainer:
         deadline = None if budget is None else t0 + budget
         bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
                    dynamic_ncols=True, leave=False)
-        while self.state["epoch"] < c.epochs and not self.stopped:
-            if deadline is not None and self._agree(time.perf_counter() >= deadline):
-                break
-            if c.patience and self.state["since_best"] >= c.patience:
+        reason = None
+        while reason is None:
+            if c.epochs is not None and self.state["epoch"] >= c.epochs:
+                reason = "epochs"
+            elif deadline is not None and self._agree(time.perf_counter() >= deadline):
+                reason = "time_limit"
+            elif self.converged():
+                reason = "converged"
+            if reason is not None:
                 break
             row = self.train_epoch(deadline)
             if row is None:
+                reason = "interrupted"
                 break
             self.state["epoch"] += 1
             valid = self._validate()
@@ -538,18 +461,25 @@ class Trainer:
                 self.best_model = copy.deepcopy(self.model.state_dict())
             else:
                 self.state["since_best"] += 1
+            self._schedule_step(improved)
             self.rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", valid=f"{row['valid_neg_elbo_per_step']:.3f}")
             if on_epoch is not None:
                 on_epoch(row, improved)
         bar.close()
+        self.state["stop_reason"] = reason
+        if reason == "converged" and self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
         return self.rows
 
     def _validate(self) -> Dict[str, float]:
-        """The validation split's per-step bounds (a data-parallel trainer reduces them across ranks)."""
+        """The validation split's per-step bounds, scored by the program form training runs (the vectorized
+        one by default: the same ELBO as the per-step one, fewer sites and host reads); a data-parallel
+        trainer reduces them across ranks."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
-                        device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std)
+                        device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std,
+                        vectorized=self.config.vectorized)
 
     def _agree(self, flag: bool) -> bool:
         """A decision every process takes together (a data-parallel trainer: true if any rank's is)."""
@@ -583,7 +513,7 @@ class Trainer:
         and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
         self._flush_terms()
         return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
-                "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
+                "state": copy.deepcopy(self.state), **rng.capture(), "rows": list(self.rows)}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -592,4 +522,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
+        rng.restore(ckpt)  # the CPU and (where used) CUDA random states

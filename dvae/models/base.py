@@ -16,11 +16,12 @@ and the same gradients on the same seed; the model scores every step in batched 
 ``programs(vectorized=True)`` returns the (model, guide) pair of either form. The per-step form is
 what ``encode``, ``generate``, ``predict``, ``reconstruct`` run (they read per-step site names).
 
-What a subclass gives: ``model``, ``guide`` (returning the sampled latents), ``model_vectorized``,
-``guide_vectorized``, ``_predict_samples``.
-What it gets here: ``encode``, ``generate``, ``predict``, ``reconstruct``, ``impute`` (missing entries
-from the posterior predictive); sample-vectorisation by repeating the batch; shape checks at the
-public boundary.
+A subclass states the state-space contract of :class:`DynamicalVAE` (``initial_state``, ``transition_step``,
+``with_latent``, ``emission``, and the path densities ``posterior_path``, ``prior_path``,
+``emission_path``) and its ``guide``; the programs, ``encode``, ``generate``, ``predict``,
+``reconstruct``, ``impute`` (missing entries from the posterior predictive), the world model and the
+particle filter are written here and elsewhere over that contract. docs/models.md ("Writing your own
+family") gives the shapes.
 
 Missing data: a batch's ``obs_mask`` (B, T, x_dim) marks the observed entries of x; the observation
 sites score only those (``observation_dist(..., obs_mask)``), and with ``config.missing`` the networks
@@ -32,62 +33,18 @@ Conditional models (``c_dim`` > 0; the VRAE and the DMM) read a per-sequence con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional, Tuple
 
+import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model (saved in config.json)."""
-
-    model: str = "dmm"
-    """Model family: dmm, vrnn or vrae."""
-    x_dim: int = 1
-    """Observation dimension."""
-    u_dim: int = 0
-    """Control dimension (0: uncontrolled)."""
-    z_dim: int = 16
-    """Latent dimension."""
-    rnn_dim: int = 64
-    """Hidden size of the inference (and, for VRNN/VRAE, generative) RNN."""
-    rnn_type: str = "gru"
-    """RNN cell: gru, lstm or rnn (ReLU)."""
-    transition_dim: int = 64
-    """Hidden size of the transition / prior network."""
-    emission_dim: int = 64
-    """Hidden size of the emitter."""
-    likelihood: str = "gaussian"
-    """Observation density: gaussian (continuous, learned diagonal scale), bernoulli (binary) or
-    categorical (one-hot tokens over a vocabulary of x_dim, see ``observation_dist``)."""
-    guide: str = "dks"
-    """DMM guide: dks (backward RNN + combiner, q(z_t | z_{t-1}, x_{t:T})), mean_field (q(z_t | x_{t:T})),
-    ltr (left to right, filtering: a forward RNN + combiner, q(z_t | z_{t-1}, x_{0:t}, u_{0:t-1})) or iaf
-    (the DKS Gaussian of each step followed by ``num_iafs`` affine autoregressive flows)."""
-    num_iafs: int = 0
-    """DMM guide iaf: affine autoregressive transforms (Pyro's ``AffineAutoregressive``) on each step's
-    posterior; 0 with guide iaf means 1. Must be 0 for the other guides."""
-    iaf_dim: int = 50
-    """DMM guide iaf: hidden size of each flow's autoregressive network (``AutoRegressiveNN``)."""
-    frame_shape: Optional[List[int]] = None
-    """DMM on images: [H, W] of each frame (x_t is the frame flattened, x_dim = H * W); the emitter is then a
-    transposed-conv net (:class:`dvae.nn.ConvEmitter`) and the guide reads each frame through a conv net
-    (:class:`dvae.nn.FrameEncoder`) before its RNN. None: MLPs on the vector x_t."""
-    bidirectional: bool = False
-    """Bidirectional encoder RNN (VRAE and DMM only): the VRAE's q(z | x) reads the forward RNN's last state
-    and the backward RNN's first; the DMM's combiner reads both RNN states at each step,
-    q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
-    c_dim: int = 0
-    """Dimension of the per-sequence condition c of a conditional VRAE or DMM (0: unconditional)."""
-    missing: bool = False
-    """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
-    observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
+from dvae.models.config import ModelConfig  # noqa: F401  (re-exported: models import it from here)
+from dvae.models.paths import observation_path
+from dvae.models.state import State, where_state
 
 
 def observation_dist(params, likelihood: str, obs_mask: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
@@ -133,9 +90,69 @@ def repeat_batch(batch: SequenceBatch, n: int) -> SequenceBatch:
 
 
 class DynamicalVAE(nn.Module):
-    """Base class: a Pyro model/guide pair plus the common interface."""
+    """Base class: the state-space contract, and everything written once over it.
+
+    **The contract** (what a family states, once). A family is a sequence of steps t = 0 .. T-1 over a
+    state (:mod:`dvae.models.state`: a dict of batch-first tensors, ``"z"`` the step's latent z_t and
+    the other keys the family's deterministic parts)::
+
+        state, p = initial_state(N, c)                p(z_0 | c), and what step 0 knows before z_0
+        z_0 ~ p;  state = with_latent(state, z_0)
+        x_0 ~ emission(state)                         p(x_0 | state_0)
+        state, p = transition_step(state, x_0, u_0)   the deterministic update, then p(z_1 | .)
+        z_1 ~ p;  state = with_latent(state, z_1);  x_1 ~ emission(state);  ...
+
+    - ``initial_state(n, c=None) -> (state, p_z)``: the state before step 0 (no ``"z"`` yet) and p(z_0),
+      a distribution with batch shape (n,) and event shape (z_dim,).
+    - ``transition_step(state, x, u=None, obs_mask=None) -> (state, p_z)``: from the state of step
+      t-1 (with its ``"z"``), its observation x_{t-1} (n, x_dim) (``obs_mask``: its observed entries) and the
+      control u_{t-1} (n, u_dim) between the steps: the state of step t before z_t, and p(z_t | .).
+    - ``with_latent(state, z) -> state``: the state of step t once z_t is drawn (default: ``"z"`` set;
+      a family whose recurrence reads z_t itself, the VRAE's decoder, updates it here).
+    - ``emission(state, obs_mask=None) -> p_x``: p(x_t | state of step t), batch (n,), event (x_dim,).
+    - ``filter_step(state, x, obs_mask=None) -> q_z`` (optional, where the guide is a filter):
+      q(z_t | state of step t before z_t, x_t); the per-step guide is then written over it.
+    - ``posterior_path(batch)``, ``prior_path(batch)``, ``emission_path(batch, z)``: the same
+      densities for every step at once along a path (the time-vectorized programs and the plain-torch
+      loss are written over these).
+
+    **Written once over it**: the per-step Pyro ``model`` (and, with ``filter_step``, ``guide``), the
+    vectorized ``model_vectorized``/``guide_vectorized``, :meth:`posterior_last` (the state after a
+    context, drawn from the posterior), :meth:`imagine_step` and :meth:`predict` (open loop),
+    ``generate``, ``encode``, ``reconstruct``, ``impute``; outside this package the world model
+    (:mod:`dvae.world_model`), the bootstrap particle filter (:mod:`dvae.infer.smc`) and the plain-torch
+    loss (:mod:`dvae.infer.direct`) use only these public names.
+
+    Capabilities, stated once on each class and read by the command line, config validation and
+    ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
+    ``sample_broadcast``, ``default_lr``, ``state_scale``.
+    """
 
     name = "dvae"
+    markov_history = 1
+    """How many earlier steps a step's latent depends on, for ``pyro.markov`` in the per-step programs."""
+    guides: Tuple[str, ...] = ()
+    """The values ``ModelConfig.guide`` may take (the first is the default); () when the family has one
+    guide and ignores the field."""
+    conditional = False
+    """Takes a per-sequence condition c (``ModelConfig.c_dim`` > 0)."""
+    bidirectional_encoder = False
+    """Takes ``ModelConfig.bidirectional``."""
+    tmc_guides: Tuple[str, ...] = ()
+    """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
+    sample_broadcast = False
+    """The per-step programs broadcast over extra sample dimensions on the left of (B, ...): K particles
+    in one pass (``vectorize_particles``) and TMC's K samples per site. False: particles are drawn one
+    after another and TMC is refused (:mod:`dvae.infer.estimators`)."""
+    kl_balancing = False
+    """Takes ``ModelConfig.kl_balance`` (KL balancing of each step's KL)."""
+    default_lr = 1e-2
+    """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
+    state_scale = True
+    """Its Gaussian emitter can read the observation scale from the state (``ModelConfig.emission_scale``)."""
+    step_by_step_problem: Optional[str] = None
+    """Why this model cannot run step by step (``predict``, the world model, the particle filter), or None
+    (a forward state-space model). Read before any such use, which it refuses with a ValueError."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -145,46 +162,128 @@ class DynamicalVAE(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # --- the Pyro program (subclasses) -------------------------------------------------------------
-    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+    @property
+    def tensor_kind(self) -> dict:
+        """``dtype`` and ``device`` of the parameters, for tensors made to meet them."""
+        p = next(self.parameters())
+        return {"dtype": p.dtype, "device": p.device}
+
+    # --- the contract (subclasses) -----------------------------------------------------------------
+    def initial_state(self, n: int, c: Optional[torch.Tensor] = None) -> Tuple[State, dist.Distribution]:
         raise NotImplementedError
+
+    def transition_step(self, state: State, x: torch.Tensor, u: Optional[torch.Tensor] = None,
+                   obs_mask: Optional[torch.Tensor] = None) -> Tuple[State, dist.Distribution]:
+        raise NotImplementedError
+
+    def with_latent(self, state: State, z: torch.Tensor) -> State:
+        return {**state, "z": z}
+
+    def emission(self, state: State, obs_mask: Optional[torch.Tensor] = None) -> dist.Distribution:
+        raise NotImplementedError
+
+    filter_step = None
+    """Optional: ``filter_step(state, x, obs_mask=None) -> q(z_t | state, x_t)`` for a filtering guide."""
+
+    def posterior_path(self, batch: SequenceBatch):
+        """q(z | x, u) drawn along the whole sequence, plain torch: a path distribution
+        (:class:`~dvae.models.paths.GuidePath` / ``FlowPath``) holding its draw in ``.path``."""
+        raise NotImplementedError
+
+    def prior_path(self, batch: SequenceBatch):
+        """p(z | u) as one distribution over the path (B, T, z_dim), scored at any path in one call."""
+        raise NotImplementedError
+
+    def emission_path(self, batch: SequenceBatch, z: torch.Tensor) -> dist.Distribution:
+        """p(x_t | .) of every step along the path z: batch shape (B, T), event shape (x_dim,)."""
+        raise NotImplementedError
+
+    # --- the per-step Pyro programs, written over the contract ---------------------------------------
+    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """p(x, z | u), one site per step, as the contract states it. Returns the latent path (B, T, z_dim)."""
+        pyro.module(self.name, self)
+        B, T = batch.batch_size, batch.num_steps
+        zs = []
+        with pyro.plate("sequences", B, dim=-1):
+            state, p_z = self.initial_state(B, self.condition(batch))
+            for t in pyro.markov(range(T), history=self.markov_history):
+                m = batch.mask[:, t]  # (B,)
+                if t > 0:
+                    state, p_z = self.transition_step(state, x, batch.step_u(t - 1), batch.step_obs_mask(t - 1))
+                with poutine.scale(scale=annealing_factor):
+                    z = pyro.sample(f"z_{t}", p_z.mask(m))  # (B, z_dim)
+                state = self.with_latent(state, z)
+                x = pyro.sample(f"x_{t}", self.emission(state, batch.step_obs_mask(t)).mask(m), obs=batch.x[:, t])
+                zs.append(z)
+        return torch.stack(torch.broadcast_tensors(*zs), -2)  # (B, T, z_dim); (..., B, T, z_dim) under sample dims
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        raise NotImplementedError
+        """q(z | x, u) as a filter over the contract (families with ``filter_step``; others override).
+        Returns the sampled latent path (B, T, z_dim)."""
+        if self.filter_step is None:
+            raise NotImplementedError(f"{type(self).__name__} has no filtering guide: it must define guide()")
+        pyro.module(self.name, self)
+        B, T = batch.batch_size, batch.num_steps
+        zs = []
+        with pyro.plate("sequences", B, dim=-1):
+            state, _ = self.initial_state(B, self.condition(batch))
+            for t in pyro.markov(range(T)):
+                if t > 0:
+                    state, _ = self.transition_step(state, batch.x[:, t - 1], batch.step_u(t - 1), batch.step_obs_mask(t - 1))
+                q = self.filter_step(state, batch.x[:, t], batch.step_obs_mask(t))
+                with poutine.scale(scale=annealing_factor):
+                    z = pyro.sample(f"z_{t}", q.mask(batch.mask[:, t]))  # (B, z_dim)
+                state = self.with_latent(state, z)
+                zs.append(z)
+        return torch.stack(zs, 1)  # (B, T, z_dim)
 
+    # --- the time-vectorized programs, written over the path densities --------------------------------
     def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """The same p(x, z | u) with the latent path and the observations as one site each."""
-        raise NotImplementedError
+        """p(x, z | u) with the latent path and the observations as one site each. Returns the path."""
+        pyro.module(self.name, self)
+        with pyro.plate("sequences", batch.batch_size, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", self.prior_path(batch))  # (B, T, z_dim)
+            pyro.sample("x", observation_path(self.emission_path(batch, z), batch.mask), obs=batch.x)
+        return z
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """The same q(z | x, u) with the latent path as one site."""
-        raise NotImplementedError
+        """q(z | x, u) with the latent path as one site. Returns the sampled path (B, T, z_dim)."""
+        pyro.module(self.name, self)
+        with pyro.plate("sequences", batch.batch_size, dim=-1):
+            with poutine.scale(scale=annealing_factor):
+                return pyro.sample("z", self.posterior_path(batch))
+
+    @property
+    def has_paths(self) -> bool:
+        """Whether the family states its path densities (else only the per-step programs exist)."""
+        return type(self).posterior_path is not DynamicalVAE.posterior_path
 
     def programs(self, vectorized: bool = True):
-        """(model, guide): the time-vectorized Pyro programs, or the per-step ones."""
-        return (self.model_vectorized, self.guide_vectorized) if vectorized else (self.model, self.guide)
+        """(model, guide): the time-vectorized Pyro programs, or the per-step ones (also for a family
+        that states no path densities: the same ELBO, one site per step)."""
+        if vectorized and (self.has_paths or type(self).model_vectorized is not DynamicalVAE.model_vectorized):
+            return self.model_vectorized, self.guide_vectorized
+        return self.model, self.guide
 
-    def _check(self, batch: SequenceBatch) -> SequenceBatch:
+    # --- batches at the public boundary ------------------------------------------------------------
+    def check_batch(self, batch: SequenceBatch) -> SequenceBatch:
+        """The batch, checked against this model's dimensions (ValueError naming the mismatch)."""
         batch.check()
-        assert batch.x_dim == self.config.x_dim, (batch.x_dim, self.config.x_dim)
-        assert batch.u_dim == self.config.u_dim, (batch.u_dim, self.config.u_dim)
-        assert batch.c_dim == self.config.c_dim, (batch.c_dim, self.config.c_dim)
+        for what, got, want in (("x_dim", batch.x_dim, self.config.x_dim), ("u_dim", batch.u_dim, self.config.u_dim),
+                                ("c_dim", batch.c_dim, self.config.c_dim)):
+            if got != want:
+                raise ValueError(f"the batch has {what} {got}, this model was built for {what} {want}")
         return batch
 
-    def _c(self, batch: SequenceBatch) -> Optional[torch.Tensor]:
+    def condition(self, batch: SequenceBatch) -> Optional[torch.Tensor]:
         """The condition c (B, c_dim) of a conditional model; None for an unconditional one (its programs
         ignore ``batch.c``; the public methods refuse it)."""
         if not self.config.c_dim:
             return None
-        assert batch.c is not None and batch.c.shape == (batch.batch_size, self.config.c_dim), \
-            f"this model is conditional: the batch needs c of shape (B, {self.config.c_dim})"
+        if batch.c is None or batch.c.shape != (batch.batch_size, self.config.c_dim):
+            raise ValueError(f"this model is conditional: the batch needs c of shape (B, {self.config.c_dim})")
         return batch.c
-
-    def _u(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
-        return None if batch.u is None else batch.u[:, t]
-
-    def _obs_mask(self, batch: SequenceBatch, t: int) -> Optional[torch.Tensor]:
-        return None if batch.obs_mask is None else batch.obs_mask[:, t]
 
     @property
     def x_in_dim(self) -> int:
@@ -204,24 +303,60 @@ class DynamicalVAE(nn.Module):
         y = self.x_input(batch.x, batch.obs_mask)
         return y if batch.u is None else torch.cat([y, batch.u], -1)
 
+    # --- states over the contract ------------------------------------------------------------------
+    def latent_path(self, batch: SequenceBatch) -> torch.Tensor:
+        """One draw of every step's latent from the guide: (B, T, z_dim)."""
+        return self.guide(batch)
+
+    @torch.no_grad()
+    def posterior_last(self, batch: SequenceBatch) -> Tuple[State, torch.Tensor]:
+        """The state at each sequence's last real step, its latent drawn from the posterior given the
+        batch (the guide's path, the deterministic parts rebuilt along it by the contract), and that
+        step's observation: (state with rows (B, ...), x_last (B, x_dim))."""
+        if self.step_by_step_problem:
+            raise ValueError(self.step_by_step_problem)
+        batch = self.check_batch(batch)
+        z = self.latent_path(batch)  # (B, T, z_dim)
+        B, T = batch.batch_size, batch.num_steps
+        last = (batch.lengths - 1).clamp(min=0)  # (B,)
+        state, _ = self.initial_state(B, self.condition(batch))
+        state = self.with_latent(state, z[:, 0])
+        for t in range(1, T):  # each sequence's state frozen after its last real step
+            new, _ = self.transition_step(state, batch.x[:, t - 1], batch.step_u(t - 1), batch.step_obs_mask(t - 1))
+            state = where_state(t <= last, self.with_latent(new, z[:, t]), state)
+        return state, batch.x[torch.arange(B, device=z.device), last]
+
+    @torch.no_grad()
+    def imagine_step(self, state: State, x: torch.Tensor, u: Optional[torch.Tensor] = None, sample: bool = True):
+        """One step of the generative model from a state and its observation, under the control u
+        (n, u_dim) between them: (the next state, its observation (n, x_dim), p(x | that state)).
+        ``sample=False`` takes the mean of the latent's and of the observation's distribution."""
+        state, p_z = self.transition_step(state, x, u)
+        state = self.with_latent(state, p_z.sample() if sample else p_z.mean)
+        p_x = self.emission(state)
+        return state, (p_x.sample() if sample else p_x.mean), p_x
+
     # --- the interface ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: SequenceBatch, num_samples: int = 1) -> Dict[str, torch.Tensor]:
         """Posterior samples of the latents: ``{"z": (S, B, T, z_dim)}`` (VRAE: (S, B, z_dim))."""
-        batch = self._check(batch)
+        batch = self.check_batch(batch)
         z = self.guide(repeat_batch(batch, num_samples))  # (S * B, ...)
         return {"z": z.reshape((num_samples, batch.batch_size) + z.shape[1:])}
+
+    def _replayed_emissions(self, batch: SequenceBatch, num_samples: int) -> dist.Distribution:
+        """p(x_t | z) of every step under ``num_samples`` posterior draws: batch (S * B, T)."""
+        rep = repeat_batch(batch, num_samples)
+        guide_trace = poutine.trace(self.guide).get_trace(rep)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(rep)
+        return [model_trace.nodes[f"x_{t}"]["fn"] for t in range(batch.num_steps)]
 
     @torch.no_grad()
     def reconstruct(self, batch: SequenceBatch, num_samples: int = 16) -> Dict[str, torch.Tensor]:
         """Emitter means under posterior samples: ``{"x_mean": (S, B, T, x_dim)}``."""
-        batch = self._check(batch)
-        rep = repeat_batch(batch, num_samples)
-        guide_trace = poutine.trace(self.guide).get_trace(rep)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(rep)
-        T = batch.num_steps
-        means = torch.stack([model_trace.nodes[f"x_{t}"]["fn"].mean for t in range(T)], 1)  # (S*B, T, x_dim)
-        return {"x_mean": means.reshape(num_samples, batch.batch_size, T, -1)}
+        batch = self.check_batch(batch)
+        means = torch.stack([d.mean for d in self._replayed_emissions(batch, num_samples)], 1)  # (S*B, T, x_dim)
+        return {"x_mean": means.reshape(num_samples, batch.batch_size, batch.num_steps, -1)}
 
     @torch.no_grad()
     def impute(self, batch: SequenceBatch, num_samples: int = 100) -> Dict[str, torch.Tensor]:
@@ -232,14 +367,11 @@ class DynamicalVAE(nn.Module):
         mean, ``lo`` / ``hi`` (B, T, x_dim) its 5% and 95% quantiles (a 90% band), and ``x``
         (B, T, x_dim): the observed entries kept, the missing ones replaced by ``mean``.
         """
-        batch = self._check(batch)
+        batch = self.check_batch(batch)
         B, T = batch.batch_size, batch.num_steps
-        rep = repeat_batch(batch, num_samples)
-        guide_trace = poutine.trace(self.guide).get_trace(rep)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(rep)
-        draws = torch.stack([model_trace.nodes[f"x_{t}"]["fn"].sample() for t in range(T)], 1)  # (S*B, T, x_dim)
+        draws = torch.stack([d.sample() for d in self._replayed_emissions(batch, num_samples)], 1)  # (S*B, T, x_dim)
         draws = draws.reshape(num_samples, B, T, -1)
-        return _fill(batch, draws.mean(0), torch.quantile(draws, 0.05, 0), torch.quantile(draws, 0.95, 0))
+        return fill_imputed(batch, draws.mean(0), torch.quantile(draws, 0.05, 0), torch.quantile(draws, 0.95, 0))
 
     @torch.no_grad()
     def generate(self, num_steps: int, u: Optional[torch.Tensor] = None, num_samples: int = 1,
@@ -253,15 +385,19 @@ class DynamicalVAE(nn.Module):
         if self.config.u_dim:
             if u is None:
                 raise ValueError("this model takes controls: pass u of shape (num_steps, u_dim)")
-            u = u.to(device)
+            u = torch.as_tensor(u, dtype=next(self.parameters()).dtype, device=device)
             u = u.expand(num_samples, num_steps, self.config.u_dim) if u.dim() == 2 else u
-            assert u.shape == (num_samples, num_steps, self.config.u_dim), u.shape
+            if u.shape != (num_samples, num_steps, self.config.u_dim):
+                raise ValueError(f"u must have shape ({num_steps}, {self.config.u_dim}) or "
+                                 f"({num_samples}, {num_steps}, {self.config.u_dim}), got {tuple(u.shape)}")
         if self.config.c_dim:
             if c is None:
                 raise ValueError("this model is conditional: pass c of shape (c_dim,) or (num_samples, c_dim)")
             c = torch.as_tensor(c, dtype=next(self.parameters()).dtype, device=device)
             c = c.expand(num_samples, self.config.c_dim) if c.dim() == 1 else c  # (S, c_dim)
-            assert c.shape == (num_samples, self.config.c_dim), c.shape
+            if c.shape != (num_samples, self.config.c_dim):
+                raise ValueError(f"c must have shape ({self.config.c_dim},) or ({num_samples}, {self.config.c_dim}), "
+                                 f"got {tuple(c.shape)}")
         elif c is not None:
             raise ValueError("this model is not conditional (c_dim = 0): c must be None")
         x = torch.zeros(num_samples, num_steps, self.config.x_dim, device=device)  # (S, T, x_dim)
@@ -283,21 +419,25 @@ class DynamicalVAE(nn.Module):
         ``"x_mean": (S, B, H, x_dim)`` emitter means, ``"z": (S, B, H, z_dim)``}; each sequence's
         predictions start after its last real context step.
         """
-        context = self._check(context)
+        context = self.check_batch(context)
         B = context.batch_size
         if self.config.u_dim:
             if u_future is None:
                 raise ValueError("this model takes controls: pass u_future of shape (B, horizon, u_dim)")
-            assert u_future.shape == (B, horizon, self.config.u_dim), u_future.shape
+            if tuple(u_future.shape) != (B, horizon, self.config.u_dim):
+                raise ValueError(f"u_future must have shape ({B}, {horizon}, {self.config.u_dim}), "
+                                 f"got {tuple(u_future.shape)}")
             u_future = u_future.to(self.device).repeat(num_samples, 1, 1)  # (S*B, H, u_dim)
-        out = self._predict_samples(repeat_batch(context.to(self.device), num_samples), u_future, horizon)
+        state, x = self.posterior_last(repeat_batch(context.to(self.device), num_samples))
+        xs, means, zs = [], [], []
+        for k in range(horizon):
+            state, x, p_x = self.imagine_step(state, x, None if u_future is None else u_future[:, k])
+            xs.append(x), means.append(p_x.mean), zs.append(state["z"])
+        out = {"x": torch.stack(xs, 1), "x_mean": torch.stack(means, 1), "z": torch.stack(zs, 1)}  # (S*B, H, .)
         return {k: v.reshape((num_samples, B) + v.shape[1:]) for k, v in out.items()}
 
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
 
-
-def _fill(batch: SequenceBatch, mean, lo, hi) -> Dict[str, torch.Tensor]:
+def fill_imputed(batch: SequenceBatch, mean, lo, hi) -> Dict[str, torch.Tensor]:
     """The impute result: the predictive ``mean``, ``lo``, ``hi`` (B, T, x_dim) and ``x`` with the
     observed entries kept and the missing ones filled by ``mean``."""
     x = batch.x if batch.obs_mask is None else torch.where(batch.obs_mask, batch.x, mean)

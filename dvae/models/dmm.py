@@ -43,6 +43,12 @@ c enters where the controls do (the transition) and sets the initial state, so g
 another c changes the latent trajectory, and the emitter stays the one map from state to
 observation.
 
+The family states its dynamics once, as the contract of :class:`~dvae.models.base.DynamicalVAE`:
+``initial_state`` (p(z_0 | c)), ``transition_step`` (p(z_t | z_{t-1}, u_{t-1}, c)) and ``emission``
+(p(x_t | z_t)), with ``prior_path`` the transition applied along a whole path in one batched call. The
+per-step model, prediction, the world model and the particle filter are written over those; the
+guide (DKS, mean field, ltr, iaf) is the DMM's own.
+
 Two forms of the same program (see ``dvae.models.base``): ``model``/``guide`` with a site per step,
 and ``model_vectorized``/``guide_vectorized`` with the path as one site ``"z"`` (B, T, z_dim) and the
 observations as one site ``"x"`` (B, T, x_dim). In the vectorized guide only the combiner runs step
@@ -59,17 +65,23 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
-from dvae.models.paths import FlowPath, FlowStep, GuidePath, PriorPath, observation_path
+from dvae.models.state import State
+from dvae.models.paths import FlowPath, FlowStep, GuidePath, PriorPath
 from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
 
 
 class DMM(DynamicalVAE):
     name = "dmm"
+    sample_broadcast = True  # its per-step programs broadcast over sample dims left of (B, ...)
+    guides = ("dks", "mean_field", "ltr", "iaf")
+    conditional = True
+    bidirectional_encoder = True
+    tmc_guides = ("mean_field",)  # the dks guide's q(z_t | z_{t-1}, .) makes TMC's pairwise weights not a bound
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        if c.guide not in ("dks", "mean_field", "ltr", "iaf"):
+        if c.guide not in self.guides:
             raise ValueError(f"unknown DMM guide {c.guide!r} (choose dks, mean_field, ltr or iaf)")
         if c.guide == "ltr" and c.bidirectional:
             raise ValueError("the ltr guide is the filtering guide (a forward RNN): it cannot be bidirectional")
@@ -82,11 +94,11 @@ class DMM(DynamicalVAE):
                 raise ValueError("the pixel DMM (frame_shape) does not take missing-data mode")
             if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
                 raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
-            self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood, scale=c.emission_scale)  # p(x_t | z_t)
             self.frame_encoder = FrameEncoder(c.frame_shape, c.emission_dim)  # features of x_t for the guide
             read_dim = c.emission_dim
         else:
-            self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | z_t)
             self.frame_encoder = None
             read_dim = self.x_in_dim  # x, or [x, obs_mask] in missing-data mode
         direction = "forward" if c.guide == "ltr" else ("bidirectional" if c.bidirectional else "backward")
@@ -108,10 +120,21 @@ class DMM(DynamicalVAE):
             return u if c is None else c
         return torch.cat([u, c], -1)  # (B, u_dim + c_dim)
 
-    def _prior(self, t: int, z_prev, batch: SequenceBatch):
-        if t == 0:
-            return self.initial(batch.batch_size, self._c(batch))
-        return self.transition(z_prev, self._drive(self._u(batch, t - 1), self._c(batch)))
+    # --- the contract: the dynamics, stated once -----------------------------------------------------
+    def initial_state(self, n: int, c=None):
+        """p(z_0 | c): N(InitialState(c)); the state carries c for the transitions."""
+        loc, scale = self.initial(n, c)  # (n, z_dim) each
+        return {"c": c}, dist.Normal(loc, scale).to_event(1)
+
+    def transition_step(self, state: State, x, u=None, obs_mask=None):
+        """p(z_t | z_{t-1}, u_{t-1}, c): N(Transition(z_{t-1}, [u_{t-1}, c])); x_{t-1} is not read."""
+        c = state.get("c")
+        loc, scale = self.transition(state["z"], self._drive(u, c))  # (n, z_dim) each
+        return {"c": c}, dist.Normal(loc, scale).to_event(1)
+
+    def emission(self, state: State, obs_mask=None):
+        """p(x_t | z_t)."""
+        return observation_dist(self.emitter(state["z"]), self.config.likelihood, obs_mask)
 
     def _encoder_input(self, batch: SequenceBatch):
         """[x_t, u_t, c] at every step, frames through the frame encoder: (B, T, x_dim | emission_dim + u_dim + c_dim).
@@ -124,23 +147,7 @@ class DMM(DynamicalVAE):
         else:
             y = self.frame_encoder(batch.x)  # (B, T, emission_dim)
         y = y if u is None else torch.cat([y, u], -1)  # (B, T, x_in_dim | emission_dim + u_dim)
-        return append_condition(y, self._c(batch))
-
-    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z | u). Returns the latent path (B, T, z_dim)."""
-        pyro.module("dmm", self)
-        B, T = batch.batch_size, batch.num_steps
-        z, zs = None, []
-        with pyro.plate("sequences", B, dim=-1):
-            for t in pyro.markov(range(T)):
-                m = batch.mask[:, t]  # (B,)
-                loc, scale = self._prior(t, z, batch)  # (B, z_dim) each
-                with poutine.scale(scale=annealing_factor):
-                    z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(m))  # (B, z_dim)
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood,
-                                                       self._obs_mask(batch, t)).mask(m), obs=batch.x[:, t])
-                zs.append(z)
-        return torch.stack(torch.broadcast_tensors(*zs), -2)  # (B, T, z_dim); (..., B, T, z_dim) under sample dims (TMC)
+        return append_condition(y, self.condition(batch))
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u). Returns the sampled latent path (B, T, z_dim)."""
@@ -160,31 +167,39 @@ class DMM(DynamicalVAE):
                 zs.append(z)
         return torch.stack(torch.broadcast_tensors(*zs), -2)  # (B, T, z_dim); (..., B, T, z_dim) under sample dims (TMC)
 
-    # --- the time-vectorized program ---------------------------------------------------------------
-    def _prior_params(self, z, batch: SequenceBatch):
-        """loc, scale (B, T, z_dim) of p(z_t | z_{t-1}, u_{t-1}) for every t at once, given the path z."""
-        B = batch.batch_size
-        loc_0, scale_0 = self.initial(B, self._c(batch))  # (B, z_dim)
-        if batch.num_steps == 1:
-            return loc_0[:, None], scale_0[:, None]
-        drive, c = (None if batch.u is None else batch.u[:, :-1]), self._c(batch)  # (B, T-1, u_dim), (B, c_dim)
-        if c is not None:  # [u_{t-1}, c] at every step
-            drive = append_condition(z.new_zeros(B, batch.num_steps - 1, 0) if drive is None else drive, c)
-        loc, scale = self.transition(z[:, :-1], drive)  # (B, T-1, z_dim)
-        return torch.cat([loc_0[:, None], loc], 1), torch.cat([scale_0[:, None], scale], 1)
+    # --- the same densities along a whole path (the time-vectorized program) -------------------------
+    def prior_path(self, batch: SequenceBatch) -> PriorPath:
+        """p(z | u, c) over the path: the transition of every step in one batched call at a given path;
+        sampled step by step through the contract when the program runs unconditioned."""
+        B, T, c = batch.batch_size, batch.num_steps, self.condition(batch)
 
-    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z | u) with the path as one site. Returns the latent path (B, T, z_dim)."""
-        pyro.module("dmm", self)
-        B, T, z_dim = batch.batch_size, batch.num_steps, self.config.z_dim
-        prior = PriorPath(lambda z: self._prior_params(z, batch), (B, T, z_dim), batch.mask,
-                          step=lambda t, z_prev: self._prior(t, z_prev, batch))
-        with pyro.plate("sequences", B, dim=-1):
-            with poutine.scale(scale=annealing_factor):
-                z = pyro.sample("z", prior)  # (B, T, z_dim)
-            x_dist = observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)  # batch (B, T)
-            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
-        return z
+        def params(z):  # loc, scale (B, T, z_dim) of p(z_t | z_{t-1}, u_{t-1}, c) for every t
+            loc_0, scale_0 = self.initial(B, c)  # (B, z_dim)
+            if T == 1:
+                return loc_0[:, None], scale_0[:, None]
+            drive = None if batch.u is None else batch.u[:, :-1]  # (B, T-1, u_dim)
+            if c is not None:  # [u_{t-1}, c] at every step
+                drive = append_condition(z.new_zeros(B, T - 1, 0) if drive is None else drive, c)
+            loc, scale = self.transition(z[:, :-1], drive)  # (B, T-1, z_dim)
+            return torch.cat([loc_0[:, None], loc], 1), torch.cat([scale_0[:, None], scale], 1)
+
+        def step(t, z_prev):  # step t's parameters, for sampling
+            _, p = self.initial_state(B, c) if t == 0 else self.transition_step({"z": z_prev, "c": c}, None,
+                                                                                batch.step_u(t - 1))
+            return p.base_dist.loc, p.base_dist.scale
+
+        return PriorPath(params, (B, T, self.config.z_dim), batch.mask, step=step)
+
+    def emission_path(self, batch: SequenceBatch, z):
+        """p(x_t | z_t) of every step: batch (B, T)."""
+        return observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)
+
+    def posterior_path(self, batch: SequenceBatch):
+        """The guide's path: a :class:`GuidePath` (dks, mean_field, ltr) or a :class:`FlowPath` (iaf)."""
+        if self.iafs:
+            return self.flow_path(batch)
+        loc, scale, path = self.guide_path(batch)
+        return GuidePath(loc, scale, path, batch.mask)
 
     def guide_path(self, batch: SequenceBatch):
         """Draw a path from q(z | x, u), plain torch: (loc, scale, path), each (B, T, z_dim).
@@ -215,29 +230,3 @@ class DMM(DynamicalVAE):
         stack = lambda name: torch.stack([getattr(s, name) for s in steps], 1)  # noqa: E731 (B, T, z_dim) | (B, T)
         return FlowPath(stack("loc"), stack("scale"), stack("base"), stack("value"), stack("log_det"), batch.mask,
                         self.iafs)
-
-    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """q(z | x, u) with the path as one site. Returns the sampled latent path (B, T, z_dim)."""
-        pyro.module("dmm", self)
-        if self.iafs:
-            q = self.flow_path(batch)
-        else:
-            loc, scale, path = self.guide_path(batch)
-            q = GuidePath(loc, scale, path, batch.mask)
-        with pyro.plate("sequences", batch.batch_size, dim=-1):
-            with poutine.scale(scale=annealing_factor):
-                return pyro.sample("z", q)
-
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
-        z_path = self.guide(context)  # (N, C, z_dim)
-        N = context.batch_size
-        z = z_path[torch.arange(N, device=z_path.device), (context.lengths - 1).clamp(min=0)]  # (N, z_dim)
-        xs, means, zs = [], [], []
-        for k in range(horizon):
-            loc, scale = self.transition(z, self._drive(None if u_future is None else u_future[:, k], self._c(context)))
-            z = dist.Normal(loc, scale).sample()  # (N, z_dim)
-            x_dist = observation_dist(self.emitter(z), self.config.likelihood)
-            xs.append(x_dist.sample())
-            means.append(x_dist.mean)
-            zs.append(z)
-        return {"x": torch.stack(xs, 1), "x_mean": torch.stack(means, 1), "z": torch.stack(zs, 1)}  # (N, H, .)

@@ -36,6 +36,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from pyro.distributions import MaskedDistribution, TorchDistribution
+from pyro.distributions import Normal as PyroNormal
 from torch.distributions import Independent, Normal, constraints
 from torch.distributions.kl import _kl_normal_normal, register_kl
 
@@ -115,15 +116,18 @@ class PriorPath(_PathBase):
     ``params(path)`` -> loc, scale (B, T, d): every step's parameters from the path, in one batched
     call (cached for the last path it saw, so the program and the ELBO share one evaluation).
     ``step(t, z_prev)`` -> loc, scale (B, d): step t's parameters, for sampling step by step (None:
-    the path cannot be sampled, only scored). ``shape``: (B, T, d).
+    the path cannot be sampled, only scored). ``shape``: (B, T, d). ``kl_balance`` alpha: the KL of a
+    guide's path against it is balanced (:func:`balanced_normal_kl`); None: plain.
     """
 
     has_rsample = True
 
     def __init__(self, params: Callable[[torch.Tensor], Params], shape, mask: Optional[torch.Tensor] = None,
-                 step: Optional[Callable[[int, Optional[torch.Tensor]], Params]] = None):
+                 step: Optional[Callable[[int, Optional[torch.Tensor]], Params]] = None,
+                 kl_balance: Optional[float] = None):
         shape = torch.Size(shape)
         self._params, self._step = params, step
+        self.kl_balance = kl_balance  # KL balancing of a guide's path against this prior (None: plain KL)
         self._cache = (None, None)
         super().__init__(shape[:-2], shape[-2:], mask)
 
@@ -152,6 +156,35 @@ class PriorPath(_PathBase):
         if torch.Size(batch_shape) == self.batch_shape:
             return self
         raise NotImplementedError("PriorPath cannot change its batch shape")
+
+
+def balanced_normal_kl(q: Normal, p: Normal, alpha: float) -> torch.Tensor:
+    """KL balancing (Hafner et al. 2021, DreamerV2): alpha KL(sg(q) || p) + (1 - alpha) KL(q || sg(p)),
+    elementwise. Its value is KL(q || p); its gradient moves the prior toward the posterior with weight
+    alpha and the posterior toward the prior with weight 1 - alpha (sg: stop-gradient)."""
+    sg_q = Normal(q.loc.detach(), q.scale.detach(), validate_args=False)
+    sg_p = Normal(p.loc.detach(), p.scale.detach(), validate_args=False)
+    return alpha * _kl_normal_normal(sg_q, p) + (1 - alpha) * _kl_normal_normal(q, sg_p)
+
+
+class BalancedNormal(PyroNormal):
+    """A Normal prior whose KL from a Normal posterior is balanced with weight ``kl_balance`` (alpha) on
+    the prior's side (:func:`balanced_normal_kl`): the per-step sites of a family with KL balancing."""
+
+    def __init__(self, loc, scale, kl_balance: float, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.kl_balance = kl_balance
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(BalancedNormal, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new.kl_balance = self.kl_balance
+        return new
+
+
+@register_kl(Normal, BalancedNormal)
+def _kl_normal_balanced(q, p):
+    return balanced_normal_kl(q, p, p.kl_balance)
 
 
 def apply_flow(transforms, x: torch.Tensor):
@@ -263,15 +296,30 @@ class FlowPath(_PathBase):
 
 def _unmask(fn):
     """Strip MaskedDistribution wrappers: (the inner distribution, the combined batch mask or None)."""
-    mask = None
+    mask, off = None, None
     while isinstance(fn, MaskedDistribution):
         m = fn._mask
-        if m is False:
-            m = torch.zeros(fn.batch_shape, dtype=torch.bool)
-        if torch.is_tensor(m):
+        if m is False:  # everything masked out: built below, on the distribution's device
+            off = fn.batch_shape if off is None else off
+        elif torch.is_tensor(m):
             mask = m if mask is None else mask & m
         fn = fn.base_dist
+    if off is not None:
+        device = mask.device if mask is not None else _device(fn)
+        m = torch.zeros(off, dtype=torch.bool, device=device)
+        mask = m if mask is None else mask & m
     return fn, mask
+
+
+def _device(fn) -> torch.device:
+    """The device of a distribution's tensors, looked for down its ``base_dist`` chain (the CPU where it
+    holds none)."""
+    while fn is not None:
+        for v in vars(fn).values():
+            if torch.is_tensor(v):
+                return v.device
+        fn = getattr(fn, "base_dist", None)
+    return torch.device("cpu")
 
 
 def as_path(fn) -> Tuple[Optional[_PathBase], Optional[torch.Tensor]]:
@@ -289,7 +337,9 @@ def steps_kl(q: _PathBase, p: _PathBase, per_dim: bool = False) -> torch.Tensor:
                         f"not {type(q).__name__}")
     mq, sq = q.params()
     mp, sp = p.params(q.path)
-    kl = _kl_normal_normal(Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False))  # (B, T, d)
+    q_n, p_n = Normal(mq, sq, validate_args=False), Normal(mp, sp, validate_args=False)
+    alpha = getattr(p, "kl_balance", None)
+    kl = _kl_normal_normal(q_n, p_n) if alpha is None else balanced_normal_kl(q_n, p_n, alpha)  # (B, T, d)
     mask = q.mask if p.mask is None or p.mask is q.mask else (p.mask if q.mask is None else q.mask & p.mask)
     if per_dim:
         return kl if mask is None else torch.where(mask[..., None], kl, kl.new_zeros(()))
@@ -323,10 +373,11 @@ def observation_path(x_dist, mask: torch.Tensor):
 
 
 def observed_step_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
-    """log p(x_t | .) of every step (B, T) of an observation site built by :func:`observation_path`
-    (zero on padded steps)."""
+    """log p(x_t | .) of every step (B, T) of an observation site built by :func:`observation_path`, or
+    of any distribution over the path with a ``step_log_prob`` (the LGSSM's ``KalmanMarginal``: log p(x_t
+    | x_{<t})) (zero on padded steps)."""
     inner, mask = _unmask(fn)
-    if isinstance(inner, _PathBase):
+    if hasattr(inner, "step_log_prob"):
         lp = inner.step_log_prob(value)
     else:
         assert getattr(inner, "reinterpreted_batch_ndims", None) == 1, type(inner)

@@ -16,6 +16,10 @@ Prediction is frame-wise too: p(x_{C+k} | x_{1:C}, u) = p(x_{C+k}), the model's 
 the context and the controls; ``predict`` draws z from the prior, so the open-loop prediction (the
 mean over samples of the emitter means) is the prior's mean of x, the same at every horizon.
 
+As the contract of :class:`~dvae.models.base.DynamicalVAE` states it, the state is z_t alone and
+every step's prior is N(0, I): ``initial_state`` and ``transition_step`` give the same standard
+normal, ``emission`` reads z_t.
+
 Two forms of the same program (see ``dvae.models.base``): ``model``/``guide`` with a site per step
 (``pyro.markov(history=0)``: no step depends on another), and ``model_vectorized``/
 ``guide_vectorized`` with the latent path as one site ``"z"`` (B, T, z_dim) and the observations as
@@ -32,17 +36,19 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist
-from dvae.models.paths import GuidePath, PriorPath, observation_path
+from dvae.models.state import State
+from dvae.models.paths import GuidePath, PriorPath
 from dvae.nn import Emitter, StepPosterior
 
 
 class VAE(DynamicalVAE):
     name = "vae"
+    markov_history = 0  # no step depends on another
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+        self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | z_t)
         self.encoder = StepPosterior(self.x_in_dim, c.rnn_dim, c.z_dim)  # q(z_t | x_t)
 
     def _standard_normal(self, batch: SequenceBatch, *shape):
@@ -50,23 +56,33 @@ class VAE(DynamicalVAE):
         loc = batch.x.new_zeros(shape + (self.config.z_dim,))
         return loc, torch.ones_like(loc)
 
-    # --- the per-step program ----------------------------------------------------------------------
-    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z) = prod_t N(z_t; 0, I) p(x_t | z_t). Returns the latent path (B, T, z_dim)."""
-        pyro.module("vae", self)
-        B, T = batch.batch_size, batch.num_steps
-        loc, scale = self._standard_normal(batch, B)  # (B, z_dim) each
-        zs = []
-        with pyro.plate("sequences", B, dim=-1):
-            for t in pyro.markov(range(T), history=0):  # independent steps
-                m = batch.mask[:, t]  # (B,)
-                with poutine.scale(scale=annealing_factor):
-                    z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(m))  # (B, z_dim)
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(z), self.config.likelihood,
-                                                       self._obs_mask(batch, t)).mask(m), obs=batch.x[:, t])
-                zs.append(z)
-        return torch.stack(zs, 1)  # (B, T, z_dim)
+    # --- the contract: no dynamics ------------------------------------------------------------------
+    def _standard_normal_dist(self, n: int):
+        loc = torch.zeros(n, self.config.z_dim, **self.tensor_kind)  # (n, z_dim)
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
+    def initial_state(self, n: int, c=None):
+        """p(z_0) = N(0, I); nothing else in the state."""
+        return {}, self._standard_normal_dist(n)
+
+    def transition_step(self, state: State, x, u=None, obs_mask=None):
+        """p(z_t) = N(0, I), whatever came before."""
+        return {}, self._standard_normal_dist(state["z"].shape[0])
+
+    def emission(self, state: State, obs_mask=None):
+        """p(x_t | z_t)."""
+        return observation_dist(self.emitter(state["z"]), self.config.likelihood, obs_mask)
+
+    @torch.no_grad()
+    def posterior_last(self, batch: SequenceBatch):
+        """Nothing carries over to the next step: the state is the last real step's posterior mean of
+        z_t (no draw, so a prediction is the same marginal, draw for draw, whatever the context)."""
+        batch = self.check_batch(batch)
+        loc, _ = self.encoder(self.x_input(batch.x, batch.obs_mask))  # (B, T, z_dim)
+        rows, last = torch.arange(batch.batch_size, device=loc.device), (batch.lengths - 1).clamp(min=0)
+        return {"z": loc[rows, last]}, batch.x[rows, last]
+
+    # --- the per-step guide ------------------------------------------------------------------------
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x) = prod_t q(z_t | x_t). Returns the sampled latent path (B, T, z_dim)."""
         pyro.module("vae", self)
@@ -80,19 +96,16 @@ class VAE(DynamicalVAE):
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 
-    # --- the time-vectorized program ---------------------------------------------------------------
-    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z) with the path and the observations as one site each. Returns the path (B, T, z_dim)."""
-        pyro.module("vae", self)
-        B, T, z_dim = batch.batch_size, batch.num_steps, self.config.z_dim
-        prior = PriorPath(lambda z: self._standard_normal(batch, B, T), (B, T, z_dim), batch.mask,
-                          step=lambda t, z_prev: self._standard_normal(batch, B))
-        with pyro.plate("sequences", B, dim=-1):
-            with poutine.scale(scale=annealing_factor):
-                z = pyro.sample("z", prior)  # (B, T, z_dim)
-            x_dist = observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)  # batch (B, T)
-            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
-        return z
+    # --- the same densities along a whole path (the time-vectorized program) -------------------------
+    def prior_path(self, batch: SequenceBatch) -> PriorPath:
+        """prod_t N(z_t; 0, I) over the path."""
+        B, T = batch.batch_size, batch.num_steps
+        return PriorPath(lambda z: self._standard_normal(batch, B, T), (B, T, self.config.z_dim), batch.mask,
+                         step=lambda t, z_prev: self._standard_normal(batch, B))
+
+    def emission_path(self, batch: SequenceBatch, z):
+        """p(x_t | z_t) of every step: batch (B, T)."""
+        return observation_dist(self.emitter(z), self.config.likelihood, batch.obs_mask)
 
     def guide_path(self, batch: SequenceBatch):
         """Draw a path from q(z | x), plain torch: (loc, scale, path), each (B, T, z_dim), with the
@@ -104,18 +117,7 @@ class VAE(DynamicalVAE):
             eps[t].normal_()
         return loc, scale, loc + eps.transpose(0, 1) * scale
 
-    def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """q(z | x) with the path as one site. Returns the sampled latent path (B, T, z_dim)."""
-        pyro.module("vae", self)
+    def posterior_path(self, batch: SequenceBatch) -> GuidePath:
+        """The guide's path: q(z_t | x_t) at every step, drawn as :meth:`guide` draws it."""
         loc, scale, path = self.guide_path(batch)
-        with pyro.plate("sequences", batch.batch_size, dim=-1):
-            with poutine.scale(scale=annealing_factor):
-                return pyro.sample("z", GuidePath(loc, scale, path, batch.mask))
-
-    # --- prediction: the marginal, whatever the context --------------------------------------------
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
-        N = context.batch_size
-        loc, scale = self._standard_normal(context, N, horizon)  # (N, H, z_dim) each
-        z = dist.Normal(loc, scale).sample()  # (N, H, z_dim): from the prior, the context is not used
-        x_dist = observation_dist(self.emitter(z), self.config.likelihood)  # batch (N, H)
-        return {"x": x_dist.sample(), "x_mean": x_dist.mean, "z": z}
+        return GuidePath(loc, scale, path, batch.mask)

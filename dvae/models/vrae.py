@@ -20,6 +20,30 @@ concatenated to the encoder's input at every step, to the latent code and to the
     x_t ~ Emitter(s_t)
     guide: the encoder reads [x_t, u_t, c]: q(z | x, u, c)
 
+The seeds' decoder (``ModelConfig.vrae_decoder = "feedback"``; Fabius & van Amersfoort's form, the
+decoder fed its previous output, with z at every step)::
+
+    z ~ N(0, I)
+    s_{-1} = tanh(W [z, c])
+    s_t = RNN_dec([x_{t-1}, z, u_{t-1}, c], s_{t-1})     x_{-1} = 0, u_{-1} = 0
+    x_t ~ Emitter(s_t)
+
+Trained with teacher forcing (x_{t-1} the observed step; missing entries read as 0, with the mask
+beside them in ``config.missing`` mode, as the VRNN's recurrence reads them); in generation and
+prediction the decoder reads its own previous sample. The per-step ``model`` of this form runs the
+contract step by step (the x_t it feeds forward is the site's value: observed when conditioned, drawn
+when not), so ``generate`` feeds back; the vectorized form scores every step in one decoder call
+(teacher forcing), a scoring program only. The controls-only decoder (``"controls"``) is the default:
+it keeps the runs and checkpoints made before the option, and its generation does not compound its
+own errors; docs/models.md compares the two.
+
+As the contract of :class:`~dvae.models.base.DynamicalVAE` states it, the state is the code z (the
+same at every step: ``transition_step`` gives a point mass at the previous step's code), the condition
+c and the decoder's state s_t: ``initial_state`` is p(z) = N(0, I), ``with_latent`` starts the decoder
+from the code at step 0, ``transition_step`` runs the decoder one step on u_{t-1}, and ``emission``
+reads s_t. Prediction, the world model and the particle filter are written over those; the latent path
+of a sequence (``latent_path``) is its code at every step.
+
 The time-vectorized form (``model_vectorized``/``guide_vectorized``) differs only in the observations:
 one site ``"x"`` (B, T, x_dim) scored with one emitter call over every step; ``"z"`` is one site in
 both forms, and ``guide_vectorized`` is ``guide``.
@@ -35,12 +59,14 @@ from pyro import poutine
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
-from dvae.models.paths import observation_path
+from dvae.models.state import State
 from dvae.nn import Emitter, GaussianHead, SequenceEncoder, make_rnn, run_rnn
 
 
 class VRAE(DynamicalVAE):
     name = "vrae"
+    conditional = True
+    bidirectional_encoder = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -48,17 +74,31 @@ class VRAE(DynamicalVAE):
         self.encoder = SequenceEncoder(self.x_in_dim + c.u_dim + c.c_dim, c.rnn_dim, c.rnn_type,
                                        "bidirectional" if c.bidirectional else "forward")
         self.posterior = GaussianHead(self.encoder.out_dim, c.transition_dim, c.z_dim)  # q(z | x, u, c)
+        if c.vrae_decoder not in ("controls", "feedback"):
+            raise ValueError(f"unknown vrae_decoder {c.vrae_decoder!r} (choose controls or feedback)")
+        self.feedback = c.vrae_decoder == "feedback"
         self.z_to_state = nn.Linear(c.z_dim + c.c_dim, c.rnn_dim)  # s_0 = tanh(W [z, c])
-        self.decoder = make_rnn(c.rnn_type, max(c.u_dim, 1) + c.c_dim, c.rnn_dim)  # s_t
-        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | s_t)
+        dec_in = (self.x_in_dim + c.z_dim + c.u_dim) if self.feedback else max(c.u_dim, 1)
+        self.decoder = make_rnn(c.rnn_type, dec_in + c.c_dim, c.rnn_dim)  # s_t
+        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | s_t)
 
-    def _decode(self, z, u_prev, c=None):
-        """Decoder states (N, T, rnn_dim) from z (N, z_dim), the shifted controls (N, T, u_in) and the
-        condition c (N, c_dim) or None."""
+    def _decode(self, z, u_prev, c=None, x_prev=None):
+        """Decoder states (N, T, rnn_dim) from z (N, z_dim), the shifted controls (N, T, u_in), the
+        condition c (N, c_dim) or None and, for the feedback decoder, the shifted observations
+        x_prev (N, T, x_in_dim) (teacher forcing)."""
         code = z if c is None else torch.cat([z, c], -1)  # (N, z_dim + c_dim)
         s_0 = torch.tanh(self.z_to_state(code))[None]  # (1, N, rnn_dim)
         init = (s_0, torch.zeros_like(s_0)) if isinstance(self.decoder, nn.LSTM) else s_0
-        return run_rnn(self.decoder, append_condition(u_prev, c), init)
+        inp = u_prev
+        if self.feedback:  # [x_{t-1}, z, u_{t-1}]: (N, T, x_in_dim + z_dim + u_dim)
+            parts = [x_prev, z[:, None].expand(z.shape[0], x_prev.shape[1], z.shape[-1])]
+            inp = torch.cat(parts + ([u_prev] if self.config.u_dim else []), -1)
+        return run_rnn(self.decoder, append_condition(inp, c), init)
+
+    def _shifted_observations(self, batch: SequenceBatch):
+        """What the feedback decoder reads at every step, x_{t-1} (zeros at t = 0): (B, T, x_in_dim)."""
+        y = self.x_input(batch.x, batch.obs_mask)  # (B, T, x_in_dim)
+        return torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], 1)
 
     def _shifted_controls(self, batch: SequenceBatch):
         """u_{t-1} for every step (zeros at t = 0, and everywhere when uncontrolled): (B, T, u_in)."""
@@ -70,20 +110,88 @@ class VRAE(DynamicalVAE):
     def posterior_params(self, batch: SequenceBatch):
         """loc, scale (B, z_dim) of q(z | x, u, c)."""
         y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
-        return self.posterior(self.encoder.final(append_condition(y, self._c(batch)), batch.lengths))
+        return self.posterior(self.encoder.final(append_condition(y, self.condition(batch)), batch.lengths))
 
+    # --- the contract: one code, a decoder run step by step ------------------------------------------
+    def initial_state(self, n: int, c=None):
+        """p(z) = N(0, I): the code, drawn before the first step; the state carries c."""
+        loc = torch.zeros(n, self.config.z_dim, **self.tensor_kind)  # (n, z_dim)
+        return {"c": c}, dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def _decoder_step(self, state: State, u_prev, hidden, x_prev=None) -> State:
+        """s_t = RNN_dec([u_{t-1}, c], s_{t-1}) (feedback: RNN_dec([x_{t-1}, z, u_{t-1}, c], s_{t-1}), x_prev
+        (n, x_in_dim)): the decoder's hidden state is kept batch first."""
+        n = state["z"].shape[0]
+        if self.feedback:
+            inp = torch.cat([x_prev, state["z"]] + ([u_prev] if self.config.u_dim else []), -1)
+        else:
+            inp = state["z"].new_zeros(n, 1) if u_prev is None else u_prev  # (n, u_in)
+        c = state.get("c")
+        inp = inp if c is None else torch.cat([inp, c], -1)  # (n, dec_in + c_dim)
+        out, hidden = self.decoder(inp[:, None], tuple(h[None] for h in hidden) if isinstance(hidden, tuple)
+                                   else hidden[None])  # hidden (1, n, rnn_dim)
+        hidden = tuple(h[0] for h in hidden) if isinstance(hidden, tuple) else hidden[0]  # (n, rnn_dim)
+        return {**state, "h": hidden, "s": out[:, 0]}
+
+    def with_latent(self, state: State, z) -> State:
+        """At step 0 the decoder starts from the code, s_{-1} = tanh(W [z, c]), and reads u_{-1} = 0."""
+        if "h" in state:  # later steps: the code is unchanged
+            return {**state, "z": z}
+        c = state.get("c")
+        s_init = torch.tanh(self.z_to_state(z if c is None else torch.cat([z, c], -1)))  # (n, rnn_dim)
+        hidden = (s_init, torch.zeros_like(s_init)) if isinstance(self.decoder, nn.LSTM) else s_init
+        u_dim = self.config.u_dim if self.feedback else max(self.config.u_dim, 1)
+        x_prev = z.new_zeros(z.shape[0], self.x_in_dim) if self.feedback else None  # x_{-1} = 0
+        return self._decoder_step({**state, "z": z}, z.new_zeros(z.shape[0], u_dim), hidden, x_prev)
+
+    def transition_step(self, state: State, x, u=None, obs_mask=None):
+        """s_t = RNN_dec([u_{t-1}, c], s_{t-1}) (feedback: also x_{t-1} and z); the code carries over (a
+        point mass)."""
+        x_prev = self.x_input(x, obs_mask) if self.feedback else None
+        new = self._decoder_step(state, u, state["h"], x_prev)
+        return new, dist.Delta(state["z"], event_dim=1)
+
+    def emission(self, state: State, obs_mask=None):
+        """p(x_t | s_t)."""
+        return observation_dist(self.emitter(state["s"]), self.config.likelihood, obs_mask)
+
+    def latent_path(self, batch: SequenceBatch):
+        """The guide's code, at every step: (B, T, z_dim)."""
+        z = self.guide(batch)  # (B, z_dim)
+        return z[:, None].expand(batch.batch_size, batch.num_steps, z.shape[-1])
+
+    # --- the Pyro programs: one code per sequence --------------------------------------------------
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u). Returns z (B, z_dim)."""
+        if self.feedback:
+            return self._model_feedback(batch, annealing_factor)
         pyro.module("vrae", self)
         B, T = batch.batch_size, batch.num_steps
         with pyro.plate("sequences", B, dim=-1):
             zeros = batch.x.new_zeros(B, self.config.z_dim)
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
+            s = self.decoder_states(batch, z)  # (B, T, rnn_dim)
             for t in pyro.markov(range(T)):
                 pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood,
-                                                       self._obs_mask(batch, t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
+                                                       batch.step_obs_mask(t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
+        return z
+
+    def _model_feedback(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """The feedback decoder's p(x, z | u), step by step over the contract: the decoder reads the
+        value of the previous step's site (observed, or drawn when unconditioned). Returns z (B, z_dim)."""
+        pyro.module("vrae", self)
+        B, T = batch.batch_size, batch.num_steps
+        with pyro.plate("sequences", B, dim=-1):
+            state, p_z = self.initial_state(B, self.condition(batch))
+            with poutine.scale(scale=annealing_factor):
+                z = pyro.sample("z", p_z)  # (B, z_dim)
+            state = self.with_latent(state, z)
+            for t in pyro.markov(range(T)):
+                if t > 0:
+                    state, _ = self.transition_step(state, x, batch.step_u(t - 1), batch.step_obs_mask(t - 1))
+                x = pyro.sample(f"x_{t}", self.emission(state, batch.step_obs_mask(t)).mask(batch.mask[:, t]),
+                                obs=batch.x[:, t])  # (B, x_dim)
         return z
 
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
@@ -94,35 +202,27 @@ class VRAE(DynamicalVAE):
             with poutine.scale(scale=annealing_factor):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, z | u) with the observations of every step as one site. Returns z (B, z_dim)."""
-        pyro.module("vrae", self)
-        B = batch.batch_size
-        with pyro.plate("sequences", B, dim=-1):
-            zeros = batch.x.new_zeros(B, self.config.z_dim)
-            with poutine.scale(scale=annealing_factor):
-                z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self._decode(z, self._shifted_controls(batch), self._c(batch))  # (B, T, rnn_dim)
-            x_dist = observation_dist(self.emitter(s), self.config.likelihood, batch.obs_mask)  # batch (B, T)
-            pyro.sample("x", observation_path(x_dist, batch.mask), obs=batch.x)
-        return z
+    # --- the same densities in one call each (the time-vectorized program) ----------------------------
+    def prior_path(self, batch: SequenceBatch):
+        """p(z) = N(0, I): batch (B,), event (z_dim,)."""
+        zeros = batch.x.new_zeros(batch.batch_size, self.config.z_dim)
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+    def decoder_states(self, batch: SequenceBatch, z):
+        """s_t of every step (B, T, rnn_dim): the decoder run from the code z (B, z_dim) on u_{t-1} and c
+        (feedback: and on the observed x_{t-1}, teacher forcing)."""
+        x_prev = self._shifted_observations(batch) if self.feedback else None
+        return self._decode(z, self._shifted_controls(batch), self.condition(batch), x_prev)
+
+    def emission_path(self, batch: SequenceBatch, z):
+        """p(x_t | s_t) of every step, the decoder run from the code z (B, z_dim): batch (B, T)."""
+        return observation_dist(self.emitter(self.decoder_states(batch, z)), self.config.likelihood, batch.obs_mask)
+
+    def posterior_path(self, batch: SequenceBatch):
+        """q(z | x, u, c): batch (B,), event (z_dim,)."""
+        loc, scale = self.posterior_params(batch)
+        return dist.Normal(loc, scale).to_event(1)
 
     def guide_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """q(z | x, u): the per-step guide already has one site."""
         return self.guide(batch, annealing_factor)
-
-    def _predict_samples(self, context: SequenceBatch, u_future, horizon: int):
-        N, C = context.batch_size, context.num_steps
-        z = self.guide(context)  # (N, z_dim)
-        rows = torch.arange(N, device=z.device)[:, None]
-        steps = (context.lengths[:, None] + torch.arange(horizon, device=z.device)[None])  # (N, H) predicted
-        if u_future is None:
-            u_prev = z.new_zeros(N, C + horizon, 1)
-        else:  # u_{t-1} for t = 1 .. C + H - 1, with u_future placed after each context
-            u_full = torch.cat([context.u, u_future.new_zeros(N, horizon, u_future.shape[-1])], 1)
-            u_full[rows, steps - 1] = u_future
-            u_prev = torch.cat([u_full.new_zeros(N, 1, u_full.shape[-1]), u_full[:, :-1]], 1)  # (N, C+H, u_dim)
-        s = self._decode(z, u_prev, self._c(context))[rows, steps]  # (N, H, rnn_dim)
-        x_dist = observation_dist(self.emitter(s), self.config.likelihood)
-        z_rep = z[:, None].expand(N, horizon, z.shape[-1])
-        return {"x": x_dist.sample(), "x_mean": x_dist.mean, "z": z_rep}

@@ -33,10 +33,14 @@ def test_eval_particles_agrees_with_the_iw_bound_at_many_samples(capsys, tmp_pat
     assert ev["nll_pf_per_step"] < ev["neg_elbo_per_step"]
 
 
-def test_eval_particles_refuses_a_family_without_a_markov_state(capsys, tmp_path, traj):
-    code, _, err = run(capsys, "train", "--model", "vrae", "--data", traj, *TINY, "--out", tmp_path / "run")
+@pytest.mark.parametrize("family", ["vrae", "vae", "lgssm"])
+def test_eval_particles_runs_every_family_through_the_contract(capsys, tmp_path, traj, family):
+    code, _, err = run(capsys, "train", "--model", family, "--data", traj, *TINY, "--out", tmp_path / "run")
     assert code == 0, err
-    code, _, err = run(capsys, "eval", tmp_path / "run", "--data", traj, "--particles", "10")
-    assert code != 0 and "particle filter runs on the dmm and vrnn models, not vrae" in err
+    code, ev, err = run(capsys, "eval", tmp_path / "run", "--data", traj, "--particles", "200")
+    assert code == 0, err
+    assert np.isfinite(ev["nll_pf_per_step"])
+    if family == "lgssm":  # the filter of the model's own dynamics against its exact likelihood
+        assert abs(ev["nll_pf_per_step"] - ev["nll_exact_per_step"]) < 0.05, ev
     code, _, err = run(capsys, "eval", tmp_path / "run", "--data", traj, "--particles", "-1")
     assert code != 0 and "--particles must be >= 0" in err

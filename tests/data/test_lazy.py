@@ -10,9 +10,10 @@ import torch
 
 from dvae.cli import main
 from dvae.data import Normalizer, from_trajectories, load_npz, load_source
+from dvae.data.batching import batches
 from dvae.data.lazy import LazySequences, write_manifest
 from dvae.errors import DataError
-from dvae.infer.trainer import TrainConfig, Trainer, batches
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 

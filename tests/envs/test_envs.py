@@ -209,7 +209,7 @@ def test_lg_true_params_fit_best():
     """The exact likelihood prefers the parameters that generated the data."""
     d = envs.collect("dvae/LinearGaussian-v0", 20, 50, seed=0)
     true, wrong = lg.LinearGaussianParams(), lg.LinearGaussianParams(B=((0.0,), (-0.5,)))
-    ll = lambda p: sum(lg.kalman_log_likelihood(d["obs"][i], d["actions"][i], p) for i in range(20))  # noqa: E731
+    ll = lambda p: sum(lg.log_likelihood(d["obs"][i], d["actions"][i], p) for i in range(20))  # noqa: E731
     assert ll(true) > ll(wrong) + 10
 
 
@@ -220,10 +220,10 @@ def test_lg_likelihood_accounts_for_controls():
     b = envs.collect("dvae/LinearGaussian-v0", 4, 50, policy="ou", seed=0)
     assert not np.allclose(a["obs"], b["obs"], atol=0.1)
     for i in range(4):
-        la = lg.kalman_log_likelihood(a["obs"][i], a["actions"][i])
-        lb = lg.kalman_log_likelihood(b["obs"][i], b["actions"][i])
+        la = lg.log_likelihood(a["obs"][i], a["actions"][i])
+        lb = lg.log_likelihood(b["obs"][i], b["actions"][i])
         assert abs(la - lb) < 1e-4  # float32 observations
-        assert lg.kalman_log_likelihood(b["obs"][i], a["actions"][i]) < lb - 10
+        assert lg.log_likelihood(b["obs"][i], a["actions"][i]) < lb - 10
 
 
 # --- PixelPendulum -------------------------------------------------------------------------------------

@@ -51,3 +51,95 @@ def test_world_model_vector_env_runs_batched_rollouts(run_dir):
         obs, r, term, trunc, _ = venv.step(venv.action_space.sample())
         assert obs.shape == (5, 3) and r.shape == (5,)
     assert trunc.all()
+
+
+def test_discrete_actions_reach_the_model_one_hot_and_mismatched_envs_are_refused(tmp_path):
+    """A run trained on CartPole's two discrete actions (one-hot, u_dim 2): the env gives the model
+    action 1 as [0, 1], exactly the step of the world model under u = [0, 1], not [1, 1]."""
+    from dvae.world_model import encode_actions
+
+    d, data = tmp_path / "run", tmp_path / "cartpole.npz"
+    assert main(["collect", "--env", "CartPole-v1", "--episodes", "8", "--steps", "16", "--out", str(data)]) == 0
+    assert main(["train", "--data", str(data), "--epochs", "1", "--z-dim", "2", "--rnn-dim", "8",
+                 "--transition-dim", "8", "--emission-dim", "8", "--no-progress", "--out", str(d)]) == 0
+    env = gym.make("dvae/WorldModel-v0", run_dir=str(d), env_id="CartPole-v1", sample=False)
+    np.testing.assert_array_equal(encode_actions(env.action_space, np.array([1, 0]), 2), [[0, 1], [1, 0]])
+    world, given = env.unwrapped.world, []
+    step = world.step
+    world.step = lambda u=None: given.append(u) or step(u)  # what the model is given
+    env.reset(seed=0, options={"history": (np.zeros((2, 4), np.float32), np.array([[1.0, 0.0]], np.float32))})
+    obs, *_ = env.step(1)
+    np.testing.assert_array_equal(given[0].numpy(), [[0.0, 1.0]])
+    assert obs.shape == (4,) and np.isfinite(obs).all()
+    with pytest.raises(ValueError, match="discrete actions must lie in 0..1"):
+        env.step(2)
+    with pytest.raises(ValueError, match="x_dim 4"):
+        gym.make("dvae/WorldModel-v0", run_dir=str(d), env_id="Pendulum-v1")
+    from gymnasium import spaces
+
+    from dvae.world_model import spaces_problem  # a Box of 1 action for a run of 2 discrete ones
+    model = env.unwrapped.model
+    assert "u_dim 2" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Box(-1, 1, (1,)))
+    assert "3 discrete actions" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Discrete(3))
+
+
+def test_bad_actions_are_refused_and_out_of_range_actions_clipped(run_dir):
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1", sample=False)
+    for bad, match in ((None, "required"), (np.array([np.nan], np.float32), "finite"),
+                       (np.array([1.0, 2.0], np.float32), "shape"), (np.array(["a"]), "real numbers"),
+                       (np.array([1 + 2j]), "real numbers")):
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match=match):
+            env.step(bad)
+    outs = []
+    for a in (2.0, 50.0):  # 50 is outside Box(-2, 2): clipped to 2, the same step
+        env.reset(seed=0)
+        outs.append(env.step(np.array([a], np.float32))[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="num_envs"):
+        gym.make_vec("dvae/WorldModel-v0", num_envs=0, vectorization_mode="vector_entry_point", run_dir=run_dir)
+    venv = gym.make_vec("dvae/WorldModel-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                        run_dir=run_dir, env_id="Pendulum-v1")
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(4, 1\)"):
+        venv.step(np.zeros((2, 2), np.float32))  # 4 actions of 1 entry, not reshaped from (2, 2)
+    with pytest.raises(ValueError, match="x_dim"):  # CartPole's 4-D observations for a 3-D Pendulum run
+        gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="CartPole-v1")
+    with pytest.raises(ValueError, match="shape"):
+        env.unwrapped.world.reset(np.zeros((3, 3), np.float32), np.zeros((5, 1), np.float32))  # C - 1 controls
+
+
+def test_plan_with_a_run_that_cannot_stand_in_for_the_env_says_so_in_one_line(tmp_path, capsys):
+    d, data = tmp_path / "run", tmp_path / "cartpole.npz"  # a CartPole run (4-D observations) on Pendulum-v1
+    assert main(["collect", "--env", "CartPole-v1", "--episodes", "4", "--steps", "8", "--out", str(data)]) == 0
+    assert main(["train", "--data", str(data), "--epochs", "1", "--z-dim", "2", "--rnn-dim", "8",
+                 "--transition-dim", "8", "--emission-dim", "8", "--no-progress", "--out", str(d)]) == 0
+    capsys.readouterr()
+    code = main(["plan", str(d), "--env", "Pendulum-v1", "--episodes", "1", "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Pendulum-v1: observations of shape (3,), but the run's model has x_dim 4" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_envs_seeded_steps_leave_the_callers_cuda_stream_as_it_was(run_dir, monkeypatch):
+    """The env seeds torch from its own np_random at every step; a caller drawing on CUDA (a stand-in
+    generator on the CPU, reseeded by torch.manual_seed as a GPU's is) continues its own stream."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cuda, "manual_seed_all", lambda seed: gen.manual_seed(seed))
+    monkeypatch.setattr(cuda, "get_rng_state", lambda device="cuda": gen.get_state())
+    monkeypatch.setattr(cuda, "set_rng_state", lambda state, device="cuda": gen.set_state(state))
+    expected = torch.Generator().manual_seed(11)
+    torch.randn(3, generator=expected)
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1")
+    torch.randn(3, generator=gen)  # the caller's draw before the env runs
+    env.reset(seed=0)
+    env.step(np.array([0.5], np.float32))
+    assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=expected))
+    before = torch.get_rng_state()
+    env.step(np.array([0.5], np.float32))
+    assert torch.equal(torch.get_rng_state(), before)  # the CPU stream too

@@ -85,7 +85,7 @@ def test_decoded_codes_are_the_decoder_run_by_hand(u_dim):
     assert got.shape == (5, T, 3)
     batch = collate([torch.zeros(T, 3)] * 5, None if u is None else [u] * 5)
     with torch.no_grad():  # s_0 = tanh(W z), s_t = RNN(u_{t-1}, s_{t-1}), mean of p(x_t | s_t)
-        expected = m.emitter(m._decode(codes, m._shifted_controls(batch)))[0]
+        expected = m.emitter(m.decoder_states(batch, codes))[0]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-6)
 
 

@@ -12,7 +12,8 @@ import dvae
 from dvae.infer import DynamicalELBO, elbo_terms
 from dvae.infer.diagnostics import (CollapseMonitor, PosteriorCollapseWarning, active_units, latent_columns,
                                     latent_report)
-from dvae.infer.trainer import TrainConfig, Trainer, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 from tests.infer.test_vectorized import VARIANTS, loss_and_grads, ragged, tiny
 

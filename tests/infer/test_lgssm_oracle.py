@@ -8,7 +8,8 @@ import pytest
 
 from dvae.data import Normalizer
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
-from dvae.infer.trainer import TrainConfig, Trainer, evaluate
+from dvae.infer.evaluation import evaluate
+from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 
 

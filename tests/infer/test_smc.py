@@ -9,9 +9,9 @@ import torch
 from dvae.data.batch import SequenceBatch, collate
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, linear_gaussian_dmm, sample_lgssm
 from dvae.infer.elbo import iw_bound
-from dvae.infer.smc import (dmm_particle_filter, evaluate_pf, filter_for, lgssm_particle_filter, particle_filter,
-                            systematic_resample, vrnn_particle_filter)
-from dvae.models import ModelConfig, build_model
+from dvae.infer.smc import (evaluate_pf, filter_for, lgssm_particle_filter, model_particle_filter, particle_filter,
+                            systematic_resample)
+from dvae.models import DynamicalVAE, ModelConfig, build_model
 
 # a 2-D latent, 2-D observation, 1-D control; diagonal noise so the DMM can carry it exactly
 TRUE = LGSSMParams(np.array([[0.9, 0.1], [-0.1, 0.8]]), np.array([[0.5], [0.0]]), np.array([[1.0, 0.0], [0.3, 1.0]]),
@@ -49,7 +49,7 @@ def test_dmm_adapter_on_a_dmm_that_is_the_linear_system_converges_to_kalman():
     batch, exact = _data(dtype=torch.float32)
     model = linear_gaussian_dmm(TRUE)
     torch.manual_seed(0)
-    est = np.stack([dmm_particle_filter(model, batch, 10000).numpy() for _ in range(2)])
+    est = np.stack([model_particle_filter(model, batch, 10000).numpy() for _ in range(2)])
     assert np.abs(est - exact).mean() < 0.2
 
 
@@ -62,15 +62,15 @@ def test_dmm_adapter_ragged_batch_gives_each_sequence_its_own_likelihood():
     model = linear_gaussian_dmm(TRUE)
     batch = collate(xs, us)
     torch.manual_seed(0)
-    est = np.stack([dmm_particle_filter(model, batch, 5000).numpy() for _ in range(2)])
+    est = np.stack([model_particle_filter(model, batch, 5000).numpy() for _ in range(2)])
     assert np.abs(est - exact).max() < 0.25, (est, exact)
     # padded steps contribute nothing: garbage in the padding leaves every estimate unchanged, draw for draw
     noisy = batch.x.clone()
     noisy[~batch.mask] = 1e3
     torch.manual_seed(5)
-    clean = dmm_particle_filter(model, batch, 64)
+    clean = model_particle_filter(model, batch, 64)
     torch.manual_seed(5)
-    dirty = dmm_particle_filter(model, batch._replace(x=noisy), 64)
+    dirty = model_particle_filter(model, batch._replace(x=noisy), 64)
     assert torch.equal(clean, dirty)
 
 
@@ -83,9 +83,9 @@ def test_dmm_adapter_padded_sequence_equals_the_unpadded_one_draw_for_draw():
     padded = SequenceBatch(torch.cat([x, 50 * torch.ones(1, pad, 2)], 1), torch.cat([u, torch.ones(1, pad, 1)], 1),
                            torch.arange(5 + pad)[None] < 5, torch.tensor([5]))
     torch.manual_seed(1)
-    a = dmm_particle_filter(model, plain, 100, ess_threshold=1.0)
+    a = model_particle_filter(model, plain, 100, ess_threshold=1.0)
     torch.manual_seed(1)
-    b = dmm_particle_filter(model, padded, 100, ess_threshold=1.0)
+    b = model_particle_filter(model, padded, 100, ess_threshold=1.0)
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
@@ -95,7 +95,7 @@ def test_vrnn_adapter_agrees_with_the_iw_bound_at_many_samples():
     model = build_model(ModelConfig("vrnn", x_dim=2, u_dim=1, z_dim=1, rnn_dim=8, transition_dim=8, emission_dim=8))
     batch = SequenceBatch(torch.randn(4, 3, 2), torch.randn(4, 3, 1), torch.ones(4, 3, dtype=torch.bool),
                           torch.tensor([3, 3, 3, 3]))
-    pf = torch.stack([vrnn_particle_filter(model, batch, 20000) for _ in range(2)]).mean(0)
+    pf = torch.stack([model_particle_filter(model, batch, 20000) for _ in range(2)]).mean(0)
     iw = iw_bound(model.model_vectorized, model.guide_vectorized, batch, 20000, chunk=5000)
     assert torch.allclose(pf, iw, atol=0.05), (pf, iw)
 
@@ -118,7 +118,46 @@ def test_evaluate_pf_reports_data_units_and_refuses_other_families():
     out = evaluate_pf(model, [x / 2.0 for x in xs], us, 4000, log_det_per_step=2 * math.log(2.0))
     assert out["num_steps"] == 80
     assert out["nll_pf_per_step"] == pytest.approx(-exact.sum() / 80 + 2 * math.log(2.0), abs=0.02)
-    with pytest.raises(ValueError, match="particle filter runs on"):
-        filter_for(build_model(ModelConfig("vrae", x_dim=2)))
+    assert filter_for(build_model(ModelConfig("vrae", x_dim=2))) is model_particle_filter  # every family
+
+    class NoDynamics(DynamicalVAE):  # a family that states no contract
+        pass
+
+    with pytest.raises(ValueError, match="states its dynamics"):
+        filter_for(NoDynamics(ModelConfig("dmm", x_dim=2)))
     with pytest.raises(ValueError, match="at least 1 particle"):
         particle_filter(lambda P: torch.zeros(1, P, 1), None, None, torch.ones(1, 2, dtype=torch.bool), 0)
+
+
+def test_the_filter_through_the_contract_of_an_lgssm_model_converges_to_its_exact_likelihood():
+    """The LGSSM family's contract (initial_state, transition_step, emission) run as particles gives the
+    likelihood its own Kalman filter computes exactly."""
+    batch, exact = _data(n=4)
+    model = build_model(ModelConfig("lgssm", x_dim=2, u_dim=1, z_dim=2)).double()
+    model.set_params(TRUE.A, TRUE.B, TRUE.C, TRUE.Q, TRUE.R, TRUE.m0, TRUE.P0)
+    torch.manual_seed(0)
+    est = torch.stack([model_particle_filter(model, batch, 20000) for _ in range(2)]).mean(0)
+    np.testing.assert_allclose(est.numpy(), exact, atol=0.1)
+
+
+def test_the_filter_runs_the_vraes_code_and_decoder_as_particles():
+    """The VRAE's particles are codes with their decoder states: with one particle and the code fixed
+    by hand, log Z_hat is exactly the model's log p(x | z) for that code."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("vrae", x_dim=2, u_dim=1, z_dim=3, rnn_dim=8, emission_dim=8,
+                                    transition_dim=8)).double().eval()
+    batch, _ = _data(n=3, steps=6)
+    code = torch.randn(3, 3, dtype=torch.float64)
+    from pyro import poutine
+
+    trace = poutine.trace(poutine.condition(model.model, data={"z": code})).get_trace(batch)
+    log_lik = sum(trace.nodes[f"x_{t}"]["fn"].log_prob(batch.x[:, t]) for t in range(6))  # (3,)
+    original = model.initial_state
+
+    def fixed_code(n, c=None):  # p(z) replaced by a point mass at the code
+        import pyro.distributions as dist
+        state, _ = original(n, c)
+        return state, dist.Delta(code, event_dim=1)
+
+    model.initial_state = fixed_code
+    torch.testing.assert_close(model_particle_filter(model, batch, 1), log_lik, rtol=1e-9, atol=1e-9)

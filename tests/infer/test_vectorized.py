@@ -23,12 +23,14 @@ from dvae.nn import Recurrence
 from tests.conftest import make_batch
 
 # (family, guide) pairs: the DMM has four guides (iaf: the flow guide, whose KL is sampled); "+bidirectional" and "+condition" switch on the
-# bidirectional encoder and a condition c (c_dim = C_DIM) for the families that have them
+# bidirectional encoder and a condition c (c_dim = C_DIM) for the families that have them; "+balance" the
+# RSSM's KL balancing (alpha 0.8)
 VARIANTS = [("dmm", "dks"), ("dmm", "mean_field"), ("vrnn", "dks"), ("vrae", "dks"),
             ("dmm", "dks+bidirectional"), ("dmm", "mean_field+bidirectional"), ("vrae", "dks+bidirectional"),
             ("dmm", "dks+condition"), ("dmm", "mean_field+bidirectional+condition"), ("vrae", "dks+condition"),
             ("vrae", "dks+bidirectional+condition"), ("vae", "dks"),
-            ("dmm", "ltr"), ("dmm", "ltr+condition"), ("dmm", "iaf"), ("dmm", "iaf+bidirectional+condition")]
+            ("dmm", "ltr"), ("dmm", "ltr+condition"), ("dmm", "iaf"), ("dmm", "iaf+bidirectional+condition"),
+            ("storn", "dks"), ("srnn", "dks"), ("srnn", "resq"), ("rssm", "dks"), ("rssm", "dks+balance")]
 TIGHT = dict(rtol=1e-9, atol=1e-9)
 C_DIM = 2
 
@@ -38,7 +40,7 @@ def tiny(family, u_dim=2, guide="dks", likelihood="gaussian", dtype=torch.float6
     m = build_model(ModelConfig(family, x_dim=x_dim, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8,
                                 emission_dim=8, guide=guide, likelihood=likelihood,
                                 bidirectional="bidirectional" in options, c_dim=C_DIM if "condition" in options else 0,
-                                **kw))
+                                kl_balance=0.8 if "balance" in options else 0.0, **kw))
     return m.to(dtype)
 
 
@@ -140,7 +142,7 @@ def test_pyro_scores_the_same_elbo_as_the_loss_written_in_torch(family, guide):
     assert_same_grads({n: p.grad for n, p in m.named_parameters()}, pyro_form[1], **TIGHT)
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae", "storn", "srnn", "rssm"])
 def test_path_sites_keep_their_type_under_the_plate(family):
     m = tiny(family)
     batch = ragged()
@@ -168,7 +170,7 @@ def _loss_spread(m, elbo, seeds=range(5)):
     return max(losses) - min(losses)
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vae", "storn", "srnn", "rssm"])
 @pytest.mark.parametrize("elbo", [DynamicalELBO(), DynamicalELBO(free_bits=1e-9), TraceMeanField_ELBO()],
                          ids=["dynamical", "free_bits", "trace_mean_field"])
 def test_the_kl_of_a_path_is_analytic(family, elbo):
@@ -230,10 +232,11 @@ def test_the_dmm_prior_path_scores_every_step_as_its_sampler_draws_it():
     prior, path = trace.nodes["z"]["fn"], trace.nodes["z"]["value"]
     assert path.shape == (3, 7, 4) and trace.nodes["x"]["value"].shape == (3, 7, 3)
     loc, scale = prior.params(path)  # every step at once
-    for t in range(7):
-        step = m._prior(t, None if t == 0 else path[:, t - 1], batch)
-        torch.testing.assert_close(loc[:, t], step[0], **TIGHT)
-        torch.testing.assert_close(scale[:, t], step[1], **TIGHT)
+    for t in range(7):  # the contract's step t, one at a time
+        _, p = m.initial_state(3) if t == 0 else m.transition_step({"z": path[:, t - 1], "c": None}, None,
+                                                                   batch.step_u(t - 1))
+        torch.testing.assert_close(loc[:, t], p.base_dist.loc, **TIGHT)
+        torch.testing.assert_close(scale[:, t], p.base_dist.scale, **TIGHT)
 
 
 def test_the_vrnn_vectorized_model_cannot_run_unconditioned():
@@ -264,6 +267,36 @@ def test_the_vrnn_model_reuses_the_guides_recurrence_with_the_same_result(monkey
     loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO())
     assert hits and all(hits)  # the model found the guide's recurrence for the guide's path
     monkeypatch.setattr(vrnn, "_GUIDE_FEATURES", Forgetful())  # the model runs its own (Recurrence.scan)
+    without = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.6)
+    torch.testing.assert_close(without[0], with_memo[0], **TIGHT)
+    assert_same_grads(without[1], with_memo[1], **TIGHT)
+
+
+@pytest.mark.parametrize("family, memo", [("srnn", "_GUIDE_D"), ("rssm", "_GUIDE_H")])
+def test_the_model_reuses_the_guides_recurrence_of_srnn_and_rssm_with_the_same_result(family, memo, monkeypatch):
+    """SRNN keeps the guide's d, RSSM the guide's h, beside the drawn path; without it the model runs its
+    own multi-step RNN call: the same loss and gradients."""
+    import importlib
+
+    module = importlib.import_module(f"dvae.models.{family}")
+    m = tiny(family)
+    batch = ragged()
+    hits = []
+    real_get = module.WeakTensorKeyDictionary.get
+
+    class Spy(module.WeakTensorKeyDictionary):
+        def get(self, key, default=None):
+            hits.append(real_get(self, key) is not None)
+            return real_get(self, key, default)
+
+    class Forgetful(module.WeakTensorKeyDictionary):
+        def __setitem__(self, key, value):
+            pass
+
+    monkeypatch.setattr(module, memo, Spy())
+    with_memo = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.6)
+    assert hits and all(hits)
+    monkeypatch.setattr(module, memo, Forgetful())
     without = loss_and_grads(m, m.model_vectorized, m.guide_vectorized, batch, DynamicalELBO(), annealing=0.6)
     torch.testing.assert_close(without[0], with_memo[0], **TIGHT)
     assert_same_grads(without[1], with_memo[1], **TIGHT)

@@ -123,7 +123,7 @@ def test_generate_and_predict_take_the_condition(family):
         tiny(family, c_dim=0).generate(5, u=torch.zeros(5, 2), c=torch.zeros(2))
     batch = with_c(make_batch())
     assert m.predict(batch, torch.zeros(3, 4, 2).double(), 4, num_samples=2)["x"].shape == (2, 3, 4, 3)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="c_dim"):
         m.predict(batch._replace(c=None), torch.zeros(3, 4, 2).double(), 4)
 
 

@@ -9,10 +9,10 @@ import torch
 from dvae.data import collate
 from dvae.eval.exact import LGSSMParams, sample_lgssm
 from dvae.infer import elbo_terms
-from dvae.infer.trainer import evaluate
+from dvae.infer.evaluation import evaluate
 from dvae.models import ModelConfig, build_model, repeat_batch
 
-FAMILIES = ["dmm", "vrnn", "vrae"]
+FAMILIES = ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm"]
 
 
 def fixed_emitter(m, bias):

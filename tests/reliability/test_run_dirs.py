@@ -244,9 +244,9 @@ def test_resume_refuses_what_it_would_ignore(capsys, trained, tmp_path, flags, m
 @pytest.mark.parametrize("signals", [1, 2])
 def test_a_signal_after_the_last_epoch_ends_with_the_summary_and_no_tmp_file(capsys, trained, tmp_path, monkeypatch,
                                                                            signals):
-    import dvae.cli
+    import dvae.fitting
 
-    write = dvae.cli.write_train_plots
+    write = dvae.fitting.write_train_plots
 
     def interrupted(*args, **kwargs):  # SIGTERM while the plots are drawn, after the last epoch
         for _ in range(signals):
@@ -254,7 +254,7 @@ def test_a_signal_after_the_last_epoch_ends_with_the_summary_and_no_tmp_file(cap
             time.sleep(0.01)
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(dvae.cli, "write_train_plots", interrupted)
+    monkeypatch.setattr(dvae.fitting, "write_train_plots", interrupted)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit:
         main(["train", "--data", str(trained / "d.npz"), *TINY, "--epochs", "2", "--out", str(run)])

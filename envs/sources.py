@@ -1,0 +1,35 @@
+"""Built-in data sources: SOURCE names (``dvae train --data pendulum``) that collect their data from an env.
+
+The data layer (:mod:`dvae.data`) reads files and collects from no environment; the names it cannot
+know live here, beside collection. :data:`BUILTIN_SOURCES` maps each name to its loader, and
+:func:`load_source` reads any SOURCE string: these names, and every file or directory that
+:func:`dvae.data.load_source` reads.
+
+This module imports ``dvae.data`` (its public names only); ``import envs`` does not import it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from dvae.data import SequenceData, from_trajectories
+from dvae.data import load_source as _load_source
+from envs.collect import collect
+
+
+def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
+    """The built-in source ``pendulum``: Gymnasium's Pendulum-v1 under smooth (Ornstein-Uhlenbeck) random
+    torques, ``episodes`` episodes of ``steps`` actions (``steps + 1`` observations) collected with ``seed``."""
+    d = collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
+    meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
+    return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta,
+                             (d["action_low"], d["action_high"]))
+
+
+BUILTIN_SOURCES: Dict[str, Callable[..., SequenceData]] = {"pendulum": load_pendulum}
+"""Built-in SOURCE name -> ``loader(seed=, episodes=, steps=)``."""
+
+
+def load_source(source: str, **kwargs) -> SequenceData:
+    """:func:`dvae.data.load_source` with the built-in names of :data:`BUILTIN_SOURCES` (same keywords)."""
+    return _load_source(source, builtins=BUILTIN_SOURCES, **kwargs)

@@ -1,0 +1,216 @@
+"""The comparison study behind docs/comparisons.md (``python -m studies.compare``, from a source checkout).
+
+One command runs the study and writes the document, its figures and the raw results; no number in
+the document is typed by hand::
+
+    python -m studies.compare                                   # every section that needs no external data
+    python -m studies.compare --polyphonic-dir ../shared/data/polyphonic   # and the polyphonic benchmarks
+    python -m studies.compare --sections exact,estimators       # re-run some sections; the others are kept
+    python -m studies.compare --quick                           # tiny sizes, seconds: a smoke test
+
+The study is not part of the installed ``dvae`` package: it uses ``dvae`` through its public API (and
+``envs``), shells out to git for the commit it records, and writes under docs/.
+
+Each section is a module of this package with ``run(ctx: Context) -> Section``; ``SECTIONS`` lists
+them in document order. A section's ``Section`` carries its markdown (tables built from its own
+results), its JSON-able results and its wall time. The results directory beside the document
+(``docs/comparisons/<key>.json`` for ``docs/comparisons.md``) keeps every section's last run with
+the command, machine, date and commit it came from, so re-running one section rebuilds the document
+with the others' stored figures, and the document says for each section when and how it was
+produced. ``python -m studies.compare --sections none`` only rebuilds the document from the stored results.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+COMMAND = "python -m studies.compare"
+SECTIONS: Dict[str, str] = {
+    "exact": "studies.compare.exact",            # exact log-likelihood against the ELBO and IW bounds (LGSSM data)
+    "guides": "studies.compare.guides",          # guides on the same model: bound reached and time
+    "estimators": "studies.compare.estimators",  # gradient estimators: value, gradient variance, time
+    "nonlinear": "studies.compare.nonlinear",    # particle filter beside the bounds on a nonlinear system
+    "polyphonic": "studies.compare.polyphonic",  # the polyphonic music benchmarks beside published figures
+}
+
+
+@dataclass
+class Context:
+    """What a section gets: sizes (``quick``), a seed, where to put figures and scratch runs, and the
+    optional polyphonic data directory (sections that need it skip without it)."""
+
+    quick: bool = False
+    seed: int = 0
+    figures_dir: Path = Path("docs/figures")
+    """Where figures go; the document links them relative to ``doc_dir``."""
+    doc_dir: Path = Path("docs")
+    work_dir: Path = Path("runs/compare")
+    """Scratch space for run directories and data files."""
+    polyphonic_dir: Optional[Path] = None
+    device: str = "cpu"
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+
+    def figure(self, name: str) -> tuple:
+        """(path to write a figure ``name``.png, the markdown link target relative to the document)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"compare-{name}.png"
+        return path, os.path.relpath(path, self.doc_dir)
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    markdown: str
+    """The section's body: prose around tables and figure links generated from ``results``."""
+    results: dict
+    seconds: float = 0.0
+    skipped: Optional[str] = None
+    """Why the section did not run (e.g. no polyphonic data given); then ``markdown`` may be empty."""
+    meta: dict = field(default_factory=dict)
+
+
+def markdown_table(header: List[str], rows: List[list], fmt: str = "{:.3f}") -> str:
+    """A markdown table; floats are formatted with ``fmt``, everything else with str()."""
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else fmt.format(v)
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import pyro
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"pyro-ppl {pyro.__version__}, torch threads {torch.get_num_threads()}")
+
+
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def render(stored: Dict[str, dict]) -> str:
+    """The document from the stored sections (in SECTIONS order)."""
+    parts = ["# Comparisons: exact against variational, guides, estimators, model families", "",
+             "Generated by `python -m studies.compare` (`studies/compare/`, run from the root of a source checkout);",
+             "every number below comes from that command, and `comparisons/<section>.json` beside this page holds the",
+             "raw results. Each section says the command, machine, date, commit and wall time of the run that produced",
+             "it; `python -m studies.compare --sections KEY` re-runs one, `--sections none` only rebuilds this page.", ""]
+    total = sum(s["seconds"] for s in stored.values() if not s.get("skipped"))
+    parts += [f"Total wall time of the sections below: {total / 60:.1f} min.", ""]
+    for key in SECTIONS:
+        s = stored.get(key)
+        if s is None:
+            continue
+        parts += [f"## {s['title']}", ""]
+        m = s["meta"]
+        if s.get("skipped"):
+            parts += [f"Not run: {s['skipped']} (`{m.get('command', COMMAND)}`).", ""]
+            continue
+        load = ""
+        if m.get("load_average_start") is not None:
+            load = (f"; 1-minute load average {m['load_average_start']:.1f} at the start and "
+                    f"{m['load_average_end']:.1f} at the end (other jobs on the machine slow wall-clock budgets)")
+        parts += [f"*Regenerate: `{m['command']}` ({s['seconds'] / 60:.1f} min on {m['machine']}; {m['date']}, "
+                  f"commit {m['commit']}{load}).*", "", s["markdown"].strip(), ""]
+    return "\n".join(parts)
+
+
+def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) -> dict:
+    """Run ``sections``, merge them into the stored results beside ``out_doc`` and rewrite it."""
+    import torch
+
+    from dvae.files import atomic_write
+
+    sections = [s for s in sections if s != "none"]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    results_dir = out_doc.with_suffix("")
+    stored: Dict[str, dict] = {}
+    for key in SECTIONS:
+        path = results_dir / f"{key}.json"
+        if path.exists():
+            try:
+                stored[key] = json.loads(path.read_text())
+                stored[key]["title"], stored[key]["seconds"]  # noqa: B018 (the keys a section needs)
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{path}: not a comparison section's results; move it away to start afresh") from None
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "commit": _commit(),
+            "quick": ctx.quick}
+    timings = {}
+    for key in sections:
+        module = importlib.import_module(SECTIONS[key])
+        load_start = _load_average()
+        t0 = time.perf_counter()
+        section: Section = module.run(ctx)
+        section.seconds = time.perf_counter() - t0
+        section.meta = {**meta, "load_average_start": load_start, "load_average_end": _load_average(), **section.meta}
+        stored[key] = asdict(section)
+        timings[key] = round(section.seconds, 1)
+        # write after every section: a long study interrupted keeps what it finished
+        payload = json.dumps(stored[key], indent=1, allow_nan=True).encode()
+        atomic_write(str(results_dir / f"{key}.json"), lambda f: f.write(payload))
+        _write_doc(out_doc, stored)
+        print(f"{COMMAND}: {key} done in {section.seconds:.0f} s", file=sys.stderr)
+    _write_doc(out_doc, stored)
+    return {"doc": str(out_doc), "results": str(results_dir), "sections": timings,
+            "skipped": {k: stored[k]["skipped"] for k in sections if stored[k].get("skipped")},
+            "seconds": round(sum(timings.values()), 1)}
+
+
+def _write_doc(out_doc: Path, stored: Dict[str, dict]) -> None:
+    from dvae.files import atomic_write
+
+    doc = render(stored).encode()
+    atomic_write(str(out_doc), lambda f: f.write(doc))
+
+
+def command_line(argv: List[str]) -> str:
+    """The command that ran the study with flags ``argv``, as the results record it."""
+    return COMMAND + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
