@@ -269,8 +269,13 @@ class Run:
         from dvae.rundir import RunLock, check_new_run_dir
         from dvae.run import BEST, CHECKPOINT, create_run, load_torch, record_data, save_torch, write_config, write_metrics
 
+        from dvae.errors import RunDirError
+
         run_dir = os.fspath(run_dir)
-        check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
+        try:
+            check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
+        except RunDirError as e:
+            raise ValueError(f"run_dir: {e}") from None
         if self._checkpoint is None and self.run_dir is None:
             raise ValueError("run_dir: this Run has no training state to save (it was neither fitted here nor loaded)")
         config = copy.deepcopy(self.config)
@@ -576,6 +581,9 @@ class Run:
         self._no_condition("impute")
         if self.config.kind != "continuous":
             raise ValueError("impute needs a run trained on continuous data")
+        if self.config.data.missing != "nan":  # as `dvae impute`: its networks never saw a missing entry
+            raise ValueError(f"{self.run_dir or 'this run'}: trained without missing='nan', so its networks never saw "
+                             "a missing entry: impute needs a run trained with missing='nan'")
         if num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
         x, batched = self._x(obs, "obs", allow_nan=True)
