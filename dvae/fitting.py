@@ -300,7 +300,8 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
         if not a.data:
             a.data = DataConfig.source
         if data is None:
-            data = load_data(RunConfig(data=DataConfig(source=absolute_source(a.data), episodes=a.episodes,
+            # read as given (its errors name the path the user wrote); recorded absolute, fingerprinted
+            data = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes,
                                                        steps=a.steps, data_seed=a.seed, missing=a.missing,
                                                        tokens=a.tokens, min_count=a.min_count)))
         config = new_run_config(a, data)  # the checks a reloaded config.json gets, before anything is written
