@@ -42,6 +42,7 @@ SECTIONS: Dict[str, str] = {
     "estimators": "studies.compare.estimators",  # gradient estimators: value, gradient variance, time
     "nonlinear": "studies.compare.nonlinear",    # particle filter beside the bounds on a nonlinear system
     "polyphonic": "studies.compare.polyphonic",  # the polyphonic music benchmarks beside published figures
+    "worldmodels": "studies.compare.worldmodels",  # every family as a world model of Pendulum-v1
 }
 
 

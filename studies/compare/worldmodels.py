@@ -1,0 +1,160 @@
+"""Section "worldmodels": every family of ``dvae.models.MODELS`` ranked as a world model of
+Pendulum-v1 at equal training time.
+
+Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (``envs.collect``, policy
+"ou", noise-free observations). Each family is trained with the project's defaults for the same
+wall-clock budget (``B.fit``) on the same split, then on the same held-out sequences:
+
+- k-step RMSE of open-loop prediction (``dvae.eval.openloop.kstep_report``), data units;
+- NLL: the test -ELBO and -IW_K per observed step (nats, data units, lower is better);
+- planning score (R_model - R_random) / (R_true - R_random): CEM on the model's imagined rollouts
+  (``dvae.planning.model_policy``) against the random policy and CEM on the true simulator, the
+  baselines ``dvae plan`` reports, on the same episodes' reset seeds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from studies.compare import Context, Section, markdown_table
+from studies.compare import _bounds as B
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return {"episodes": 24, "steps": 16, "time_limit": 1.0, "k": 1, "context": 6, "horizon": 5,
+                "plan_episodes": 1, "plan_steps": 3, "plan_horizon": 3, "plan_samples": 16, "plan_iterations": 1}
+    return {"episodes": 200, "steps": 50, "time_limit": 120.0, "k": 100, "context": 20, "horizon": 20,
+            "plan_episodes": 3, "plan_steps": 100, "plan_horizon": 15, "plan_samples": 200, "plan_iterations": 3}
+
+
+def families() -> list:
+    from dvae.models import MODELS
+
+    return list(MODELS)
+
+
+def collect_data(episodes: int, steps: int, seed: int):
+    import envs
+    from dvae.data.datasets import from_trajectories
+
+    d = envs.collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
+    meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
+    return from_trajectories(d["obs"].astype(np.float32), d["actions"], d["lengths"], "Pendulum-v1", meta,
+                             (d["action_low"], d["action_high"]))
+
+
+def _baselines(S: dict, seed: int) -> dict:
+    from dvae.control import PlannerConfig
+    from dvae.planning import random_policy, run_episodes, true_policy
+    from envs.simulators import true_returns
+
+    pc = PlannerConfig(horizon=S["plan_horizon"], num_samples=S["plan_samples"], iterations=S["plan_iterations"])
+    rnd = run_episodes("Pendulum-v1", random_policy(seed), S["plan_episodes"], seed, S["plan_steps"])
+    tr = run_episodes("Pendulum-v1", true_policy(true_returns("Pendulum-v1"), "cem", pc, seed), S["plan_episodes"],
+                      seed, S["plan_steps"])
+    return {"random": float(np.mean(rnd)), "true_model": float(np.mean(tr))}
+
+
+def _evaluate(model, norm, data, S: dict, seed: int, base: dict) -> dict:
+    import pyro
+
+    from dvae.control import PlannerConfig
+    from dvae.eval.openloop import kstep_report
+    from dvae.planning import model_policy, run_episodes
+    from envs.rewards import reward_fn
+
+    out = B.bounds(model, *B.prepare(data, norm, "test"), norm.log_det_per_step, [S["k"]], seed)
+    out["nll_elbo"] = -out["elbo"]
+    out["nll_iw"] = -out.get(f"iw_{S['k']}", out["elbo"])  # an exact model's ELBO is its log-likelihood
+    xs, us = data.subset("test")
+    txs, tus = data.subset("train")
+    pyro.set_rng_seed(seed)
+    rep = kstep_report(model, norm, xs, us, txs, tus, S["context"], S["horizon"], num_samples=32)
+    out["kstep_rmse"] = [float(v) for v in rep["kstep_rmse"]]
+    out["persistence_rmse"] = [float(v) for v in rep["baselines"]["persistence"]["kstep_rmse"]]
+    pc = PlannerConfig(horizon=S["plan_horizon"], num_samples=S["plan_samples"], iterations=S["plan_iterations"])
+    t0 = time.perf_counter()
+    ret = run_episodes("Pendulum-v1", model_policy(model, norm, reward_fn("Pendulum-v1"), "cem", pc, seed),
+                       S["plan_episodes"], seed, S["plan_steps"])
+    out["plan_return"] = float(np.mean(ret))
+    out["plan_seconds"] = round(time.perf_counter() - t0, 1)
+    gap = base["true_model"] - base["random"]
+    out["plan_score"] = float((out["plan_return"] - base["random"]) / gap) if gap != 0 else float("nan")
+    return out
+
+
+def run(ctx: Context) -> Section:
+    from dvae.data import Normalizer
+
+    S = sizes(ctx.quick)
+    data = collect_data(S["episodes"], S["steps"], ctx.seed)
+    norm = Normalizer.fit(*data.subset("train"))
+    res = {"sizes": S, "families": families(), "baselines": _baselines(S, ctx.seed), "models": {}}
+    for fam in res["families"]:
+        model, info = B.fit(fam, data, norm, S["time_limit"], ctx.seed, ctx.device)
+        info.update(_evaluate(model, norm, data, S, ctx.seed, res["baselines"]))
+        res["models"][fam] = info
+    figure = _figure(ctx, res)
+    return Section("worldmodels", "Every family as a world model of Pendulum-v1 at equal training time",
+                   _markdown(res, figure), res)
+
+
+def _markdown(res: dict, figure: str) -> str:
+    S, base = res["sizes"], res["baselines"]
+    order = sorted(res["models"], key=lambda f: res["models"][f]["kstep_rmse"][-1])
+    rows = []
+    for rank, fam in enumerate(order, 1):
+        m = res["models"][fam]
+        rows.append([rank, fam.upper(), m["kstep_rmse"][0], m["kstep_rmse"][-1], m["nll_elbo"], m["nll_iw"],
+                     m["plan_score"], f"{m['train_seconds']:.0f} s / {m['epochs']}"])
+    table = markdown_table(["rank (k = H RMSE)", "family", "RMSE k = 1", f"RMSE k = {S['horizon']}", "-ELBO per step",
+                            f"-IW_{S['k']} per step", "planning score", "train time / epochs"], rows)
+    return f"""Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (`envs.collect`, policy `ou`),
+{S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot); the loaders' 80/10/10
+split. Every family in `dvae.models.MODELS` is trained with the project's defaults for the same wall-clock budget,
+{S['time_limit']:.0f} s (the best validation epoch kept), and evaluated on the same held-out sequences: open-loop
+k-step RMSE (`dvae.eval.openloop`, context {S['context']}, data units; persistence at k = {S['horizon']}:
+{res['models'][order[0]]['persistence_rmse'][-1]:.3f}), the test -ELBO and -IW bound (K = {S['k']}) per observed step
+in nats (data units; for the exact LGSSM both are its exact NLL), and the planning score
+(R_model - R_random) / (R_true - R_random) of CEM (horizon {S['plan_horizon']}, {S['plan_samples']} candidates,
+{S['plan_iterations']} iterations) on the model's imagined rollouts over {S['plan_episodes']} episode(s) of
+{S['plan_steps']} steps, with R_random = {base['random']:.1f} and R_true = {base['true_model']:.1f} (CEM on the
+simulator itself), as `dvae plan` reports them. Ranked by the RMSE at k = {S['horizon']}:
+
+{table}
+
+![k-step RMSE of every family]({figure})
+
+*Open-loop RMSE against the prediction step k for every family, with the persistence forecast.*
+
+What this does not show: more than one seed or training run per family (one each), or the spread of the planning
+returns over more episodes; equal wall-clock time favours the cheaper families (a family that is slower per epoch
+sees fewer epochs).
+"""
+
+
+def _figure(ctx: Context, res: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path, link = ctx.figure("worldmodels")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ks = None
+    for i, (fam, m) in enumerate(res["models"].items()):
+        ks = np.arange(1, len(m["kstep_rmse"]) + 1)
+        ax.plot(ks, m["kstep_rmse"], "o-", ms=3, color=f"C{i % 10}", label=fam.upper())
+    if ks is not None:
+        ax.plot(ks, next(iter(res["models"].values()))["persistence_rmse"], "k--", lw=1, label="persistence")
+    ax.set_xlabel("prediction step k")
+    ax.set_ylabel("RMSE (data units)")
+    ax.set_title("Pendulum-v1: open-loop prediction error of every family")
+    ax.legend(fontsize=8, ncol=2, framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return link
