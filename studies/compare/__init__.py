@@ -191,6 +191,7 @@ def render(stored: Dict[str, dict]) -> str:
     for key in SECTIONS:
         s = stored.get(key)
         if s is None:
+            parts += [f"## Section `{key}`", "", f"Not run yet (no stored results): `{COMMAND} --sections {key}`.", ""]
             continue
         parts += [f"## {s['title']}", ""]
         m = s["meta"]
@@ -228,6 +229,14 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
                 stored[key]["title"], stored[key]["seconds"]  # noqa: B018 (the keys a section needs)
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{path}: not a comparison section's results; move it away to start afresh") from None
+    for key in list(stored):  # sections not re-run now: their markdown restated from their stored results
+        module = importlib.import_module(SECTIONS[key])
+        if key not in sections and not stored[key].get("skipped") and hasattr(module, "restate"):
+            ctx.previous = stored[key]
+            try:
+                stored[key]["markdown"] = module.restate(stored[key]["results"], ctx)
+            except (KeyError, TypeError, ValueError, IndexError):  # results of another layout: their own markdown
+                pass
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "commit": _commit(),
             "quick": ctx.quick}

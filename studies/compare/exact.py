@@ -142,9 +142,19 @@ def run(ctx: Context) -> Section:
                    _markdown(res, figure), res)
 
 
+def restate(res: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results (every family without results listed as not run
+    yet), linking the figure stored with them."""
+    res = dict(res)
+    res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res.get("models", {})]
+    return _markdown(res, ctx.figure("exact")[1])
+
+
 def _lr_note(res: dict) -> str:
     """The learning rate each neural model trained with, as ``fit`` recorded it."""
-    lrs = {f: res["models"][f]["lr"] for f in _present(res)}
+    lrs = {f: res["models"][f]["lr"] for f in _present(res) if "lr" in res["models"][f]}
+    if not lrs:
+        return "the default learning rate (not recorded)"
     if len(set(lrs.values())) == 1:
         return f"learning rate {next(iter(lrs.values())):g}"
     return "learning rates " + ", ".join(f"{f.upper()} {v:g}" for f, v in lrs.items())

@@ -85,6 +85,16 @@ def run(ctx: Context) -> Section:
                    _markdown(res, figure), res)
 
 
+def restate(res: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results (a run stored before families were recorded one by
+    one held the DMM alone), linking the figure stored with them."""
+    res = dict(res)
+    if "models" not in res:
+        res["models"] = {"dmm": res.pop("dmm")} if "dmm" in res else {}
+    res["not_run"] = [f for f in all_families() if f not in res["models"]]
+    return _markdown(res, ctx.figure("nonlinear")[1])
+
+
 def _counts(m: dict, prefix: str) -> list:
     return sorted(int(k[len(prefix):]) for k in m if k.startswith(prefix) and not k.startswith("seconds"))
 
@@ -98,7 +108,7 @@ def _families_table(res: dict) -> str:
         rows.append([f.upper(), m["elbo"], m[f"iw_{max(ks)}"] if ks else m["elbo"],
                      m[f"pf_{max(ps)}"] if ps else float("nan"), m.get("time_limit", res["sizes"]["time_limit"]),
                      m["train_seconds"], m["epochs"],
-                     "this run" if not run else f"stored: {run.get('date')}, {run.get('commit')}"])
+                     "the run above" if not run else f"stored: {run.get('date')}, {run.get('commit')}"])
     for f in res.get("not_run", []):
         rows.append([f.upper(), "not run yet", "", "", "", "", "", ""])
     S = res["sizes"]
@@ -148,7 +158,7 @@ def _dmm_markdown(res: dict, figure: str) -> str:
     return f"""Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (`envs.collect`, policy `ou`),
 {S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot) plus independent
 Gaussian noise of std {res['noise_std']} in every entry (seeded); the loaders' 80/10/10 split. No exact likelihood is
-available. A DMM with the project's defaults (z_dim {ModelConfig().z_dim}, RNN width {ModelConfig().rnn_dim}, hidden widths {ModelConfig().transition_dim}; `TrainConfig` defaults, Adam {m['lr']:g}) trained for at most
+available. A DMM with the project's defaults (z_dim {ModelConfig().z_dim}, RNN width {ModelConfig().rnn_dim}, hidden widths {ModelConfig().transition_dim}; `TrainConfig` defaults, Adam {f"{m['lr']:g}" if 'lr' in m else 'at the default rate'}) trained for at most
 {S['time_limit']:.0f} s ({m['train_seconds']:.0f} s, {m['epochs']} epochs, best epoch {m['best_epoch']}). On the
 same {res['num_test_sequences']} held-out sequences ({res['num_test_steps']} observed steps), per observed step in the
 data's units (log-Jacobian {res['log_det_per_step']:.3f} nats per step removed), nats, higher is better; one Monte Carlo

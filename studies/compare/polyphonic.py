@@ -185,6 +185,15 @@ def run(ctx: Context) -> Section:
     return Section(KEY, TITLE, render(results, fig_link), results)
 
 
+def restate(results: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results, every family without a run listed as not run yet."""
+    results = dict(results)
+    fams = results["families"] = families()
+    have = {(r["dataset"], r["family"]) for r in results["runs"]}
+    results["not_run"] = [[n, f] for n in results["datasets"] for f in fams if (n, f) not in have]
+    return render(results, ctx.figure(KEY)[1])
+
+
 def _carried(ctx: Context, budget: float, iw: int) -> List[dict]:
     """The stored runs this run keeps: of a stored run in the same mode with the same budget and K, each
     with ``run``: the date, commit and command it came from."""
@@ -260,7 +269,7 @@ def render(results: dict, fig_link: str) -> str:
         rows.append([r["dataset"], r["family"], f"{r['budget_s']:g}", f"{r['train_wall_s']:.0f}",
                      f"{r['train_update_s']:.0f}", r["epochs"], r["test_sequences"], r["test_steps"],
                      float(r["neg_elbo_per_step"]), float(r["nll_iw_per_step"]), f"{r['eval_s']:.0f}", pub,
-                     "this run" if "run" not in r else f"stored: {r['run'].get('date')}, {r['run'].get('commit')}"])
+                     "the run above" if "run" not in r else f"stored: {r['run'].get('date')}, {r['run'].get('commit')}"])
     for name, family in results.get("not_run", []):
         rows.append([name, family, "not run yet"] + [""] * (len(header) - 3))
     parts += [markdown_table(header, rows, fmt="{:.2f}"), ""]

@@ -128,7 +128,7 @@ def _markdown(res: dict, figure: str) -> str:
         m = res["models"][fam]
         rows.append([rank, fam.upper(), m["kstep_rmse"][0], m["kstep_rmse"][-1], m["nll_elbo"], m["nll_iw"],
                      m["plan_score"], f"{m['train_seconds']:.0f} s / {m['epochs']}",
-                     "this run" if "run" not in m else f"stored: {m['run'].get('date')}, {m['run'].get('commit')}"])
+                     "the run above" if "run" not in m else f"stored: {m['run'].get('date')}, {m['run'].get('commit')}"])
     rows += [["-", f.upper(), "not run yet", "", "", "", "", "", ""] for f in res.get("not_run", [])]
     table = markdown_table(["rank (k = H RMSE)", "family", "RMSE k = 1", f"RMSE k = {S['horizon']}", "-ELBO per step",
                             f"-IW_{S['k']} per step", "planning score", "train time / epochs", "from"], rows)
