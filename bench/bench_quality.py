@@ -11,7 +11,7 @@ the machine falls on both alike), each for ``--budget`` seconds of training CPU 
 validation and test bounds) is excluded from the budget: the clock is paused around it.
 
 (A) the project's defaults: what ``dvae train --data PICKLE`` does. The run's configs come from the
-    train verb's own parser and ``dvae.cli.train_configs``, the splits from ``dvae.cli._prepare``,
+    train verb's own parser and ``dvae.fitting.train_configs``, the splits from ``dvae.fitting.prepare``,
     training from ``Trainer.fit`` (validation every epoch, the best-on-validation parameters, early
     stopping, the epoch limit; denormals flushed as ``dvae train`` does on CPU; the per-epoch latent
     diagnostics, which do not change training, are skipped unless ``--diagnostics``). ``--sweep`` runs it
@@ -152,7 +152,8 @@ def train_argv(spec: dict) -> list:
 
 def run_defaults(spec: dict) -> dict:
     """Arm (A): ``dvae train --data PATH [flags]`` under a CPU budget, through ``Trainer.fit``."""
-    from dvae.cli import _prepare, build_parser, train_configs
+    from dvae.cli import build_parser
+    from dvae.fitting import prepare, train_configs
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 
@@ -161,7 +162,7 @@ def run_defaults(spec: dict) -> dict:
     model_config, train_config = train_configs(args, data)
     pyro.set_rng_seed(train_config.seed)
     model = build_model(model_config)
-    trainer = Trainer(model, train_config, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
+    trainer = Trainer(model, train_config, prepare(data, normalizer, "train"), prepare(data, normalizer, "valid"),
                       normalizer.log_det_per_step, torch.device("cpu"), x_log_std=normalizer.log_std)
     clock, budget, curve = Clock(), spec["budget"], []
     updates = [0]
@@ -204,7 +205,7 @@ def run_defaults(spec: dict) -> dict:
     clock.resume()
     trainer.fit(progress=False)
     clock.pause()
-    stop = "budget" if trainer.stopped else ("epochs" if trainer.state["epoch"] >= train_config.epochs
+    stop = "budget" if trainer.stopped else ("epochs" if trainer.state.get("stop_reason") == "epochs"
                                                else "early stopping")
     result.update(train_cpu_seconds=clock.used, train_wall_seconds=time.perf_counter() - t0, updates=updates[0],
                   epochs=trainer.state["epoch"] + trainer.state["batch_in_epoch"] / trainer.batches_per_epoch,

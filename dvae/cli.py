@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 
 import numpy as np
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+from dvae.flags import finite_float
+
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141  # 141 = 128 + SIGPIPE, as a shell reports it
+MAX_ERROR_CHARS = 500
+"""Error lines are cut to this many characters (a hostile file name or value cannot flood the terminal)."""
 
 
 def _user_error(e: BaseException) -> bool:
@@ -27,7 +30,12 @@ def _user_error(e: BaseException) -> bool:
     from dvae.errors import DvaeError
 
     return isinstance(e, (DvaeError, ValueError, FloatingPointError, OSError, MemoryError)) or \
-        type(e).__name__ == "OutOfMemoryError"
+        type(e).__name__ == "OutOfMemoryError" or _allocator_error(e)
+
+
+def _allocator_error(e: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError: memory, not a bug."""
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
 
 
 def _add_common(p, device_and_seed: bool = False):
@@ -47,12 +55,16 @@ def _add_run_and_split(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvae.infer.trainer import DEFAULT_LR, TrainConfig
+    from dvae.infer.objectives import OBJECTIVES
+    from dvae.infer.trainer import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
     from dvae.models import MODELS, ModelConfig, all_guides
     from dvae.run import DataConfig
 
     mc, tc, dc = ModelConfig(), TrainConfig(), DataConfig()
+    from dvae import __version__
+
     ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE) as Pyro programs.")
+    ap.add_argument("--version", action="version", version=f"dvae {__version__}")
     sub = ap.add_subparsers(dest="verb", metavar="{collect,train,eval,score,plan,generate,impute,latent}")
     sub.required = True
 
@@ -73,18 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a polyphonic pickle, "
-                   "or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a CSV table (a header "
+                   "row, an episode column, action*/u_* control columns), a .npy array of observations, a polyphonic "
+                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line)")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
                    help="text data: a line's tokens are its whitespace-separated words, or its characters")
     p.add_argument("--min-count", type=int, default=dc.min_count,
                    help="text data: training tokens seen fewer times map to <unk>")
-    p.add_argument("--epochs", type=int, default=None, help=f"total epochs (default {tc.epochs})")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total epochs (default: with --time-limit none, the limit or convergence ends training; "
+                        f"without it {DEFAULT_EPOCHS})")
+    p.add_argument("--time-limit", type=finite_float, default=None, help="seconds of training (default: no limit)")
     p.add_argument("--batch-size", type=int, default=tc.batch_size)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=None,
                    help="Adam's learning rate (default: per model, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
                    + ")")
     p.add_argument("--z-dim", type=int, default=mc.z_dim)
@@ -100,26 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guide iaf: affine autoregressive transforms per step (default 1)")
     p.add_argument("--iaf-dim", type=int, default=mc.iaf_dim, help="guide iaf: hidden size of each flow's network")
     p.add_argument("--optimizer", choices=["adam", "clipped_adam"], default=tc.optimizer)
-    p.add_argument("--lr-decay", type=float, default=tc.lr_decay,
+    p.add_argument("--lr-decay", type=finite_float, default=tc.lr_decay,
                    help="clipped_adam: learning-rate decay per update (1: none)")
-    p.add_argument("--clip-norm", type=float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
-    p.add_argument("--kl-start", type=float, default=tc.kl_start, help="KL annealing factor at the first update")
-    p.add_argument("--anneal-epochs", type=float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
-    p.add_argument("--free-bits", type=float, default=tc.free_bits,
+    p.add_argument("--clip-norm", type=finite_float, default=tc.clip_norm, help="global gradient-norm clip (0: none)")
+    p.add_argument("--kl-start", type=finite_float, default=tc.kl_start, help="KL annealing factor at the first update")
+    p.add_argument("--anneal-epochs", type=finite_float, default=tc.anneal_epochs, help="epochs of linear KL warm-up")
+    p.add_argument("--free-bits", type=finite_float, default=tc.free_bits,
                    help="nats per latent dim per step (rssm: PlaNet's free nats F are F / z-dim)")
-    p.add_argument("--kl-balance", type=float, default=mc.kl_balance,
+    p.add_argument("--kl-balance", type=finite_float, default=mc.kl_balance,
                    help="rssm: KL balancing weight alpha in [0, 1) on the prior's side (DreamerV2: 0.8; 0: off)")
-    p.add_argument("--beta", type=float, default=tc.beta,
+    p.add_argument("--beta", type=finite_float, default=tc.beta,
                    help="weight on the KL (beta-VAE; 1: the ELBO); multiplies the annealing factor")
-    p.add_argument("--collapse-kl", type=float, default=tc.collapse_kl,
+    p.add_argument("--collapse-kl", type=finite_float, default=tc.collapse_kl,
                    help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
     p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
     p.add_argument("--bidirectional", action="store_true",
                    help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--emission-scale", choices=["constant", "state"], default=mc.emission_scale,
+                   help="Gaussian observation scale: one learned per dimension (constant) or read from the "
+                        "state with the mean (state: from z_t; vrnn: from (z_t, h_{t-1}))")
+    p.add_argument("--vrae-decoder", choices=["controls", "feedback"], default=mc.vrae_decoder,
+                   help="vrae: decoder fed the controls only (controls) or also its previous output and z at "
+                        "every step (feedback, the seeds' form; teacher forcing in training)")
+    p.add_argument("--rvae-noncausal", action="store_true",
+                   help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
-    p.add_argument("--patience", type=int, default=tc.patience, help="early stopping patience (0: off)")
+    p.add_argument("--patience", type=int, default=tc.patience,
+                   help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
+                        f"has reached --min-lr (0: never stop early) (default {tc.patience})")
+    p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
+                   help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
+                        f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
+    p.add_argument("--lr-factor", type=finite_float, default=tc.lr_factor,
+                   help=f"plateau schedule: factor on the rate at each reduction, in (0, 1) (default {tc.lr_factor:g})")
+    p.add_argument("--lr-patience", type=int, default=tc.lr_patience,
+                   help=f"plateau schedule: epochs without improvement before a reduction (default {tc.lr_patience})")
+    p.add_argument("--min-lr", type=finite_float, default=tc.min_lr,
+                   help=f"plateau schedule: the floor of the rate (default {tc.min_lr:g})")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=tc.objective,
+                   help="training bound per real step: elbo (the dynamical ELBO, closed-form KL) or iwae (the "
+                        f"--train-samples-sample importance-weighted bound); validation reports the ELBO either way "
+                        f"(default {tc.objective})")
+    p.add_argument("--train-samples", type=int, default=tc.train_samples, metavar="K",
+                   help=f"samples per sequence of the training bound: iwae's K, or elbo draws averaged "
+                        f"(default {tc.train_samples})")
     p.add_argument("--per-step", action="store_true",
                    help="train the classic per-step Pyro program instead of the time-vectorized one")
     p.add_argument("--no-bucket", action="store_true", help="random batches instead of length buckets")
@@ -132,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true",
                    help="skip the PNGs written after training (training curves, reconstruction, prediction)")
-    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=finite_float, default=None, metavar="SECONDS",
                    help="under torchrun: seconds a collective waits for the other ranks before the run fails "
                         "(default 300)")
     _add_common(p)
@@ -154,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="anomaly scores per sequence and per time step, with a threshold")
     _add_run_and_split(p)
     p.add_argument("--iw-samples", type=int, default=0, help="also the K-sample importance-weighted bound")
-    p.add_argument("--quantile", type=float, default=0.99,
+    p.add_argument("--quantile", type=finite_float, default=0.99,
                    help="threshold: this quantile of neg_elbo_per_step over the run's validation split")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--missing", choices=["none", "nan"], default=None,
@@ -171,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: lowest and highest label)")
     p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
     p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
-    p.add_argument("--span", type=float, default=2.0, help="traversal: prior standard deviations either side of 0")
+    p.add_argument("--span", type=finite_float, default=2.0, help="traversal: prior standard deviations either side of 0")
     p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
     p.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/latent)")
     _add_common(p, device_and_seed=True)
@@ -254,264 +295,20 @@ def _collect_shards(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def _prepare(data, normalizer, split, c_dim: int = 0):
-    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
-    xs, us = data.subset(split)
-    if c_dim:
-        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
-    return normalizer.x(xs), normalizer.u(us)
-
-
-def train_configs(a, data):
-    """The ModelConfig and TrainConfig of a new run from the train verb's arguments ``a`` and its loaded
-    ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import TrainConfig, default_lr
-    from dvae.models import ModelConfig
-
-    likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
-    model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
-                        rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
-                        num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
-                        c_dim=data.c_dim if a.condition else 0,
-                        likelihood=likelihood, missing=a.missing == "nan",
-                        # frames: the conv DMM (other families read frames as vectors)
-                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    train = TrainConfig(epochs=a.epochs or TrainConfig.epochs, time_limit=a.time_limit, batch_size=a.batch_size,
-                        lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
-                        anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
-                        collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket)
-    return model, train
-
-
 def cmd_train(a) -> dict:
-    """Train a new run or resume one; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel
-    run (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
-    import torch
+    """Train a new run or resume one (``dvae.fitting.train``); SIGINT/SIGTERM stop it after a checkpoint."""
+    from dvae.fitting import Interrupted, default_run_dir, train
 
-    from dvae.data import Normalizer
-    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
-    from dvae.errors import DataError
-    from dvae.device import resolve_device
-    from dvae.models import MODELS, ModelConfig
-    from dvae.run import (DataConfig, RunConfig, load_data, read_config, write_config)
-
-    if a.resume:
-        run_dir = a.resume
-        config = read_config(run_dir)
-        if a.epochs is not None:
-            config.train.epochs = a.epochs
-        if a.time_limit is not None:
-            config.train.time_limit = a.time_limit
-        parallel = init_from_env(config.train.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        data = load_data(config)
-        normalizer = config.normalizer
-    else:
-        if a.epochs is not None and a.epochs < 1:
-            raise ValueError("--epochs must be at least 1")
-        family = MODELS[a.model]
-        if (a.bidirectional and not family.bidirectional_encoder) or (a.condition and not family.conditional):
-            both = " and ".join(n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional)
-            raise ValueError(f"--bidirectional and --condition are for {both}, not {a.model}")
-        if a.min_count < 1:
-            raise ValueError("--min-count must be at least 1")
-        family_guides = family.guides
-        owners = [n.upper() for n, c in MODELS.items() if a.guide in c.guides]
-        if a.guide != ModelConfig.guide and a.guide not in family_guides:
-            raise ValueError(f"--guide {a.guide} is a {' or '.join(owners)} guide, not a guide of {a.model} "
-                             f"({'its guides: ' + ', '.join(family_guides) if family_guides else 'it has one guide'})")
-        if a.guide == "ltr" and a.bidirectional:
-            raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
-        if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
-            raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
-        if a.iaf_dim < 1:
-            raise ValueError("--iaf-dim must be at least 1")
-        data_cfg = DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
-                              missing=a.missing, tokens=a.tokens, min_count=a.min_count)
-        run_dir = a.out or os.path.join("runs", f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
-        # every rank has checked the run directory before joining; rank 0 writes it after
-        parallel = init_from_env(a.device, a.dist_timeout or DEFAULT_TIMEOUT)
-        config = RunConfig(data=data_cfg)
-        data = load_data(config)
-        if a.condition and data.cs is None:
-            raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
-                            "array in the .npz")
-        train_xs, train_us = data.subset("train")
-        normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
-        config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
-        config.model, config.train = train_configs(a, data)
-        problem = config.problem()  # the checks a reloaded config.json gets, before anything is written
-        if problem:
-            key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-            if rest and key.startswith(("train.", "model.")):
-                problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-            raise ValueError(problem)
-        if parallel is None or parallel.is_main:
-            os.makedirs(run_dir, exist_ok=True)
-            write_config(run_dir, config)
-
-    device = resolve_device(config.train.device) if parallel is None else parallel.device
-    # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
-    # process-wide, so it is switched off again when training returns
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    if not a.resume and not a.out:
+        a.out = default_run_dir(a.model)
     try:
-        return _train(a, config, data, normalizer, run_dir, device, parallel)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-        shutdown(parallel)
-
-
-def _train(a, config, data, normalizer, run_dir, device, parallel=None) -> dict:
-    import warnings
-
-    import pyro
-
-    from dvae.infer.diagnostics import PosteriorCollapseWarning
-    from dvae.infer.trainer import Trainer
-    from dvae.models import build_model
-    from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
-
-    main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
-    pyro.set_rng_seed(config.train.seed)
-    model = build_model(config.model).to(device)
-    c_dim = config.model.c_dim
-    train_data, valid_data = _prepare(data, normalizer, "train", c_dim), _prepare(data, normalizer, "valid", c_dim)
-    if parallel is None:
-        trainer = Trainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step, device,
-                          x_log_std=normalizer.log_std)
-    else:
-        from dvae.infer.distributed import DataParallelTrainer
-
-        if c_dim:
-            raise ValueError("conditional models (--condition) do not train under torchrun yet")
-        trainer = DataParallelTrainer(model, config.train, train_data, valid_data, normalizer.log_det_per_step,
-                                      device, env=parallel)
-    ckpt_path, _best_path = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, BEST)
-
-    def save_checkpoint():
-        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
-        if main_rank:
-            save_torch(ckpt_path, ckpt)
-
-    if a.resume:
-        trainer.load_checkpoint(load_torch(ckpt_path, device))
-        if main_rank:
-            _write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
-    else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_checkpoint()
-
-    collapse_told = [trainer.state.get("collapse_warned", False)]
-
-    def on_epoch(row, improved):
-        save_checkpoint()  # the one file that restores the run, written first
-        if not main_rank:
-            return
-        _write_derived(run_dir, trainer, best=improved)
-        if row.get("posterior_collapse") and not collapse_told[0]:  # once per run; the Python warning is muted
-            collapse_told[0] = True
-            print(f"dvae train: warning: posterior collapse at epoch {row['epoch']}: the validation KL per step "
-                  f"has stayed below {config.train.collapse_kl} nats for {config.train.collapse_epochs} epochs "
-                  f"({row['valid_kl_per_step']:.3g} now, {row['active_units']} active units): the latent code is "
-                  "ignored (try --free-bits, --anneal-epochs, --beta < 1)", file=sys.stderr, flush=True)
-        if not sys.stderr.isatty() and not a.no_progress:
-            print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
-                  f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
-
-    def on_signal(signum, frame):
-        if trainer._stop_requested:  # a second signal: stop now (the last checkpoint stands)
-            raise KeyboardInterrupt
-        print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
-              "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
-        trainer.request_stop()
-
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with warnings.catch_warnings():  # on_epoch says it in one line instead
-            warnings.simplefilter("ignore", PosteriorCollapseWarning)
-            trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-    if trainer.stopped:
-        save_checkpoint()
-    summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
-               "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
-               "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
-               "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "faults": trainer.state["faults"], "interrupted": trainer.stopped}
-    if parallel is not None:
-        summary["world_size"] = parallel.world_size
-    if trainer.stopped:
-        if main_rank:
-            print(json.dumps(summary))
-            print(f"dvae train: interrupted; continue with: dvae train --resume {run_dir}", file=sys.stderr)
+        return train(a, signals=True).summary
+    except Interrupted as e:
+        if e.summary is not None:  # rank 0 prints
+            print(json.dumps(e.summary))
+            print(f"dvae train: interrupted; continue with: dvae train --resume {e.summary['run_dir']}",
+                  file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
-    if trainer.best_model is None:
-        from dvae.errors import DvaeError
-
-        raise DvaeError("no epoch completed (is the time limit too short?)")
-    if not main_rank:
-        return None  # rank 0 writes the plots and prints the summary
-    model.load_state_dict(trainer.best_model)
-    summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
-                                                                                 normalizer, trainer.rows)
-    return summary
-
-
-def _write_derived(run_dir, trainer, best: bool = True) -> None:
-    """metrics.jsonl and best.pt, both derived from the trainer's state (and so from checkpoint.pt)."""
-    from dvae.run import BEST, save_torch, write_metrics
-
-    write_metrics(run_dir, trainer.rows)
-    if best and trainer.best_model is not None:
-        save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
-
-
-def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence."""
-    import torch
-
-    from dvae.data import collate
-    from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
-
-    written = []
-    path = os.path.join(run_dir, "training_curves.png")
-    plot_training_curves(rows, path)
-    written.append(path)
-    from dvae.data.batching import sequence_lengths
-
-    xs, us = data.subset("test")
-    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
-    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
-    x, u = xs[i][:400], None if us is None else us[i][:400]
-    batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
-                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
-    torch.manual_seed(config.train.seed)
-    rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
-    rec = normalizer.x_inverse(rec).cpu().numpy()
-    path = os.path.join(run_dir, "reconstruction.png")
-    if getattr(config.model, "frame_shape", None):
-        from dvae.eval.plots import plot_frame_strips
-        plot_frame_strips(x, rec.mean(0), config.model.frame_shape, path, title="Reconstruction (step t)",
-                          row_names=("truth", "reconstruction", "|error|"), first_step=0)
-    else:
-        plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind in ("binary", "categorical"))
-    written.append(path)
-    if config.kind == "continuous" and len(x) >= 4:
-        context = max(2, len(x) // 3)
-        horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
-                            cs=None if cs is None else cs[i:i + 1])
-        path = os.path.join(run_dir, "prediction.png")
-        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
-        written.append(path)
-    return written
 
 
 def _check_dims(data, config) -> None:
@@ -519,6 +316,22 @@ def _check_dims(data, config) -> None:
     if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
         raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
                          f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+
+
+def _check_samples(flag: str, k: int, config, xs, batch_size: int, num_steps: int = 0) -> None:
+    """Refuse a sample count whose tensors, about k x batch x T x (the model's widths) floats, would
+    exceed the size limit (DVAE_MAX_BYTES), before any is drawn."""
+    from dvae.inputs import check_bytes
+    from dvae.data.batching import sequence_lengths
+
+    if k <= 0:
+        return
+    m = config.model
+    width = m.x_dim + m.u_dim + 2 * m.z_dim + m.rnn_dim + m.transition_dim + m.emission_dim
+    T = max(sequence_lengths(xs)) if xs is not None and len(xs) else num_steps
+    b = min(batch_size, len(xs)) if xs is not None and len(xs) else batch_size
+    check_bytes(4 * k * b * max(T, 1) * width, f"{k} samples ({b} sequences x {T} steps x {width} floats each)",
+                f"--{flag}")
 
 
 # --- eval --------------------------------------------------------------------------------------------
@@ -543,6 +356,9 @@ def cmd_eval(a) -> dict:
         raise ValueError("--iw-samples must be >= 0")
     if a.particles < 0:
         raise ValueError("--particles must be >= 0")
+    _check_samples("iw-samples", a.iw_samples, config, xs, config.train.eval_batch_size)
+    _check_samples("particles", a.particles, config, xs, 1)
+    _check_samples("num-samples", a.num_samples, config, xs, 1)
     if a.particles:
         from dvae.infer.smc import filter_for
 
@@ -602,6 +418,7 @@ def cmd_score(a):
     pyro.set_rng_seed(a.seed)
     idx = data.indices(a.split)
     xs, us = data.subset(a.split)
+    _check_samples("iw-samples", a.iw_samples, config, xs, 64)
     c_dim = config.model.c_dim
     cs = data.conditions(a.split, c_dim) if c_dim else None
     scores = sequence_scores(model, norm.x(xs), norm.u(us), norm.log_det_per_step, a.iw_samples, cs=cs,
@@ -700,6 +517,7 @@ def cmd_generate(a) -> dict:
     if a.num_samples < 1 or a.steps < 1:
         raise ValueError("--num-samples and --steps must be at least 1")
     model, config = load_model(a.run_dir, resolve_device(a.device))
+    _check_samples("num-samples", a.num_samples, config, None, 1, a.steps)
     model.eval()
     norm = config.normalizer
     pyro.set_rng_seed(a.seed)
@@ -743,6 +561,7 @@ def cmd_impute(a) -> dict:
         raise ValueError("impute needs a run trained on continuous data")
     data = load_npz(a.data, missing=True)
     _check_dims(data, config)
+    _check_samples("num-samples", a.num_samples, config, data.xs, 1)
     pyro.set_rng_seed(a.seed)
     norm = config.normalizer
     filled = impute_sequences(model, norm, data.xs, data.us, a.num_samples, config.train.eval_batch_size)
@@ -764,6 +583,34 @@ def cmd_impute(a) -> dict:
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
 
+def _non_finite_at(obj, where="result"):
+    """The place of the first NaN or infinity in a JSON-able result, or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite_at(v, f"{where}.{k}" if where != "result" else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite_at(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _strict_json(result) -> str:
+    """The result as standard JSON: a NaN or infinity (which JSON has no number for) is an error naming
+    its key, never printed as the non-standard NaN/Infinity with exit status 0."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except ValueError:
+        where = _non_finite_at(result) or "the result"
+        raise FloatingPointError(f"{where} is not a finite number: the data or the model overflowed "
+                                 "(no JSON printed)") from None
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -771,15 +618,25 @@ def main(argv=None) -> int:
                  "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
-            print(result if isinstance(result, str) else json.dumps(result, allow_nan=True))
+            print(result if isinstance(result, str) else _strict_json(result))
+            sys.stdout.flush()
         return 0
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) has gone: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("dvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if a.debug or not _user_error(e):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if "DefaultCPUAllocator" in msg:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ..."
+            msg = msg[msg.index("DefaultCPUAllocator"):]
+        if isinstance(e, MemoryError) or _allocator_error(e) or type(e).__name__ == "OutOfMemoryError":
+            msg = f"out of memory ({msg}): the data or the sizes asked for need more memory than there is"
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = msg[:MAX_ERROR_CHARS - 3] + "..."
         who = f"dvae {a.verb}"
         if a.verb == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "rank" not in msg[:5]:  # under torchrun
             who += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"

@@ -21,6 +21,7 @@ import torch
 
 from dvae.data import Normalizer, SequenceData
 from dvae.errors import RunDirError
+from dvae.infer.objectives import OBJECTIVES
 from dvae.infer.trainer import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
 
@@ -70,7 +71,10 @@ class RunConfig:
         file, the section and the key."""
         if not isinstance(d, dict) or not {"model", "train", "data"} <= set(d):
             raise RunDirError(f"{path}: expected an object with model, train and data sections")
-        config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, d["train"], path, "train"),
+        train = d["train"]
+        if isinstance(train, dict) and "lr_schedule" not in train:  # written before the schedule: a constant rate
+            train = {**train, "lr_schedule": "none"}
+        config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, train, path, "train"),
                      _build(DataConfig, d["data"], path, "data"),
                      None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
                      d.get("kind", "continuous"), d.get("vocab"))
@@ -96,8 +100,23 @@ class RunConfig:
             ("model.kl_balance", m.kl_balance, math.isfinite(m.kl_balance) and 0 <= m.kl_balance < 1,
              "in [0, 1) (0: off)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
-             if field in ("c_dim", "bidirectional", "kl_balance")] + [
-            ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
+             if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [
+            ("train.epochs", t.epochs, t.epochs is None or t.epochs >= 1, ">= 1 (or null: no cap)"),
+            ("train.epochs", t.epochs, t.epochs is not None or t.time_limit is not None or t.patience > 0,
+             "a number when neither a time limit nor early stopping (patience > 0) ends training"),
+            ("train.time_limit", t.time_limit, t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0),
+             "a positive number of seconds (or null: no limit)"),
+            ("train.patience", t.patience, t.patience >= 0, ">= 0 (0: never stop early)"),
+            ("train.lr_schedule", t.lr_schedule, t.lr_schedule in ("plateau", "none"), "plateau or none"),
+            ("train.lr_factor", t.lr_factor, math.isfinite(t.lr_factor) and 0 < t.lr_factor < 1, "in (0, 1)"),
+            ("train.lr_patience", t.lr_patience, t.lr_patience >= 1, ">= 1"),
+            ("train.min_lr", t.min_lr, math.isfinite(t.min_lr) and t.min_lr > 0, "a positive number"),
+            ("train.objective", t.objective, t.objective in OBJECTIVES, " or ".join(OBJECTIVES)),
+            ("train.train_samples", t.train_samples, t.train_samples >= 1, ">= 1"),
+            ("train.free_bits", t.free_bits, t.objective == "elbo" or t.free_bits == 0,
+             "0 with the iwae objective (free bits act on the ELBO's KL)"),
+            ("train.beta", t.beta, t.objective == "elbo" or t.beta == 1,
+             "1 with the iwae objective (beta weights the ELBO's KL)"),
             ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
             ("train.lr", t.lr, t.lr is None or (math.isfinite(t.lr) and t.lr > 0),
              "a positive number (or null: the model's default)"),
@@ -109,6 +128,19 @@ class RunConfig:
             ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
             ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
             ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
+            ("train.time_limit", t.time_limit, t.time_limit is None or (math.isfinite(t.time_limit) and t.time_limit > 0),
+             "a positive number of seconds (or null: no limit)"),
+            ("train.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, ">= 1"),
+            ("train.clip_norm", t.clip_norm, math.isfinite(t.clip_norm) and t.clip_norm >= 0, "a number >= 0 (0: no clip)"),
+            ("train.kl_start", t.kl_start, math.isfinite(t.kl_start) and 0 <= t.kl_start <= 1, "in [0, 1]"),
+            ("train.anneal_epochs", t.anneal_epochs, math.isfinite(t.anneal_epochs) and t.anneal_epochs >= 0, "a number >= 0"),
+            ("train.free_bits", t.free_bits, math.isfinite(t.free_bits) and t.free_bits >= 0, "a number >= 0"),
+            ("train.patience", t.patience, t.patience >= 0, ">= 0 (0: no early stopping)"),
+            ("train.seed", t.seed, 0 <= t.seed < 2 ** 32, "in 0 .. 2**32 - 1"),
+            ("model.num_iafs", m.num_iafs, m.num_iafs <= MAX_IAFS, f"<= {MAX_IAFS}"),
+            ("data.episodes", self.data.episodes, self.data.episodes >= 1, ">= 1"),
+            ("data.steps", self.data.steps, self.data.steps >= 1, ">= 1"),
+            ("data.data_seed", self.data.data_seed, 0 <= self.data.data_seed < 2 ** 32, "in 0 .. 2**32 - 1"),
             ("kind", self.kind, self.kind in ("continuous", "binary", "categorical"), "continuous, binary or categorical"),
             ("data.missing", self.data.missing, self.data.missing in ("none", "nan"), "none or nan"),
             ("data.tokens", self.data.tokens, self.data.tokens in ("words", "chars"), "words or chars"),
@@ -116,9 +148,22 @@ class RunConfig:
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")
                    for k in ("x_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim")]
+        checks += [(f"model.{k}", getattr(m, k), getattr(m, k) <= MAX_DIM, f"<= {MAX_DIM}")
+                   for k in ("x_dim", "u_dim", "c_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim", "iaf_dim")]
+        fs = m.frame_shape
+        checks.append(("model.frame_shape", fs, fs is None or (len(fs) == 2 and all(8 <= v <= MAX_DIM and v % 4 == 0 for v in fs)
+                                                             and fs[0] * fs[1] == m.x_dim),
+                       "null or [H, W]: multiples of 4, at least 8, H * W = x_dim"))
         for name, value, ok, want in checks:
             if not ok:
                 return f"{name} = {value!r}: expected {want}"
+        from dvae.inputs import max_bytes
+
+        n_params = parameter_count(m)
+        if n_params is not None and 4 * n_params > max_bytes():
+            return (f"model sizes (z_dim {m.z_dim}, rnn_dim {m.rnn_dim}, transition_dim {m.transition_dim}, "
+                    f"emission_dim {m.emission_dim}, x_dim {m.x_dim}) make {n_params} parameters, "
+                    f"{4 * n_params / 2 ** 30:.1f} GiB: over the size limit (raise DVAE_MAX_BYTES if meant)")
         if self.kind == "categorical" and not (isinstance(self.vocab, list) and len(self.vocab) == m.x_dim
                                                and all(isinstance(t, str) for t in self.vocab)):
             return f"vocab must be a list of x_dim = {m.x_dim} tokens for categorical data"
@@ -132,6 +177,29 @@ class RunConfig:
                                                     (len(n.u_mean) != m.u_dim or len(n.u_std or []) != m.u_dim)):
             return f"normalizer.u_mean/u_std must have u_dim = {m.u_dim} entries"
         return None
+
+
+MAX_DIM = 2 ** 24
+"""Largest size of any one dimension of a model (x_dim, z_dim, ...): a sanity bound, far above use."""
+MAX_IAFS = 64
+"""Most affine autoregressive flows per step (guide iaf)."""
+
+
+def parameter_count(m: ModelConfig) -> Optional[int]:
+    """The number of parameters ``build_model(m)`` would allocate, counted on the meta device (nothing
+    allocated); the IAF flows (whose construction reads values) are added by formula. None where the
+    configuration does not build (:func:`load_model` reports why)."""
+    import dataclasses
+
+    base = dataclasses.replace(m, guide="dks", num_iafs=0) if m.guide == "iaf" else m
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(base).parameters())
+    except Exception:  # an invalid configuration: the real build gives the message
+        return None
+    if m.guide == "iaf":  # each flow: AutoRegressiveNN(z_dim, [iaf_dim]) -> (mean, scale)
+        n += max(1, m.num_iafs) * (m.z_dim * m.iaf_dim + m.iaf_dim + 2 * m.iaf_dim * m.z_dim + 2 * m.z_dim)
+    return int(n)
 
 
 def _build(kind, value, path, section):
@@ -209,14 +277,32 @@ def load_torch(path: str, device="cpu"):
 def read_config(run_dir: str) -> RunConfig:
     if not os.path.isdir(run_dir):
         raise RunDirError(f"{run_dir}: no such run directory")
+    from dvae.errors import DataError
+    from dvae.inputs import max_bytes, read_bytes
+
     path = os.path.join(run_dir, CONFIG)
+    if not os.path.lexists(path):
+        raise RunDirError(f"{path}: missing (is {run_dir} a run directory written by `dvae train`?)")
+    try:  # a regular file (not a FIFO or /dev/zero), at most a 16th of the size limit
+        raw = read_bytes(path, "config.json", max_bytes() // 16)
+    except DataError as e:
+        raise RunDirError(str(e)) from None
     try:
-        with open(path) as f:
-            return RunConfig.from_dict(json.load(f), path)
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: missing (is {run_dir} a run directory written by `dvae train`?)") from None
+        parsed = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as e:
+        raise RunDirError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise RunDirError(f"{path}: not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as e:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
+    except ValueError as e:  # NaN, Infinity
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+    return RunConfig.from_dict(parsed, path)
+
+
+def _refuse_constant(name: str):
+    """json's hook for NaN, Infinity and -Infinity: not JSON, and no config value may be one."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def write_config(run_dir: str, config: RunConfig) -> None:
@@ -227,8 +313,17 @@ def read_metrics(run_dir: str) -> list:
     path = os.path.join(run_dir, METRICS)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from dvae.errors import DataError
+    from dvae.inputs import read_bytes
+
+    try:  # a regular file within the size limit (not a FIFO or /dev/zero)
+        text = read_bytes(path, "metrics.jsonl").decode("utf-8")
+    except (DataError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e)) from None
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise RunDirError(f"{path}: not valid JSON lines ({str(e)[:200]})") from None
 
 
 def write_metrics(run_dir: str, rows: list) -> None:

@@ -34,6 +34,8 @@ class WorldModel:
     def __init__(self, model, normalizer, sample: bool = True):
         if getattr(model.config, "c_dim", 0):
             raise ValueError("a conditional model (c_dim > 0) cannot be used as a world model yet")
+        if getattr(model, "step_by_step_problem", None):
+            raise ValueError(model.step_by_step_problem)
         self.model, self.norm, self.sample = model.eval(), normalizer, sample
         kind = model.tensor_kind
         self.device, self.dtype = kind["device"], kind["dtype"]

@@ -3,7 +3,8 @@
 Description:
     Imagined dynamics: observations come from a trained model's predictive distribution under the
     actions taken. Built from a run directory (``run_dir``) written by ``dvae train``, through the
-    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``.
+    public ``dvae.run.load_model`` and ``dvae.world_model.WorldModel``, or from an in-memory
+    ``dvae.Run`` (``run``) or model (``model``, ``normalizer``).
 
 Action Space:
     The real env's action space when ``env_id`` is given (e.g. Pendulum-v1's Box(-2, 2, (1,))),
@@ -28,9 +29,10 @@ Episode End:
     ``termination_fn(obs) -> bool`` if given; truncation by the TimeLimit of the registration (200).
 
 Arguments:
-    run_dir (or ``model=`` a model in memory, any family that states the state-space contract, with
-    ``normalizer=`` its data's :class:`dvae.data.Normalizer`), env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled observations;
-    False: the emitter means), device="cpu".
+    run_dir, or ``run=`` a ``dvae.Run`` in memory (``run.env(env_id)`` makes one), or ``model=`` a model in
+    memory (any family that states the state-space contract) with ``normalizer=`` its data's
+    :class:`dvae.data.Normalizer`; env_id=None, reward_fn=None, termination_fn=None, sample=True (sampled
+    observations; False: the emitter means), device="cpu".
 
 Randomness comes only from ``reset(seed=...)``: each sampling step runs under a torch seed drawn
 from ``self.np_random``. ``WorldModelVectorEnv`` runs ``num_envs`` imagined rollouts in one batch on
@@ -83,7 +85,14 @@ def _reward(env_id, reward_fn):
 class _Imagined:
     """What the single and the vector env share: the world model and seeded sampling."""
 
-    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device, model=None, normalizer=None):
+    def _setup(self, run_dir, env_id, reward_fn, termination_fn, sample, device, model=None, normalizer=None,
+               run=None):
+        if run is not None:  # a dvae.Run in memory: its model and normaliser
+            if run_dir is not None or model is not None or normalizer is not None:
+                raise ValueError("give one of run_dir, run= (a dvae.Run), or model= with normalizer=")
+            if not (hasattr(run, "model") and hasattr(run, "normalizer")):
+                raise ValueError(f"run must be a dvae.Run (with model and normalizer), got {type(run).__name__}")
+            model, normalizer = run.model, run.normalizer
         if model is not None:  # a model in memory (any family that states the contract) and its normaliser
             if run_dir is not None or normalizer is None:
                 raise ValueError("give either run_dir, or model= with normalizer= (the data's units)")
@@ -101,8 +110,17 @@ class _Imagined:
         return obs_space, self._action_space_1
 
     def _seeded(self, fn, *args):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.np_random.integers(2 ** 62)))
+        """``fn(*args)`` under a torch seed drawn from ``self.np_random``; every random stream the seed
+        touches is put back afterwards (the CPU's and, where CUDA is in use, each CUDA device's), so
+        the caller's own draws go on as if the env had drawn nothing. Without CUDA in use only the CPU
+        generator is seeded (``torch.manual_seed`` would queue a seed for CUDA's later start)."""
+        seed = int(self.np_random.integers(2 ** 62))
+        cuda = torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            if cuda:
+                torch.manual_seed(seed)  # the CPU and every CUDA device, all forked above
+            else:
+                torch.default_generator.manual_seed(seed)
             return fn(*args)
 
     def _start(self, n, options):
@@ -134,9 +152,9 @@ class WorldModelEnv(_Imagined, gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, run_dir=None, env_id=None, reward_fn=None, termination_fn=None, sample=True, device="cpu",
-                 model=None, normalizer=None):
+                 model=None, normalizer=None, run=None):
         self.observation_space, self.action_space = self._setup(run_dir, env_id, reward_fn, termination_fn,
-                                                                sample, device, model, normalizer)
+                                                                sample, device, model, normalizer, run)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -154,12 +172,12 @@ class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
     def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
-                 device="cpu", max_episode_steps: int = 200, model=None, normalizer=None):
+                 device="cpu", max_episode_steps: int = 200, model=None, normalizer=None, run=None):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         self.num_envs = int(num_envs)
         self.single_observation_space, self.single_action_space = self._setup(
-            run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer)
+            run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer, run)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.max_episode_steps = max_episode_steps

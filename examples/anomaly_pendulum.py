@@ -44,9 +44,7 @@ anomaly_scores.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -57,8 +55,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
-from dvae import cli  # noqa: E402
-from envs import OUPolicy, save_npz  # noqa: E402
+import dvae  # noqa: E402
+from envs import OUPolicy, collect, save_npz  # noqa: E402
 
 KINDS = ("clean", "stuck sensor", "actuator offset")
 SWEEP = (0.9, 0.95, 0.99)  # threshold quantiles also reported
@@ -107,17 +105,6 @@ def parse_args(argv=None) -> Args:
     if not 1 <= args.burn_in <= args.steps - args.segment:
         raise SystemExit("--burn-in must lie in 1 .. steps - segment")
     return args
-
-
-def dvae(*argv) -> dict:
-    """Run one `dvae` command (the entry point of the shell command, in this process); its JSON."""
-    print("$ dvae " + " ".join(map(str, argv)), file=sys.stderr, flush=True)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = cli.main([str(a) for a in argv])
-    if code != 0:
-        raise SystemExit(f"dvae {argv[0]} failed with exit status {code}")
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
 # --- fault injection -----------------------------------------------------------------------------
@@ -250,23 +237,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    small = ["--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8"] if args.quick else []
+    small = dict(z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8) if args.quick else {}
 
     # --- data: clean training episodes, and clean + faulty test episodes ---
     train_npz, test_npz, run = (os.path.join(args.out, n) for n in ("train.npz", "test.npz", "run"))
-    dvae("collect", "--env", "Pendulum-v1", "--episodes", args.episodes, "--steps", args.steps, "--policy", "ou",
-         "--seed", args.seed, "--out", train_npz)
+    save_npz(train_npz, collect("Pendulum-v1", args.episodes, args.steps, policy="ou", seed=args.seed))  # dvae collect
     test = make_test_set(args, rng)
     save_npz(test_npz, test)
 
     # --- train on clean data (the threshold comes from its validation split) ---
-    if not os.path.exists(os.path.join(run, "config.json")):
-        dvae("train", "--model", args.model, "--data", train_npz, "--epochs", args.epochs, "--seed", args.seed,
-             "--no-progress", *small, "--out", run)
+    if os.path.exists(os.path.join(run, "config.json")):
+        model = dvae.load(run)
+    else:  # dvae train --model M --data TRAIN_NPZ --out RUN ...
+        model = dvae.fit(train_npz, model=args.model, epochs=args.epochs, seed=args.seed, no_progress=True, out=run,
+                         **small)
 
-    # --- score every step: the validation split (clean, for the threshold) and the test set ---
-    valid = dvae("score", run, "--split", "valid", "--quantile", args.quantile, "--seed", args.seed)
-    scores = dvae("score", run, "--data", test_npz, "--split", "all", "--quantile", args.quantile, "--seed", args.seed)
+    # --- score every step: the validation split (clean, for the threshold) and the test set (dvae score) ---
+    valid = model.score(split="valid", quantile=args.quantile, seed=args.seed)
+    scores = model.score(test_npz, split="all", quantile=args.quantile, seed=args.seed)
     for name, value in (("valid_scores.json", valid), ("scores.json", scores)):
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(value, f)

@@ -4,14 +4,14 @@
     python examples/pendulum_mbrl.py --out runs/mbrl            # the full run (about 20 minutes on 2 cores)
     python examples/pendulum_mbrl.py --quick --out /tmp/mbrl    # tiny sizes: a smoke test
 
-Everything goes through the `dvae` command line (the same calls a user would type):
+Everything goes through the Python API (``dvae.fit``, ``Run.plan``; each the same as a ``dvae`` verb):
 
-1. ``dvae collect``: ``--init-episodes`` episodes of Pendulum-v1 under smooth random (OU) torques;
-2. ``dvae train`` a DMM on them;
-3. ``--rounds`` times: ``dvae plan RUN --save-episodes`` runs the CEM planner on the learned model in
-   the real env for ``--episodes-per-round`` episodes and keeps them; a fresh model is trained on all
-   the data so far (random and planned episodes);
-4. ``dvae plan`` the last model over ``--eval-episodes`` new episodes (other reset seeds) with the
+1. ``envs.collect``: ``--init-episodes`` episodes of Pendulum-v1 under smooth random (OU) torques;
+2. ``dvae.fit`` a DMM on them (``dvae train``), each run written as a run directory;
+3. ``--rounds`` times: ``run.plan(..., save_episodes=...)`` (``dvae plan --save-episodes``) runs the CEM
+   planner on the learned model in the real env for ``--episodes-per-round`` episodes and keeps them; a
+   fresh model is fitted on all the data so far (random and planned episodes);
+4. ``run.plan`` the last model over ``--eval-episodes`` new episodes (other reset seeds) with the
    random and true-simulator baselines: ``normalized_return`` = (R_model - R_random) / (R_true - R_random).
 
 Random exploration alone rarely reaches the upright states that swing-up needs; the planner's own
@@ -23,8 +23,6 @@ figures; prints it as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
@@ -36,18 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from dvae.cli import main as dvae  # noqa: E402
-from envs import save_npz  # noqa: E402
-
-
-def run(*args) -> dict:
-    """One `dvae` call; its JSON output (errors raise)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = dvae([str(a) for a in args])
-    if code != 0:
-        raise SystemExit(f"dvae {' '.join(map(str, args))} failed with exit status {code}")
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+import dvae  # noqa: E402
+from envs import collect, save_npz  # noqa: E402
 
 
 def merge(paths, out) -> int:
@@ -94,31 +82,30 @@ def main(argv=None):
         a.init_episodes, a.init_steps, a.rounds, a.episodes_per_round = 6, 12, 1, 1
         a.train_seconds, a.epochs, a.eval_episodes, a.num_samples, a.iterations, a.horizon = 20, 1, 1, 10, 1, 3
     max_steps = 10 if a.quick else 200
-    small = ["--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8"] if a.quick else []
+    small = dict(z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8) if a.quick else {}
     os.makedirs(a.out, exist_ok=True)
     t0 = time.perf_counter()
-    plan = ["--env", "Pendulum-v1", "--planner", "cem", "--horizon", a.horizon, "--num-samples", a.num_samples,
-            "--iterations", a.iterations, "--max-steps", max_steps]
+    plan = dict(planner="cem", horizon=a.horizon, num_samples=a.num_samples, iterations=a.iterations,
+                max_steps=max_steps)
 
-    def train(data, name):
-        return run("train", "--data", data, "--epochs", a.epochs, "--time-limit", a.train_seconds,
-                   "--patience", 30, "--seed", a.seed, "--no-progress", "--out", os.path.join(a.out, name), *small)
+    def train(data, name):  # dvae train --data DATA --out OUT/NAME ...
+        return dvae.fit(data, epochs=a.epochs, time_limit=a.train_seconds, patience=30, seed=a.seed,
+                        no_progress=True, out=os.path.join(a.out, name), **small)
 
     data = [os.path.join(a.out, "random.npz")]
-    run("collect", "--env", "Pendulum-v1", "--episodes", a.init_episodes, "--steps", a.init_steps,
-        "--policy", "ou", "--seed", a.seed, "--out", data[0])
+    save_npz(data[0], collect("Pendulum-v1", a.init_episodes, a.init_steps, policy="ou", seed=a.seed))
     steps = merge(data, os.path.join(a.out, "data-0.npz"))
-    rounds = [{"round": 0, "env_steps": steps, "train": train(os.path.join(a.out, "data-0.npz"), "model-0")}]
+    model = train(os.path.join(a.out, "data-0.npz"), "model-0")
+    rounds = [{"round": 0, "env_steps": steps, "train": model.summary}]
     for r in range(1, a.rounds + 1):
         ep_file = os.path.join(a.out, f"planned-{r}.npz")
-        planned = run("plan", os.path.join(a.out, f"model-{r - 1}"), *plan, "--episodes", a.episodes_per_round,
-                      "--seed", 1000 * r + a.seed, "--no-baselines", "--save-episodes", ep_file)
+        planned = model.plan("Pendulum-v1", **plan, episodes=a.episodes_per_round, seed=1000 * r + a.seed,
+                             baselines=False, save_episodes=ep_file)
         data.append(ep_file)
         steps = merge(data, os.path.join(a.out, f"data-{r}.npz"))
-        rounds.append({"round": r, "planner_returns": planned["returns"], "env_steps": steps,
-                       "train": train(os.path.join(a.out, f"data-{r}.npz"), f"model-{r}")})
-    final = run("plan", os.path.join(a.out, f"model-{a.rounds}"), *plan, "--episodes", a.eval_episodes,
-                "--seed", 100 + a.seed)
+        model = train(os.path.join(a.out, f"data-{r}.npz"), f"model-{r}")
+        rounds.append({"round": r, "planner_returns": planned["returns"], "env_steps": steps, "train": model.summary})
+    final = model.plan("Pendulum-v1", **plan, episodes=a.eval_episodes, seed=100 + a.seed)
     summary = {
         "env_steps_for_training": steps, "rounds": rounds,
         "final": {k: final[k] for k in ("mean_return", "returns", "baselines", "normalized_return") if k in final},

@@ -1,8 +1,9 @@
 """Token sequences and missing data: the tables of docs/tokens-and-missing-data.md.
 
 Part 1, tokens: VRAE, VRNN and DMM trained on the project's toy corpus (dvae/data/toy_corpus.txt,
-written by dvae/data/toy_grammar.py) through the command line; the per-token -ELBO and IW bound on
-the test split, against log V (a uniform guess) and the exact entropy of the grammar on the same
+written by dvae/data/toy_grammar.py) through the Python API (``dvae.fit``, ``Run.evaluate``,
+``Run.generate``: the train, eval and generate verbs); the per-token -ELBO and IW bound on the test
+split, against log V (a uniform guess) and the exact entropy of the grammar on the same
 test sentences (every sentence has one derivation, so its probability is known).
 
 Part 2, missing data: trajectories of the registered env dvae/LinearGaussian-v0 (known parameters),
@@ -20,14 +21,14 @@ square), and an LGSSM fitted by maximum likelihood on the same gappy data.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+
+import dvae
 
 
 @dataclass
@@ -56,19 +57,7 @@ class Args:
     """A reduced run: a corpus subset, a few episodes, one or two epochs."""
 
 
-def cli(*argv) -> dict:
-    """Run a `dvae` command in process; its JSON result."""
-    from dvae.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main([str(a) for a in argv])
-    if code != 0:
-        raise SystemExit(f"dvae {argv[0]} failed with exit status {code}")
-    return json.loads(buf.getvalue())
-
-
-SMALL_NETS = ["--z-dim", "8", "--rnn-dim", "64", "--transition-dim", "64", "--emission-dim", "64"]
+SMALL_NETS = dict(z_dim=8, rnn_dim=64, transition_dim=64, emission_dim=64)
 
 
 # --- part 1: tokens ------------------------------------------------------------------------------------
@@ -92,10 +81,11 @@ def tokens(a: Args) -> dict:
            "grammar_entropy_per_token": -sum(log_p[i] for i in test) / test_tokens, "models": {}}
     for model in ("vrnn",) if a.smoke else ("vrae", "vrnn", "dmm"):
         run = os.path.join(a.out, f"text-{model}")
-        train = cli("train", "--model", model, "--data", corpus, "--epochs", 1 if a.smoke else a.text_epochs,
-                    "--batch-size", 32, *SMALL_NETS, "--seed", a.seed, "--no-progress", "--out", run)
-        ev = cli("eval", run, "--split", "test", "--iw-samples", 4 if a.smoke else 64, "--seed", a.seed)
-        gen = cli("generate", run, "--num-samples", 5, "--steps", 20, "--seed", a.seed)
+        fitted = dvae.fit(corpus, model=model, epochs=1 if a.smoke else a.text_epochs, batch_size=32, **SMALL_NETS,
+                          seed=a.seed, no_progress=True, out=run)  # dvae train
+        train = fitted.summary
+        ev = fitted.evaluate(split="test", iw_samples=4 if a.smoke else 64, seed=a.seed)  # dvae eval
+        gen = fitted.generate(20, 5, seed=a.seed)  # dvae generate --steps 20 --num-samples 5
         out["vocab_size"], out["log_vocab_size"] = ev["vocab_size"], ev["log_vocab_size"]
         out["models"][model] = {k: ev[k] for k in ("neg_elbo_per_step", "nll_iw_per_step", "recon_per_step",
                                                    "kl_per_step", "num_steps")}
@@ -137,7 +127,6 @@ def missing_data(a: Args) -> dict:
     import envs
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences, linear_interpolation, rmse_on
-    from dvae.run import load_model
 
     episodes, steps = (16, 20) if a.smoke else (a.episodes, a.steps)
     d = envs.collect("dvae/LinearGaussian-v0", episodes=episodes, steps=steps, policy="ou", seed=a.seed)
@@ -171,12 +160,11 @@ def missing_data(a: Args) -> dict:
         if a.smoke and model == "vrnn":
             continue
         run = os.path.join(a.out, f"lg-{model}")
-        extra = ["--z-dim", "2"] if model == "lgssm" else SMALL_NETS
-        cli("train", "--model", model, "--data", path, "--missing", "nan", "--epochs", 2 if a.smoke else epochs,
-            "--batch-size", 16, *extra, "--seed", a.seed, "--no-progress", "--out", run)
-        fitted, config = load_model(run)
+        extra = dict(z_dim=2) if model == "lgssm" else SMALL_NETS
+        fitted = dvae.fit(path, model=model, missing="nan", epochs=2 if a.smoke else epochs, batch_size=16, **extra,
+                          seed=a.seed, no_progress=True, out=run)
         torch.manual_seed(a.seed)
-        res = impute_sequences(fitted, config.normalizer, xs, us, 20 if a.smoke else a.num_samples)
+        res = impute_sequences(fitted.model, fitted.normalizer, xs, us, 20 if a.smoke else a.num_samples)
         name = {"lgssm": "LGSSM fitted on the gappy data (exact smoother)", "dmm": "DMM, posterior predictive",
                 "vrnn": "VRNN, posterior predictive"}[model]
         rows[name] = score([r["mean"] for r in res], [(r["lo"], r["hi"]) for r in res])

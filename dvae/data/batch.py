@@ -59,11 +59,26 @@ class SequenceBatch(NamedTuple):
         """The observed entries of x_t (B, x_dim) bool, or None when every entry is observed."""
         return None if self.obs_mask is None else self.obs_mask[:, t]
 
-    def to(self, device) -> "SequenceBatch":
-        u = None if self.u is None else self.u.to(device)
-        c = None if self.c is None else self.c.to(device)
-        obs_mask = None if self.obs_mask is None else self.obs_mask.to(device)
-        return SequenceBatch(self.x.to(device), u, self.mask.to(device), self.lengths.to(device), c, obs_mask)
+    def to(self, device, non_blocking: bool = False) -> "SequenceBatch":
+        """The batch on ``device``; ``non_blocking``: copies from pinned host memory (:meth:`pin_memory`)
+        do not wait for the device (the host goes on collating the next batch)."""
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return SequenceBatch(move(self.x), move(self.u), move(self.mask), move(self.lengths), move(self.c),
+                             move(self.obs_mask))
+
+    def pin_memory(self) -> "SequenceBatch":
+        """The batch in page-locked host memory (needs CUDA): the source of an asynchronous copy."""
+        return SequenceBatch(*(None if t is None else t.pin_memory() for t in self))
+
+    def to_device(self, device) -> "SequenceBatch":
+        """The batch moved to ``device`` as training moves it: on CUDA through pinned memory with a
+        ``non_blocking`` copy (a host-collated batch, not resident there); elsewhere a plain move."""
+        device = torch.device(device)
+        if device.type == "cuda" and self.x.device.type == "cpu":
+            return self.pin_memory().to(device, non_blocking=True)
+        return self.to(device)
 
     def check(self) -> "SequenceBatch":
         """Assert the shapes of the contract; returns self."""
@@ -80,17 +95,18 @@ class SequenceBatch(NamedTuple):
 
 
 def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = None,
-            cs: Optional[Sequence[torch.Tensor]] = None) -> SequenceBatch:
+            cs: Optional[Sequence[torch.Tensor]] = None, missing: Optional[bool] = None) -> SequenceBatch:
     """Pad a list of sequences ``x_i`` (L_i, x_dim) (and ``u_i`` (L_i, u_dim)) into a SequenceBatch;
     ``cs``: each sequence's condition ``c_i`` (c_dim,), stacked into ``c`` (B, c_dim).
 
     NaN entries of an ``x_i`` are missing observations: they become 0 in ``x`` and false in
     ``obs_mask`` (None when no entry is missing). Loaders refuse NaN unless a missing-data mode was
-    asked for (``--missing nan``), so a NaN reaching here is meant."""
+    asked for (``--missing nan``), so a NaN reaching here is meant. ``missing``: whether any entry is
+    NaN, where the caller knows it (False: no ``obs_mask``, nothing looked up); None: looked up here."""
     if len(xs) == 0:
         raise ValueError("cannot collate an empty list of sequences")
     lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)  # (B,)
-    B, T = len(xs), int(lengths.max())
+    B, T = len(xs), max(len(x) for x in xs)
     x = xs[0].new_zeros(B, T, xs[0].shape[-1])  # (B, T, x_dim)
     for i, xi in enumerate(xs):
         x[i, : len(xi)] = xi
@@ -102,10 +118,10 @@ def collate(xs: Sequence[torch.Tensor], us: Optional[Sequence[torch.Tensor]] = N
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
     c = None if cs is None else torch.stack([torch.as_tensor(ci, dtype=x.dtype) for ci in cs])  # (B, c_dim)
     obs_mask = None
-    missing = torch.isnan(x)  # (B, T, x_dim); padding is 0, never NaN
-    if missing.any():
-        obs_mask = ~missing & mask[..., None]  # (B, T, x_dim)
-        x = torch.where(missing, x.new_zeros(()), x)
+    nan = torch.isnan(x) if missing is not False else None  # (B, T, x_dim); padding is 0, never NaN
+    if nan is not None and (missing or nan.any()):
+        obs_mask = ~nan & mask[..., None]  # (B, T, x_dim)
+        x = torch.where(nan, x.new_zeros(()), x)
     return SequenceBatch(x, u, mask, lengths, c, obs_mask)
 
 

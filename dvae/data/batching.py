@@ -48,6 +48,8 @@ def batches(xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]], batch_
     """Collate sequences into SequenceBatches, in the order of :func:`batch_indices`.
     ``cs``: per-sequence conditions (N, c_dim) or None."""
     for idx in batch_indices(sequence_lengths(xs), batch_size, generator, by_length):
-        yield collate([torch.from_numpy(xs[i]) for i in idx],
+        x = [xs[i] for i in idx]
+        yield collate([torch.from_numpy(xi) for xi in x],
                       None if us is None else [torch.from_numpy(us[i]) for i in idx],
-                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx])
+                      None if cs is None else [torch.as_tensor(cs[i]) for i in idx],
+                      missing=any(np.isnan(xi).any() for xi in x))  # looked up in numpy: no tensor read

@@ -17,6 +17,7 @@ import numpy as np
 from dvae.data.safe_pickle import safe_load
 from dvae.data.sequences import SPLITS, SequenceData, split_indices
 from dvae.errors import DataError
+from dvae.inputs import check_bytes, meta_count, to_float32
 
 PIANO_LOW, PIANO_KEYS = 21, 88  # MIDI note 21 (A0) is column 0 of an 88-key piano roll
 
@@ -39,6 +40,9 @@ def _first_nonfinite(path, name, arr, lengths=None, allow_nan=False):
 
 def _check_bounds(path, actions, lengths, low, high):
     """Raise DataError at the first real action outside [low, high]."""
+    for name, bound in (("action_low", low), ("action_high", high)):
+        if np.asarray(bound).dtype.kind not in "biuf":
+            raise DataError(f"{path}: {name} must be a real numeric array, got dtype {np.asarray(bound).dtype}")
     low, high = np.asarray(low, np.float64).ravel(), np.asarray(high, np.float64).ravel()
     if actions.ndim != 3 or low.shape != (actions.shape[2],) or high.shape != low.shape:
         raise DataError(f"{path}: action_low/action_high must have shape (act_dim,) = ({actions.shape[-1]},)")
@@ -78,24 +82,27 @@ def _conditions(path, n, cond=None, labels=None, meta=None) -> Optional[np.ndarr
         cond = np.asarray(cond)
         if cond.ndim == 1:
             cond = cond[:, None]  # (N, 1)
-        if cond.ndim != 2 or cond.shape[0] != n or not np.issubdtype(cond.dtype, np.number) or np.iscomplexobj(cond):
+        if cond.ndim != 2 or cond.shape[0] != n or cond.dtype.kind not in "biuf":
             raise DataError(f"{path}: cond must be a real array of shape ({n}, c_dim), got {cond.shape} {cond.dtype}")
         bad = np.argwhere(~np.isfinite(cond.astype(np.float64)))
         if bad.size:
             raise DataError(f"{path}: cond has {cond[tuple(bad[0])]} (nan/inf) at sequence {bad[0][0]}, dim {bad[0][1]}")
-        return cond.astype(np.float32)
+        return to_float32(path, "cond", cond, axes=("sequence", "dim"))
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{path}: labels must be an integer array of shape ({n},), got {labels.shape} {labels.dtype}")
-        k = int(meta.get("num_labels", -1)) if meta is not None else -1
-        k = k if k > 0 else int(labels.max()) + 1
+        k = meta_count(path, meta, "num_labels") if meta is not None else None
+        k = k if k is not None else max(1, int(labels.max()) + 1)
+        check_bytes(4 * n * k, f"one-hot labels ({n} x {k} classes)", path)
         bad = np.flatnonzero((labels < 0) | (labels >= k))
         if bad.size:
             raise DataError(f"{path}: labels has {labels[bad[0]]} outside 0..{k - 1} at sequence {bad[0]}")
         if meta is not None:
             meta["num_labels"] = k
-        return np.eye(k, dtype=np.float32)[labels]  # (N, k) one-hot
+        onehot = np.zeros((n, k), np.float32)  # (N, k) one-hot
+        onehot[np.arange(n), labels] = 1.0
+        return onehot
     return None
 
 
@@ -120,7 +127,7 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         obs = obs[..., None]  # (N, T+1, 1)
     if obs.ndim != 3:
         raise DataError(f"{path}: obs must have shape (N, T+1, obs_dim), got {obs.shape}")
-    if not np.issubdtype(obs.dtype, np.number) or np.iscomplexobj(obs):
+    if obs.dtype.kind not in "biuf":  # bool, integers, floats; not complex, strings, dates, objects
         raise DataError(f"{path}: obs must be a real numeric array, got dtype {obs.dtype}")
     N, T1, _ = obs.shape
     if N == 0 or T1 == 0:
@@ -128,6 +135,8 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
     meta = dict(meta or {})
     if actions is not None:
         actions = np.asarray(actions)
+        if actions.dtype.kind not in "biuf":
+            raise DataError(f"{path}: actions must be a real numeric array, got dtype {actions.dtype}")
         if actions.shape[:1] != (N,) or actions.ndim not in (2, 3):
             raise DataError(f"{path}: actions must have shape (N, T[, act_dim]) with N = {N}, got {actions.shape}")
         if actions.shape[1] != T1 - 1:
@@ -144,6 +153,9 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
             raise DataError(f"{path}: lengths[{bad[0]}] = {lengths[bad[0]]} is outside 0..{T1 - 1}")
     num_obs = lengths.astype(np.int64) + 1  # observations per sequence: actions + 1
     _first_nonfinite(path, "obs", obs.astype(np.float64), num_obs, allow_nan=missing)
+    real_steps = (np.arange(T1)[None, :] < num_obs[:, None])[..., None]  # (N, T+1, 1)
+    if frame_shape is None:  # after the cast too: a float64 beyond float32's range would become inf
+        obs = to_float32(path, "obs", obs, real_steps)
     kind = "continuous"
     if frame_shape is not None:
         obs, kind = _frames(path, obs, frame_shape, num_obs), "binary"
@@ -154,18 +166,23 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
         if actions.ndim == 2:  # discrete actions (N, T) -> one-hot
             if not np.issubdtype(actions.dtype, np.integer):
                 raise DataError(f"{path}: 2-D actions must be integer (discrete), got {actions.dtype}")
-            n_act = int(meta.get("num_actions", -1))
-            n_act = n_act if n_act > 0 else max(1, int(actions.max()) + 1 if actions.size else 1)
+            n_act = meta_count(path, meta, "num_actions")
+            if n_act is None:
+                n_act = max(1, int(actions.max()) + 1 if actions.size else 1)
+            check_bytes(4 * N * actions.shape[1] * n_act, f"one-hot actions ({N} x {actions.shape[1]} x {n_act} "
+                        "num_actions)", path)
             for i in range(N):
                 a = actions[i, :lengths[i]]
                 bad = np.flatnonzero((a < 0) | (a >= n_act))
                 if bad.size:
                     raise DataError(f"{path}: actions has {a[bad[0]]} outside 0..{n_act - 1} "
                                     f"at sequence {i}, step {bad[0]}")
-            onehot = np.eye(n_act, dtype=np.float32)[np.clip(actions, 0, n_act - 1)]  # (N, T, n_act)
+            onehot = np.zeros(actions.shape + (n_act,), np.float32)  # (N, T, n_act)
+            np.put_along_axis(onehot, np.clip(actions, 0, n_act - 1)[..., None].astype(np.int64), 1.0, axis=-1)
             meta["num_actions"] = n_act
             actions = onehot
         _first_nonfinite(path, "actions", actions.astype(np.float64), lengths)
+        actions = to_float32(path, "actions", actions, (np.arange(actions.shape[1])[None, :] < lengths[:, None])[..., None])
         if action_bounds is not None:
             _check_bounds(path, actions, lengths, *action_bounds)
         last = np.zeros((N, 1, actions.shape[2]), np.float32)  # no control after the last observation
@@ -184,22 +201,28 @@ def load_npz(path: str, missing: bool = False) -> SequenceData:
     Frames: ``obs`` (N, T+1, H, W), or flattened with ``frame_shape`` = [H, W] (as ``dvae collect``
     writes for an image observation space); see :func:`from_trajectories`.
     ``missing``: NaN entries of ``obs`` are missing observations instead of bad input."""
+    from dvae.inputs import check_npz, open_regular
+
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError)
-    try:
-        f = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except unreadable as e:
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive (a single array?)")
-    with f:
-        if "obs" not in f.files:
-            raise DataError(f"{path}: no 'obs' array (found {', '.join(f.files) or 'nothing'})")
+    fileobj = open_regular(path, ".npz file")  # a regular file (not a FIFO or a device), opened once
+    with fileobj:
+        if fileobj.read(4) != b"PK\x03\x04" and fileobj.seek(0) == 0 and fileobj.read(6) == b"\x93NUMPY":
+            raise DataError(f"{path}: not an .npz archive (a single array?)")
+        fileobj.seek(0)
+        check_npz(path, fileobj)  # every declared size within the limit before anything is inflated
         try:
-            arrays = {k: f[k] for k in f.files}
+            f = np.load(fileobj, allow_pickle=False)
         except unreadable as e:
-            raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+            raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (a single array?)")
+        with f:
+            if "obs" not in f.files:
+                raise DataError(f"{path}: no 'obs' array (found {', '.join(f.files)[:200] or 'nothing'})")
+            try:
+                arrays = {k: f[k] for k in f.files}
+            except unreadable as e:
+                raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None
     meta = {k: v.item() for k, v in arrays.items() if v.ndim == 0}
     bounds = None
     if "action_low" in arrays and "action_high" in arrays:
@@ -230,9 +253,13 @@ def load_polyphonic(path: str) -> SequenceData:
     if not isinstance(data, dict) or not all(s in data for s in SPLITS):
         raise DataError(f"{path}: expected a dict with keys train, valid, test")
     xs, splits = [], {}
+    total_steps = 0  # memo references can repeat one long sequence many times: count before allocating
     for split in SPLITS:
         if not isinstance(data[split], (list, tuple)):
             raise DataError(f"{path}: {split} must be a list of sequences")
+        total_steps += sum(len(seq) for seq in data[split] if isinstance(seq, (list, tuple)))
+    check_bytes(4 * PIANO_KEYS * total_steps, f"piano rolls of {total_steps} steps", path)
+    for split in SPLITS:
         splits[split] = []
         for i, seq in enumerate(data[split]):
             if not isinstance(seq, (list, tuple)) or len(seq) == 0:
@@ -240,7 +267,11 @@ def load_polyphonic(path: str) -> SequenceData:
             roll = np.zeros((len(seq), PIANO_KEYS), dtype=np.float32)  # (L_i, 88)
             for t, notes in enumerate(seq):
                 if not isinstance(notes, (list, tuple, set, frozenset)):
-                    raise DataError(f"{path}: {split} sequence {i}, step {t}: expected a tuple of notes, got {notes!r}")
+                    raise DataError(f"{path}: {split} sequence {i}, step {t}: expected a tuple of notes, "
+                                    f"got {str(notes)[:80]}")
+                if len(notes) > PIANO_KEYS:
+                    raise DataError(f"{path}: {split} sequence {i}, step {t}: {len(notes)} notes, more than the "
+                                    f"{PIANO_KEYS} keys")
                 for n in notes:
                     if not _is_note(n):
                         raise DataError(f"{path}: {split} sequence {i}, step {t}: note {n!r} outside 21..108")
@@ -255,7 +286,8 @@ def load_polyphonic(path: str) -> SequenceData:
 def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64, missing: bool = False,
                 tokens: str = "words", min_count: int = 1, vocab: Optional[List[str]] = None,
                 builtins: Optional[Mapping[str, Callable[..., SequenceData]]] = None) -> SequenceData:
-    """Dispatch on a SOURCE string: a built-in name, an .npz file, a polyphonic pickle, a text file
+    """Dispatch on a SOURCE string: a built-in name, an .npz file, a CSV table or a single .npy array
+    (:mod:`dvae.data.tabular`), a polyphonic pickle, a text file
     (``*.txt`` or ``text:PATH``: one token sequence per line, see :func:`dvae.data.text.load_text`), or a
     directory of trajectory shards (a manifest.json) or of .npy arrays, read lazily (:mod:`dvae.data.lazy`).
 
@@ -278,13 +310,23 @@ def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64
         data = load_lazy(source)
     elif source.endswith(".npz"):
         data = load_npz(source, missing=missing)
+    elif source.endswith(".csv"):
+        from dvae.data.tabular import read_csv  # a header row, one column per dimension, an episode column
+
+        obs, actions, lengths, meta = read_csv(source, missing=missing)
+        data = from_trajectories(obs, actions, lengths, source, meta, missing=missing)
+    elif source.endswith(".npy"):
+        from dvae.data.tabular import read_npy  # observations only
+
+        data = from_trajectories(read_npy(source), None, None, source, {"format": "npy"}, missing=missing)
     elif source.endswith((".pickle", ".pkl")):
         data = load_polyphonic(source)
     elif not os.path.exists(source):
         names = f"not a built-in source ({', '.join(builtins)})" if builtins else "no built-in sources given"
         raise DataError(f"{source}: no such file, and {names}")
     else:
-        raise DataError(f"{source}: unknown data format (expected .npz, .pickle/.pkl, a directory of shards "
-                        "or .npy arrays, or a built-in name)")
+        raise DataError(f"{source}: unknown data format (expected .npz, .csv, .npy, .pickle/.pkl, .txt, a directory "
+                        "of shards or .npy arrays, or a built-in name); convert other formats to a trajectory .npz: "
+                        "np.savez('data.npz', obs=obs, actions=actions) with obs (N, T+1, x_dim), actions (N, T, u_dim)")
     data.source = source
     return data

@@ -37,6 +37,8 @@ import numpy as np
 
 from dvae.data.sequences import SequenceData, split_indices
 from dvae.errors import DataError
+from dvae.inputs import (check_bytes, check_npy, max_bytes, meta_count, open_regular, read_bytes, real_dtype,
+                          to_float32)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dvae-trajectory-shards"
@@ -72,7 +74,7 @@ class ArrayRows:
         self.path, self.name = path, member or os.path.basename(path)
         start = 0 if member is None else _member_offset(path, member)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, ".npy data") as f:
                 f.seek(start)
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
@@ -82,6 +84,8 @@ class ArrayRows:
                 else:
                     raise ValueError(f"unsupported .npy format version {version}")
                 self.offset = f.tell()
+        except DataError:
+            raise
         except FileNotFoundError:
             raise DataError(f"{path}: no such file") from None
         except (OSError, ValueError) as e:
@@ -130,6 +134,7 @@ class Shard:
             meta_file = os.path.join(path, "meta.json")
             extra_meta = _read_json(meta_file) if os.path.exists(meta_file) else {}
         else:
+            open_regular(path, ".npz shard").close()  # a regular file, not a FIFO or a device
             try:
                 with zipfile.ZipFile(path) as z:
                     names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
@@ -140,6 +145,7 @@ class Shard:
             if "obs" not in names:
                 raise DataError(f"{path}: no 'obs' array (found {', '.join(names) or 'nothing'})")
             rows = {name: ArrayRows(path, name) for name in names if name in ROW_ARRAYS}
+            check_npz_small(path, [n for n in names if n not in ROW_ARRAYS])
             with np.load(path, allow_pickle=False) as f:
                 try:
                     small = {name: f[name] for name in names if name not in ROW_ARRAYS}
@@ -152,8 +158,10 @@ class Shard:
         shape = self.obs.shape
         if len(shape) not in (2, 3):
             raise DataError(f"{path}: obs must have shape (N, T+1, obs_dim), got {shape}")
-        if not np.issubdtype(self.obs.dtype, np.number) or np.issubdtype(self.obs.dtype, np.complexfloating):
+        if self.obs.dtype.kind not in "biuf":  # bool, integers, floats
             raise DataError(f"{path}: obs must be a real numeric array, got dtype {self.obs.dtype}")
+        if self.actions is not None and self.actions.dtype.kind not in "biuf":
+            raise DataError(f"{path}: actions must be a real numeric array, got dtype {self.actions.dtype}")
         self.n, t1 = shape[0], shape[1]
         self.obs_dim = shape[2] if len(shape) == 3 else 1
         if self.n == 0 or t1 == 0:
@@ -179,6 +187,8 @@ class Shard:
         self.lengths = lengths.astype(np.int64)  # (N,) actions per sequence
         self.bounds = None
         if "action_low" in small and "action_high" in small:
+            for name in ("action_low", "action_high"):
+                real_dtype(path, name, small[name])
             low = np.asarray(small["action_low"], np.float64).ravel()
             high = np.asarray(small["action_high"], np.float64).ravel()
             if self.actions is None or len(self.actions.shape) != 3 or low.shape != (self.actions.shape[2],) \
@@ -188,6 +198,7 @@ class Shard:
 
 
 def _load_small(file: str) -> np.ndarray:
+    check_npy(file)  # a regular file whose declared size is within the limit
     try:
         return np.load(file, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -195,12 +206,14 @@ def _load_small(file: str) -> np.ndarray:
 
 
 def _read_json(path: str):
+    raw = read_bytes(path, "JSON file", max_bytes() // 16)  # a regular file, within the limit
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as e:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
@@ -252,9 +265,12 @@ class LazyTrajectories:
         self.discrete = first.actions is not None and len(first.actions.shape) == 2
         self.num_actions = 0
         if self.discrete:
-            n_act = int(self.meta.get("num_actions", -1))
-            if n_act <= 0:  # as the in-memory loader: the largest action + 1, here in one streaming pass
+            n_act = meta_count(first.path, self.meta, "num_actions")
+            if n_act is None:  # as the in-memory loader: the largest action + 1, here in one streaming pass
                 n_act = max(1, max(int(s.actions.read(j).max(initial=0)) + 1 for s in shards for j in range(s.n)))
+            longest = max(s.actions.shape[1] for s in shards)
+            check_bytes(4 * longest * n_act, f"one sequence's one-hot actions ({longest} x {n_act} num_actions)",
+                        first.path)
             self.num_actions = self.meta["num_actions"] = n_act
 
     def __len__(self) -> int:
@@ -277,7 +293,7 @@ class LazyTrajectories:
         row = shard.obs.read(j)
         obs = (row[:, None] if row.ndim == 1 else row)[:shard.lengths[j] + 1]  # (L_i, obs_dim)
         _check_finite(shard.path, "obs", obs, j)
-        return obs.astype(np.float32)
+        return to_float32(shard.path, f"obs of sequence {j}", obs, axes=("step", "dim"))
 
     def u(self, i: int) -> np.ndarray:
         """u_i (L_i, u_dim) float32: the controls after each real observation, zero after the last."""
@@ -290,8 +306,11 @@ class LazyTrajectories:
             if bad.size:
                 raise DataError(f"{shard.path}: actions has {real[bad[0]]} outside 0..{self.num_actions - 1} "
                                 f"at sequence {j}, step {bad[0]}")
-            a = np.eye(self.num_actions, dtype=np.float32)[np.clip(a, 0, self.num_actions - 1)]  # (T, n_act)
+            onehot = np.zeros((len(a), self.num_actions), np.float32)  # (T, n_act)
+            onehot[np.arange(len(a)), np.clip(a, 0, self.num_actions - 1)] = 1.0
+            a = onehot
         _check_finite(shard.path, "actions", a[:L], j)
+        a = to_float32(shard.path, f"actions of sequence {j}", a, axes=("step", "dim"))
         if shard.bounds is not None:
             low, high = shard.bounds
             tol = 1e-5 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
@@ -323,7 +342,7 @@ def _check_finite(path: str, name: str, arr: np.ndarray, j: int) -> None:
 def shard_paths(source: str) -> List[str]:
     """The shards a lazily read SOURCE names: a manifest (or its directory), or one .npy directory."""
     manifest = source if os.path.basename(source) == MANIFEST else os.path.join(source, MANIFEST)
-    if os.path.isfile(manifest):
+    if os.path.lexists(manifest):  # a FIFO or a link too: read_bytes refuses them
         m = _read_json(manifest)
         if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("shards"), list):
             raise DataError(f"{manifest}: not a shard manifest (expected format {MANIFEST_FORMAT!r} and a "
@@ -346,7 +365,7 @@ def load_lazy(source: str):
     paths = shard_paths(source)
     shards = [Shard(p) for p in paths]
     manifest = source if os.path.basename(source) == MANIFEST else os.path.join(source, MANIFEST)
-    if os.path.isfile(manifest):
+    if os.path.lexists(manifest):  # a FIFO or a link too: read_bytes refuses them
         for k, (entry, shard) in enumerate(zip(_read_json(manifest)["shards"], shards)):
             if "episodes" in entry and entry["episodes"] != shard.n:
                 raise DataError(f"{manifest}: shards[{k}] lists {entry['episodes']} episodes but {shard.path} "
@@ -378,3 +397,23 @@ def write_manifest(directory: str, shards: List[dict], meta: Optional[dict] = No
         os.unlink(tmp)
         raise
     return path
+
+
+def check_npz_small(path: str, names: List[str]) -> None:
+    """The declared sizes of an .npz's small arrays ``names`` (read whole) within the limit."""
+    from dvae.inputs import declared_nbytes, npy_header
+
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in names:
+                with z.open(name + ".npy") as m:
+                    shape, _, dtype = npy_header(m)
+                if dtype.hasobject:
+                    raise DataError(f"{path}: {name} has dtype {dtype} (objects): only numeric arrays are read")
+                total += declared_nbytes(shape, dtype)
+                check_bytes(total, f"'{name}' of declared shape {tuple(shape)} {dtype}", path)
+    except DataError:
+        raise
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, KeyError, SyntaxError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:200]})") from None

@@ -19,7 +19,11 @@ add a free, near-zero-cost step to the per-token average. There is no ``<pad>`` 
 (after each sequence's end, see ``collate``) is an all-zero row, masked out by the step mask.
 
 x is one-hot, (L_i + 1, V) float32 per sequence (``kind="categorical"``); the reason is given at
-:func:`dvae.models.base.observation_dist`.
+:func:`dvae.models.base.observation_dist`. The data set keeps only the token ids, (L_i + 1,) int64 per
+sequence: ``xs`` is a :class:`dvae.data.lazy.LazySequences` view that one-hot encodes a sequence when
+it is read (as a batch is collated), so memory at rest grows with the number of tokens, not tokens x
+vocabulary. One sequence's one-hot, (L_i + 1) x V floats, must fit the size limit
+(:func:`dvae.inputs.max_bytes`); a longer line is refused naming it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from dvae.data.sequences import SequenceData, split_indices
+from dvae.data.lazy import LazySequences
 from dvae.errors import DataError
+from dvae.inputs import check_bytes, max_bytes, read_bytes
 
 UNK, EOS = "<unk>", "<eos>"
 UNK_ID, EOS_ID = 0, 1
@@ -101,13 +107,8 @@ def join(tokens: List[str], mode: str = "words") -> str:
 
 def read_lines(path: str, tokens: str = "words") -> List[List[str]]:
     """The token sequences of a text file's non-blank lines (DataError naming the file and line)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    # a regular file of at most a 16th of the size limit: its tokens as Python strings take many times that
+    raw = read_bytes(path, "text file", max_bytes() // 16)
     seqs = []
     for n, line in enumerate(raw.split(b"\n"), 1):
         try:
@@ -139,7 +140,19 @@ def load_text(path: str, tokens: str = "words", min_count: int = 1, vocab: Optio
             voc = Vocabulary(list(vocab))
         except ValueError as e:
             raise DataError(f"{path}: the run's vocabulary is not valid ({e})") from None
-    xs = [voc.one_hot(s) for s in seqs]  # each (L_i + 1, V)
-    num_unk = sum(int((voc.encode(s) == UNK_ID).sum()) for s in seqs)
+    ids = [voc.encode(s) for s in seqs]  # each (L_i + 1,) token ids; one-hot only when read
+    lengths = np.array([len(i) for i in ids], np.int64)  # (N,)
+    longest = int(np.argmax(lengths))
+    check_bytes(4 * int(lengths[longest]) * len(voc), f"the one-hot of sequence {longest} (non-blank line "
+                f"{longest + 1}: {lengths[longest]} tokens with <eos>, x a vocabulary of {len(voc)})", path)
+    width = len(voc)
+
+    def one_hot(row: np.ndarray) -> np.ndarray:
+        x = np.zeros((len(row), width), dtype=np.float32)  # (L_i + 1, V)
+        x[np.arange(len(row)), row] = 1.0
+        return x
+
+    xs = LazySequences(ids.__getitem__, np.arange(len(ids)), lengths, one_hot)
+    num_unk = sum(int((i == UNK_ID).sum()) for i in ids)
     meta = {"format": "text", "tokens": tokens, "num_unk": num_unk}
     return SequenceData(xs, None, splits, "categorical", path, meta, vocab=list(voc.tokens))

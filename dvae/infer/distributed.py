@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -37,8 +38,9 @@ from dvae.data.batch import SequenceBatch, collate
 from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.device import resolve_device
 from dvae.errors import DistributedError
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, SiteKL
-from dvae.infer.evaluation import bounds_per_step, evaluate_sums
+from dvae.infer.evaluation import bounds_per_step, evaluate_sums, missing_log_det
 from dvae.infer.svi import ClippedSVI
 from dvae.infer.trainer import Trainer
 
@@ -95,6 +97,11 @@ def init_from_env(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Opt
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl":
+        # a collective that times out then raises in this thread (a DistBackendError, which collective()
+        # turns into one line) instead of NCCL's watchdog ending the process with a C++ stack; it also
+        # makes the host wait for each collective, which the update's one read does anyway
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
@@ -145,7 +152,8 @@ def shard(idx: Sequence[int], rank: int, world_size: int):
 
 
 def pad_steps(batch: SequenceBatch, num_steps: int) -> SequenceBatch:
-    """Pad a batch with zeros at the end to ``num_steps`` steps (as :func:`collate` pads)."""
+    """Pad a batch with zeros at the end to ``num_steps`` steps (as :func:`collate` pads); every field is
+    kept: the conditions ``c`` as they are, the observation mask padded with False (nothing observed)."""
     extra = num_steps - batch.num_steps
     assert extra >= 0, (batch.num_steps, num_steps)
     if extra == 0:
@@ -153,7 +161,8 @@ def pad_steps(batch: SequenceBatch, num_steps: int) -> SequenceBatch:
     x = F.pad(batch.x, (0, 0, 0, extra))  # (B, num_steps, x_dim)
     u = None if batch.u is None else F.pad(batch.u, (0, 0, 0, extra))  # (B, num_steps, u_dim)
     mask = F.pad(batch.mask, (0, extra))  # (B, num_steps), False on the new steps
-    return SequenceBatch(x, u, mask, batch.lengths)
+    obs_mask = None if batch.obs_mask is None else F.pad(batch.obs_mask, (0, 0, 0, extra))  # (B, num_steps, x_dim)
+    return SequenceBatch(x, u, mask, batch.lengths, batch.c, obs_mask)
 
 
 class DataParallelELBO(DynamicalELBO):
@@ -227,17 +236,20 @@ class DataParallelSVI(ClippedSVI):
         super().__init__(model, guide, optim, loss_module.module.elbo, clip_norm=clip_norm)
         self.loss_module, self.env = loss_module, env
 
-    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
+    def loss_and_grads_global(self, batch, annealing_factor, num_steps: int, active: bool = True) -> torch.Tensor:
         """Forward and backward through DDP (gradients all-reduced: the batch's per-step ELBO gradient);
-        returns the batch's per-step loss, summed over the ranks."""
+        returns the batch's per-step loss, summed over the ranks: a float64 0-dim tensor on the device,
+        reduced there and read by :meth:`clip_and_update` with the gradient norm, in one read."""
         scale = self.env.world_size / num_steps
         loss = self.loss_module(batch, annealing_factor, scale, active)
         collective(self.env, "the gradient all-reduce (DistributedDataParallel backward)", loss.backward)
         # an inactive rank's loss is zero but for its share of the free-bits floors
-        return all_reduce_sum(self.env, [float(loss.detach()) / self.env.world_size], "the loss all-reduce")[0]
+        total = loss.detach().to(torch.float64) / self.env.world_size  # ()
+        collective(self.env, "the loss all-reduce", dist.all_reduce, total)
+        return total
 
     def step(self, batch, annealing_factor, num_steps: int, active: bool = True) -> float:
-        with poutine.trace(param_only=True) as param_capture:
+        with self.validation(), poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads_global(batch, annealing_factor, num_steps, active)
         return self.clip_and_update(param_capture.trace, loss)
 
@@ -253,9 +265,16 @@ class DataParallelTrainer(Trainer):
     """
 
     def __init__(self, model, config, train_data, valid_data, log_det_per_step: float = 0.0, device=None,
-                 env: Optional[DistEnv] = None):
+                 env: Optional[DistEnv] = None, x_log_std=None):
         assert env is not None and env.world_size > 1, "DataParallelTrainer needs a DistEnv of 2 or more ranks"
-        super().__init__(model, config, train_data, valid_data, log_det_per_step, device or env.device)
+        if config.objective != "elbo" or config.train_samples != 1:
+            raise ValueError(f"data-parallel training takes the one-draw elbo objective only (got objective "
+                             f"{config.objective!r}, train_samples {config.train_samples})")
+        super().__init__(model, config, train_data, valid_data, log_det_per_step, device or env.device,
+                         x_log_std=x_log_std)
+        # missing entries (--missing nan): every rank sums the log-Jacobian difference of its steps with
+        # missing entries, and the sums are reduced every update (on every rank, masked batch or not)
+        self.missing = bool(getattr(getattr(model, "config", None), "missing", False)) and x_log_std is not None
         self.env = env
         if config.batch_size < env.world_size:
             raise ValueError(f"--batch-size {config.batch_size} is smaller than the number of processes "
@@ -285,8 +304,9 @@ class DataParallelTrainer(Trainer):
     def _validate(self) -> Dict[str, float]:
         xs, us = self.valid_share
         sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
-                             vectorized=self.config.vectorized)
-        keys = ("num_steps", "elbo", "log_lik", "kl", "iw")
+                             vectorized=self.config.vectorized, log_det_per_step=self.log_det,
+                             x_log_std=self.x_log_std)
+        keys = ("num_steps", "elbo", "log_lik", "kl", "iw", "extra_log_det")
         total = dict(zip(keys, all_reduce_sum(self.env, [sums[k] for k in keys], "the validation all-reduce")))
         total["num_steps"] = int(round(total["num_steps"]))
         return bounds_per_step(total, self.num_valid, self.log_det)
@@ -294,8 +314,10 @@ class DataParallelTrainer(Trainer):
     def _shard_batch(self, idx: List[int]):
         """(this rank's padded share of batch ``idx``, the batch's real steps, active)."""
         rows, active = shard(idx, self.env.rank, self.env.world_size)
-        batch = collate([torch.from_numpy(self.train_xs[i]) for i in rows],
-                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows])
+        xs = [self.train_xs[i] for i in rows]
+        batch = collate([torch.from_numpy(x) for x in xs],
+                        None if self.train_us is None else [torch.from_numpy(self.train_us[i]) for i in rows],
+                        missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
         num_steps = sum(self.train_lengths[i] for i in idx)
         return pad_steps(batch, max(self.train_lengths[i] for i in idx)), num_steps, active
 
@@ -316,8 +338,13 @@ class DataParallelTrainer(Trainer):
             if self._snapshot is None or self.state["step"] % self.snapshot_every == 0:
                 self._take_snapshot()
             batch, n, active = self._shard_batch(idx)
-            loss = self.svi.step(batch.to(self.device), self.annealing_factor(self.state["step"]), n, active)
-            self._record_update(acc, loss, n, i)
+            batch = batch.to_device(self.device)
+            loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), n, active)
+            extra = 0.0
+            if self.missing:  # the batch's log-Jacobian difference of steps with missing entries, all ranks
+                mine = missing_log_det(batch, self.log_det, self.x_log_std).sum().item() if active else 0.0
+                extra = all_reduce_sum(self.env, [mine], "summing the missing entries' log-Jacobian")[0]
+            self._record_update(acc, loss, n, i, extra)
             now = time.perf_counter()
             acc["seconds"] += now - t_last
             t_last = now
@@ -337,17 +364,17 @@ class DataParallelTrainer(Trainer):
     def checkpoint(self) -> dict:
         """:meth:`Trainer.checkpoint` plus ``world_size`` and ``rng_ranks`` (every rank's RNG state). A
         collective: every rank calls it; rank 0 writes it."""
-        states: List[Optional[torch.Tensor]] = [None] * self.env.world_size
-        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, torch.get_rng_state())
+        states: List[Optional[dict]] = [None] * self.env.world_size  # each rank's rng.capture()
+        collective(self.env, "gathering the RNG states", dist.all_gather_object, states, rng.capture())
         ckpt = super().checkpoint()
-        ckpt.update(world_size=self.env.world_size, rng_ranks=states, rng=states[0])
+        ckpt.update(world_size=self.env.world_size, rng_ranks=states, **states[0])
         return ckpt
 
     def load_checkpoint(self, ckpt: dict) -> None:
         super().load_checkpoint(ckpt)
         states = ckpt.get("rng_ranks")
         if states is not None and len(states) == self.env.world_size:
-            torch.set_rng_state(states[self.env.rank].cpu())
+            rng.restore(states[self.env.rank])  # a dict of CPU and CUDA states (a bare CPU state before)
         else:  # written by another number of processes (or one): a fresh stream per rank
             self._reseed(self.state["step"])
 

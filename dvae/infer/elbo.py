@@ -218,6 +218,15 @@ class DynamicalELBO(TraceMeanField_ELBO):
             out[name] = kl
         return out
 
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The -ELBO estimate to differentiate, a 0-dim tensor on the device, read nowhere here (Pyro's
+        reads it twice, and checks it for NaN: host-device synchronisations). Every latent site is
+        reparameterized, so the estimate is its own surrogate: the same value and gradient as Pyro's."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._particle_loss(model_trace, guide_trace) / self.num_particles
+        return torch.as_tensor(loss)
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         loss = self._particle_loss(model_trace, guide_trace)
         # the loss as a plain number beside the differentiable surrogate: Trace_ELBO.differentiable_loss
@@ -307,25 +316,43 @@ def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) 
     return {"log_lik": log_lik, "kl": kl, "elbo": log_lik.sum(1) - kl.sum(1)}
 
 
+def importance_terms(model: Callable, guide: Callable, batch, num_samples: int, *args) -> Dict[str, torch.Tensor]:
+    """The terms of the importance weights of ``num_samples`` draws z_k ~ q(z | x) per sequence, each
+    (K, B), differentiable (reparameterized draws): ``log_lik`` sum_t log p(x_t | z_k), ``log_prior``
+    log p(z_k), ``log_q`` log q(z_k | x) (auxiliary guide sites included); the log weight is
+    log_lik + log_prior - log_q. The K draws run as one batch (the batch repeated K times, copy-major);
+    the programs are called as ``program(repeated_batch, *args)``, and their log densities taken as they
+    come (any ``poutine.scale`` inside them applies: pass unscaled programs for a bound)."""
+    B, K = batch.batch_size, num_samples
+    repeated = repeat_batch(batch, K)
+    guide_trace = poutine.trace(guide).get_trace(repeated, *args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(repeated, *args)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_lik, log_prior, log_q = (batch.x.new_zeros(K * B) for _ in range(3))  # (K*B,) each
+    for _, site in _sample_sites(model_trace):
+        if site["is_observed"]:
+            log_lik = log_lik + site["log_prob"]
+        else:
+            log_prior = log_prior + site["log_prob"]
+    for _, site in _sample_sites(guide_trace):
+        log_q = log_q + site["log_prob"]
+    return {"log_lik": log_lik.reshape(K, B), "log_prior": log_prior.reshape(K, B), "log_q": log_q.reshape(K, B)}
+
+
 @torch.no_grad()
 def iw_bound(model: Callable, guide: Callable, batch, num_samples: int, chunk: int = 64) -> torch.Tensor:
     """The K-sample importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k | x), per sequence (B,),
     for either form of a program.
 
-    Draws are vectorised ``chunk`` at a time by repeating the batch.
+    Draws are vectorised ``chunk`` at a time by repeating the batch (:func:`importance_terms`).
     """
-    B = batch.batch_size
     log_ws = []
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        model_trace, guide_trace = _traces(model, guide, repeat_batch(batch, k))
-        log_w = batch.x.new_zeros(k * B)  # (k*B,)
-        for _, site in _sample_sites(model_trace):
-            log_w += site["log_prob"]
-        for _, site in _sample_sites(guide_trace):
-            log_w -= site["log_prob"]
-        log_ws.append(log_w.reshape(k, B))
+        terms = importance_terms(model, guide, batch, k)
+        log_ws.append(terms["log_lik"] + terms["log_prior"] - terms["log_q"])  # (k, B)
         done += k
     log_w = torch.cat(log_ws, 0)  # (K, B)
     return torch.logsumexp(log_w, 0) - math.log(num_samples)

@@ -71,18 +71,37 @@ def _check(name: str, particles: int) -> None:
         raise ValueError("the tmc estimator needs at least 2 samples per step (particles >= 2)")
 
 
-def make_estimator(name: str, particles: int = 1) -> pyro.infer.ELBO:
+def broadcasts(dvae_model) -> bool:
+    """Whether ``dvae_model``'s programs broadcast over sample dimensions (its class's ``sample_broadcast``:
+    the DMM, LGSSM and VAE do; the VRNN's and VRAE's recurrent networks take (B, .) inputs and hidden
+    states, so their K particles are drawn one after another and TMC does not apply to them)."""
+    return bool(getattr(dvae_model, "sample_broadcast", False))
+
+
+def make_estimator(name: str, particles: int = 1, dvae_model=None) -> pyro.infer.ELBO:
     """The Pyro ELBO of estimator ``name`` with ``particles`` draws (K). ``analytic`` and ``sampled``
     average ``particles`` independent single-draw estimates of the ELBO (their value does not depend on
-    K, their variance falls as 1/K); ``iw`` and ``tmc`` use K inside the bound (tighter as K grows)."""
+    K, their variance falls as 1/K); ``iw`` and ``tmc`` use K inside the bound (tighter as K grows).
+    ``dvae_model``: the model it will score; a family whose programs do not broadcast over particles
+    (the VRNN, the VRAE) draws its K particles one after another (the same estimate, K passes)."""
     _check(name, particles)
+    vectorize = particles > 1 and (dvae_model is None or broadcasts(dvae_model))
     if name == "analytic":
         return DynamicalELBO(num_particles=particles)
     if name == "sampled":
-        return Trace_ELBO(num_particles=particles, max_plate_nesting=1, vectorize_particles=particles > 1)
+        return Trace_ELBO(num_particles=particles, max_plate_nesting=1, vectorize_particles=vectorize)
     if name == "iw":
-        return RenyiELBO(alpha=0.0, num_particles=particles, max_plate_nesting=1, vectorize_particles=particles > 1)
+        return RenyiELBO(alpha=0.0, num_particles=particles, max_plate_nesting=1, vectorize_particles=vectorize)
+    if dvae_model is not None:
+        _check_tmc(dvae_model)
     return TraceTMC_ELBO(max_plate_nesting=1)
+
+
+def _check_tmc(dvae_model) -> None:
+    if not broadcasts(dvae_model):
+        raise ValueError(f"the tmc estimator is not defined for the {getattr(dvae_model, 'name', '?')}: it draws K "
+                         "samples of every latent site at once, and this family's programs do not "
+                         "broadcast over them (sample_broadcast is False)")
 
 
 def estimator_programs(dvae_model, name: str, particles: int = 1) -> Tuple[Callable, Callable]:
@@ -91,6 +110,7 @@ def estimator_programs(dvae_model, name: str, particles: int = 1) -> Tuple[Calla
     _check(name, particles)
     model, guide = dvae_model.model, dvae_model.guide
     if name == "tmc":
+        _check_tmc(dvae_model)
         guide = config_enumerate(guide, default="parallel", num_samples=particles, expand=False)
     return model, guide
 
@@ -158,7 +178,7 @@ def measure_estimator(dvae_model, batch: SequenceBatch, name: str, particles: in
         raise ValueError(f"draws must be >= 2 to estimate a variance, got {draws}")
     pyro.clear_param_store()
     model, guide = estimator_programs(dvae_model, name, particles)
-    elbo = make_estimator(name, particles)
+    elbo = make_estimator(name, particles, dvae_model)
     params = [p for p in dvae_model.parameters() if p.requires_grad]
     num_steps = int(batch.lengths.sum())
     was_training = dvae_model.training

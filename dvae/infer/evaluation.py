@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Dict
 
+import pyro
 import torch
 
 from dvae.data.batch import SequenceBatch
-from dvae.data.batching import batches
+from dvae.data.batching import batch_indices, batches, sequence_lengths
 from dvae.infer.elbo import elbo, elbo_terms, iw_bound
 
 
@@ -42,17 +43,22 @@ def evaluate_sums(model, xs, us, batch_size: int = 64, iw_samples: int = 0, num_
     model.eval()
     total = {"num_steps": 0, "elbo": 0.0, "log_lik": 0.0, "kl": 0.0, "iw": 0.0, "extra_log_det": 0.0}
     program, guide = model.programs(vectorized=vectorized)
-    for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
-        total["num_steps"] += int(batch.lengths.sum())
-        batch = batch.to(device)
-        if batch.obs_mask is not None:
-            total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
-        terms = elbo_terms(program, guide, batch, num_particles)
-        total["elbo"] += terms["elbo"].sum().item()
-        total["log_lik"] += terms["log_lik"].sum().item()
-        total["kl"] += terms["kl"].sum().item()
-        if iw_samples:
-            total["iw"] += iw_bound(program, guide, batch, iw_samples).sum().item()
+    lengths = sequence_lengths(xs)
+    chunks = batch_indices(lengths, batch_size, by_length=True)  # the order batches() collates them in
+    # argument validation off: the loaders checked the data once (a check per distribution is a read)
+    with pyro.validation_enabled(False):
+        for idx, batch in zip(chunks, batches(xs, us, batch_size, by_length=True, cs=cs)):
+            total["num_steps"] += sum(lengths[i] for i in idx)  # from the host's lengths
+            batch = batch.to_device(device)  # CUDA: pinned, non_blocking
+            if batch.obs_mask is not None:
+                total["extra_log_det"] += missing_log_det(batch, log_det_per_step, x_log_std).sum().item()
+            terms = elbo_terms(program, guide, batch, num_particles)
+            sums = [terms["elbo"].sum(), terms["log_lik"].sum(), terms["kl"].sum()]
+            if iw_samples:
+                sums.append(iw_bound(program, guide, batch, iw_samples).sum())
+            sums = torch.stack([v.to(torch.float64) for v in sums]).tolist()  # the batch's one read of the device
+            for key, value in zip(("elbo", "log_lik", "kl", "iw"), sums):
+                total[key] += value
     model.train(was_training)
     return total
 

@@ -224,6 +224,8 @@ def filter_for(model) -> Callable:
     does not state the state-space contract (``initial_state``, ``transition_step``, ``emission``)."""
     from dvae.models.base import DynamicalVAE
 
+    if getattr(model, "step_by_step_problem", None):
+        raise ValueError(model.step_by_step_problem)
     cls = type(model)
     stated = all(getattr(cls, name, None) is not getattr(DynamicalVAE, name)
                  for name in ("initial_state", "transition_step", "emission"))

@@ -11,22 +11,38 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.infer.util import zero_grads
+from pyro.infer import ELBO, SVI
+from pyro.infer.util import is_validation_enabled, zero_grads
 
 
 class ClippedSVI(SVI):
     """``pyro.infer.SVI`` with a global gradient-norm clip; a non-finite loss or gradient skips the
-    update (returns nan) instead of corrupting the parameters."""
+    update (returns nan) instead of corrupting the parameters.
+
+    Argument validation (Pyro's and torch's checks of every distribution's parameters and values, and
+    of the programs' structure: on a GPU each check is a host-device synchronisation) runs on the
+    first update only, with the process's setting (``pyro.enable_validation``): that update checks the
+    programs and the data they score (which the loaders checked once as they read it). Later updates
+    run without it; a NaN parameter then gives a NaN loss, skipped as a refused one is."""
 
     def __init__(self, model, guide, optim, loss, clip_norm: float = 0.0):
-        super().__init__(model, guide, optim, loss)
+        # a Pyro ELBO, or an object with its own loss_and_grads (dvae.infer.objectives.IWAEObjective)
+        own = {} if isinstance(loss, ELBO) or not hasattr(loss, "loss_and_grads") else {"loss_and_grads": loss.loss_and_grads}
+        super().__init__(model, guide, optim, loss, **own)
         self.clip_norm = clip_norm
+        self.validated = False
+
+    def validation(self):
+        """The validation context of this update: the process's setting on the first, off after."""
+        on = is_validation_enabled() and not self.validated
+        self.validated = True
+        return pyro.validation_enabled(on)
 
     def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as param_capture:
+        with self.validation(), poutine.trace(param_only=True) as param_capture:
             try:
                 loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
             except ValueError as e:  # distribution validation: a NaN/inf parameter (a fault, not a bug)

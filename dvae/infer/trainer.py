@@ -33,10 +33,18 @@ from pyro import poutine
 from dvae.data.batch import ResidentSequences, collate
 from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer import rng
 from dvae.infer.elbo import DynamicalELBO, elbo
+from dvae.infer.objectives import make_objective
 from dvae.infer.evaluation import evaluate, missing_log_det
+from dvae.infer.optim import make_adam
 from dvae.infer.svi import ClippedSVI
 from dvae.models import MODELS
+
+
+DEFAULT_EPOCHS = 60
+"""The epochs of ``dvae train`` given neither ``--epochs`` nor ``--time-limit`` (``TrainConfig.epochs``
+None, with a time limit, trains until the limit or convergence)."""
 
 
 DEFAULT_LR = {name: cls.default_lr for name, cls in MODELS.items()}
@@ -57,8 +65,10 @@ def default_lr(family: str) -> float:
 class TrainConfig:
     """Optimisation settings (saved in config.json)."""
 
-    epochs: int = 60
-    """Total number of epochs (a resumed run counts the epochs already done)."""
+    epochs: Optional[int] = None
+    """Total number of epochs (a resumed run counts the epochs already done); None: no cap, the time
+    limit or convergence (the learning-rate schedule run out, then ``patience``) ends training.
+    ``dvae train`` with neither ``--epochs`` nor ``--time-limit`` trains ``DEFAULT_EPOCHS``."""
     time_limit: Optional[float] = None
     """Stop after this many seconds of training (checked between updates); None: no limit."""
     batch_size: int = 16
@@ -86,8 +96,27 @@ class TrainConfig:
     """Posterior collapse: validation KL per step (nats) below which an epoch counts as collapsed."""
     collapse_epochs: int = 3
     """Posterior collapse: consecutive collapsed epochs before the trainer warns."""
-    patience: int = 20
-    """Early stopping: epochs without a better validation bound (0: never stop early)."""
+    patience: int = 10
+    """Early stopping (0: never stop early): with a schedule (``lr_schedule`` plateau), epochs without a
+    better validation bound once the learning rate has reached its floor ``min_lr`` (the schedule has
+    run out); without one (none), epochs without a better validation bound. Training that stops early
+    ends with the best parameters restored into the model."""
+    lr_schedule: str = "plateau"
+    """plateau: multiply the learning rate by ``lr_factor`` after ``lr_patience`` epochs in a row without a
+    better validation bound, down to ``min_lr``; none: a constant rate (docs/performance.md, "Learning-
+    rate schedule")."""
+    lr_factor: float = 0.5
+    """plateau: the factor on the learning rate at each reduction, in (0, 1)."""
+    lr_patience: int = 3
+    """plateau: epochs in a row without a better validation bound before the rate is reduced."""
+    min_lr: float = 1e-4
+    """plateau: the floor of the learning rate (a rate set at or below it is never reduced)."""
+    objective: str = "elbo"
+    """The training objective: elbo (the per-step dynamical ELBO, ``DynamicalELBO``) or iwae (the
+    ``train_samples``-sample importance-weighted bound, ``dvae.infer.objectives.IWAEObjective``; no
+    annealing, free bits or beta). Either is divided by the batch's number of real steps."""
+    train_samples: int = 1
+    """iwae: K, the importance samples per sequence of the training bound (K = 1: the one-draw ELBO)."""
     seed: int = 0
     """Seed of parameters, batches and samples."""
     device: str = "auto"
@@ -145,18 +174,19 @@ class Trainer:
         c = config
         optim_args = {"lr": c.lr}
         if c.optimizer == "adam":
-            self.optim = pyro.optim.Adam(optim_args)
+            self.optim = make_adam(optim_args, self.device)  # CUDA: one fused Adam over all parameters
         elif c.optimizer == "clipped_adam":
             self.optim = pyro.optim.ClippedAdam({**optim_args, "lrd": c.lr_decay, "clip_norm": 1e6})
         else:
             raise ValueError(f"unknown optimizer {c.optimizer!r} (choose adam or clipped_adam)")
-        self.elbo = DynamicalELBO(free_bits=c.free_bits, beta=c.beta)
+        self.elbo = make_objective(c.objective, c.train_samples, free_bits=c.free_bits, beta=c.beta)
         self.svi = ClippedSVI(self._model, self._guide, self.optim, self.elbo, clip_norm=c.clip_norm)
         self.batches_per_epoch = max(1, math.ceil(len(self.train_xs) / c.batch_size))
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
                       "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
-                      "collapse_warned": False}
+                      "collapse_warned": False, "lr_bad_epochs": 0, "floor_stale": 0, "lr_reductions": 0,
+                      "stop_reason": None}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
@@ -182,7 +212,7 @@ class Trainer:
 
     def annealing_factor(self, step: int) -> float:
         warm = self.config.anneal_epochs * self.batches_per_epoch
-        if warm <= 0:
+        if warm <= 0 or self.config.objective != "elbo":  # the IWAE bound has no KL term to anneal
             return 1.0
         return min(1.0, self.config.kl_start + (1.0 - self.config.kl_start) * step / warm)
 
@@ -205,9 +235,43 @@ class Trainer:
         self.state["lr_scale"] = scale
         lr = self.config.lr * scale
         self.optim.pt_optim_args["lr"] = lr  # optimisers created later
-        for opt in self.optim.optim_objs.values():
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * change if relative else lr
+        groups = {id(g): g for opt in self.optim.optim_objs.values() for g in opt.param_groups}  # a shared group once
+        for group in groups.values():
+            group["lr"] = group["lr"] * change if relative else lr
+
+    # --- the learning-rate schedule -------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate now: ``config.lr`` times the schedule's and the fault recovery's factors
+        (ClippedAdam's per-update decay not included)."""
+        return self.config.lr * self.state["lr_scale"]
+
+    def _at_floor(self) -> bool:
+        """Whether the schedule has nothing left to reduce: the rate at (or below) ``min_lr``, or no
+        schedule (``lr_schedule`` none)."""
+        return self.config.lr_schedule != "plateau" or self.lr <= self.config.min_lr * (1 + 1e-9)
+
+    def _schedule_step(self, improved: bool) -> None:
+        """After an epoch's validation: reduce on plateau, and count the epochs without improvement at
+        the floor (what early stopping waits on). All of it lives in ``state`` (checkpointed)."""
+        st, c = self.state, self.config
+        if improved:
+            st["lr_bad_epochs"] = st["floor_stale"] = 0
+            return
+        if self._at_floor():  # the epoch trained at the floor: the schedule has run out
+            st["floor_stale"] += 1
+            return
+        st["lr_bad_epochs"] += 1
+        if st["lr_bad_epochs"] >= c.lr_patience:
+            new_lr = max(self.lr * c.lr_factor, c.min_lr)
+            self._set_lr_scale(new_lr / c.lr, relative=True)  # relative: keeps ClippedAdam's decay
+            st["lr_bad_epochs"] = 0
+            st["lr_reductions"] += 1
+
+    def converged(self) -> bool:
+        """Early stopping's test: ``patience`` epochs without a better validation bound once the schedule
+        has run out (with ``lr_schedule`` none: since the best epoch); never with ``patience`` 0."""
+        return bool(self.config.patience) and self.state["floor_stale"] >= self.config.patience
 
     def _recover(self) -> None:
         self.state["faults"] += 1
@@ -253,10 +317,12 @@ class Trainer:
             if resident is not None:
                 batch = resident.batch(order[starts[i]:starts[i + 1]], max(lengths[j] for j in idx))
             else:
-                batch = collate([torch.from_numpy(self.train_xs[j]) for j in idx],
+                xs = [self.train_xs[j] for j in idx]
+                batch = collate([torch.from_numpy(x) for x in xs],
                                 None if self.train_us is None else [torch.from_numpy(self.train_us[j]) for j in idx],
-                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx])
-                batch = batch.to(self.device)
+                                None if self.train_cs is None else [torch.as_tensor(self.train_cs[j]) for j in idx],
+                                missing=any(np.isnan(x).any() for x in xs))  # looked up in numpy: no tensor read
+                batch = batch.to_device(self.device)  # CUDA: pinned, non_blocking
             loss = self.svi.step(batch, self.annealing_factor(self.state["step"]), 1.0 / n)
             extra = 0.0
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
@@ -351,11 +417,17 @@ class Trainer:
                 "train_neg_elbo_per_step": -elbo(recon, kl) + self.log_det if steps else math.nan,
                 "epoch_seconds": acc["seconds"],
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
-                "lr": self.config.lr * self.state["lr_scale"]}
+                "lr": self.lr}
 
     def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True) -> List[dict]:
-        """Train until ``epochs`` (total), the time limit, early stopping or :meth:`request_stop`.
-        ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows."""
+        """Train until ``epochs`` (total; None: no cap), the time limit, convergence or :meth:`request_stop`.
+        ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows.
+
+        After each epoch's validation the learning-rate schedule steps (:meth:`_schedule_step`; the rate
+        an epoch trained at is its row's ``lr``). Convergence (:meth:`converged`: the schedule run out,
+        then ``patience`` epochs without improvement) ends training with the best parameters restored
+        into the model. ``state["stop_reason"]`` says what ended it: epochs, time_limit, converged or
+        interrupted."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -364,13 +436,19 @@ class Trainer:
         deadline = None if budget is None else t0 + budget
         bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
                    dynamic_ncols=True, leave=False)
-        while self.state["epoch"] < c.epochs and not self.stopped:
-            if deadline is not None and self._agree(time.perf_counter() >= deadline):
-                break
-            if c.patience and self.state["since_best"] >= c.patience:
+        reason = None
+        while reason is None:
+            if c.epochs is not None and self.state["epoch"] >= c.epochs:
+                reason = "epochs"
+            elif deadline is not None and self._agree(time.perf_counter() >= deadline):
+                reason = "time_limit"
+            elif self.converged():
+                reason = "converged"
+            if reason is not None:
                 break
             row = self.train_epoch(deadline)
             if row is None:
+                reason = "interrupted"
                 break
             self.state["epoch"] += 1
             valid = self._validate()
@@ -383,12 +461,16 @@ class Trainer:
                 self.best_model = copy.deepcopy(self.model.state_dict())
             else:
                 self.state["since_best"] += 1
+            self._schedule_step(improved)
             self.rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", valid=f"{row['valid_neg_elbo_per_step']:.3f}")
             if on_epoch is not None:
                 on_epoch(row, improved)
         bar.close()
+        self.state["stop_reason"] = reason
+        if reason == "converged" and self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
         return self.rows
 
     def _validate(self) -> Dict[str, float]:
@@ -431,7 +513,7 @@ class Trainer:
         and metrics rows (tensors and plain containers, loadable with ``torch.load(weights_only=True)``)."""
         self._flush_terms()
         return {"model": self.model.state_dict(), "best_model": self.best_model, "optim": self.optim.get_state(),
-                "state": copy.deepcopy(self.state), "rng": torch.get_rng_state(), "rows": list(self.rows)}
+                "state": copy.deepcopy(self.state), **rng.capture(), "rows": list(self.rows)}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -440,4 +522,4 @@ class Trainer:
         self.state.update(ckpt["state"])
         self._set_lr_scale(self.state["lr_scale"])
         self.rows = list(ckpt.get("rows", []))
-        torch.set_rng_state(ckpt["rng"].cpu())  # a checkpoint loaded with map_location=cuda holds it on the GPU
+        rng.restore(ckpt)  # the CPU and (where used) CUDA random states

@@ -12,6 +12,11 @@ from dvae.models.vrnn import VRNN
 
 MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "storn": STORN, "srnn": SRNN,
           "rssm": RSSM}
+# --- families of issue 17, part 2 (RVAE, DSAE) ---
+from dvae.models.rvae import RVAE  # noqa: E402
+
+MODELS.update(rvae=RVAE)
+# --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
 
@@ -35,6 +40,12 @@ def capability_problems(config: ModelConfig):
         out.append(("kl_balance", config.kl_balance, f"0 for models other than {takes('kl_balancing')}"))
     if config.bidirectional and not cls.bidirectional_encoder:
         out.append(("bidirectional", config.bidirectional, f"false for models other than {takes('bidirectional_encoder')}"))
+    if config.vrae_decoder not in ("controls", "feedback"):
+        out.append(("vrae_decoder", config.vrae_decoder, "controls or feedback"))
+    if config.emission_scale not in ("constant", "state"):
+        out.append(("emission_scale", config.emission_scale, "constant or state"))
+    elif config.emission_scale == "state" and not cls.state_scale:
+        out.append(("emission_scale", config.emission_scale, f"constant for {config.model}"))
     return out
 
 
@@ -52,10 +63,13 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     if config.kl_balance and not cls.kl_balancing:
         takers = [n for n, c in MODELS.items() if c.kl_balancing]
         raise ValueError(f"kl_balance (KL balancing) is for {' and '.join(takers)}, not {config.model!r}")
+    scale = [p for p in capability_problems(config) if p[0] == "emission_scale"]
+    if scale:
+        raise ValueError(f"emission_scale {scale[0][1]!r}: it must be {scale[0][2]}")
     return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "MODELS",
-           "build_model",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
+           "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

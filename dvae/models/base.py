@@ -125,7 +125,7 @@ class DynamicalVAE(nn.Module):
 
     Capabilities, stated once on each class and read by the command line, config validation and
     ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
-    ``default_lr``.
+    ``sample_broadcast``, ``default_lr``, ``state_scale``.
     """
 
     name = "dvae"
@@ -140,10 +140,19 @@ class DynamicalVAE(nn.Module):
     """Takes ``ModelConfig.bidirectional``."""
     tmc_guides: Tuple[str, ...] = ()
     """Guides under which the per-step programs' latent sites can be enumerated for TMC as a bound."""
+    sample_broadcast = False
+    """The per-step programs broadcast over extra sample dimensions on the left of (B, ...): K particles
+    in one pass (``vectorize_particles``) and TMC's K samples per site. False: particles are drawn one
+    after another and TMC is refused (:mod:`dvae.infer.estimators`)."""
     kl_balancing = False
     """Takes ``ModelConfig.kl_balance`` (KL balancing of each step's KL)."""
     default_lr = 1e-2
     """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
+    state_scale = True
+    """Its Gaussian emitter can read the observation scale from the state (``ModelConfig.emission_scale``)."""
+    step_by_step_problem: Optional[str] = None
+    """Why this model cannot run step by step (``predict``, the world model, the particle filter), or None
+    (a forward state-space model). Read before any such use, which it refuses with a ValueError."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -304,6 +313,8 @@ class DynamicalVAE(nn.Module):
         """The state at each sequence's last real step, its latent drawn from the posterior given the
         batch (the guide's path, the deterministic parts rebuilt along it by the contract), and that
         step's observation: (state with rows (B, ...), x_last (B, x_dim))."""
+        if self.step_by_step_problem:
+            raise ValueError(self.step_by_step_problem)
         batch = self.check_batch(batch)
         z = self.latent_path(batch)  # (B, T, z_dim)
         B, T = batch.batch_size, batch.num_steps

@@ -53,6 +53,17 @@ class ModelConfig:
     missing: bool = False
     """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
     observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
+    emission_scale: str = "constant"
+    """Gaussian observation scale: constant (one learned scale per dimension, the same at every step) or
+    state (read from the emitter's input with the mean: from z_t for the DMM and the VAE, from
+    (z_t, h_{t-1}) for the VRNN, from the decoder state for the VRAE). Ignored by the LGSSM (refused)."""
+    vrae_decoder: str = "controls"
+    """VRAE decoder: controls (s_t = RNN([u_{t-1}, c], s_{t-1}), z only in s_{-1}) or feedback (the seeds'
+    form: s_t = RNN([x_{t-1}, z, u_{t-1}, c], s_{t-1}), teacher-forced in training, fed its own samples in
+    generation and prediction). Other families ignore it."""
+    rvae_causal: bool = True
+    """RVAE: causal (x_t from an RNN over z_{0:t}; a forward state-space model) or non-causal (x_t from a
+    bidirectional RNN over z_{0:T-1}; no step-by-step use). Other families ignore it."""
     kl_balance: float = 0.0
     """RSSM: KL balancing weight alpha in [0, 1) (DreamerV2 uses 0.8): each step's KL is alpha KL(sg(q) || p)
     + (1 - alpha) KL(q || sg(p)), the same value with the gradient split; 0: off (the plain KL). Must be 0

@@ -72,6 +72,7 @@ from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransitio
 
 class DMM(DynamicalVAE):
     name = "dmm"
+    sample_broadcast = True  # its per-step programs broadcast over sample dims left of (B, ...)
     guides = ("dks", "mean_field", "ltr", "iaf")
     conditional = True
     bidirectional_encoder = True
@@ -93,11 +94,11 @@ class DMM(DynamicalVAE):
                 raise ValueError("the pixel DMM (frame_shape) does not take missing-data mode")
             if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
                 raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
-            self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.emitter = ConvEmitter(c.z_dim, c.frame_shape, c.emission_dim, c.likelihood, scale=c.emission_scale)  # p(x_t | z_t)
             self.frame_encoder = FrameEncoder(c.frame_shape, c.emission_dim)  # features of x_t for the guide
             read_dim = c.emission_dim
         else:
-            self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+            self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | z_t)
             self.frame_encoder = None
             read_dim = self.x_in_dim  # x, or [x, obs_mask] in missing-data mode
         direction = "forward" if c.guide == "ltr" else ("bidirectional" if c.bidirectional else "backward")

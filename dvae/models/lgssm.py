@@ -87,6 +87,8 @@ def _covariance(raw_tril: torch.Tensor) -> torch.Tensor:
 
 class LGSSM(DynamicalVAE):
     name = "lgssm"
+    sample_broadcast = True  # its per-step programs broadcast over sample dims left of (B, ...)
+    state_scale = False  # its observation noise is the system's R
     exact = True  # its bound is the exact log-likelihood
 
     def __init__(self, config: ModelConfig):

@@ -296,15 +296,30 @@ class FlowPath(_PathBase):
 
 def _unmask(fn):
     """Strip MaskedDistribution wrappers: (the inner distribution, the combined batch mask or None)."""
-    mask = None
+    mask, off = None, None
     while isinstance(fn, MaskedDistribution):
         m = fn._mask
-        if m is False:
-            m = torch.zeros(fn.batch_shape, dtype=torch.bool)
-        if torch.is_tensor(m):
+        if m is False:  # everything masked out: built below, on the distribution's device
+            off = fn.batch_shape if off is None else off
+        elif torch.is_tensor(m):
             mask = m if mask is None else mask & m
         fn = fn.base_dist
+    if off is not None:
+        device = mask.device if mask is not None else _device(fn)
+        m = torch.zeros(off, dtype=torch.bool, device=device)
+        mask = m if mask is None else mask & m
     return fn, mask
+
+
+def _device(fn) -> torch.device:
+    """The device of a distribution's tensors, looked for down its ``base_dist`` chain (the CPU where it
+    holds none)."""
+    while fn is not None:
+        for v in vars(fn).values():
+            if torch.is_tensor(v):
+                return v.device
+        fn = getattr(fn, "base_dist", None)
+    return torch.device("cpu")
 
 
 def as_path(fn) -> Tuple[Optional[_PathBase], Optional[torch.Tensor]]:

@@ -62,7 +62,8 @@ class RSSM(DynamicalVAE):
             raise ValueError(f"kl_balance must be in [0, 1) (0: off), got {c.kl_balance}")
         self.recurrence = Recurrence(c.rnn_type, c.z_dim + c.u_dim, c.rnn_dim)  # h_t
         self.prior = GaussianHead(c.rnn_dim, c.transition_dim, c.z_dim)  # p(z_t | h_t)
-        self.emitter = Emitter(c.rnn_dim + c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | h_t, z_t)
+        self.emitter = Emitter(c.rnn_dim + c.z_dim, c.x_dim, c.emission_dim, c.likelihood,
+                               c.emission_scale)  # p(x_t | h_t, z_t)
         self.posterior = GaussianHead(c.rnn_dim + self.x_in_dim, c.transition_dim, c.z_dim)  # q(z_t | h_t, x_t)
 
     def _prior_dist(self, rec):

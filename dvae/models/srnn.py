@@ -61,7 +61,8 @@ class SRNN(DynamicalVAE):
         self.inp_dim = self.x_in_dim + c.u_dim  # [x_{t-1} (and its mask), u_{t-1}]
         self.recurrence = Recurrence(c.rnn_type, self.inp_dim, c.rnn_dim)  # d_t
         self.prior = GaussianHead(c.z_dim + c.rnn_dim, c.transition_dim, c.z_dim)  # p(z_t | z_{t-1}, d_t)
-        self.emitter = Emitter(c.z_dim + c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t, d_t)
+        self.emitter = Emitter(c.z_dim + c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood,
+                               c.emission_scale)  # p(x_t | z_t, d_t)
         self.encoder = SequenceEncoder(c.rnn_dim + self.x_in_dim, c.rnn_dim, c.rnn_type, "backward")  # a_t
         self.posterior = GaussianHead(c.z_dim + c.rnn_dim, c.transition_dim, c.z_dim)  # q(z_t | z_{t-1}, a_t)
 

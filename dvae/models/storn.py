@@ -52,7 +52,7 @@ class STORN(DynamicalVAE):
         c = config
         self.inp_dim = self.x_in_dim + c.u_dim  # [x_{t-1} (and its mask), u_{t-1}]
         self.recurrence = Recurrence(c.rnn_type, self.inp_dim + c.z_dim, c.rnn_dim)  # h_t
-        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | h_t)
+        self.emitter = Emitter(c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | h_t)
         self.encoder = SequenceEncoder(self.x_in_dim + c.u_dim, c.rnn_dim, c.rnn_type, "forward")  # g_t
         self.posterior = GaussianHead(c.rnn_dim, c.transition_dim, c.z_dim)  # q(z_t | g_t)
 

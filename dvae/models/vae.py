@@ -48,7 +48,7 @@ class VAE(DynamicalVAE):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t)
+        self.emitter = Emitter(c.z_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | z_t)
         self.encoder = StepPosterior(self.x_in_dim, c.rnn_dim, c.z_dim)  # q(z_t | x_t)
 
     def _standard_normal(self, batch: SequenceBatch, *shape):

@@ -61,7 +61,7 @@ class VRNN(DynamicalVAE):
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, feat), nn.ReLU())  # features of z_t
         self.prior = GaussianHead(c.rnn_dim, c.transition_dim, c.z_dim)  # p(z_t | h_{t-1})
         self.posterior = GaussianHead(feat + c.rnn_dim, c.transition_dim, c.z_dim)  # q(z_t | x_t, h_{t-1})
-        self.emitter = Emitter(feat + c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood)  # p(x_t | z_t, h_{t-1})
+        self.emitter = Emitter(feat + c.rnn_dim, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | z_t, h_{t-1})
         self.recurrence = Recurrence(c.rnn_type, 2 * feat + c.u_dim, c.rnn_dim)  # h_t
 
     def _step(self, x_t, z_t, u_t, state, obs_mask_t=None):

@@ -94,25 +94,38 @@ class GatedTransition(nn.Module):
 class Emitter(nn.Module):
     """Parameterizes ``p(x_t | features_t)`` (features = z_t, or [z_t, h_{t-1}] for the VRNN).
 
-    ``likelihood="gaussian"``: returns (loc, scale) with a learned per-dimension scale;
+    ``likelihood="gaussian"``: returns (loc, scale), each (..., x_dim); with ``scale="constant"`` a
+    learned per-dimension scale (the same at every step), with ``scale="state"`` a scale read from the
+    features by the same network as the mean, (loc, sigma) = g(features) (the derivation's emission);
     ``likelihood="bernoulli"``: returns (logits,) of each binary entry;
     ``likelihood="categorical"``: returns (logits,) over the x_dim tokens of a vocabulary.
     """
 
-    def __init__(self, in_dim: int, x_dim: int, emission_dim: int, likelihood: str = "gaussian"):
+    def __init__(self, in_dim: int, x_dim: int, emission_dim: int, likelihood: str = "gaussian",
+                 scale: str = "constant"):
         super().__init__()
+        if scale not in ("constant", "state"):
+            raise ValueError(f"unknown emission scale {scale!r} (choose constant or state)")
         self.likelihood = likelihood
-        self.net = MLP(in_dim, emission_dim, x_dim, layers=2)
-        if likelihood == "gaussian":
+        self.state_scale = likelihood == "gaussian" and scale == "state"
+        self.net = MLP(in_dim, emission_dim, 2 * x_dim if self.state_scale else x_dim, layers=2)
+        if self.state_scale:
+            with torch.no_grad():  # the scale starts where the constant one does, softplus(-1) + MIN_SCALE
+                self.net[-1].bias[x_dim:] = -1.0
+        elif likelihood == "gaussian":
             self.raw_scale = nn.Parameter(torch.full((x_dim,), -1.0))
         elif likelihood not in ("bernoulli", "categorical"):
             raise ValueError(f"unknown likelihood {likelihood!r}")
 
     def forward(self, features):
         out = self.net(features)
+        if self.state_scale:
+            loc, raw = out.chunk(2, dim=-1)  # (..., x_dim) each
+            return loc, positive(raw)
         if self.likelihood == "gaussian":
             return out, positive(self.raw_scale).expand(out.shape)
         return (out,)
+
 
 class Combiner(nn.Module):
     """Parameterizes ``q(z_t | z_{t-1}, h_t)`` from the previous latent and the RNN summary h_t of the

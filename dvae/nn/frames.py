@@ -46,19 +46,26 @@ class ConvEmitter(nn.Module):
     """Parameterizes ``p(x_t | z_t)`` over frames of H x W pixels (x_t flattened, x_dim = H * W):
     a linear map of z_t to a (channels, H/4, W/4) grid, then two stride-2 transposed convolutions
     to one value per pixel: logits of independent Bernoulli pixels, or Gaussian means with a
-    learned per-pixel scale. Returns what :class:`Emitter` returns, with last dim H * W.
+    learned per-pixel scale (``scale="constant"``) or a per-pixel scale from a second output channel
+    (``scale="state"``). Returns what :class:`Emitter` returns, with last dim H * W.
     """
 
     def __init__(self, in_dim: int, frame_shape, emission_dim: int, likelihood: str = "bernoulli",
-                 channels: int = 32):
+                 channels: int = 32, scale: str = "constant"):
         super().__init__()
+        if scale not in ("constant", "state"):
+            raise ValueError(f"unknown emission scale {scale!r} (choose constant or state)")
+        self.state_scale = likelihood == "gaussian" and scale == "state"
         self.frame_shape = check_frame_shape(frame_shape)
         H, W = self.frame_shape
         self.likelihood, self.channels = likelihood, channels
         self.fc = MLP(in_dim, emission_dim, channels * (H // 4) * (W // 4), layers=1)
         self.deconv = nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), nn.ReLU(),
-                                    nn.ConvTranspose2d(channels // 2, 1, 4, 2, 1))
-        if likelihood == "gaussian":
+                                    nn.ConvTranspose2d(channels // 2, 2 if self.state_scale else 1, 4, 2, 1))
+        if self.state_scale:
+            with torch.no_grad():  # the scale starts where the constant one does
+                self.deconv[-1].bias[1] = -1.0
+        elif likelihood == "gaussian":
             self.raw_scale = nn.Parameter(torch.full((H * W,), -1.0))
         elif likelihood != "bernoulli":
             raise ValueError(f"unknown likelihood {likelihood!r} for frames (choose bernoulli or gaussian)")
@@ -67,7 +74,10 @@ class ConvEmitter(nn.Module):
         H, W = self.frame_shape
         lead = features.shape[:-1]
         grid = self.fc(features).reshape(-1, self.channels, H // 4, W // 4)  # (N, channels, H/4, W/4)
-        out = self.deconv(grid).reshape(lead + (H * W,))  # (..., H * W)
+        out = self.deconv(grid)  # (N, 1 or 2, H, W)
+        if self.state_scale:
+            return out[:, 0].reshape(lead + (H * W,)), positive(out[:, 1].reshape(lead + (H * W,)))
+        out = out.reshape(lead + (H * W,))  # (..., H * W)
         if self.likelihood == "gaussian":
             return out, positive(self.raw_scale).expand(out.shape)
         return (out,)

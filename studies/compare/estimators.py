@@ -92,7 +92,7 @@ def _race(model0_state, guide, s, data, device, seed) -> list:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed + 31 * j)
         prog_model, prog_guide = estimator_programs(model, name, k)
-        elbo = make_estimator(name, k)
+        elbo = make_estimator(name, k, model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=RACE_LR)
         marks = [s["race_seconds"] * (i + 1) / s["race_evals"] for i in range(s["race_evals"])]
@@ -165,7 +165,7 @@ def _grid_check(s: dict, seed: int) -> list:
             pyro.clear_param_store()
             pyro.set_rng_seed(seed + 13 * k + len(rows))
             prog_model, prog_guide = estimator_programs(model, name, k)
-            elbo = make_estimator(name, k)
+            elbo = make_estimator(name, k, model)
             with torch.no_grad():
                 means = np.array([-elbo.loss(prog_model, prog_guide, batch) / s["grid_copies"]
                                   for _ in range(s["grid_repeats"])])  # each: the mean over the copies

@@ -119,3 +119,27 @@ def test_plan_with_a_run_that_cannot_stand_in_for_the_env_says_so_in_one_line(tm
     err = capsys.readouterr().err
     assert code != 0 and "Pendulum-v1: observations of shape (3,), but the run's model has x_dim 4" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_envs_seeded_steps_leave_the_callers_cuda_stream_as_it_was(run_dir, monkeypatch):
+    """The env seeds torch from its own np_random at every step; a caller drawing on CUDA (a stand-in
+    generator on the CPU, reseeded by torch.manual_seed as a GPU's is) continues its own stream."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cuda, "manual_seed_all", lambda seed: gen.manual_seed(seed))
+    monkeypatch.setattr(cuda, "get_rng_state", lambda device="cuda": gen.get_state())
+    monkeypatch.setattr(cuda, "set_rng_state", lambda state, device="cuda": gen.set_state(state))
+    expected = torch.Generator().manual_seed(11)
+    torch.randn(3, generator=expected)
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1")
+    torch.randn(3, generator=gen)  # the caller's draw before the env runs
+    env.reset(seed=0)
+    env.step(np.array([0.5], np.float32))
+    assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=expected))
+    before = torch.get_rng_state()
+    env.step(np.array([0.5], np.float32))
+    assert torch.equal(torch.get_rng_state(), before)  # the CPU stream too

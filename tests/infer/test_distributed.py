@@ -235,3 +235,50 @@ def test_a_failing_rank_ends_the_job_with_a_clear_message(tmp_path, mode):
     seconds, first = (tmp_path / "rank0.txt").read_text().splitlines()[:2]
     assert first.startswith("DistributedError: rank 0 of 2: ") and "--dist-timeout" in first, first
     assert float(seconds) < 30
+
+
+def test_pad_steps_keeps_the_observation_mask_and_the_conditions():
+    x = torch.ones(2, 4, 3)
+    x[0, 1, 2] = float("nan")  # one missing entry: collate makes an obs_mask
+    b = collate([x[0, :2], x[1]], None, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])])
+    assert b.obs_mask is not None
+    p = pad_steps(b, 6)
+    assert p.obs_mask.shape == (2, 6, 3) and p.c is b.c
+    assert torch.equal(p.obs_mask[:, :4], b.obs_mask) and not p.obs_mask[:, 4:].any()
+    assert not p.obs_mask[0, 1, 2] and p.obs_mask[0, 1, :2].all()
+
+
+def _missing_trainer(env=None):
+    """The exact LGSSM (no sampling: its bound is log p(x)) on standardised data with missing entries."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lgssm", x_dim=3, u_dim=0, z_dim=2, missing=True)).double()
+    xs, _ = data(0)
+    g = np.random.default_rng(5)
+    for x in xs:
+        x[g.random(x.shape) < 0.3] = np.nan  # about 30% of the entries missing
+    log_std = [0.3, -0.2, 0.5]  # the data's per-dimension log std: the missing steps' log-Jacobian
+    config = TrainConfig(epochs=2, batch_size=4, patience=0, kl_start=1.0)
+    if env is None:
+        return Trainer(model, config, (xs, None), (xs, None), sum(log_std), x_log_std=log_std)
+    return DataParallelTrainer(model, config, (xs, None), (xs, None), sum(log_std), env=env, x_log_std=log_std)
+
+
+def _missing_worker(rank, port, out):
+    env = _join(rank, port)
+    try:
+        torch.save(_missing_trainer(env).fit(progress=False), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        shutdown(env)
+
+
+def test_two_processes_train_and_validate_data_with_missing_entries_as_one_process(tmp_path):
+    """The obs_mask reaches every rank's batch and the log-Jacobian of the observed entries is summed
+    over the ranks, in training and in validation: the exact LGSSM's figures equal one process's."""
+    spawn(_missing_worker, free_port(), str(tmp_path))
+    rows0, rows1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    single = _missing_trainer().fit(progress=False)
+    assert len(rows0) == len(single) == 2
+    for a, b, c in zip(single, rows0, rows1):
+        for key in ("train_loss", "valid_neg_elbo_per_step", "valid_recon_per_step"):
+            assert b[key] == c[key], key
+            assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key

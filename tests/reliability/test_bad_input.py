@@ -5,6 +5,10 @@ import json
 import os
 import pickle
 import re
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -65,7 +69,13 @@ def _run_with_config(name, edit):
         shutil.copytree(d / "run", run, dirs_exist_ok=True)
         cfg = json.load(open(run / "config.json"))
         text = edit(cfg)
-        (run / "config.json").write_text(text if isinstance(text, str) else json.dumps(cfg))
+        if isinstance(text, bytes):
+            (run / "config.json").write_bytes(text)
+        elif text is Ellipsis:  # config.json replaced by a directory
+            os.remove(run / "config.json")
+            os.mkdir(run / "config.json")
+        else:
+            (run / "config.json").write_text(text if isinstance(text, str) else json.dumps(cfg))
         return str(run)
     return make
 
@@ -94,6 +104,11 @@ inf_act = np.zeros((3, 4, 1))
 inf_act[1, 2, 0] = -np.inf
 big_act = np.zeros((3, 4, 1))
 big_act[0, 3, 0] = 2.5
+
+huge_obs = np.zeros((3, 5, 2))
+huge_obs[1, 2, 0] = 1e300
+huge_act = np.zeros((3, 4, 1))
+huge_act[2, 0, 0] = -1e39
 
 CASES = [
     # (id, make(dir) -> path, argv with {path}, regex the message must match)
@@ -153,7 +168,326 @@ CASES = [
      r"--lr-decay = 0.99: expected 1 unless the optimizer is clipped_adam"),
     ("pickle that would run code", _pickle("evil.pickle", {"train": [_Evil("/tmp/dvae-pwned-data")], "valid": [], "test": []}),
      ["train", "--data", "{path}"], r"evil.pickle: .*refusing to load posix.system"),
+    # values and types (issue 16, item 10): checked after the cast, real numbers only
+    ("float64 beyond float32's range", _npz("huge.npz", obs=huge_obs), ["train", "--data", "{path}"],
+     r"huge.npz: obs has 1e\+300 at sequence 1, step 2, dim 0: beyond float32's range"),
+    ("float64 actions beyond float32's range", _npz("hugeact.npz", obs=np.zeros((3, 5, 2)), actions=huge_act),
+     ["train", "--data", "{path}"], r"hugeact.npz: actions has -1e\+39 at sequence 2, step 0, dim 0: beyond float32"),
+    ("complex actions", _npz("cplx.npz", obs=np.zeros((3, 5, 2)), actions=np.ones((3, 4, 1)) * (1 + 2j)),
+     ["train", "--data", "{path}"], r"cplx.npz: actions must be a real numeric array, got dtype complex128"),
+    ("string actions", _npz("stract.npz", obs=np.zeros((3, 5, 2)), actions=np.full((3, 4, 1), "1.5")),
+     ["train", "--data", "{path}"], r"stract.npz: actions must be a real numeric array, got dtype <U3"),
+    ("datetime actions", _npz("dtact.npz", obs=np.zeros((3, 5, 2)),
+                              actions=np.full((3, 4), np.datetime64("2020-01-01"))),
+     ["train", "--data", "{path}"], r"dtact.npz: actions must be a real numeric array, got dtype datetime64"),
+    ("string observations", _npz("strobs.npz", obs=np.full((3, 5, 2), "0.5")),
+     ["train", "--data", "{path}"], r"strobs.npz: obs must be a real numeric array, got dtype <U3"),
+    ("complex conditions", _npz("cplxc.npz", obs=np.zeros((3, 5, 2)), cond=np.ones((3, 2)) * 1j),
+     ["train", "--data", "{path}"], r"cplxc.npz: cond must be a real array"),
+    ("string action bounds", _npz("strb.npz", obs=np.zeros((3, 5, 2)), actions=np.zeros((3, 4, 1)),
+                                  action_low=np.array(["-1"]), action_high=np.array(["1"])),
+     ["train", "--data", "{path}"], r"strb.npz: action_low must be a real numeric array"),
+    ("non-numeric num_actions", _npz("numact.npz", obs=np.zeros((3, 5, 2)), actions=np.zeros((3, 4), np.int64),
+                                     num_actions=np.array("three")),
+     ["train", "--data", "{path}"], r"numact.npz: num_actions = 'three': expected a positive integer"),
+    ("fractional num_labels", _npz("numlab.npz", obs=np.zeros((3, 5, 2)), labels=np.array([0, 1, 0]),
+                                   num_labels=np.array(2.5)),
+     ["train", "--data", "{path}", "--model", "vrae", "--condition"], r"numlab.npz: num_labels = '2.5': expected a positive"),
+    # config.json: every field range-checked, read as bounded strict UTF-8 JSON (items 8, 9 and minor)
+    ("config.json eval_batch_size 0", _run_with_config("ebs0", _set("train", "eval_batch_size", 0)), ["eval", "{path}"],
+     r"config.json: train.eval_batch_size = 0: expected >= 1"),
+    ("config.json eval_batch_size -1", _run_with_config("ebsm1", _set("train", "eval_batch_size", -1)), ["eval", "{path}"],
+     r"config.json: train.eval_batch_size = -1: expected >= 1"),
+    ("config.json huge z_dim", _run_with_config("zbig", _set("model", "z_dim", 10 ** 9)), ["eval", "{path}"],
+     r"config.json: model.z_dim = 1000000000: expected <= 16777216"),
+    ("config.json z_dim over the size limit", _run_with_config("zmid", _set("model", "z_dim", 10 ** 6)), ["eval", "{path}"],
+     r"config.json: model sizes \(z_dim 1000000, .*parameters.*over the size limit"),
+    ("config.json many flows", _run_with_config("iafs", lambda cfg: cfg["model"].update(guide="iaf", num_iafs=10 ** 6)),
+     ["eval", "{path}"], r"config.json: model.num_iafs = 1000000: expected <= 64"),
+    ("config.json negative patience", _run_with_config("pat", _set("train", "patience", -1)), ["eval", "{path}"],
+     r"config.json: train.patience = -1: expected >= 0"),
+    ("config.json zero clip norm sign", _run_with_config("clip", _set("train", "clip_norm", -2.0)), ["eval", "{path}"],
+     r"config.json: train.clip_norm = -2.0: expected a number >= 0"),
+    ("config.json NaN", _run_with_config("nanjson", lambda cfg: json.dumps(cfg).replace('"time_limit": null',
+                                                                                       '"time_limit": NaN')),
+     ["eval", "{path}"], r"config.json: not valid JSON \(NaN is not a JSON number\)"),
+    ("config.json nested too deeply", _run_with_config("deep", lambda cfg: "[" * 200000 + "]" * 200000), ["eval", "{path}"],
+     r"config.json: not valid JSON \(nested too deeply\)"),
+    ("config.json not UTF-8", _run_with_config("latin", lambda cfg: "\xff{}".encode("latin1")), ["eval", "{path}"],
+     r"config.json: not UTF-8 text \(byte 0\)"),
+    ("config.json a directory", _run_with_config("cfgdir", lambda cfg: ...), ["eval", "{path}"],
+     r"config.json: a directory, not a regular config.json"),
+    # flags: sizes and the field a bad value belongs to
+    ("--patience -1", lambda d: "pendulum", ["train", "--data", "{path}", "--patience", "-1"],
+     r"--patience = -1: expected >= 0"),
+    # JSON output: never NaN or Infinity
+    ("eval overflowing to infinity", _npz("overflow.npz", obs=np.full((4, 9, 2), 3e38, np.float32),
+                                          actions=np.zeros((4, 8, 1), np.float32)),
+     ["eval", "{run}", "--data", "{path}", "--split", "all"], r"neg_elbo_per_step is not a finite number"),
+    # error lines are capped
+    ("a very long path", lambda d: "x/" * 400 + "absent.npz", ["train", "--data", "{path}"], r"^dvae train: error: x/x/.*[.][.][.]$"),
 ]
+
+
+# --- memory-bound and blocking inputs (issue 16, items 8 and 9) ---------------------------------------
+# Each runs in one subprocess under an address-space limit (RLIMIT_AS, 3 GiB: torch and one model fit, a
+# declared terabyte does not) and a timeout, so that a regression fails the test (an "out of memory"
+# line, or the timeout) instead of exhausting the machine or blocking the suite.
+MEMORY_LIMIT = 3 * 2 ** 30
+
+
+def _npy_header(shape, descr="<f4") -> bytes:
+    """A version 1.0 .npy header declaring ``shape``: 64-byte aligned, as numpy writes it."""
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    pad = 64 - (10 + len(text) + 1) % 64
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text) + pad + 1) + text.encode() + b" " * pad + b"\n"
+
+
+def _write_zip(path, members):
+    """A zip archive of ``members``: (name, method, crc, compressed bytes, uncompressed size), written by
+    hand so that a deflated member can be a zip bomb that was never inflated here."""
+    out, central = bytearray(), bytearray()
+    for name, method, crc, data, size in members:
+        name = name.encode()
+        offset = len(out)
+        out += struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size, len(name), 0)
+        out += name + data
+        central += struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data), size,
+                               len(name), 0, 0, 0, 0, 0, offset) + name
+    out += central + struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central),
+                                 len(out), 0)
+    with open(path, "wb") as f:
+        f.write(bytes(out))
+
+
+def _bomb(d, shape=(3, 2 ** 15, 2 ** 12)):
+    """obs.npy deflated: a true header of ``shape`` float32 (1.5 GiB) and that many zero bytes, about
+    1.5 MB compressed. Each 16 MiB of zeros after a full flush compresses to the same bytes, so one
+    block is compressed and repeated."""
+    header, chunk = _npy_header(shape), 1 << 24
+    n = 4 * int(np.prod(shape))
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    head = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
+    data = head + block * (n // chunk) + c.flush()
+    crc = zlib.crc32(header)
+    zeros = bytes(chunk)
+    for _ in range(n // chunk):
+        crc = zlib.crc32(zeros, crc)
+    _write_zip(d / "bomb.npz", [("obs.npy", 8, crc, data, len(header) + n)])
+    return str(d / "bomb.npz")
+
+
+def _terabyte_header(d):
+    """obs.npy stored: a header declaring (10^6, 10^6, 2) float64 (16 TB), followed by 16 bytes."""
+    body = _npy_header((10 ** 6, 10 ** 6, 2), "<f8") + bytes(16)
+    _write_zip(d / "tera.npz", [("obs.npy", 0, zlib.crc32(body), body, len(body))])
+    return str(d / "tera.npz")
+
+
+def _memo_pickle(d):
+    """2 MB or less on disk: one sequence of 20,000 steps referenced 5,000 times (pickle memo), 10^8 steps
+    of 88 keys (35 GB) once unrolled into piano rolls."""
+    seq = [(60,)] * 20000
+    with open(d / "memo.pickle", "wb") as f:
+        pickle.dump({"train": [seq] * 5000, "valid": [seq], "test": [seq]}, f)
+    assert os.path.getsize(d / "memo.pickle") < 2e6
+    return str(d / "memo.pickle")
+
+
+def _distinct_words(d):
+    """One 400 KB line of 60,000 distinct words: one-hot, 60,001 x 60,002 floats (13 GiB)."""
+    (d / "words.txt").write_text(" ".join(f"w{i:05d}" for i in range(60000)) + "\n")
+    return str(d / "words.txt")
+
+
+def _fifo(name):
+    def make(d):
+        path = d / name
+        if not path.exists():
+            os.mkfifo(path)
+        return str(path)
+    return make
+
+
+def _link_to_dev_zero(name):
+    def make(d):
+        path = d / name
+        if not os.path.lexists(path):
+            os.symlink("/dev/zero", path)
+        return str(path)
+    return make
+
+
+def _run_with_special_config(name, special):
+    def make(d):
+        import shutil
+        run = d / name
+        if not run.exists():
+            shutil.copytree(d / "run", run)
+            os.remove(run / "config.json")
+            special(str(run / "config.json"))
+        return str(run)
+    return make
+
+
+MEMORY_CASES = [
+    # (id, make(dir) -> path, argv with {path}/{run}, extra environment, regex of the one error line)
+    ("npy header declaring terabytes", _terabyte_header, ["train", "--data", "{path}"], {},
+     r"tera.npz: 'obs' of declared shape \(1000000, 1000000, 2\) float64 .*needs 14.6 TiB, over the limit of 1.0 GiB"),
+    ("compressed npz inflating to 1.5 GiB", _bomb, ["train", "--data", "{path}"], {},
+     r"bomb.npz: 'obs' of declared shape \(3, 32768, 4096\) float32 .*needs 1.5 GiB, over the limit"),
+    ("num_actions of 1e9", _npz("act1e9.npz", obs=np.zeros((3, 5, 2)), actions=np.zeros((3, 4), np.int64),
+                                num_actions=np.array(10 ** 9)), ["train", "--data", "{path}"], {},
+     r"act1e9.npz: one-hot actions \(3 x 4 x 1000000000 num_actions\) needs 44.7 GiB, over the limit"),
+    ("labels of 1e9", _npz("lab1e9.npz", obs=np.zeros((3, 5, 2)), labels=np.array([0, 10 ** 9, 2])),
+     ["train", "--data", "{path}", "--model", "vrae", "--condition"], {},
+     r"lab1e9.npz: one-hot labels \(3 x 1000000001 classes\) needs 11.2 GiB, over the limit"),
+    ("num_labels of 1e9", _npz("nlab1e9.npz", obs=np.zeros((3, 5, 2)), labels=np.array([0, 1, 2]),
+                               num_labels=np.array(10 ** 9)),
+     ["train", "--data", "{path}", "--model", "vrae", "--condition"], {}, r"nlab1e9.npz: one-hot labels .*over the limit"),
+    ("a line of 60,000 distinct words", _distinct_words, ["train", "--data", "{path}"], {},
+     r"words.txt: the one-hot of sequence 0 \(non-blank line 1: 60001 tokens with <eos>, x a vocabulary of 60002\) "
+     r"needs 13.4 GiB, over the limit"),
+    ("pickle memo expanding to 35 GB", _memo_pickle, ["train", "--data", "{path}"], {},
+     r"memo.pickle: piano rolls of 100040000 steps needs 32.8 GiB, over the limit"),
+    ("--iw-samples 1e9", lambda d: "", ["eval", "{run}", "--iw-samples", "1000000000"], {},
+     r"--iw-samples: 1000000000 samples .* over the limit of 1.0 GiB \(raise it with DVAE_MAX_BYTES"),
+    ("--iw-samples 1e9 of score", lambda d: "", ["score", "{run}", "--iw-samples", "1000000000"], {},
+     r"--iw-samples: 1000000000 samples .* over the limit"),
+    ("--particles 1e9", lambda d: "", ["eval", "{run}", "--particles", "1000000000"], {}, r"--particles: .*over the limit"),
+    ("--num-samples 1e9 of generate", lambda d: "", ["generate", "{run}", "--num-samples", "1000000000"], {},
+     r"--num-samples: .*over the limit"),
+    ("an allocation the limit was raised for", _npz("act1e9b.npz", obs=np.zeros((3, 5, 2)),
+                                                    actions=np.zeros((3, 4), np.int64), num_actions=np.array(10 ** 9)),
+     ["train", "--data", "{path}"], {"DVAE_MAX_BYTES": "1e13"}, r"out of memory \(Unable to allocate 44.7 GiB"),
+    ("a text file linked to /dev/zero", _link_to_dev_zero("devzero.txt"), ["train", "--data", "{path}"], {},
+     r"devzero.txt: a device, not a regular text file"),
+    ("a pickle linked to /dev/zero", _link_to_dev_zero("devzero.pickle"), ["train", "--data", "{path}"], {},
+     r"devzero.pickle: a device, not a regular data pickle"),
+    ("an npz linked to /dev/zero", _link_to_dev_zero("devzero.npz"), ["train", "--data", "{path}"], {},
+     r"devzero.npz: a device, not a regular .npz file"),
+    ("a text file that is a FIFO", _fifo("fifo.txt"), ["train", "--data", "{path}"], {},
+     r"fifo.txt: a FIFO, not a regular text file"),
+    ("an npz that is a FIFO", _fifo("fifo.npz"), ["train", "--data", "{path}"], {}, r"fifo.npz: a FIFO, not a regular"),
+    ("a pickle that is a FIFO", _fifo("fifo.pkl"), ["train", "--data", "{path}"], {}, r"fifo.pkl: a FIFO, not a regular"),
+    ("config.json linked to /dev/zero", _run_with_special_config("cfgzero", lambda p: os.symlink("/dev/zero", p)),
+     ["eval", "{path}"], {}, r"config.json: a device, not a regular config.json"),
+    ("config.json that is a FIFO", _run_with_special_config("cfgfifo", os.mkfifo), ["eval", "{path}"], {},
+     r"config.json: a FIFO, not a regular config.json"),
+    ("a manifest.json that is a FIFO", lambda d: (os.makedirs(d / "shards", exist_ok=True),
+                                                  os.path.exists(d / "shards" / "manifest.json")
+                                                  or os.mkfifo(d / "shards" / "manifest.json"), str(d / "shards"))[-1],
+     ["train", "--data", "{path}"], {}, r"manifest.json: a FIFO, not a regular JSON file"),
+]
+
+_DRIVER = """
+import contextlib, io, json, os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from dvae.cli import main
+results = []
+for argv, env in json.loads(sys.argv[1]):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except BaseException as e:  # SystemExit, or a regression's raw error
+            code = getattr(e, "code", None) or repr(e)[:300]
+    os.environ.clear()
+    os.environ.update(saved)
+    results.append([code, out.getvalue()[:2000], err.getvalue()[-2000:]])
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def memory_results(work):
+    """Every MEMORY_CASES command run in one subprocess under RLIMIT_AS and a timeout."""
+    jobs = []
+    for name, make, argv, env, _ in MEMORY_CASES:
+        path = make(work)
+        args = [a.format(path=path, run=work / "run", dir=work) for a in argv]
+        if args[0] == "train":
+            args += TINY + ["--out", str(work / ("mem-" + name.replace(" ", "-").replace("/", "-")))]
+        jobs.append([args, env])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    env.pop("DVAE_MAX_BYTES", None)
+    proc = subprocess.run([sys.executable, "-c", _DRIVER.format(limit=MEMORY_LIMIT), json.dumps(jobs)], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=str(work))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(zip([c[0] for c in MEMORY_CASES], json.loads(proc.stdout.strip().splitlines()[-1])))
+
+
+@pytest.mark.parametrize("name, message", [(c[0], c[4]) for c in MEMORY_CASES], ids=[c[0] for c in MEMORY_CASES])
+def test_declared_sizes_and_unbounded_reads_are_refused_under_a_memory_limit(memory_results, name, message):
+    code, out, err = memory_results[name]
+    assert code not in (0, None) and out == ""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+def test_numpy_scalars_pickled_at_every_protocol_load(tmp_path):
+    """Python 3 writes numpy scalars at protocols 0-2 through _codecs.encode: allowed, and still data only."""
+    from dvae.data import load_polyphonic
+
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        data = {"train": [[(np.int64(60), np.int32(62)), (np.float64(64.0),)]], "valid": [[(np.uint8(70),)]],
+                "test": [[(np.int16(72),)]]}
+        path = tmp_path / f"p{protocol}.pickle"
+        with open(path, "wb") as f:
+            pickle.dump(data, f, protocol=protocol)
+        d = load_polyphonic(str(path))
+        assert np.flatnonzero(d.xs[0][0]).tolist() == [60 - 21, 62 - 21], protocol
+        assert np.flatnonzero(d.xs[0][1]).tolist() == [64 - 21] and np.flatnonzero(d.xs[1][0]).tolist() == [70 - 21]
+
+
+def test_codecs_encode_is_allowed_only_as_latin1_bytes_of_a_string(tmp_path):
+    """The one function the unpickler admits for numpy scalars runs no other codec."""
+    from dvae.data import safe_load
+    from dvae.errors import DataError
+
+    for args in ("(Vabc\nVrot13\ntR.", "(Vabc\nVutf-8\ntR."):
+        (tmp_path / "c.pickle").write_bytes(("c_codecs\nencode\n" + args).encode())
+        with pytest.raises(DataError, match="refusing _codecs.encode"):
+            safe_load(str(tmp_path / "c.pickle"))
+    (tmp_path / "ok.pickle").write_bytes(b"c_codecs\nencode\n(V\\u00ff\nVlatin1\ntR.")
+    assert safe_load(str(tmp_path / "ok.pickle")) == b"\xff"
+
+
+def test_every_float_flag_refuses_nan_and_infinity(capsys):
+    """Every flag of every verb that parses a float refuses nan and inf at the command line (found by
+    trying each flag's type on "1.5", so a float flag added later is covered too)."""
+    import argparse
+
+    from dvae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found = []
+    for verb, p in sub.choices.items():
+        for action in p._actions:
+            if not action.option_strings or action.type is None:
+                continue
+            try:
+                value = action.type("1.5")
+            except (argparse.ArgumentTypeError, ValueError, TypeError):
+                continue
+            if not isinstance(value, float):
+                continue
+            found.append((verb, action.option_strings[0]))
+            required = {"collect": ["--env", "Pendulum-v1", "--episodes", "1", "--steps", "1", "--out", "o.npz"],
+                        "plan": ["run", "--env", "Pendulum-v1"], "impute": ["run", "--data", "d.npz", "--out", "o"]}
+            positional = ["run"] if verb in ("eval", "score", "latent", "generate") else []
+            for bad in ("nan", "inf", "-inf", "NaN"):
+                with pytest.raises(SystemExit) as e:
+                    parser.parse_args([verb, *positional, *required.get(verb, []), f"{action.option_strings[0]}={bad}"])
+                assert e.value.code == 2
+                assert "is not a finite number" in capsys.readouterr().err
+    assert ("train", "--time-limit") in found and ("train", "--clip-norm") in found and ("score", "--quantile") in found
+    assert len(found) >= 12
 
 
 @pytest.mark.parametrize("name, make, argv, message", CASES, ids=[c[0] for c in CASES])
@@ -166,6 +500,7 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(capsys, work, name, make
     assert code != 0
     assert out == ""  # stdout stays parseable: nothing half-written
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert len(err.strip()) <= 540, err  # capped: "dvae VERB: error: " and at most 500 characters
     assert re.search(message, err), err
     assert not (work / "pwned-ckpt").exists() and not os.path.exists("/tmp/dvae-pwned-data")
 
@@ -173,3 +508,59 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(capsys, work, name, make
 def test_debug_shows_the_traceback(work):
     with pytest.raises(Exception):
         main(["eval", str(work / "no-such-run"), "--debug"])
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "dvae eval: error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 "
+     "bytes. Error code 12 (Cannot allocate memory)): the data or the sizes asked for need more memory than there is"),
+    (MemoryError(), "dvae eval: error: out of memory (MemoryError): the data or the sizes asked for need more memory "
+                    "than there is"),
+])
+def test_allocator_errors_are_one_line(capsys, monkeypatch, error, message):
+    """numpy's MemoryError and torch's CPU allocator's RuntimeError (memory, not a bug) become one line."""
+    import dvae.cli
+
+    def fail(a):
+        raise error
+
+    monkeypatch.setattr(dvae.cli, "cmd_eval", fail)
+    assert main(["eval", "some-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == message
+
+
+def test_reads_are_capped_at_a_16th_of_the_size_limit(tmp_path, monkeypatch):
+    """Text, pickles and JSON are read to at most DVAE_MAX_BYTES / 16 (their Python objects take many
+    times the bytes); the limit an environment variable sets is the one applied."""
+    from dvae.data import load_polyphonic
+    from dvae.data.text import load_text
+    from dvae.errors import DataError
+
+    monkeypatch.setenv("DVAE_MAX_BYTES", str(16 * 1000))
+    (tmp_path / "small.txt").write_text("a b c\n" * 100)  # 600 bytes
+    assert len(load_text(str(tmp_path / "small.txt")).xs) == 100
+    (tmp_path / "big.txt").write_text("a b c\n" * 200)  # 1200 bytes
+    with pytest.raises(DataError, match=r"big.txt: reading this text file needs 1.2 KiB, over the limit of 1000 bytes"):
+        load_text(str(tmp_path / "big.txt"))
+    with open(tmp_path / "big.pickle", "wb") as f:
+        pickle.dump({"train": [[(60,)]], "valid": [[(60,)]], "test": [[(60,)]], "notes": "x" * 2000}, f)
+    with pytest.raises(DataError, match=r"big.pickle: reading this data pickle needs .* over the limit of 1000 bytes"):
+        load_polyphonic(str(tmp_path / "big.pickle"))
+
+
+@pytest.mark.parametrize("config", [dict(model="dmm"), dict(model="dmm", guide="iaf", num_iafs=2, iaf_dim=7),
+                                    dict(model="dmm", guide="mean_field", bidirectional=True),
+                                    dict(model="dmm", x_dim=64, frame_shape=[8, 8]), dict(model="vrnn", u_dim=2),
+                                    dict(model="vrae", bidirectional=True, c_dim=3), dict(model="lgssm", u_dim=1),
+                                    dict(model="vae"), dict(model="storn", u_dim=1), dict(model="srnn"),
+                                    dict(model="rssm", u_dim=2)], ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_the_parameter_count_checked_before_building_is_the_built_models(config):
+    """config validation counts a model's parameters on the meta device (the IAF flows by formula): the
+    count equals that of the model built for real."""
+    from dvae.models import ModelConfig, build_model
+    from dvae.run import parameter_count
+
+    cfg = ModelConfig(**{"x_dim": 3, "z_dim": 4, "rnn_dim": 8, "transition_dim": 6, "emission_dim": 5, **config})
+    assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())

@@ -93,3 +93,70 @@ def test_arbitrary_bytes_never_escape_as_other_errors(tmp_path, blob):
             loader(str(path))
         except DataError:
             pass
+
+
+DTYPES = ["float64", "float32", "float16", "int8", "int64", "uint16", "bool", "complex64", "U3", "S2",
+          "datetime64[s]", "timedelta64[ms]"]
+
+
+@st.composite
+def typed_trajectory_files(draw):
+    """Trajectory files of any dtype, float64 values anywhere in its range (beyond float32's too)."""
+    n, t1 = draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    arrays = {}
+    for name, shape in (("obs", (n, t1, 2)), ("actions", (n, t1 - 1, 1))):
+        dtype = draw(st.sampled_from(DTYPES))
+        if dtype == "float64":
+            elements = st.floats(allow_nan=False, allow_infinity=False, width=64)
+            arrays[name] = draw(hnp.arrays(np.float64, shape, elements=elements))
+        elif np.dtype(dtype).kind in "US":
+            arrays[name] = np.full(shape, "1", dtype=dtype)
+        else:
+            arrays[name] = np.ones(shape, dtype=dtype)
+    return arrays
+
+
+@SETTINGS
+@given(arrays=typed_trajectory_files())
+def test_loaded_data_is_finite_float32_equal_to_the_file_or_refused(tmp_path, arrays):
+    """Only real numbers (bool, integers, floats) load; a float64 beyond float32's range is refused, not
+    turned into inf; what loads equals the file's values cast to float32, finite."""
+    path = str(tmp_path / "typed.npz")
+    np.savez(path, **arrays)
+    try:
+        data = load_npz(path)
+    except DataError as e:
+        assert str(e).startswith(path) and "\n" not in str(e)
+        kinds = {arrays[k].dtype.kind for k in ("obs", "actions")}
+        beyond = any(a.dtype == np.float64 and (np.abs(a) > np.finfo(np.float32).max).any() for a in arrays.values())
+        assert not kinds <= set("biuf") or beyond, str(e)  # refused only for a reason
+        return
+    for name in ("obs", "actions"):
+        assert arrays[name].dtype.kind in "biuf"
+    for i, x in enumerate(data.xs):
+        assert x.dtype == np.float32 and np.isfinite(x).all()
+        np.testing.assert_array_equal(x, arrays["obs"][i].astype(np.float32))
+        np.testing.assert_array_equal(data.us[i][:-1], arrays["actions"][i].astype(np.float32))
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(0, 2 ** 40), min_size=1, max_size=4), descr=st.sampled_from(["<f4", "<f8", "|u1", "<i8"]))
+def test_a_declared_array_size_is_checked_before_anything_is_read(tmp_path, shape, descr):
+    """An .npz whose obs header declares any shape, followed by a few bytes: refused in one DataError
+    (over the size limit, or truncated) without allocating what the header declares."""
+    import zipfile
+
+    from dvae.inputs import declared_nbytes, max_bytes
+
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    pad = 64 - (10 + len(text) + 1) % 64
+    header = b"\x93NUMPY\x01\x00" + len(text + " " * pad + "\n").to_bytes(2, "little") + (text + " " * pad + "\n").encode()
+    path = str(tmp_path / "declared.npz")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("obs.npy", header + bytes(64))
+    try:
+        load_npz(path)
+    except DataError as e:
+        assert str(e).startswith(path) and "\n" not in str(e)
+        if declared_nbytes(shape, np.dtype(descr)) > max_bytes():
+            assert "over the limit" in str(e)
