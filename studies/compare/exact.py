@@ -247,8 +247,8 @@ numbers:
 
 ![bounds against K and particles]({figure})
 
-*Left: the IW bound against K (log axis; K = 1 is the one-sample IW bound, whose mean is the ELBO) for every
-variational family, with the exact log-likelihood under the true parameters and the fitted LGSSM's as horizontal
+*Left: the IW bound against K (log axis; K = 1 is the one-sample IW bound, whose mean is the ELBO) for each
+variational family with results above, with the exact log-likelihood under the true parameters and the fitted LGSSM's as horizontal
 lines. Right: particle-filter estimates against the number of particles, under the true parameters (which approach
 the exact line) and with each family's learned transition and emission (which approach each model's own
 log-likelihood, not the truth).*

@@ -168,7 +168,7 @@ draw per estimate:
 
 ![estimates against K and particles]({figure})
 
-*Every family's IW bound against K and its bootstrap particle filter against the number of particles (both log
+*The IW bound against K and the bootstrap particle filter, of every family with results above, against the number of particles (both log
 axes; the exact LGSSM as one line, its log-likelihood), with a ceiling, {res['noise_ceiling']:.3f} nats per step: the negative entropy of the added noise.
 Each observation is a noise-free one plus noise independent of everything before it, so the data's entropy per step
 is at least the noise's and no model's expected log-likelihood per step can exceed this line.*
