@@ -16,7 +16,7 @@ Two data sets:
   against the exact NLL.
 
 Each run is ``dvae train``'s defaults for a family (the configs from the train verb's own parser and
-``dvae.cli.train_configs``, with ``--objective``/``--train-samples`` and any ``--flags``), trained by
+``dvae.fitting.train_configs``, with ``--objective``/``--train-samples`` and any ``--flags``), trained by
 ``Trainer.fit`` with no epoch cap (the default's schedule and convergence apply) in its own forked
 process with one torch thread, for ``--budget`` seconds of ``time.process_time()`` of that process;
 validation, the test evaluations and the latent diagnostics (skipped: they do not change training) run
@@ -98,7 +98,8 @@ def run_one(spec: dict) -> dict:
 
     import pyro
 
-    from dvae.cli import _prepare, build_parser, train_configs
+    from dvae.cli import build_parser
+    from dvae.fitting import prepare as _prepare, train_configs
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 

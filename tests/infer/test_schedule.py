@@ -179,7 +179,8 @@ def test_a_valid_config_round_trips_and_an_old_one_keeps_a_constant_rate():
 
 
 def _configs(argv):
-    from dvae.cli import build_parser, train_configs
+    from dvae.cli import build_parser
+    from dvae.fitting import train_configs
 
     a = build_parser().parse_args(["train"] + argv)
     data = SimpleNamespace(kind="continuous", x_dim=2, u_dim=0, c_dim=0, meta={})
