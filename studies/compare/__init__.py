@@ -42,6 +42,7 @@ SECTIONS: Dict[str, str] = {
     "estimators": "studies.compare.estimators",  # gradient estimators: value, gradient variance, time
     "nonlinear": "studies.compare.nonlinear",    # particle filter beside the bounds on a nonlinear system
     "polyphonic": "studies.compare.polyphonic",  # the polyphonic music benchmarks beside published figures
+    "worldmodels": "studies.compare.worldmodels",  # every family as a world model of Pendulum-v1
 }
 
 
@@ -61,6 +62,11 @@ class Context:
     device: str = "cpu"
     threads: int = 0
     """torch threads (0: torch's default)."""
+    families: Optional[List[str]] = None
+    """The model families to (re-)run in sections that compare families (None: every family of
+    ``dvae.models.MODELS`` the section covers); the others keep their stored results."""
+    previous: Optional[dict] = None
+    """The stored results of the section being run (its JSON as ``run_study`` read it), or None."""
 
     def figure(self, name: str) -> tuple:
         """(path to write a figure ``name``.png, the markdown link target relative to the document)."""
@@ -80,6 +86,48 @@ class Section:
     skipped: Optional[str] = None
     """Why the section did not run (e.g. no polyphonic data given); then ``markdown`` may be empty."""
     meta: dict = field(default_factory=dict)
+
+
+def all_families() -> List[str]:
+    """Every model family, in ``dvae.models.MODELS`` order."""
+    from dvae.models import MODELS
+
+    return list(MODELS)
+
+
+def to_run(ctx: Context, families: List[str]) -> List[str]:
+    """The ones of ``families`` (a section's) this run trains: all, or those ``ctx.families`` names."""
+    return [f for f in families if ctx.families is None or f in ctx.families]
+
+
+def carried_families(ctx: Context, signature: dict, legacy=None) -> Dict[str, dict]:
+    """Per-family results of the section's stored run that this run keeps: those of a run on the same
+    data (``signature``: what fixes the data and sizes; equal in both) and of the same mode (quick or
+    not). Each comes with ``run``: the date, commit and command it came from. ``legacy(results)``: the
+    per-family results of a run stored before families were recorded one by one (or None)."""
+    prev = ctx.previous
+    if not prev or prev.get("skipped") or bool(prev.get("meta", {}).get("quick")) != bool(ctx.quick):
+        return {}
+    res = prev.get("results", {})
+    meta = prev.get("meta", {})
+    if "signature" in res:
+        if res["signature"] != signature:
+            return {}
+        models = res.get("models", {})
+    else:
+        models = legacy(res) if legacy is not None else None
+        if not models:
+            return {}
+    run = {k: meta.get(k) for k in ("date", "commit", "command")}
+    return {f: {"run": run, **m} if "run" not in m else dict(m) for f, m in models.items()}
+
+
+def not_run_note(key: str, missing: List[str], extra: str = "") -> str:
+    """The line that says which families have no stored result yet, with the command that runs them."""
+    if not missing:
+        return ""
+    return (f"Not run yet (no stored result; no number is shown for them): {', '.join(f.upper() for f in missing)}. "
+            f"Run them with `{COMMAND} --sections {key} --families {','.join(missing)}{extra}`.")
 
 
 def markdown_table(header: List[str], rows: List[list], fmt: str = "{:.3f}") -> str:
@@ -143,6 +191,7 @@ def render(stored: Dict[str, dict]) -> str:
     for key in SECTIONS:
         s = stored.get(key)
         if s is None:
+            parts += [f"## Section `{key}`", "", f"Not run yet (no stored results): `{COMMAND} --sections {key}`.", ""]
             continue
         parts += [f"## {s['title']}", ""]
         m = s["meta"]
@@ -180,12 +229,21 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
                 stored[key]["title"], stored[key]["seconds"]  # noqa: B018 (the keys a section needs)
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{path}: not a comparison section's results; move it away to start afresh") from None
+    for key in list(stored):  # sections not re-run now: their markdown restated from their stored results
+        module = importlib.import_module(SECTIONS[key])
+        if key not in sections and not stored[key].get("skipped") and hasattr(module, "restate"):
+            ctx.previous = stored[key]
+            try:
+                stored[key]["markdown"] = module.restate(stored[key]["results"], ctx)
+            except (KeyError, TypeError, ValueError, IndexError):  # results of another layout: their own markdown
+                pass
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "commit": _commit(),
             "quick": ctx.quick}
     timings = {}
     for key in sections:
         module = importlib.import_module(SECTIONS[key])
+        ctx.previous = stored.get(key)
         load_start = _load_average()
         t0 = time.perf_counter()
         section: Section = module.run(ctx)

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default=None,
                    help="comma-separated sections to (re-)run (default: all); the others keep their stored results; "
                         f"none: only rebuild the document (sections: {', '.join(study.SECTIONS)})")
+    p.add_argument("--families", default=None,
+                   help="comma-separated model families to (re-)run in the sections that compare families (default: "
+                        "all); the others keep their stored results")
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke test (default --out "
                                                          "runs/compare-quick/comparisons.md)")
     p.add_argument("--out", default=None, help="the document to write (default docs/comparisons.md); the raw "
@@ -49,7 +52,14 @@ def run(a, argv) -> dict:
     sections = list(study.SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
     if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
         raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
-    ctx = study.Context(quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
+    families = None
+    if a.families is not None:
+        families = [f.strip() for f in a.families.split(",") if f.strip()]
+        unknown = [f for f in families if f not in study.all_families()]
+        if unknown or not families:
+            raise ValueError(f"--families: unknown family {', '.join(unknown) or '(none given)'}; choose from "
+                             f"{', '.join(study.all_families())}")
+    ctx = study.Context(families=families, quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
                         work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
                         polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
                         device=str(resolve_device(a.device)), threads=a.threads)

@@ -9,10 +9,13 @@ the data's units (nats, higher is better):
 - the exact log-likelihood under the true parameters (Kalman filter, float64);
 - the LGSSM fitted by maximum likelihood (``dvae train --model lgssm``'s program and defaults): its
   exact log-likelihood;
-- the DMM, VRNN and VRAE with the project's default settings, trained under a time limit: the ELBO
-  and the importance-weighted bounds IW_K, K = 1, 10, 100, 1000;
-- bootstrap particle-filter estimates (``dvae.infer.smc``) under the true parameters and with the
-  DMM's and the VRNN's learned generative networks, at growing particle counts.
+- every other family of ``dvae.models.MODELS`` with the project's default settings, each trained for
+  the same time: the ELBO and the importance-weighted bounds IW_K, K = 1, 10, 100, 1000;
+- bootstrap particle-filter estimates (``dvae.infer.smc``) under the true parameters and with every
+  family's learned generative networks (through the state-space contract), at growing particle counts.
+
+A run with ``--families`` trains only those; the others keep their stored results (same data), and a
+family with none is listed as not run yet.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from studies.compare import Context, Section, markdown_table
+from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
 from studies.compare import _bounds as B
 from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig
@@ -30,7 +33,13 @@ from dvae.models import ModelConfig
 
 _MC, _TC = ModelConfig(), TrainConfig()  # the defaults the prose names
 
-FAMILIES = ("dmm", "vrnn", "vrae")
+
+
+def variational() -> list:
+    """The families beside the exact LGSSM: every other family of ``dvae.models.MODELS``."""
+    return [f for f in all_families() if f != "lgssm"]
+
+
 LGSSM_TRAIN = {"lgssm": {"lr": 0.03, "batch_size": 64}}
 """The LGSSM's maximum-likelihood fit takes larger steps than the defaults (``dvae train --model lgssm
 --lr 0.03 --batch-size 64``): its per-step Kalman program reaches only a few epochs in the time limit,
@@ -38,13 +47,25 @@ and with the defaults (at the time of writing lr 1e-2, batch 16) it stops far fr
 
 
 def sizes(quick: bool) -> dict:
+    """Every variational family gets the same time limit and particle counts."""
+    fams = variational()
     if quick:
-        return {"episodes": 40, "steps": 20, "time_limit": {"lgssm": 2.0, "dmm": 2.0, "vrnn": 2.0, "vrae": 2.0},
+        return {"episodes": 40, "steps": 20, "time_limit": {"lgssm": 1.0, **{f: 1.0 for f in fams}},
                 "ks": [1, 10, 100, 1000], "particles_true": [10, 100, 1000],
-                "particles": {"dmm": [10, 100, 1000], "vrnn": [10, 100, 1000]}, "train": LGSSM_TRAIN}
-    return {"episodes": 400, "steps": 50, "time_limit": {"lgssm": 90.0, "dmm": 150.0, "vrnn": 150.0, "vrae": 120.0},
+                "particles": {f: [10, 100, 1000] for f in fams}, "train": LGSSM_TRAIN}
+    return {"episodes": 400, "steps": 50, "time_limit": {"lgssm": 90.0, **{f: 150.0 for f in fams}},
             "ks": [1, 10, 100, 1000], "particles_true": [10, 100, 1000, 10000],
-            "particles": {"dmm": [10, 100, 1000, 10000], "vrnn": [10, 100, 1000]}, "train": LGSSM_TRAIN}
+            "particles": {f: [10, 100, 1000, 10000] for f in fams}, "train": LGSSM_TRAIN}
+
+
+def _legacy(res: dict):
+    """The per-family results of a run stored before they were recorded one by one: keep them when
+    its data sizes are this run's (the seed then was the default, 0)."""
+    return res.get("models")
+
+
+def _signature(S: dict, seed: int) -> dict:
+    return {"episodes": S["episodes"], "steps": S["steps"], "seed": seed}
 
 
 def collect_data(episodes: int, steps: int, seed: int):
@@ -97,57 +118,92 @@ def run(ctx: Context) -> Section:
     norm = Normalizer.fit(*data.subset("train"))
     test = B.prepare(data, norm, "test")
     n_test = len(test[0])
-    res = {"sizes": S, "num_test_sequences": n_test, "num_test_steps": int(sum(len(x) for x in test[0])),
-           "log_det_per_step": norm.log_det_per_step, "models": {}}
+    sig = _signature(S, ctx.seed)
+    legacy = (lambda r: _legacy(r) if r.get("sizes", {}).get("episodes") == S["episodes"]
+              and r.get("sizes", {}).get("steps") == S["steps"] and ctx.seed == 0 else None)
+    res = {"sizes": S, "signature": sig, "num_test_sequences": n_test,
+           "num_test_steps": int(sum(len(x) for x in test[0])), "log_det_per_step": norm.log_det_per_step,
+           "models": carried_families(ctx, sig, legacy)}
     res["exact_true"] = exact_per_step(data, params)
     res["true_pf"] = true_pf(data, params, S["particles_true"], ctx.seed)
-    for family in ("lgssm",) + FAMILIES:
+    for family in to_run(ctx, ["lgssm"] + variational()):
         model, info = B.fit(family, data, norm, S["time_limit"][family], ctx.seed, ctx.device,
                             **S["train"].get(family, {}))
         t0 = time.perf_counter()
         info.update(B.bounds(model, *test, norm.log_det_per_step, S["ks"], ctx.seed))
-        if family in ("dmm", "vrnn"):
+        if family != "lgssm":
             info.update(B.particle_filter(model, *test, norm.log_det_per_step, S["particles"][family], ctx.seed))
         info["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        info["time_limit"] = S["time_limit"][family]
         res["models"][family] = info
+    res["models"] = {f: res["models"][f] for f in ["lgssm"] + variational() if f in res["models"]}
+    res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res["models"]]
     figure = _figure(ctx, res)
     return Section("exact", "Exact likelihood against the variational bounds (linear-Gaussian data)",
                    _markdown(res, figure), res)
 
 
+def restate(res: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results (every family without results listed as not run
+    yet), linking the figure stored with them."""
+    res = dict(res)
+    res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res.get("models", {})]
+    return _markdown(res, ctx.figure("exact")[1])
+
+
 def _lr_note(res: dict) -> str:
     """The learning rate each neural model trained with, as ``fit`` recorded it."""
-    lrs = {f: res["models"][f]["lr"] for f in FAMILIES}
+    lrs = {f: res["models"][f]["lr"] for f in _present(res) if "lr" in res["models"][f]}
+    if not lrs:
+        return "the default learning rate (not recorded)"
     if len(set(lrs.values())) == 1:
         return f"learning rate {next(iter(lrs.values())):g}"
     return "learning rates " + ", ".join(f"{f.upper()} {v:g}" for f, v in lrs.items())
+
+
+def _present(res: dict) -> list:
+    """The variational families with results (run now or carried from a stored run)."""
+    return [f for f in res["models"] if f != "lgssm"]
+
+
+def _pf_counts(m: dict) -> list:
+    """The particle counts a family's results hold (a stored run may have used fewer)."""
+    return sorted(int(k[3:]) for k in m if k.startswith("pf_"))
+
+
+def _origin(m: dict) -> str:
+    run = m.get("run")
+    return "" if not run else f" (stored run of {run.get('date')}, commit {run.get('commit')})"
 
 
 def _markdown(res: dict, figure: str) -> str:
     S, M = res["sizes"], res["models"]
     ks, pt = S["ks"], S["particles_true"]
     exact = res["exact_true"]
-    rows = [["exact, true parameters (Kalman)", exact, 0.0, "", ""],
-            ["LGSSM fitted by ML (exact)", M["lgssm"]["elbo"], M["lgssm"]["elbo"] - exact,
-             M["lgssm"]["train_seconds"], M["lgssm"]["epochs"]]]
-    for f in FAMILIES:
+    rows = [["exact, true parameters (Kalman)", exact, 0.0, "", ""]]
+    if "lgssm" in M:
+        rows.append(["LGSSM fitted by ML (exact)", M["lgssm"]["elbo"], M["lgssm"]["elbo"] - exact,
+                     M["lgssm"]["train_seconds"], M["lgssm"]["epochs"]])
+    for f in _present(res):
         m = M[f]
         rows.append([f"{f.upper()} ELBO", m["elbo"], m["elbo"] - exact, m["train_seconds"], m["epochs"]])
         for k in ks:
             rows.append([f"{f.upper()} IW, K = {k}", m[f"iw_{k}"], m[f"iw_{k}"] - exact, "", ""])
-        for p in S["particles"].get(f, []):
+        for p in _pf_counts(m):
             rows.append([f"{f.upper()} particle filter, {p} particles", m[f"pf_{p}"], m[f"pf_{p}"] - exact, "", ""])
+    for f in res.get("not_run", []):
+        rows.append([f"{f.upper()}", "not run yet", "", "", ""])
     for p in pt:
         rows.append([f"particle filter, true parameters, {p} particles", res["true_pf"][f"pf_{p}"],
                      res["true_pf"][f"pf_{p}"] - exact, "", ""])
     table = markdown_table(["estimate", "log p per step", "minus exact", "train s", "epochs"], rows)
     best_k = max(ks)
     gap_rows = []
-    for f in FAMILIES:
+    for f in _present(res):
         m = M[f]
         cands = {f"IW_{best_k}": m[f"iw_{best_k}"]}
-        if S["particles"].get(f):
-            p_max = max(S["particles"][f])
+        if _pf_counts(m):
+            p_max = max(_pf_counts(m))
             cands[f"PF_{p_max}"] = m[f"pf_{p_max}"]
         which = max(cands, key=cands.get)
         best = cands[which]
@@ -155,9 +211,10 @@ def _markdown(res: dict, figure: str) -> str:
                          exact - best, best - m["elbo"]])
     gaps = markdown_table(["model", "ELBO gap to exact", f"IW_{best_k} gap to exact", "best estimate of the model's log p",
                            "model gap (exact - best)", "inference gap (best - ELBO)"], gap_rows)
-    time_rows = [[f.upper() if f != "lgssm" else "LGSSM", M[f]["train_seconds"], M[f]["epochs"], M[f]["best_epoch"],
-                  M[f]["eval_seconds"]] for f in ("lgssm",) + FAMILIES]
-    times = markdown_table(["model", "train s", "epochs", "best epoch", "bounds + filter s"], time_rows, fmt="{:.1f}")
+    time_rows = [[f.upper() + _origin(M[f]), M[f].get("time_limit", S["time_limit"].get(f, float("nan"))),
+                  M[f]["train_seconds"], M[f]["epochs"], M[f]["best_epoch"], M[f]["eval_seconds"]] for f in M]
+    times = markdown_table(["model", "time limit s", "train s", "epochs", "best epoch", "bounds + filter s"], time_rows,
+                           fmt="{:.1f}")
     return f"""Data: `dvae/LinearGaussian-v0` (2-D latent rotating by 0.2 rad and damped by 0.95 per step, 2-D
 observation, 1-D control; `envs/linear_gaussian.py`) under uniform random controls in [-1, 1],
 {S['episodes']} episodes of {S['steps']} steps (collected by `envs.collect`, seed as the command's `--seed`), the
@@ -172,6 +229,8 @@ validation epoch. Each estimate is one Monte Carlo draw over the whole test set 
 and the analytic per-step KL).
 
 {table}
+
+{not_run_note("exact", res.get("not_run", []))}
 
 Each model's gap split in two. Its best estimate of its OWN log-likelihood is the larger of its largest-K IW bound
 and its particle filter at the most particles (both lower bounds on it on average); the model gap (the truth minus
@@ -189,10 +248,10 @@ numbers:
 
 ![bounds against K and particles]({figure})
 
-*Left: the IW bound against K (log axis; K = 1 is the one-sample IW bound, whose mean is the ELBO) for the three
-variational families, with the exact log-likelihood under the true parameters and the fitted LGSSM's as horizontal
+*Left: the IW bound against K (log axis; K = 1 is the one-sample IW bound, whose mean is the ELBO) for each
+variational family with results above, with the exact log-likelihood under the true parameters and the fitted LGSSM's as horizontal
 lines. Right: particle-filter estimates against the number of particles, under the true parameters (which approach
-the exact line) and with the DMM's and the VRNN's learned transition and emission (which approach each model's own
+the exact line) and with each family's learned transition and emission (which approach each model's own
 log-likelihood, not the truth).*
 
 {_findings(res)} What it does not show: the Monte Carlo spread of each estimate (one draw each; the spread
@@ -204,8 +263,8 @@ def _findings(res: dict) -> str:
     """The prose claims, each checked on the results it states."""
     S, M, exact = res["sizes"], res["models"], res["exact_true"]
     ks = S["ks"]
-    estimates = {f"{f.upper()} {k}": v for f in FAMILIES for k, v in M[f].items()
-                 if k == "elbo" or k.startswith(("iw_", "pf_"))}
+    estimates = {f"{f.upper()} {k}": v for f in _present(res) for k, v in M[f].items()
+                 if k == "elbo" or (k.startswith(("iw_", "pf_")) and isinstance(v, float))}
     above = {k: v - exact for k, v in estimates.items() if v > exact}
     if not above:
         out = ["Every variational bound and every particle-filter estimate with learned networks lies below the exact "
@@ -214,12 +273,12 @@ def _findings(res: dict) -> str:
         out = ["These estimates lie ABOVE the exact log-likelihood of the data-generating system: " + ", ".join(
             f"{k.replace('_', ' = ')} by {d:.3f}" for k, d in above.items()) + " nats per step (a model's log-likelihood "
             "of a finite test set can exceed the truth's by chance; on average it cannot)."]
-    rising = [f.upper() for f in FAMILIES if all(M[f][f"iw_{a}"] <= M[f][f"iw_{b}"] for a, b in zip(ks, ks[1:]))]
-    flat = [f.upper() for f in FAMILIES if f.upper() not in rising]
+    rising = [f.upper() for f in _present(res) if all(M[f][f"iw_{a}"] <= M[f][f"iw_{b}"] for a, b in zip(ks, ks[1:]))]
+    flat = [f.upper() for f in _present(res) if f.upper() not in rising]
     out.append(f"The IW bound rises with every step of K for {', '.join(rising) or 'no family'}"
                + (f", not at every step for {', '.join(flat)} (one draw per K)." if flat else "."))
-    d = M["lgssm"]["elbo"] - exact
-    out.append(f"The fitted LGSSM, the true model class, is {abs(d):.3f} nats per step {'below' if d < 0 else 'above'} "
+    d = M["lgssm"]["elbo"] - exact if "lgssm" in M else float("nan")
+    out.append("" if "lgssm" not in M else f"The fitted LGSSM, the true model class, is {abs(d):.3f} nats per step {'below' if d < 0 else 'above'} "
                "the truth on these sequences (estimation error"
                + (" and sampling noise of the test set)." if d < 0 else "; above it only by the test set's sampling noise)."))
     pt = S["particles_true"]
@@ -228,7 +287,7 @@ def _findings(res: dict) -> str:
     out.append("A model's distance from the true-parameter line at its best estimate is what its generative networks "
                "lose against the truth in the training time; its ELBO's distance below that estimate is its guide's "
                "inference gap.")
-    return " ".join(out)
+    return " ".join(o for o in out if o)
 
 
 def _figure(ctx: Context, res: dict) -> str:
@@ -242,10 +301,12 @@ def _figure(ctx: Context, res: dict) -> str:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     for ax in (a, b):
         ax.axhline(res["exact_true"], color="k", lw=1.5, label="exact, true parameters")
-        ax.axhline(M["lgssm"]["elbo"], color="k", lw=1, ls="--", label="fitted LGSSM (exact)")
+        if "lgssm" in M:
+            ax.axhline(M["lgssm"]["elbo"], color="k", lw=1, ls="--", label="fitted LGSSM (exact)")
         ax.set_xscale("log")
         ax.set_ylabel("log-likelihood per step (nats, data units)")
-    for f, color in zip(FAMILIES, ("C0", "C1", "C2")):
+    for i, f in enumerate(_present(res)):
+        color = f"C{i % 10}"
         ks = S["ks"]
         a.plot(ks, [M[f][f"iw_{k}"] for k in ks], "o-", color=color, label=f"{f.upper()} IW_K")
         a.plot([1], [M[f]["elbo"]], "x", color=color, ms=9, label=f"{f.upper()} ELBO")
@@ -253,8 +314,10 @@ def _figure(ctx: Context, res: dict) -> str:
     a.set_title("importance-weighted bounds")
     pt = S["particles_true"]
     b.plot(pt, [res["true_pf"][f"pf_{p}"] for p in pt], "s-", color="k", alpha=0.6, label="PF, true parameters")
-    for f, color in (("dmm", "C0"), ("vrnn", "C1")):
-        pm = S["particles"][f]
+    for i, f in enumerate(_present(res)):
+        color, pm = f"C{i % 10}", _pf_counts(M[f])
+        if not pm:
+            continue
         b.plot(pm, [M[f][f"pf_{p}"] for p in pm], "o-", color=color, label=f"PF, {f.upper()} networks")
         b.axhline(M[f][f"iw_{max(S['ks'])}"], color=color, lw=1, ls=":", label=f"{f.upper()} IW_{max(S['ks'])}")
     b.set_xlabel("particles")

@@ -11,6 +11,11 @@ The published figures (``PUBLISHED``) are citations, not results of this code: e
 read. They come from models trained to convergence; ours from minutes
 of one CPU thread, which the tables say in their budget column.
 
+Every family of ``dvae.models.MODELS`` that models binary data runs (``families()``; the LGSSM, Gaussian
+only, does not), each with the same budget. ``--families`` re-runs some; the runs of the others are kept
+from the stored results when they used the same budget, K and mode, and a family with none shows as
+not run yet.
+
 Quick mode (``ctx.quick``): a few short sequences of each file (written to ``ctx.work_dir``), one epoch,
 K = 4; a smoke test of the pipeline, its numbers mean nothing.
 """
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from studies.compare import Context, Section, markdown_table
+from studies.compare import COMMAND, Context, Section, all_families, markdown_table, to_run
 from dvae.errors import DataError
 from dvae.files import atomic_write, save_figure
 
@@ -33,7 +38,20 @@ TITLE = "Polyphonic music: the model families on Nottingham, MuseData and Piano-
 
 DATASETS = (("Nottingham", "Nottingham.pickle"), ("MuseData", "MuseData.pickle"),
             ("Piano-midi.de", "Piano-midi.de.pickle"))
-FAMILIES = ("dmm", "vrnn", "vrae")
+
+
+def families() -> List[str]:
+    """The families that model the binary piano rolls: those whose model builds with a Bernoulli emitter."""
+    from dvae.models import ModelConfig, build_model
+
+    out = []
+    for f in all_families():
+        try:
+            build_model(ModelConfig(f, x_dim=88, likelihood="bernoulli"))
+        except (ValueError, NotImplementedError, TypeError):
+            continue
+        out.append(f)
+    return out
 
 FULL_BUDGET_S = 210.0
 """Seconds of ``--time-limit`` per run in full mode: 9 runs of this plus validation, plots and the
@@ -147,19 +165,45 @@ def run(ctx: Context) -> Section:
     budget = QUICK_BUDGET_S if ctx.quick else FULL_BUDGET_S
     iw = QUICK_IW_SAMPLES if ctx.quick else FULL_IW_SAMPLES
     work = Path(ctx.work_dir) / KEY
-    runs = []
+    fams = families()
+    runs = {(r["dataset"], r["family"]): r for r in _carried(ctx, budget, iw)}
     for name, path in found:
         data = write_quick_subset(path, work / "data" / path.name) if ctx.quick else path
-        for family in FAMILIES:
+        for family in to_run(ctx, fams):
             r = train_and_eval(data, family, work / f"{name}-{family}", budget, iw, ctx.seed, ctx.device, ctx.quick)
             r["dataset"] = name
-            runs.append(r)
-    results = {"runs": runs, "published": PUBLISHED, "budget_s": budget, "iw_samples": iw,
+            runs[(name, family)] = r
+    names = [n for n, _ in found]
+    ordered = [runs[(n, f)] for n in names for f in fams if (n, f) in runs]
+    results = {"runs": ordered, "families": fams,
+               "not_run": [[n, f] for n in names for f in fams if (n, f) not in runs], "published": PUBLISHED, "budget_s": budget, "iw_samples": iw,
                "datasets": [n for n, _ in found], "missing": [n for n, _ in DATASETS if n not in dict(found)],
                "quick": ctx.quick}
     fig_path, fig_link = ctx.figure(KEY)
     plot(results, fig_path)
     return Section(KEY, TITLE, render(results, fig_link), results)
+
+
+def restate(results: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results, every family without a run listed as not run yet."""
+    results = dict(results)
+    fams = results["families"] = families()
+    have = {(r["dataset"], r["family"]) for r in results["runs"]}
+    results["not_run"] = [[n, f] for n in results["datasets"] for f in fams if (n, f) not in have]
+    return render(results, ctx.figure(KEY)[1])
+
+
+def _carried(ctx: Context, budget: float, iw: int) -> List[dict]:
+    """The stored runs this run keeps: of a stored run in the same mode with the same budget and K, each
+    with ``run``: the date, commit and command it came from."""
+    prev = ctx.previous
+    if not prev or prev.get("skipped"):
+        return []
+    res, meta = prev.get("results", {}), prev.get("meta", {})
+    if bool(res.get("quick")) != bool(ctx.quick) or res.get("budget_s") != budget or res.get("iw_samples") != iw:
+        return []
+    run = {k: meta.get(k) for k in ("date", "commit", "command")}
+    return [{"run": run, **r} if "run" not in r else dict(r) for r in res.get("runs", [])]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -173,18 +217,21 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = {r["family"]: r for r in results["runs"] if r["dataset"] == name}
-        xs = list(range(len(FAMILIES)))
-        ax.bar(xs, [rows[f]["neg_elbo_per_step"] for f in FAMILIES], color="#9ecae1", label="ours: test -ELBO")
-        ax.plot(xs, [rows[f]["nll_iw_per_step"] for f in FAMILIES], "ko",
+        fams = results.get("families", list(rows))
+        xs = list(range(len(fams)))
+        nan = float("nan")  # a family not run yet: no bar
+        ax.bar(xs, [rows[f]["neg_elbo_per_step"] if f in rows else nan for f in fams], color="#9ecae1",
+               label="ours: test -ELBO")
+        ax.plot(xs, [rows[f]["nll_iw_per_step"] if f in rows else nan for f in fams], "ko",
                 label=f"ours: IW bound (K={results['iw_samples']})")
         dmm = published_for(name, family="dmm")
-        if dmm is not None:
-            ax.plot([FAMILIES.index("dmm")], [dmm["value"]], "r*", ms=12, label="published DMM (Krishnan 2017)")
+        if dmm is not None and "dmm" in fams:
+            ax.plot([fams.index("dmm")], [dmm["value"]], "r*", ms=12, label="published DMM (Krishnan 2017)")
         srnn = published_for(name, model_prefix="SRNN")
         if srnn is not None:
             ax.axhline(srnn["value"], color="grey", ls="--", lw=1, label="published SRNN (Fraccaro 2016)")
         ax.set_xticks(xs)
-        ax.set_xticklabels(FAMILIES)
+        ax.set_xticklabels(fams, rotation=45, fontsize=7)
         ax.set_title(f"{name} ({results['budget_s']:g} s per run)")
         ax.set_ylabel("nats per time step (lower is better)")
         ax.set_ylim(0, None)
@@ -213,26 +260,36 @@ def render(results: dict, fig_link: str) -> str:
         f"the importance-weighted bound with K = {iw} (both upper bounds on the test negative log-likelihood).",
         ""]
     header = ["data set", "family", "budget (s)", "train wall (s)", "updates (s)", "epochs", "test seqs", "test steps",
-              "test -ELBO/step", f"IW bound/step (K={iw})", "eval (s)", "published, same family"]
+              "test -ELBO/step", f"IW bound/step (K={iw})", "eval (s)", "published, same family", "from"]
     rows = []
     for r in runs:
         p = published_for(r["dataset"], family=r["family"])
         pub = f"{p['value']:.2f} ({p['model'].split(' (')[0]}, to convergence)" if p else "not found"
         rows.append([r["dataset"], r["family"], f"{r['budget_s']:g}", f"{r['train_wall_s']:.0f}",
                      f"{r['train_update_s']:.0f}", r["epochs"], r["test_sequences"], r["test_steps"],
-                     float(r["neg_elbo_per_step"]), float(r["nll_iw_per_step"]), f"{r['eval_s']:.0f}", pub])
+                     float(r["neg_elbo_per_step"]), float(r["nll_iw_per_step"]), f"{r['eval_s']:.0f}", pub,
+                     "the run above" if "run" not in r else f"stored: {r['run'].get('date')}, {r['run'].get('commit')}"])
+    for name, family in results.get("not_run", []):
+        rows.append([name, family, "not run yet"] + [""] * (len(header) - 3))
     parts += [markdown_table(header, rows, fmt="{:.2f}"), ""]
+    missing = sorted({f for _, f in results.get("not_run", [])}, key=lambda f: results.get("families", []).index(f))
+    if missing:
+        parts += [f"Not run yet (no stored result; no number is shown for them): {', '.join(missing)}. Run them with "
+                  f"`{COMMAND} --sections {KEY} --polyphonic-dir DIR --families {','.join(missing)}"
+                  f"{' --quick' if results['quick'] else ''}`.", ""]
     parts += [f"![test bounds per family beside the published figures]({fig_link})", ""]
 
     # what the runs show, read off the results
     for name in results["datasets"]:
         mine = [r for r in runs if r["dataset"] == name]
+        if not mine:
+            continue
         best = min(mine, key=lambda r: r["nll_iw_per_step"])
         line = (f"- {name}: the lowest test IW bound after {budget:g} s is the {best['family']}'s, "
                 f"{best['nll_iw_per_step']:.2f} nats/step (epochs: {best['epochs']})")
-        dmm_run = next(r for r in mine if r["family"] == "dmm")
+        dmm_run = next((r for r in mine if r["family"] == "dmm"), None)
         dmm_pub = published_for(name, family="dmm")
-        if dmm_pub is not None:
+        if dmm_pub is not None and dmm_run is not None:
             line += (f"; our DMM's {dmm_run['nll_iw_per_step']:.2f} is {dmm_run['nll_iw_per_step'] - dmm_pub['value']:.2f} "
                      f"nats/step above the published DMM figure ({dmm_pub['value']:.2f})")
         gaps = [r["neg_elbo_per_step"] - r["nll_iw_per_step"] for r in mine]

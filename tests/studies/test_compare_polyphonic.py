@@ -53,14 +53,21 @@ def test_quick_rows_on_a_tiny_pickle(tmp_path, monkeypatch):
     poly = tmp_path / "poly"
     poly.mkdir()
     data = _tiny_pickle(poly / "Nottingham.pickle")
-    rc, out = _compare(tmp_path, "--polyphonic-dir", str(poly))
+    # two families first, then a third: the first two are kept from the stored results, the rest not run yet
+    rc, out = _compare(tmp_path, "--polyphonic-dir", str(poly), "--families", "dmm,vrnn")
+    assert rc == 0
+    rc, out = _compare(tmp_path, "--polyphonic-dir", str(poly), "--families", "vrae")
     assert rc == 0
     stored = json.loads((out.parent / "comparisons" / "polyphonic.json").read_text())
     assert stored["skipped"] is None
     res = stored["results"]
     assert res["datasets"] == ["Nottingham"] and res["missing"] == ["MuseData", "Piano-midi.de"]
+    fams = polyphonic.families()
+    assert "lgssm" not in fams and {"dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "vae"} <= set(fams)
     runs = res["runs"]
     assert [(r["dataset"], r["family"]) for r in runs] == [("Nottingham", f) for f in ("dmm", "vrnn", "vrae")]
+    assert [("run" in r) for r in runs] == [True, True, False]  # carried, carried, this run
+    assert res["not_run"] == [["Nottingham", f] for f in fams if f not in ("dmm", "vrnn", "vrae")]
     # quick mode: the first test sequences, cut to QUICK_STEPS steps, counted by hand
     n_test = polyphonic.QUICK_SEQUENCES["test"]
     steps = sum(min(len(s), polyphonic.QUICK_STEPS) for s in data["test"][:n_test])
@@ -76,6 +83,8 @@ def test_quick_rows_on_a_tiny_pickle(tmp_path, monkeypatch):
     doc = out.read_text()
     for f in ("dmm", "vrnn", "vrae"):
         assert f"| Nottingham | {f} |" in doc
+    assert "| Nottingham | storn | not run yet |" in doc
+    assert "--sections polyphonic --polyphonic-dir DIR --families " in doc
     assert "Quick mode" in doc and (out.parent / "figures" / "compare-polyphonic.png").stat().st_size > 0
 
 

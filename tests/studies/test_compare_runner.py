@@ -80,3 +80,34 @@ def test_unknown_section_and_corrupt_results_are_one_line_errors(tmp_path, fake_
 def test_markdown_table_formats_floats_and_missing_values():
     t = compare.markdown_table(["a", "b", "c"], [["x", 1.0, float("nan")], ["y", 3, "z"]], fmt="{:.1f}")
     assert t.splitlines() == ["| a | b | c |", "|---|---:|---:|", "| x | 1.0 | n/a |", "| y | 3 | z |"]
+
+
+def test_unknown_family_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--sections", "none", "--families", "dmm,nope", "--out", str(tmp_path / "c.md")]) == 2
+    err = capsys.readouterr().err
+    assert "--families: unknown family nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stored_sections_are_restated_with_every_family(tmp_path, capsys):
+    """--sections none on the repository's stored results: their figures kept, every family without a
+    result shown as not run yet with its command, never a number."""
+    import shutil
+    from pathlib import Path
+
+    from dvae.models import MODELS
+
+    src = Path(__file__).resolve().parents[2] / "docs" / "comparisons"
+    shutil.copytree(src, tmp_path / "c")
+    assert main(["--sections", "none", "--out", str(tmp_path / "c.md")]) == 0
+    doc = (tmp_path / "c.md").read_text()
+    stored = json.loads((src / "exact.json").read_text())["results"]["models"]
+    for fam in MODELS:
+        if fam in stored and fam != "lgssm":
+            assert f"| {fam.upper()} ELBO | {stored[fam]['elbo']:.3f} |" in doc, fam
+        elif fam not in stored:
+            assert f"| {fam.upper()} | not run yet |" in doc, fam
+    missing = [f for f in MODELS if f not in stored]
+    if missing:
+        assert f"--sections exact --families {','.join(missing)}`" in doc
+    if not (src / "worldmodels.json").exists():
+        assert "Not run yet (no stored results): `python -m studies.compare --sections worldmodels`." in doc

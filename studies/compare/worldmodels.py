@@ -1,0 +1,209 @@
+"""Section "worldmodels": every family of ``dvae.models.MODELS`` ranked as a world model of
+Pendulum-v1 at equal training time.
+
+Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (``envs.collect``, policy
+"ou", noise-free observations). Each family is trained with the project's defaults for the same
+wall-clock budget (``B.fit``) on the same split, then on the same held-out sequences:
+
+- k-step RMSE of open-loop prediction (``dvae.eval.openloop.kstep_report``), data units;
+- NLL: the test -ELBO and -IW_K per observed step (nats, data units, lower is better);
+- planning score (R_model - R_random) / (R_true - R_random): CEM on the model's imagined rollouts
+  (``dvae.planning.model_policy``) against the random policy and CEM on the true simulator, the
+  baselines ``dvae plan`` reports, on the same episodes' reset seeds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
+from studies.compare import _bounds as B
+
+
+REVIEW_SOURCE = ("https://github.com/XiaoyuBIE1994/DVAE/blob/04a3a90d5368650db18b8475fb0a5522d925c7a7/README.md",
+                 "Girin, Leglaive, Bie, Diard, Hueber, Alameda-Pineda, Dynamical Variational Autoencoders: A Review "
+                 "of Recent Trends; the code's README, section \"Main results\"")
+REVIEW_TABLE = [  # (model as the README names it, our family or None, RMSE, PESQ, STOI), copied from the README
+    ("VAE", "vae", 0.0510, 2.05, 0.86),
+    ("DKF", "dmm", 0.0344, 3.30, 0.94),
+    ("STORN", "storn", 0.0338, 3.05, 0.93),
+    ("VRNN", "vrnn", 0.0267, 3.60, 0.96),
+    ("SRNN", "srnn", 0.0248, 3.64, 0.97),
+    ("RVAE-Causal", "rvae", 0.0499, 2.27, 0.89),
+    ("RVAE-NonCausal", None, 0.0479, 2.37, 0.89),
+    ("DSAE", "dsae", 0.0469, 2.32, 0.90),
+]
+"""The review's own results, as its README states them: speech re-synthesis (analysis-resynthesis of
+WSJ0 power spectrograms; train wsj0_si_tr_s, validation wsj0_si_dt_05, test wsj0_si_et_05; Adam, batch
+32), averages over the test set; RMSE lower is better, PESQ and STOI higher. The README lists eight
+models (no KVAE row although its code ships KVAE). A different task and data from ours: the orderings
+are set side by side, not the numbers."""
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return {"episodes": 24, "steps": 16, "time_limit": 1.0, "k": 1, "context": 6, "horizon": 5,
+                "plan_episodes": 1, "plan_steps": 3, "plan_horizon": 3, "plan_samples": 16, "plan_iterations": 1}
+    return {"episodes": 200, "steps": 50, "time_limit": 120.0, "k": 100, "context": 20, "horizon": 20,
+            "plan_episodes": 3, "plan_steps": 100, "plan_horizon": 15, "plan_samples": 200, "plan_iterations": 3}
+
+
+def collect_data(episodes: int, steps: int, seed: int):
+    import envs
+    from dvae.data.datasets import from_trajectories
+
+    d = envs.collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
+    meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
+    return from_trajectories(d["obs"].astype(np.float32), d["actions"], d["lengths"], "Pendulum-v1", meta,
+                             (d["action_low"], d["action_high"]))
+
+
+def _baselines(S: dict, seed: int) -> dict:
+    from dvae.control import PlannerConfig
+    from dvae.planning import random_policy, run_episodes, true_policy
+    from envs.simulators import true_returns
+
+    pc = PlannerConfig(horizon=S["plan_horizon"], num_samples=S["plan_samples"], iterations=S["plan_iterations"])
+    rnd = run_episodes("Pendulum-v1", random_policy(seed), S["plan_episodes"], seed, S["plan_steps"])
+    tr = run_episodes("Pendulum-v1", true_policy(true_returns("Pendulum-v1"), "cem", pc, seed), S["plan_episodes"],
+                      seed, S["plan_steps"])
+    return {"random": float(np.mean(rnd)), "true_model": float(np.mean(tr))}
+
+
+def _evaluate(model, norm, data, S: dict, seed: int, base: dict) -> dict:
+    import pyro
+
+    from dvae.control import PlannerConfig
+    from dvae.eval.openloop import kstep_report
+    from dvae.planning import model_policy, run_episodes
+    from envs.rewards import reward_fn
+
+    out = B.bounds(model, *B.prepare(data, norm, "test"), norm.log_det_per_step, [S["k"]], seed)
+    out["nll_elbo"] = -out["elbo"]
+    out["nll_iw"] = -out.get(f"iw_{S['k']}", out["elbo"])  # an exact model's ELBO is its log-likelihood
+    xs, us = data.subset("test")
+    txs, tus = data.subset("train")
+    pyro.set_rng_seed(seed)
+    rep = kstep_report(model, norm, xs, us, txs, tus, S["context"], S["horizon"], num_samples=32)
+    out["kstep_rmse"] = [float(v) for v in rep["kstep_rmse"]]
+    out["persistence_rmse"] = [float(v) for v in rep["baselines"]["persistence"]["kstep_rmse"]]
+    pc = PlannerConfig(horizon=S["plan_horizon"], num_samples=S["plan_samples"], iterations=S["plan_iterations"])
+    t0 = time.perf_counter()
+    ret = run_episodes("Pendulum-v1", model_policy(model, norm, reward_fn("Pendulum-v1"), "cem", pc, seed),
+                       S["plan_episodes"], seed, S["plan_steps"])
+    out["plan_return"] = float(np.mean(ret))
+    out["plan_seconds"] = round(time.perf_counter() - t0, 1)
+    gap = base["true_model"] - base["random"]
+    out["plan_score"] = float((out["plan_return"] - base["random"]) / gap) if gap != 0 else float("nan")
+    return out
+
+
+def run(ctx: Context) -> Section:
+    from dvae.data import Normalizer
+
+    S = sizes(ctx.quick)
+    data = collect_data(S["episodes"], S["steps"], ctx.seed)
+    norm = Normalizer.fit(*data.subset("train"))
+    sig = {"sizes": S, "seed": ctx.seed}
+    res = {"quick": ctx.quick, "sizes": S, "signature": sig, "families": all_families(), "baselines": _baselines(S, ctx.seed),
+           "models": carried_families(ctx, sig)}
+    for fam in to_run(ctx, res["families"]):
+        model, info = B.fit(fam, data, norm, S["time_limit"], ctx.seed, ctx.device)
+        info.update(_evaluate(model, norm, data, S, ctx.seed, res["baselines"]))
+        res["models"][fam] = info
+    res["models"] = {f: res["models"][f] for f in res["families"] if f in res["models"]}
+    res["not_run"] = [f for f in res["families"] if f not in res["models"]]
+    figure = _figure(ctx, res)
+    return Section("worldmodels", "Every family as a world model of Pendulum-v1 at equal training time",
+                   _markdown(res, figure), res)
+
+
+def _markdown(res: dict, figure: str) -> str:
+    S, base = res["sizes"], res["baselines"]
+    order = sorted(res["models"], key=lambda f: res["models"][f]["kstep_rmse"][-1])
+    rows = []
+    for rank, fam in enumerate(order, 1):
+        m = res["models"][fam]
+        rows.append([rank, fam.upper(), m["kstep_rmse"][0], m["kstep_rmse"][-1], m["nll_elbo"], m["nll_iw"],
+                     m["plan_score"], f"{m['train_seconds']:.0f} s / {m['epochs']}",
+                     "the run above" if "run" not in m else f"stored: {m['run'].get('date')}, {m['run'].get('commit')}"])
+    rows += [["-", f.upper(), "not run yet", "", "", "", "", "", ""] for f in res.get("not_run", [])]
+    table = markdown_table(["rank (k = H RMSE)", "family", "RMSE k = 1", f"RMSE k = {S['horizon']}", "-ELBO per step",
+                            f"-IW_{S['k']} per step", "planning score", "train time / epochs", "from"], rows)
+    return f"""Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (`envs.collect`, policy `ou`),
+{S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot); the loaders' 80/10/10
+split. Every family in `dvae.models.MODELS` is trained with the project's defaults for the same wall-clock budget,
+{S['time_limit']:.0f} s (the best validation epoch kept), and evaluated on the same held-out sequences: open-loop
+k-step RMSE (`dvae.eval.openloop`, context {S['context']}, data units; persistence at k = {S['horizon']}:
+{(res['models'][order[0]]['persistence_rmse'][-1] if order else float('nan')):.3f}), the test -ELBO and -IW bound (K = {S['k']}) per observed step
+in nats (data units; for the exact LGSSM both are its exact NLL), and the planning score
+(R_model - R_random) / (R_true - R_random) of CEM (horizon {S['plan_horizon']}, {S['plan_samples']} candidates,
+{S['plan_iterations']} iterations) on the model's imagined rollouts over {S['plan_episodes']} episode(s) of
+{S['plan_steps']} steps, with R_random = {base['random']:.1f} and R_true = {base['true_model']:.1f} (CEM on the
+simulator itself), as `dvae plan` reports them. Ranked by the RMSE at k = {S['horizon']}:
+
+{table}
+
+{not_run_note("worldmodels", res.get("not_run", []), " --quick" if res.get("quick") else "")}
+
+![k-step RMSE of every family]({figure})
+
+*Open-loop RMSE against the prediction step k for every family, with the persistence forecast.*
+
+{_review(res)}
+
+What this does not show: more than one seed or training run per family (one each), or the spread of the planning
+returns over more episodes; equal wall-clock time favours the cheaper families (a family that is slower per epoch
+sees fewer epochs).
+"""
+
+
+def _figure(ctx: Context, res: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path, link = ctx.figure("worldmodels")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ks = None
+    for i, (fam, m) in enumerate(res["models"].items()):
+        ks = np.arange(1, len(m["kstep_rmse"]) + 1)
+        ax.plot(ks, m["kstep_rmse"], "o-", ms=3, color=f"C{i % 10}", label=fam.upper())
+    if ks is not None:
+        ax.plot(ks, next(iter(res["models"].values()))["persistence_rmse"], "k--", lw=1, label="persistence")
+    ax.set_xlabel("prediction step k")
+    ax.set_ylabel("RMSE (data units)")
+    ax.set_title("Pendulum-v1: open-loop prediction error of every family")
+    ax.legend(fontsize=8, ncol=2, framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return link
+
+
+def _review(res: dict) -> str:
+    """The review's ordering (its README's table) beside ours, on the families both have."""
+    M = res["models"]
+    by_rmse = sorted(REVIEW_TABLE, key=lambda r: r[2])
+    table = markdown_table(["review's model", "RMSE", "PESQ", "STOI", "our family"],
+                           [[m, f"{rmse:.4f}", f"{pesq:.2f}", f"{stoi:.2f}", f or "-"] for m, f, rmse, pesq, stoi in by_rmse])
+    shared = [f for _, f, *_ in by_rmse if f in M]
+    ours = sorted(shared, key=lambda f: M[f]["kstep_rmse"][-1])
+    ours_nll = sorted(shared, key=lambda f: M[f]["nll_iw"])
+    review = " < ".join(m for m, *_ in by_rmse)
+    missing = [m for m, f, *_ in REVIEW_TABLE if f is None or f not in M]
+    return f"""The review's own ordering. The reference code of the DVAE review ({REVIEW_SOURCE[1]};
+[README]({REVIEW_SOURCE[0]})) reports speech re-synthesis on WSJ0 (train wsj0_si_tr_s, test wsj0_si_et_05; Adam,
+batch 32), averages over the test set, RMSE lower and PESQ/STOI higher is better, as copied here from the README:
+
+{table}
+
+By its RMSE: {review}. On the families both studies have ({', '.join(f.upper() for f in shared) or 'none'}), the
+review's order (by RMSE) is {' < '.join(f.upper() for f in shared) or '-'}; ours by k = {res['sizes']['horizon']}
+RMSE is {' < '.join(f.upper() for f in ours) or '-'} and by the test IW bound {' < '.join(f.upper() for f in ours_nll) or '-'}
+(lower first). {('Not in this table: ' + ', '.join(missing) + ' (no such family here, or not run yet).') if missing else ''}
+The tasks differ (spectrogram re-synthesis against a controlled pendulum's prediction and planning), as do the
+budgets (the review trains to convergence), so only the orderings are set side by side."""
