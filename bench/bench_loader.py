@@ -44,6 +44,7 @@ if ROOT not in sys.path:
 def write_data(directory: str, episodes: int, steps: int, shard_size: int, seed: int = 0) -> dict:
     """Synthetic trajectories, written shard by shard (shards/) and as one .npz (one.npz)."""
     from dvae.data.lazy import write_manifest
+    from envs import save_npz
 
     g = np.random.default_rng(seed)
     shard_dir = os.path.join(directory, "shards")
@@ -55,12 +56,12 @@ def write_data(directory: str, episodes: int, steps: int, shard_size: int, seed:
         obs = np.cumsum(g.standard_normal((n, steps + 1, 12), dtype=np.float32), axis=1)  # (n, T+1, 12)
         actions = g.uniform(-1, 1, (n, steps, 4)).astype(np.float32)  # (n, T, 4)
         part = {"obs": obs, "actions": actions, "lengths": lengths}
-        np.savez(os.path.join(shard_dir, f"shard-{k:05d}.npz"), **part)
+        save_npz(os.path.join(shard_dir, f"shard-{k:05d}.npz"), part)
         entries.append({"file": f"shard-{k:05d}.npz", "episodes": n})
         parts.append(part)
     write_manifest(shard_dir, entries)
     one = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    np.savez(os.path.join(directory, "one.npz"), **one)
+    save_npz(os.path.join(directory, "one.npz"), one)
     return {"shards": shard_dir, "npz": os.path.join(directory, "one.npz"),
             "mb": sum(v.nbytes for v in one.values()) / 2 ** 20}
 
@@ -150,10 +151,9 @@ def main(argv=None) -> int:
               "machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count()},
               "rows": rows}
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
+    from dvae.files import write_json
+
+    write_json(out_path, report)
     print(f"wrote {out_path}")
     return 0
 

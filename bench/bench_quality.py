@@ -398,9 +398,12 @@ def plot_curves(arms: dict, path: str, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from dvae.files import save_figure
+
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -487,9 +490,9 @@ def main(argv=None) -> int:
             report["figure"] = a.figure
     report["wall_seconds"] = time.perf_counter() - t0
     report["load_average_end"] = os.getloadavg()[0]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    from dvae.files import write_json
+
+    write_json(out, report, default=str)
     log(f"wrote {out}")
     return 0
 

@@ -491,11 +491,9 @@ def main(argv=None) -> int:
               "variants": VARIANTS, "summary": summary, "epoch_steps": steps,
               "runs": {f: {v: {k: r[k] for k in r if k != "losses"} | {"first_losses": r["losses"][:3]}
                            for v, r in vs.items()} for f, vs in results.items()}}
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, out_path)
+    from dvae.files import write_json
+
+    write_json(out_path, report)
     print(f"wrote {os.path.relpath(out_path)}")
     return 0
 

@@ -24,7 +24,6 @@ bench/results/world_model-quick.json with ``--quick``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -157,9 +156,9 @@ def main(argv=None):
                     "threads": torch.get_num_threads()},
         "real_env_steps_per_s": real, "world_model": rows,
     }
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    from dvae.files import write_json
+
+    write_json(out, result, indent=2)
     print(f"wrote {out}")
     return result
 

@@ -20,7 +20,6 @@ the benchmarks. Writes JSON to ``--out`` (default bench/results/rnn_loop.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -76,9 +75,9 @@ def main(argv=None) -> int:
           f"loop / large {res['loop']['seconds'] / res['large']['seconds']:.2f}")
     report = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + (sys.argv[1:] if argv is None else argv)),
               "threads": a.threads, "T": T, "B": B, "H": H, "load_average_start": os.getloadavg(), **res}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=1)
+    from dvae.files import write_json
+
+    write_json(a.out, report)
     return 0
 
 

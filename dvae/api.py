@@ -151,16 +151,6 @@ def _source(data) -> Optional[str]:
     return None
 
 
-def _copy(src: str, dst: str) -> None:
-    """Copy a file, written atomically (a temporary name, then renamed)."""
-    from dvae.run import atomic_write_bytes
-
-    with open(src, "rb") as f:
-        body = f.read()
-    atomic_write_bytes(dst, lambda out: out.write(body))
-
-
-# --- fit and load -----------------------------------------------------------------------------------
 def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional[Sequence[str]] = None,
         **options) -> "Run":
     """Fit a model, as ``dvae train`` does; returns the :class:`Run` with the BEST parameters.
@@ -275,29 +265,43 @@ class Run:
         """Write the run directory as ``dvae train --out run_dir`` would have (config.json, checkpoint.pt,
         best.pt, metrics.jsonl, the plots unless trained with ``no_plots``); data handed over as arrays
         goes in as ``data.npz``. Returns ``run_dir``; the Run reads from it from then on."""
-        from dvae.fitting import save_arrays, write_train_plots
-        from dvae.run import BEST, CHECKPOINT, save_torch, write_config, write_metrics
+        from dvae.fitting import trajectory_arrays, write_train_plots
+        from dvae.rundir import RunLock, check_new_run_dir
+        from dvae.run import BEST, CHECKPOINT, create_run, load_torch, record_data, save_torch, write_config, write_metrics
+
+        from dvae.errors import RunDirError
 
         run_dir = os.fspath(run_dir)
-        if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError(f"run_dir: {run_dir} already holds a run (config.json); choose another directory")
+        try:
+            check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
+        except RunDirError as e:
+            raise ValueError(f"run_dir: {e}") from None
         if self._checkpoint is None and self.run_dir is None:
             raise ValueError("run_dir: this Run has no training state to save (it was neither fitted here nor loaded)")
         config = copy.deepcopy(self.config)
-        os.makedirs(run_dir, exist_ok=True)
         data = self._data
+        files = {}
         if config.data.source == ARRAYS_SOURCE:
-            config.data.source = os.path.join(run_dir, DATA_FILE)
-            save_arrays(config.data.source, data)
-            data.source = config.data.source
-        elif self.run_dir is not None and config.data.source == os.path.join(self.run_dir, DATA_FILE):
-            config.data.source = os.path.join(run_dir, DATA_FILE)  # the arrays travel with the run
-            _copy(os.path.join(self.run_dir, DATA_FILE), config.data.source)
-        write_config(run_dir, config)
+            arrays = trajectory_arrays(data)
+            files[DATA_FILE] = lambda f: np.savez(f, **arrays)
+        elif self.run_dir is not None and (os.path.abspath(config.data.source)
+                                           == os.path.abspath(os.path.join(self.run_dir, DATA_FILE))):
+            with open(config.data.source, "rb") as f:  # the arrays travel with the run
+                files[DATA_FILE] = f.read()
+        else:
+            config.data = record_data(config.data)  # the absolute source and its fingerprint
         if self._checkpoint is not None:
-            save_torch(os.path.join(run_dir, CHECKPOINT), self._checkpoint)
+            checkpoint = self._checkpoint
         else:  # a loaded run: its own checkpoint, as it is
-            _copy(os.path.join(self.run_dir, CHECKPOINT), os.path.join(run_dir, CHECKPOINT))
+            checkpoint = load_torch(os.path.join(self.run_dir, CHECKPOINT))
+        with RunLock() as lock:  # config.json, checkpoint.pt and data.npz appear at once
+            create_run(run_dir, config, checkpoint, lock, files)
+            if files:
+                config.data.source = os.path.abspath(os.path.join(run_dir, DATA_FILE))
+                config.data = record_data(config.data)
+                write_config(run_dir, config)
+                if data is not None:
+                    data.source = config.data.source
         write_metrics(run_dir, self.metrics)
         best_epoch = min(self.metrics, key=lambda r: r["valid_neg_elbo_per_step"])["epoch"] if self.metrics else 0
         save_torch(os.path.join(run_dir, BEST), {"model": copy.deepcopy(self.model.state_dict()), "epoch": best_epoch})
@@ -577,6 +581,9 @@ class Run:
         self._no_condition("impute")
         if self.config.kind != "continuous":
             raise ValueError("impute needs a run trained on continuous data")
+        if self.config.data.missing != "nan":  # as `dvae impute`: its networks never saw a missing entry
+            raise ValueError(f"{self.run_dir or 'this run'}: trained without missing='nan', so its networks never saw "
+                             "a missing entry: impute needs a run trained with missing='nan'")
         if num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
         x, batched = self._x(obs, "obs", allow_nan=True)

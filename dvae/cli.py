@@ -82,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="fit a model by SVI on the dynamical ELBO")
+    ap.verb_parsers = sub.choices  # verb -> its parser (read by _refuse_resume_flags)
     p.add_argument("--model", choices=list(MODELS), default=mc.model,
                    help="lgssm: the linear-Gaussian baseline with an exact likelihood; "
                         "vae: the static frame-wise baseline (no temporal model)")
-    p.add_argument("--data", default=dc.source, help="pendulum (built-in), a trajectory .npz, a CSV table (a header "
-                   "row, an episode column, action*/u_* control columns), a .npy array of observations, a polyphonic "
-                   "pickle, or a text file (*.txt or text:PATH, one token sequence per line)")
+    p.add_argument("--data", default=None, help=f"{dc.source} (built-in, the default), a trajectory .npz, a CSV table "
+                   "(a header row, an episode column, action*/u_* control columns), a .npy array of observations, a "
+                   "polyphonic pickle, or a text file (*.txt or text:PATH, one token sequence per line); with --resume: "
+                   "read the run's data from here (it moved or changed), recorded in its config.json")
     p.add_argument("--missing", choices=["none", "nan"], default=dc.missing,
                    help="nan: NaN entries of the observations are missing (masked), not bad input")
     p.add_argument("--tokens", choices=["words", "chars"], default=dc.tokens,
@@ -276,6 +278,11 @@ def _collect_shards(a) -> dict:
         raise ValueError("with --shards, --out is a directory (it gets manifest.json and the shards)")
     if os.path.exists(os.path.join(a.out, "manifest.json")):
         raise ValueError(f"{a.out}: already holds a manifest.json")
+    names = [f"shard-{k:05d}.npz" for k in range(a.shards)]
+    for name in names:  # never replaced (left by a collect that was stopped?); checked again as each is written
+        if os.path.lexists(os.path.join(a.out, name)):
+            raise ValueError(f"{os.path.join(a.out, name)}: already exists (left by an earlier collect?); remove "
+                             "it or choose another --out")
     os.makedirs(a.out, exist_ok=True)
     bounds = np.linspace(0, a.episodes, a.shards + 1).round().astype(int)
     shards, transitions = [], 0
@@ -283,8 +290,8 @@ def _collect_shards(a) -> dict:
         first, n = int(bounds[k]), int(bounds[k + 1] - bounds[k])
         data = collect(a.env, n, a.steps, policy=a.policy, seed=a.seed, first_episode=first)
         data["first_episode"] = np.array(first, np.int64)
-        name = f"shard-{k:05d}.npz"
-        save_npz(os.path.join(a.out, name), data)
+        name = names[k]
+        save_npz(os.path.join(a.out, name), data, replace=False)
         shards.append({"file": name, "episodes": n, "first_episode": first})
         transitions += int(data["lengths"].sum())
         print(f"dvae collect: {name}: episodes {first}..{first + n - 1}", file=sys.stderr, flush=True)
@@ -295,20 +302,46 @@ def _collect_shards(a) -> dict:
 
 
 # --- train -------------------------------------------------------------------------------------------
-def cmd_train(a) -> dict:
-    """Train a new run or resume one (``dvae.fitting.train``); SIGINT/SIGTERM stop it after a checkpoint."""
+def cmd_train(a, argv=None) -> dict:
+    """Train a new run or resume one (``dvae.fitting.train``); SIGINT/SIGTERM stop it after a checkpoint.
+    ``argv``: the command line, to refuse train flags that --resume would ignore."""
     from dvae.fitting import Interrupted, default_run_dir, train
 
-    if not a.resume and not a.out:
+    if a.resume:
+        _refuse_resume_flags(a, argv)
+    elif not a.out:
         a.out = default_run_dir(a.model)
     try:
         return train(a, signals=True).summary
     except Interrupted as e:
         if e.summary is not None:  # rank 0 prints
-            print(json.dumps(e.summary))
+            print(json.dumps({"plots": [], **e.summary}))
             print(f"dvae train: interrupted; continue with: dvae train --resume {e.summary['run_dir']}",
                   file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
+
+
+# the train flags --resume takes; the others are the run's, fixed in its config.json
+RESUME_FLAGS = ("epochs", "time_limit", "data", "no_progress", "no_plots", "dist_timeout")
+
+
+def _refuse_resume_flags(a, argv) -> None:
+    """Refuse train flags that --resume would ignore (the run keeps its config.json): those given on the
+    command line ``argv``, found by parsing it again with every default replaced by a marker; without
+    ``argv`` (a namespace built in Python), those that differ from their defaults."""
+    unset = object()
+    parser = build_parser()
+    train = parser.verb_parsers["train"]
+    if argv is not None:
+        train.set_defaults(**{k: unset for k in vars(a)})
+        given = {k for k, v in vars(parser.parse_args(list(argv))).items() if v is not unset}
+    else:
+        given = {k for k, v in vars(a).items() if v != train.get_default(k)}
+    ignored = sorted(given - set(RESUME_FLAGS) - {"verb", "resume", "debug"})
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise ValueError(f"--resume continues {a.resume} as its config.json says: {flags} cannot change it "
+                         f"(with --resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})")
 
 
 def _check_dims(data, config) -> None:
@@ -550,7 +583,8 @@ def cmd_impute(a) -> dict:
     from dvae.data import load_npz
     from dvae.eval.impute import impute_sequences
     from dvae.device import resolve_device
-    from dvae.run import atomic_write_bytes, load_model
+    from dvae.files import atomic_write
+    from dvae.run import load_model
 
     if a.num_samples < 1:
         raise ValueError("--num-samples must be at least 1")
@@ -559,6 +593,9 @@ def cmd_impute(a) -> dict:
     model, config = load_model(a.run_dir, resolve_device(a.device))
     if config.kind != "continuous":
         raise ValueError("impute needs a run trained on continuous data")
+    if config.data.missing != "nan":  # as eval: NaN is bad input to a run that never saw missing entries
+        raise ValueError(f"{a.run_dir}: trained without --missing nan, so its networks never saw a missing entry: "
+                         "impute needs a run trained with --missing nan")
     data = load_npz(a.data, missing=True)
     _check_dims(data, config)
     _check_samples("num-samples", a.num_samples, config, data.xs, 1)
@@ -578,7 +615,7 @@ def cmd_impute(a) -> dict:
         for k in ("mean", "lo", "hi"):
             out[f"obs_{k}"][i, :L] = r[k]
     arrays.update(obs=obs, missing=missing, **out)
-    atomic_write_bytes(a.out, lambda f: np.savez(f, **arrays))
+    atomic_write(a.out, lambda f: np.savez(f, **arrays))
     return {"run_dir": a.run_dir, "data": a.data, "out": a.out, "num_sequences": len(data.xs),
             "num_missing_entries": int(sum(np.isnan(x).sum() for x in data.xs)), "num_samples": a.num_samples}
 
@@ -612,10 +649,17 @@ def _strict_json(result) -> str:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
     try:
-        verbs = {"collect": cmd_collect, "train": cmd_train, "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan,
-                 "generate": cmd_generate, "impute": cmd_impute, "latent": cmd_latent}
+        a = build_parser().parse_args(argv)  # imports torch: seconds in which a Ctrl-C may come
+    except KeyboardInterrupt:
+        print("dvae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        verbs = {"collect": cmd_collect, "train": lambda a: cmd_train(a, sys.argv[1:] if argv is None else argv),
+                 "eval": cmd_eval, "score": cmd_score, "plan": cmd_plan, "generate": cmd_generate,
+                 "impute": cmd_impute, "latent": cmd_latent}
+        if not 0 <= getattr(a, "seed", 0) < 2 ** 32:  # numpy's and Gymnasium's range, checked before any work
+            raise ValueError(f"--seed = {a.seed}: expected in 0..4294967295 (2**32 - 1)")
         result = verbs[a.verb](a)
         if result is not None:  # None: a data-parallel rank other than 0 (rank 0 prints)
             print(result if isinstance(result, str) else _strict_json(result))

@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -223,8 +223,13 @@ def save_arrays(path: str, data) -> None:
     """Write in-memory trajectory data as a trajectory .npz that :func:`dvae.data.load_npz` reads back
     to the same sequences: ``obs`` (N, T+1, x_dim) padded, ``actions`` (N, T, u_dim), ``lengths``, the
     conditions as ``cond``, and the scalar metadata."""
-    from dvae.run import atomic_write_bytes
+    from dvae.files import atomic_write
 
+    atomic_write(path, lambda f: np.savez(f, **trajectory_arrays(data)))
+
+
+def trajectory_arrays(data) -> dict:
+    """The arrays :func:`save_arrays` writes."""
     N, L = len(data.xs), max(len(x) for x in data.xs)
     obs = np.zeros((N, L, data.x_dim), np.float32)  # (N, T+1, x_dim); padding repeats nothing, masked by lengths
     for i, x in enumerate(data.xs):
@@ -242,7 +247,7 @@ def save_arrays(path: str, data) -> None:
     for k, v in data.meta.items():
         if k not in arrays and isinstance(v, (int, float, str, bool)) and k not in ("num_actions", "num_labels"):
             arrays[k] = np.array(v)
-    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    return arrays
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -253,12 +258,20 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
     ``a.out``: the run directory, or None to write nothing. ``signals``: SIGINT and SIGTERM ask for a
     stop after the current update (a second one stops at once), which raises :class:`Interrupted`.
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel run
-    (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes."""
+    (``dvae.infer.distributed``): every rank reads the config and the data, rank 0 alone writes.
+
+    The run directory (``dvae.rundir``): every setting and the data are checked before anything is
+    written; a new run appears at once with its config.json and first checkpoint.pt (made in a hidden
+    sibling, then renamed), refusing an existing run or any other non-empty directory; the run's lock is
+    held while it trains (a second train or --resume of it is refused); the data's fingerprint is
+    recorded in config.json and checked on --resume (``a.data`` with --resume: the run's data from a
+    new place, recorded)."""
     import torch
 
     from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
     from dvae.device import resolve_device
-    from dvae.run import load_data, read_config, write_config
+    from dvae.rundir import RunLock, check_new_run_dir
+    from dvae.run import DataConfig, RunConfig, absolute_source, load_data, read_config, record_data
 
     timeout = getattr(a, "dist_timeout", None) or DEFAULT_TIMEOUT
     if a.resume:
@@ -268,51 +281,78 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
             config.train.epochs = a.epochs
         if a.time_limit is not None:
             config.train.time_limit = a.time_limit
+        _refuse_problem(config)
+        resolve_device(config.train.device)  # before anything is read or written
         parallel = init_from_env(config.train.device, timeout)
-        data = load_data(config)
+        moved = getattr(a, "data", None)
+        data = load_data(config, None if moved is None else absolute_source(moved))
+        if moved is not None:  # the run goes on with its data from here: recorded in config.json
+            _check_dims(data, config)
+            config.data = record_data(replace(config.data, source=moved))
     else:
         check_new_run(a)
         run_dir = a.out
-        if run_dir is not None and os.path.exists(os.path.join(run_dir, "config.json")):
-            raise ValueError(f"{run_dir}: already holds a run (use --resume {run_dir}, or another --out)")
-        # every rank has checked the run directory before joining; rank 0 writes it after
+        if run_dir is not None:
+            check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
+        resolve_device(a.device)
+        # every rank has checked the run directory before joining; rank 0 creates it with the first checkpoint
         parallel = init_from_env(a.device, timeout)
+        if not a.data:
+            a.data = DataConfig.source
         if data is None:
-            from dvae.run import DataConfig, RunConfig
-
-            data = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes, steps=a.steps,
-                                                       data_seed=a.seed, missing=a.missing, tokens=a.tokens,
-                                                       min_count=a.min_count)))
-        config = new_run_config(a, data)
-        if run_dir is not None and (parallel is None or parallel.is_main):
-            os.makedirs(run_dir, exist_ok=True)
-            if data.source == ARRAYS_SOURCE:  # the run directory holds its own data: `dvae eval RUN` reads it
-                config.data.source = os.path.join(run_dir, DATA_FILE)
-                save_arrays(config.data.source, data)
-            write_config(run_dir, config)
+            # read as given (its errors name the path the user wrote); recorded absolute, fingerprinted
+            data = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes,
+                                                       steps=a.steps, data_seed=a.seed, missing=a.missing,
+                                                       tokens=a.tokens, min_count=a.min_count)))
+        config = new_run_config(a, data)  # the checks a reloaded config.json gets, before anything is written
+        if data.source == ARRAYS_SOURCE:
+            config.data.source = ARRAYS_SOURCE  # written into the run directory by its start (_train)
+        elif run_dir is not None:
+            config.data = record_data(config.data)  # the absolute source and its fingerprint
 
     device = resolve_device(config.train.device) if parallel is None else parallel.device
     # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
     # process-wide, so it is switched off again when training returns
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    lock = RunLock()  # taken in _train: by the new run's start, or before the resumed run's checkpoint is read
     try:
-        return _train(a, config, data, run_dir, device, parallel, signals)
+        return _train(a, config, data, run_dir, device, parallel, signals, lock)
     finally:
+        lock.release()
         if flush:
             torch.set_flush_denormal(False)
         shutdown(parallel)
 
 
+def _refuse_problem(config) -> None:
+    """The first senseless value of a resumed run's config (its --epochs, --time-limit), said as the flag."""
+    problem = config.problem()
+    if problem:
+        key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
+        if rest and key.startswith(("train.", "model.")):
+            problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
+        raise ValueError(problem)
+
+
+def _check_dims(data, config) -> None:
+    """Refuse data whose dimensions differ from the run's model, naming the file."""
+    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
+        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
+                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
+
+
 @contextmanager
-def _stop_on_signals(trainer, enabled: bool):
-    """SIGINT/SIGTERM ask ``trainer`` to stop after the current update; a second one stops at once."""
+def _stop_on_signals(trainer, enabled: bool, signalled: list):
+    """SIGINT/SIGTERM ask ``trainer`` to stop after the current update; a second one stops at once
+    (KeyboardInterrupt). Each signal is appended to ``signalled``."""
     if not enabled:
         yield
         return
 
     def on_signal(signum, frame):
-        if trainer._stop_requested:  # a second signal: stop now (the last checkpoint stands)
+        if signalled:  # a second signal: stop now (the last checkpoint stands)
             raise KeyboardInterrupt
+        signalled.append(signum)
         print(f"dvae train: {signal.Signals(signum).name} received: stopping after this update and "
               "writing a checkpoint (send again to stop at once)", file=sys.stderr, flush=True)
         trainer.request_stop()
@@ -325,13 +365,15 @@ def _stop_on_signals(trainer, enabled: bool):
             signal.signal(sig, handler)
 
 
-def _train(a, config, data, run_dir, device, parallel=None, signals: bool = False) -> TrainResult:
+def _train(a, config, data, run_dir, device, parallel=None, signals: bool = False, lock=None) -> TrainResult:
     import pyro
 
+    from dvae.checkpoint import load_training
     from dvae.infer.diagnostics import PosteriorCollapseWarning
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
-    from dvae.run import BEST, CHECKPOINT, load_torch, save_torch
+    from dvae.rundir import RunLock
+    from dvae.run import CHECKPOINT, create_run, save_torch, write_config
 
     normalizer = config.normalizer
     main_rank = parallel is None or parallel.is_main  # the one process that writes files and prints
@@ -359,12 +401,30 @@ def _train(a, config, data, run_dir, device, parallel=None, signals: bool = Fals
         if main_rank:
             save_torch(ckpt_path, ckpt)
 
+    lock = RunLock() if lock is None else lock
     if a.resume:
-        trainer.load_checkpoint(load_torch(ckpt_path, "cpu"))  # Adam's step counters stay on the CPU (moments move)
+        if main_rank:
+            lock.acquire(run_dir)  # held until training returns: a second process is refused
+            if getattr(a, "data", None) is not None:
+                write_config(run_dir, config)  # the data's new place and fingerprint
+        # Adam's step counters stay on the CPU (moments move); every field checked before it is used
+        ckpt = load_training(ckpt_path, "cpu", trainer.batches_per_epoch, config.train.optimizer, model.state_dict())
+        trainer.load_checkpoint(ckpt)
         if main_rank:
             write_derived(run_dir, trainer)  # repair metrics.jsonl and best.pt after a kill at any moment
-    else:  # from the first moment on, the run directory can be evaluated and resumed
-        save_checkpoint()
+    elif run_dir is not None:  # config.json and the first checkpoint appear at once: from then on, it resumes
+        ckpt = trainer.checkpoint()  # data-parallel: a collective, on every rank
+        if main_rank:
+            files = {}
+            if config.data.source == ARRAYS_SOURCE:  # the run directory holds its own data: `dvae eval RUN` reads it
+                config.data.source = os.path.abspath(os.path.join(run_dir, DATA_FILE))
+                files[DATA_FILE] = lambda f: np.savez(f, **trajectory_arrays(data))
+            create_run(run_dir, config, ckpt, lock, files)
+            if DATA_FILE in files:  # fingerprinted where it now lies, recorded in config.json
+                from dvae.run import record_data
+
+                config.data = record_data(config.data)
+                write_config(run_dir, config)
 
     collapse_told = [trainer.state.get("collapse_warned", False)]
 
@@ -384,31 +444,43 @@ def _train(a, config, data, run_dir, device, parallel=None, signals: bool = Fals
             print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  valid -elbo/step "
                   f"{row['valid_neg_elbo_per_step']:.4f}  ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
 
-    with _stop_on_signals(trainer, signals), warnings.catch_warnings():  # on_epoch says it in one line instead
-        warnings.simplefilter("ignore", PosteriorCollapseWarning)
-        trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
-    if trainer.stopped:
-        save_checkpoint()
+    # held until the summary: a signal after the last epoch (while the plots are drawn) still ends with
+    # the summary, and a second one stops at once, also with the summary (the last checkpoint stands)
+    signalled, plots, last = [], [], None
+    try:
+        with _stop_on_signals(trainer, signals, signalled):
+            with warnings.catch_warnings():  # on_epoch says it in one line instead
+                warnings.simplefilter("ignore", PosteriorCollapseWarning)
+                trainer.fit(on_epoch, progress=main_rank and not a.no_progress and sys.stderr.isatty())
+            if trainer.stopped:
+                save_checkpoint()
+            elif main_rank and trainer.best_model is not None and not signalled:
+                last = None if run_dir is not None else copy.deepcopy(trainer.checkpoint())
+                model.load_state_dict(trainer.best_model)
+                if run_dir is not None and not getattr(a, "no_plots", False):
+                    plots = write_train_plots(run_dir, model, config, data, normalizer, trainer.rows, stop=signalled)
+    except KeyboardInterrupt:
+        if not signals:
+            raise
+        signalled.append(signal.SIGINT)
+    interrupted = trainer.stopped or bool(signalled)
     summary = {"run_dir": run_dir, "model": config.model.model, "data": config.data.source,
                "epochs": trainer.state["epoch"], "best_epoch": trainer.state["best_epoch"],
                "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
                "train_seconds": trainer.state["train_seconds"], "skipped_updates": trainer.state["skipped_updates"],
-               "faults": trainer.state["faults"], "interrupted": trainer.stopped}
+               "faults": trainer.state["faults"], "interrupted": interrupted}
     if parallel is not None:
         summary["world_size"] = parallel.world_size
-    if trainer.stopped:
-        raise Interrupted(summary if main_rank else None)
+    if interrupted:
+        raise Interrupted({**summary, "plots": plots} if main_rank else None)
     if trainer.best_model is None:
         from dvae.errors import DvaeError
 
         raise DvaeError("no epoch completed (is the time limit too short?)")
     if not main_rank:
         return TrainResult(None, model, config, data, trainer)  # rank 0 writes the plots and prints the summary
-    last = None if run_dir is not None else copy.deepcopy(trainer.checkpoint())
-    model.load_state_dict(trainer.best_model)
     if run_dir is not None:
-        summary["plots"] = [] if getattr(a, "no_plots", False) else write_train_plots(run_dir, model, config, data,
-                                                                                     normalizer, trainer.rows)
+        summary["plots"] = plots
     return TrainResult(summary, model, config, data, trainer, last)
 
 
@@ -421,8 +493,9 @@ def write_derived(run_dir, trainer, best: bool = True) -> None:
         save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
 
 
-def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence."""
+def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -> list:
+    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence;
+    the paths written. ``stop``: a container that becomes non-empty when the plots should stop (a signal)."""
     import torch
 
     from dvae.data import collate
@@ -433,6 +506,8 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
     written.append(path)
+    if stop:
+        return written
 
     xs, us = data.subset("test")
     cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
@@ -453,7 +528,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows) -> list:
         plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
                              binary=config.kind in ("binary", "categorical"))
     written.append(path)
-    if config.kind == "continuous" and len(x) >= 4:
+    if config.kind == "continuous" and len(x) >= 4 and not stop:
         context = max(2, len(x) // 3)
         horizon = len(x) - context
         w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,

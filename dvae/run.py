@@ -3,8 +3,8 @@
 A run directory holds ``config.json`` (model, training and data settings and the normalisation
 statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch),
 ``checkpoint.pt`` (the latest state, to resume), ``best.pt`` (the parameters with the best validation
-bound) and plots. Every file is written to a temporary name and renamed, so a run killed at any
-moment keeps its last complete version of each.
+bound) and plots. Every file is written by :func:`dvae.files.atomic_write` (a temporary name, fsync,
+rename), so a run killed at any moment keeps its last complete version of each.
 """
 
 from __future__ import annotations
@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import List, Optional
 
 import torch
 
+from dvae import checkpoint
 from dvae.data import Normalizer, SequenceData
+from dvae.data.fingerprint import absolute_source, check_unchanged, fingerprint
 from dvae.errors import RunDirError
+from dvae.files import atomic_write, write_text
 from dvae.infer.objectives import OBJECTIVES
 from dvae.infer.trainer import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
+from dvae.rundir import RunLock, start_run
 
 CONFIG, METRICS, CHECKPOINT, BEST = "config.json", "metrics.jsonl", "checkpoint.pt", "best.pt"
 
@@ -33,7 +36,8 @@ class DataConfig:
     """Where the data comes from (saved in config.json so eval can reload it)."""
 
     source: str = "pendulum"
-    """A built-in name (pendulum), a trajectory .npz, a polyphonic pickle, or a text file (*.txt or text:PATH)."""
+    """A built-in name (pendulum), a trajectory .npz, a polyphonic pickle, or a text file (*.txt or text:PATH);
+    recorded as an absolute path."""
     episodes: int = 128
     """Built-in pendulum: number of episodes collected."""
     steps: int = 64
@@ -46,6 +50,11 @@ class DataConfig:
     """Text: a line's tokens are its whitespace-separated words, or its characters (chars)."""
     min_count: int = 1
     """Text: training tokens seen fewer times than this map to <unk>."""
+    source_size: Optional[int] = None
+    """The source's size in bytes when the run was trained (None: a built-in source, or an older run)."""
+    source_sha256: Optional[str] = None
+    """The SHA-256 of the source's content when the run was trained (:mod:`dvae.data.fingerprint`);
+    the run-reading verbs refuse a source that has changed since."""
 
 
 @dataclass
@@ -125,6 +134,8 @@ class RunConfig:
             ("train.lr_decay", t.lr_decay, t.lr_decay == 1 or t.optimizer == "clipped_adam",
              "1 unless the optimizer is clipped_adam (adam has no decay)"),
             ("train.device", t.device, t.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("train.seed", t.seed, 0 <= t.seed < 2 ** 32, "in 0..4294967295 (2**32 - 1)"),
+            ("data.data_seed", self.data.data_seed, 0 <= self.data.data_seed < 2 ** 32, "in 0..4294967295 (2**32 - 1)"),
             ("train.beta", t.beta, math.isfinite(t.beta) and t.beta >= 0, "a number >= 0"),
             ("train.collapse_kl", t.collapse_kl, math.isfinite(t.collapse_kl) and t.collapse_kl >= 0, "a number >= 0"),
             ("train.collapse_epochs", t.collapse_epochs, t.collapse_epochs >= 1, ">= 1"),
@@ -145,6 +156,11 @@ class RunConfig:
             ("data.missing", self.data.missing, self.data.missing in ("none", "nan"), "none or nan"),
             ("data.tokens", self.data.tokens, self.data.tokens in ("words", "chars"), "words or chars"),
             ("data.min_count", self.data.min_count, self.data.min_count >= 1, ">= 1"),
+            ("data.source_size", self.data.source_size, self.data.source_size is None or self.data.source_size >= 0,
+             "null or >= 0"),
+            ("data.source_sha256", self.data.source_sha256, self.data.source_sha256 is None or (
+                len(self.data.source_sha256) == 64 and all(c in "0123456789abcdef" for c in self.data.source_sha256)),
+             "null or 64 lowercase hex digits"),
         ]
         checks += [(f"model.{k}", getattr(m, k), getattr(m, k) >= 1, ">= 1")
                    for k in ("x_dim", "z_dim", "rnn_dim", "transition_dim", "emission_dim")]
@@ -238,40 +254,17 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through ``write(file_object)`` into a temporary file beside ``path``, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+atomic_write_bytes, atomic_write_text = atomic_write, write_text  # the old names of dvae.files' writers
 
 
 def save_torch(path: str, obj) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_torch(path: str, device="cpu"):
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # unpickling errors of a corrupt or hostile file
-        raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only); its fields are
+    checked by :mod:`dvae.checkpoint` (``load_parameters``, ``load_training``)."""
+    return checkpoint.load(path, device)
 
 
 def read_config(run_dir: str) -> RunConfig:
@@ -305,8 +298,22 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _config_text(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
 def write_config(run_dir: str, config: RunConfig) -> None:
-    atomic_write_text(os.path.join(run_dir, CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(os.path.join(run_dir, CONFIG), _config_text(config))
+
+
+def create_run(run_dir: str, config: RunConfig, first_checkpoint: dict, lock: RunLock,
+               files: Optional[dict] = None) -> None:
+    """Create ``run_dir`` with its config.json and first checkpoint.pt (and ``files``: name -> bytes or a
+    function writing the open file) at once, and leave ``lock`` holding it (:func:`dvae.rundir.start_run`):
+    a start killed at any moment leaves no run or a resumable one. Refuses an existing run or any other
+    non-empty directory."""
+    start_run(run_dir, {**(files or {}), CONFIG: _config_text(config).encode(),
+                        CHECKPOINT: lambda f: torch.save(first_checkpoint, f)}, lock)
 
 
 def read_metrics(run_dir: str) -> list:
@@ -327,16 +334,29 @@ def read_metrics(run_dir: str) -> list:
 
 
 def write_metrics(run_dir: str, rows: list) -> None:
-    atomic_write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def record_data(d: DataConfig) -> DataConfig:
+    """``d`` with its source made absolute and its content fingerprinted (call after the data loaded:
+    a missing or bad file is reported by the loader)."""
+    source = absolute_source(d.source)
+    fp = fingerprint(source)
+    return replace(d, source=source, source_size=None if fp is None else fp.size,
+                   source_sha256=None if fp is None else fp.sha256)
 
 
 def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional[bool] = None) -> SequenceData:
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
-    mode). ``missing``: NaN entries are missing observations (default: as the run was trained).
-    Built-in names (``pendulum``) are collected by :mod:`envs.sources`."""
+    mode). ``missing``: NaN entries are missing observations (default: as the run was trained). The
+    run's own data is refused (DataError) where it is missing or changed since training (a recorded
+    fingerprint differs); ``source`` is read as it is. Built-in names (``pendulum``) are collected by
+    :mod:`envs.sources`."""
     from envs.sources import load_source  # the data layer reads files; a built-in source collects from an env
 
     d = config.data
+    if source is None:
+        check_unchanged(d.source, d.source_size, d.source_sha256)
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
                        tokens=d.tokens, min_count=d.min_count, vocab=config.vocab)
@@ -352,10 +372,7 @@ def load_model(run_dir: str, device="cpu", which: str = "best"):
     path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
     if which == "best" and not os.path.exists(path):
         path = os.path.join(run_dir, CHECKPOINT)
-    ckpt = load_torch(path, device)
-    state = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise RunDirError(f"{path}: has no model parameters")
+    state = checkpoint.load_parameters(path, device, reference=model.state_dict())
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -14,6 +14,7 @@ The built-in data sources (``pendulum``) are in :mod:`envs.sources`, which ``imp
 import. Only the world-model env and the sources import ``dvae``, and only its public ``dvae.run``,
 ``dvae.world_model`` and ``dvae.data``; the linear-Gaussian env's ``log_likelihood``, when called,
 imports the exact oracle ``dvae.eval.exact``.
+(``envs.collect.save_npz`` writes through the project's one file writer, ``dvae.files``.)
 """
 
 import gymnasium as gym

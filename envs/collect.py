@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from functools import partial
 
 import gymnasium as gym
@@ -268,23 +267,10 @@ def _is_frame_space(space) -> bool:
     return bool(np.all(space.low == 0) and np.all(space.high == 1))
 
 
-def save_npz(path: str | os.PathLike, data: dict) -> None:
-    """Atomically write ``data`` to ``path`` with ``np.savez`` (path used verbatim).
+def save_npz(path: str | os.PathLike, data: dict, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` with ``np.savez`` (path used verbatim), through the project's one
+    atomic writer :func:`dvae.files.atomic_write` (parent directories created; never through a symlink
+    at ``path``). ``replace=False``: refuse (FileExistsError) when ``path`` exists."""
+    from dvae.files import atomic_write
 
-    Parent directories are created; the arrays go to a temporary file in the same
-    directory which then replaces ``path`` via ``os.replace``.
-    """
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **data), replace=replace)

@@ -381,22 +381,11 @@ def load_lazy(source: str):
 def write_manifest(directory: str, shards: List[dict], meta: Optional[dict] = None) -> str:
     """Write ``directory/manifest.json`` listing ``shards`` (each ``{"file": name, "episodes": n, ...}``,
     names relative to ``directory``), atomically. Returns its path."""
-    import tempfile
+    from dvae.files import write_json
 
     body = {"format": MANIFEST_FORMAT, "version": 1, "episodes": int(sum(s["episodes"] for s in shards)),
             "shards": shards, **(meta or {})}
-    path = os.path.join(directory, MANIFEST)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_json(os.path.join(directory, MANIFEST), body)
 
 
 def check_npz_small(path: str, names: List[str]) -> None:

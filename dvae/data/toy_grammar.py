@@ -89,8 +89,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=CORPUS)
     a = ap.parse_args(argv)
-    with open(a.out, "w", encoding="utf-8") as f:
-        f.writelines(s + "\n" for s, _ in generate(a.num_sentences, a.seed))
+    from dvae.files import write_text
+
+    write_text(a.out, "".join(s + "\n" for s, _ in generate(a.num_sentences, a.seed)))
 
 
 if __name__ == "__main__":

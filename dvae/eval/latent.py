@@ -31,6 +31,7 @@ from pyro import poutine  # noqa: E402
 
 from dvae.data.batch import SequenceBatch, collate  # noqa: E402
 from dvae.errors import DataError  # noqa: E402
+from dvae.files import save_figure  # noqa: E402
 
 PENDULUM = "Pendulum-v1"
 
@@ -236,8 +237,10 @@ def plot_codes(points: np.ndarray, labels: np.ndarray, path: str, title: str, la
     ax.set_ylabel(axis_names[1])
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_decoded(panels: Dict[str, tuple], path: str, dim_names: Optional[List[str]] = None) -> None:
@@ -258,8 +261,10 @@ def plot_decoded(panels: Dict[str, tuple], path: str, dim_names: Optional[List[s
         axes[0, c].set_title(title)
         axes[-1, c].set_xlabel("time step")
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes[:, c].tolist(), label=value_name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 # --- everything on a data set --------------------------------------------------------------------

@@ -14,9 +14,13 @@ MAX_DIMS = 6
 
 
 def _save(fig, path):
+    from dvae.files import save_figure  # atomic, never through a symlink at path
+
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _dim_axes(n, title):

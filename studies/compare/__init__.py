@@ -211,7 +211,7 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
     """Run ``sections``, merge them into the stored results beside ``out_doc`` and rewrite it."""
     import torch
 
-    from dvae.run import atomic_write_bytes
+    from dvae.files import atomic_write
 
     sections = [s for s in sections if s != "none"]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -253,7 +253,7 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
         timings[key] = round(section.seconds, 1)
         # write after every section: a long study interrupted keeps what it finished
         payload = json.dumps(stored[key], indent=1, allow_nan=True).encode()
-        atomic_write_bytes(str(results_dir / f"{key}.json"), lambda f: f.write(payload))
+        atomic_write(str(results_dir / f"{key}.json"), lambda f: f.write(payload))
         _write_doc(out_doc, stored)
         print(f"{COMMAND}: {key} done in {section.seconds:.0f} s", file=sys.stderr)
     _write_doc(out_doc, stored)
@@ -263,10 +263,10 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
 
 
 def _write_doc(out_doc: Path, stored: Dict[str, dict]) -> None:
-    from dvae.run import atomic_write_bytes
+    from dvae.files import atomic_write
 
     doc = render(stored).encode()
-    atomic_write_bytes(str(out_doc), lambda f: f.write(doc))
+    atomic_write(str(out_doc), lambda f: f.write(doc))
 
 
 def command_line(argv: List[str]) -> str:

@@ -23,6 +23,7 @@ from studies.compare import Context, Section, markdown_table
 from dvae.data.batch import collate
 from dvae.data.batching import batches
 from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
+from dvae.files import save_figure
 from dvae.infer.estimators import estimator_programs, make_estimator, measure_estimator, tmc_applies
 from dvae.infer.evaluation import evaluate
 from dvae.infer.trainer import TrainConfig, Trainer
@@ -223,7 +224,7 @@ def _figures(ctx: Context, rows: list, race: list):
     for ax in axes[1]:
         ax.legend(fontsize=6, loc="best", framealpha=0.6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
     rpath, rlink = ctx.figure("estimators-race")
@@ -241,7 +242,7 @@ def _figures(ctx: Context, rows: list, race: list):
                ylabel="exact log p(x) - bound, per step (nats)", title=f"{what}: distance to log p(x)")
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(rpath, dpi=110)
+    save_figure(fig, rpath, dpi=110)
     plt.close(fig)
     return link, rlink
 

@@ -27,6 +27,7 @@ import torch
 
 from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
 from studies.compare import _bounds as B
+from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig
 from dvae.models import ModelConfig
 
@@ -324,6 +325,6 @@ def _figure(ctx: Context, res: dict) -> str:
     for ax in (a, b):
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link

@@ -27,6 +27,7 @@ from typing import Dict, List
 import numpy as np
 
 from studies.compare import Context, Section, markdown_table
+from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig, default_lr
 
 GUIDES = [  # key, label, what q(z_t | .) reads, dvae train flags
@@ -124,7 +125,7 @@ def _figure(ctx: Context, results: Dict[str, dict], exact: dict, iw: int) -> str
     bx.set_title("Held-out bounds (lower is better)")
     bx.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link
 

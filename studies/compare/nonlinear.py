@@ -20,6 +20,7 @@ import numpy as np
 
 from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
 from studies.compare import _bounds as B
+from dvae.files import save_figure
 from dvae.models import ModelConfig
 
 NOISE_STD = 0.1
@@ -207,6 +208,6 @@ def _figure(ctx: Context, res: dict) -> str:
     ax.set_title("noisy Pendulum-v1: bounds and particle filter of every family")
     ax.legend(fontsize=6, loc="best", framealpha=0.8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 
 from studies.compare import COMMAND, Context, Section, all_families, markdown_table, to_run
 from dvae.errors import DataError
+from dvae.files import atomic_write, save_figure
 
 KEY = "polyphonic"
 TITLE = "Polyphonic music: the model families on Nottingham, MuseData and Piano-midi.de"
@@ -120,9 +121,7 @@ def write_quick_subset(src: Path, dst: Path) -> Path:
         raise DataError(f"{src}: expected a dict with keys train, valid, test")
     small = {s: [[tuple(int(n) for n in step) for step in seq[:QUICK_STEPS]] for seq in list(data[s])[:n]]
              for s, n in QUICK_SEQUENCES.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "wb") as f:
-        pickle.dump(small, f, protocol=2)
+    atomic_write(dst, lambda f: pickle.dump(small, f, protocol=2))
     return dst
 
 
@@ -238,7 +237,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylim(0, None)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

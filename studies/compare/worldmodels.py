@@ -20,6 +20,7 @@ import numpy as np
 
 from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
 from studies.compare import _bounds as B
+from dvae.files import save_figure
 
 
 REVIEW_SOURCE = ("https://github.com/XiaoyuBIE1994/DVAE/blob/04a3a90d5368650db18b8475fb0a5522d925c7a7/README.md",
@@ -179,7 +180,7 @@ def _figure(ctx: Context, res: dict) -> str:
     ax.set_title("Pendulum-v1: open-loop prediction error of every family")
     ax.legend(fontsize=8, ncol=2, framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return link
 

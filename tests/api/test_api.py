@@ -187,10 +187,15 @@ def test_score_generate_and_impute_equal_their_verbs(cli_run, npz, tmp_path, cap
     x[0, 3, 1] = x[1, 0, 0] = np.nan
     holes = tmp_path / "holes.npz"
     np.savez(holes, obs=x, actions=u)
-    code, cli, _ = run_cli(capsys, "impute", cli_run, "--data", holes, "--out", tmp_path / "filled.npz",
+    with pytest.raises(ValueError, match="trained without missing='nan'"):  # as `dvae impute` refuses it
+        run.impute(x, u, num_samples=20, seed=5)
+    gappy = str(tmp_path / "gappy")  # impute needs a run trained with --missing nan
+    assert run_cli(capsys, "train", "--data", npz, "--epochs", "2", "--seed", "3", "--missing", "nan", "--out", gappy,
+                   *TINY_FLAGS)[0] == 0
+    code, cli, _ = run_cli(capsys, "impute", gappy, "--data", holes, "--out", tmp_path / "filled.npz",
                            "--num-samples", "20", "--seed", "5", "--device", "cpu")
     assert code == 0
-    ours = run.impute(x, u, num_samples=20, seed=5)
+    ours = dvae.load(gappy, device="cpu").impute(x, u, num_samples=20, seed=5)
     with np.load(tmp_path / "filled.npz") as f:
         np.testing.assert_array_equal(ours["x"], f["obs"])
         np.testing.assert_array_equal(ours["mean"], f["obs_mean"])

@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 from dvae.cli import main
 
@@ -92,6 +93,63 @@ def _run_with_checkpoint(name, obj):
     return make
 
 
+def _run_with_edited_checkpoint(name, edit, file="checkpoint.pt"):
+    """A copy of the trained run whose ``file`` is the good one after ``edit(ckpt)`` (in place), or, where
+    ``edit`` is not callable, ``edit`` itself."""
+    def make(d):
+        import shutil
+
+        import torch
+        run = d / name
+        shutil.copytree(d / "run", run, dirs_exist_ok=True)
+        ckpt = torch.load(run / file, weights_only=True)
+        if callable(edit):
+            edit(ckpt)
+        else:
+            ckpt = edit
+        torch.save(ckpt, run / file)
+        return str(run)
+    return make
+
+
+def _ckpt_set(path, value):
+    """An edit setting ckpt[path[0]][path[1]]... = value."""
+    def edit(ckpt):
+        target = ckpt
+        for key in path[:-1]:
+            target = target[key] if not callable(key) else key(target)
+        target[path[-1]] = value
+    return edit
+
+
+def _best_pt_as_checkpoint(d):
+    import shutil
+    run = d / "bestpt"
+    shutil.copytree(d / "run", run, dirs_exist_ok=True)
+    shutil.copy(run / "best.pt", run / "checkpoint.pt")
+    return str(run)
+
+
+def _first_optim_entry(ckpt):
+    return next(iter(ckpt["optim"].values()))["state"][0]
+
+
+def _nonrun_dir(d):
+    (d / "notrun").mkdir(exist_ok=True)
+    (d / "notrun" / "notes.txt").write_text("mine")
+    return str(d / "notrun")
+
+
+def _changed_data_run(d):
+    import shutil
+    shutil.copy(d / "good.npz", d / "moving.npz")
+    run = d / "run-moving"
+    if not run.exists():
+        assert main(["train", "--data", str(d / "moving.npz"), *TINY, "--no-plots", "--out", str(run)]) == 0
+    np.savez(d / "moving.npz", obs=np.zeros((10, 9, 2), np.float32), actions=np.zeros((10, 8, 1), np.float32))
+    return str(run)
+
+
 def _set(section, key, value):
     def edit(cfg):
         cfg[section][key] = value
@@ -168,6 +226,51 @@ CASES = [
      r"--lr-decay = 0.99: expected 1 unless the optimizer is clipped_adam"),
     ("pickle that would run code", _pickle("evil.pickle", {"train": [_Evil("/tmp/dvae-pwned-data")], "valid": [], "test": []}),
      ["train", "--data", "{path}"], r"evil.pickle: .*refusing to load posix.system"),
+    # run directories (issue 16, items 2-4 and 6-7)
+    ("a non-empty --out that is not a run", _nonrun_dir, ["train", "--data", "{dir}/good.npz", "--out", "{path}"],
+     r"notrun: not empty and not a run directory"),
+    ("the run's data changed since training", _changed_data_run, ["eval", "{path}"],
+     r"moving.npz: the run's data changed since training.*pass --data"),
+    ("a seed out of range", lambda d: "x", ["eval", "{run}", "--seed", "-1"], r"--seed = -1: expected in 0..4294967295"),
+    ("resume with a model flag", lambda d: str(d / "run"), ["train", "--resume", "{path}", "--model", "vrnn"],
+     r"--resume continues .*: --model cannot change it"),
+    ("resume with negative epochs", lambda d: str(d / "run"), ["train", "--resume", "{path}", "--epochs", "-5"],
+     r"--epochs = -5: expected >= 1"),
+    ("zero-byte checkpoint", _run_with_checkpoint("empty", b""), ["eval", "{path}"], r"checkpoint.pt: empty file \(0 bytes\)"),
+    ("best.pt in place of checkpoint.pt", _best_pt_as_checkpoint, ["train", "--resume", "{path}"],
+     r"bestpt/checkpoint.pt: optim: missing \(this is a best.pt"),
+    ("checkpoint: not a dictionary", _run_with_edited_checkpoint("ck-list", [1, 2]), ["train", "--resume", "{path}"],
+     r"checkpoint.pt: \(top level\): a list, not a checkpoint's dictionary"),
+    ("checkpoint: negative epoch", _run_with_edited_checkpoint("ck-epoch", _ckpt_set(["state", "epoch"], -1)),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: state.epoch: -1 is below 0"),
+    ("checkpoint: string lr scale", _run_with_edited_checkpoint("ck-lr", _ckpt_set(["state", "lr_scale"], "x")),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: state.lr_scale: 'x' is not a number"),
+    ("checkpoint: zero lr scale", _run_with_edited_checkpoint("ck-lr0", _ckpt_set(["state", "lr_scale"], 0.0)),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: state.lr_scale: 0.0 is out of range"),
+    ("checkpoint: batch position beyond the epoch",
+     _run_with_edited_checkpoint("ck-batch", _ckpt_set(["state", "batch_in_epoch"], 10 ** 6)),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: state.batch_in_epoch: 1000000 is not below the 1 batches"),
+    ("checkpoint: metrics rows of other epochs", _run_with_edited_checkpoint("ck-rows", _ckpt_set(["rows"], [])),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: rows: 0 rows for state.epoch = 1"),
+    ("checkpoint: truncated RNG state",
+     _run_with_edited_checkpoint("ck-rng", lambda c: c.update(rng=c["rng"][:100])),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: rng: 100 bytes"),
+    ("checkpoint: RNG state of another type",
+     _run_with_edited_checkpoint("ck-rng-type", lambda c: c.update(rng=c["rng"].float())),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: rng: expected a generator state \(a 1-D uint8 tensor\)"),
+    ("checkpoint: a CUDA RNG state list holding a string",
+     _run_with_edited_checkpoint("ck-rng-cuda", lambda c: c.update(rng_cuda=["no"])),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: rng_cuda\[0\]: expected a generator state"),
+    ("checkpoint: optimiser state of the wrong shape",
+     _run_with_edited_checkpoint("ck-optim", _ckpt_set([_first_optim_entry, "exp_avg"], torch.zeros(7))),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: optim\[.*\]\.state\[0\]\.exp_avg"),
+    ("checkpoint: optimiser state not a dictionary", _run_with_edited_checkpoint("ck-optim2", _ckpt_set(["optim"], [1])),
+     ["train", "--resume", "{path}"], r"checkpoint.pt: optim: a list, not the optimiser state's dictionary"),
+    ("best.pt: non-finite parameters",
+     _run_with_edited_checkpoint("ck-nan", lambda c: next(iter(c["model"].values())).fill_(float("nan")), "best.pt"),
+     ["eval", "{path}"], r"best.pt: model\['.*'\]: has non-finite values"),
+    ("impute on a run trained without --missing nan", _npz("gappy.npz", obs=nan_obs, actions=np.zeros((3, 4, 1))),
+     ["impute", "{run}", "--data", "{path}", "--out", "{dir}/filled.npz"], r"trained without --missing nan"),
     # values and types (issue 16, item 10): checked after the cast, real numbers only
     ("float64 beyond float32's range", _npz("huge.npz", obs=huge_obs), ["train", "--data", "{path}"],
      r"huge.npz: obs has 1e\+300 at sequence 1, step 2, dim 0: beyond float32's range"),
@@ -495,7 +598,10 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(capsys, work, name, make
     path = make(work)
     capsys.readouterr()
     args = [a.format(path=path, run=work / "run", dir=work) for a in argv]
-    code = main(args + (TINY + ["--out", str(work / ("out-" + name.replace(" ", "-")))] if args[0] == "train" else []))
+    extra = []
+    if args[0] == "train" and "--resume" not in args:  # a new run: tiny, into a directory of its own
+        extra = TINY + ([] if "--out" in args else ["--out", str(work / ("out-" + name.replace(" ", "-")))])
+    code = main(args + extra)
     out, err = capsys.readouterr()
     assert code != 0
     assert out == ""  # stdout stays parseable: nothing half-written
