@@ -56,27 +56,18 @@ GOALS = {"nottingham": {"dmm": 3.2, "best": 3.0}, "lg": {"dmm_iw_gap": 0.05}}
 
 
 def lg_data(episodes: int, steps: int, seed: int):
-    """Trajectories of dvae/LinearGaussian-v0 as a SequenceData, and the env's true parameters."""
-    import gymnasium as gym
+    """Trajectories of dvae/LinearGaussian-v0 as a SequenceData, and the env's true parameters (the
+    comparison study's exact section collects them the same way)."""
+    from studies.compare.exact import collect_data
 
-    import envs  # noqa: F401  (registers dvae/LinearGaussian-v0)
-    from dvae.data.datasets import from_trajectories
-
-    d = envs.collect("dvae/LinearGaussian-v0", episodes=episodes, steps=steps, policy="random", seed=seed)
-    params = gym.make("dvae/LinearGaussian-v0").unwrapped.params
-    meta = {"env_id": "dvae/LinearGaussian-v0", "seed": seed, "episodes": episodes, "steps": steps}
-    data = from_trajectories(d["obs"], d["actions"], d["lengths"], "dvae/LinearGaussian-v0", meta,
-                             (d["action_low"], d["action_high"]))
-    return data, params
+    return collect_data(episodes, steps, seed)
 
 
 def exact_nll_per_step(data, params, split: str = "test") -> float:
     """-sum of the exact log p(x | u) of a split's sequences / their steps (data units, Kalman filter)."""
-    from envs.linear_gaussian import log_likelihood as kalman_log_likelihood
+    from studies.compare.exact import exact_per_step
 
-    xs, us = data.subset(split)
-    total = sum(kalman_log_likelihood(x, u[:-1], params) for x, u in zip(xs, us))  # u[-1]: padding
-    return -total / sum(len(x) for x in xs)
+    return -exact_per_step(data, params, split)
 
 
 def _data(spec: dict):
