@@ -56,6 +56,7 @@ if ROOT not in sys.path:
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
+from studies.compare.budget import Clock  # noqa: E402  (one clock for the study and the benches)
 from bench.bench_training import machine_info  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "polyphonic", "Nottingham.pickle")  # ../shared
@@ -79,23 +80,6 @@ SWEEP = [
     "--rnn-dim 128 --emission-dim 128 --transition-dim 128",
     "--z-dim 32",
 ]
-
-
-class Clock:
-    """Training CPU seconds of this process (``time.process_time``), paused while evaluating."""
-
-    def __init__(self):
-        self.used, self._since = 0.0, None
-
-    def resume(self):
-        self._since = time.process_time()
-
-    def pause(self):
-        self.used += time.process_time() - self._since
-        self._since = None
-
-    def now(self) -> float:
-        return self.used + (0.0 if self._since is None else time.process_time() - self._since)
 
 
 def _finite(x: float) -> float:

@@ -118,8 +118,17 @@ def carried_families(ctx: Context, signature: dict, legacy=None) -> Dict[str, di
         models = legacy(res) if legacy is not None else None
         if not models:
             return {}
+    return {f: {"run": stored_run(meta), **m} if "run" not in m else dict(m) for f, m in models.items()}
+
+
+def stored_run(meta: dict) -> dict:
+    """What a carried result records of the run it came from: date, commit, command and the 1-minute
+    load averages at the start and end of its section (when stored)."""
     run = {k: meta.get(k) for k in ("date", "commit", "command")}
-    return {f: {"run": run, **m} if "run" not in m else dict(m) for f, m in models.items()}
+    loads = [meta.get("load_average_start"), meta.get("load_average_end")]
+    if any(v is not None for v in loads):
+        run["load_average"] = loads
+    return run
 
 
 def not_run_note(key: str, missing: List[str], extra: str = "") -> str:
@@ -201,7 +210,7 @@ def render(stored: Dict[str, dict]) -> str:
         load = ""
         if m.get("load_average_start") is not None:
             load = (f"; 1-minute load average {m['load_average_start']:.1f} at the start and "
-                    f"{m['load_average_end']:.1f} at the end (other jobs on the machine slow wall-clock budgets)")
+                    f"{m['load_average_end']:.1f} at the end (other jobs on the machine lengthen the wall time, and shorten the training of a wall-clock budget)")
         parts += [f"*Regenerate: `{m['command']}` ({s['seconds'] / 60:.1f} min on {m['machine']}; {m['date']}, "
                   f"commit {m['commit']}{load}).*", "", s["markdown"].strip(), ""]
     return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""What the exact and nonlinear sections share: fit a family under a time limit, then its bounds on
+"""What the exact, nonlinear and worldmodels sections share: fit a family under a CPU-time budget, then its bounds on
 held-out sequences, per observed step in the data's original units.
 
 Every figure here is a LOG-likelihood per observed step (nats, higher is better), moved to data units
@@ -21,6 +21,7 @@ from dvae.infer.elbo import elbo_terms, iw_bound
 from dvae.infer.smc import evaluate_pf
 from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
+from studies.compare.budget import CpuBudget
 
 
 def prepare(data, norm: Normalizer, split: str):
@@ -29,29 +30,77 @@ def prepare(data, norm: Normalizer, split: str):
     return norm.x(xs), norm.u(us)
 
 
-def fit(family: str, data, norm: Normalizer, time_limit: float, seed: int, device: str = "cpu",
+def fit(family: str, data, norm: Normalizer, budget: float, seed: int, device: str = "cpu",
         epochs: int = 10_000, **train) -> tuple:
     """Train ``family`` with the project's default model and training settings (``train``: TrainConfig
-    fields to override) for at most ``time_limit`` seconds (or ``epochs``, or until early stopping),
-    keeping the best validation parameters. Returns (model, info) with ``train_seconds``, ``epochs``,
-    ``best_epoch`` and ``lr`` (the learning rate used: the family's default unless ``train`` sets it)."""
+    fields to override) for at most ``budget`` seconds of training CPU time of this process
+    (:class:`studies.compare.budget.CpuBudget`: validation excluded; one torch thread makes it the
+    time of one core), or ``epochs``, or until early stopping, keeping the best validation parameters.
+    Returns (model, info) with ``budget_kind`` ("cpu"), ``train_cpu_seconds``, ``train_seconds`` (the
+    wall seconds it took), ``epochs`` (with the part of an epoch the budget cut short), ``updates``, ``best_epoch``, ``stop_reason`` and ``lr`` (the
+    learning rate used: the family's default unless ``train`` sets it)."""
     pyro.set_rng_seed(seed)
     model = build_model(ModelConfig(family, x_dim=data.x_dim, u_dim=data.u_dim)).to(device)
-    trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=time_limit, seed=seed, device=device, **train),
+    trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=None, seed=seed, device=device, **train),
                       prepare(data, norm, "train"), prepare(data, norm, "valid"), norm.log_det_per_step)
+    run = CpuBudget(trainer, budget)
     flush = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
-    t0 = time.perf_counter()
     try:
-        trainer.fit(progress=False)
+        run.fit()
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    wall = time.perf_counter() - t0
     if trainer.best_model is not None:
         model.load_state_dict(trainer.best_model)
     model.eval()
-    return model, {"train_seconds": round(wall, 1), "epochs": trainer.state["epoch"],
-                   "best_epoch": trainer.state["best_epoch"], "lr": trainer.config.lr}
+    return model, {"budget_kind": "cpu", "train_cpu_seconds": round(run.clock.used, 1),
+                   "train_seconds": round(run.wall_seconds, 1), "epochs": round(run.epochs, 2),
+                   "updates": run.updates, "best_epoch": trainer.state["best_epoch"], "stop_reason": run.stop_reason,
+                   "lr": trainer.config.lr}
+
+
+def budget_kind(m: dict) -> str:
+    """How a stored row's training was limited: "cpu" (training CPU seconds of one thread, validation
+    excluded) or "wall" (a wall-clock time limit, validation and diagnostics included: every row stored
+    before budgets were CPU seconds)."""
+    return m.get("budget_kind", "wall")
+
+
+def budget_cell(m: dict, limit) -> str:
+    """A table cell: the budget and its kind, e.g. "150 CPU s" or "150 wall s"."""
+    if not isinstance(limit, (int, float)) or limit != limit:
+        return "n/a"
+    return f"{limit:g} {'CPU' if budget_kind(m) == 'cpu' else 'wall'} s"
+
+
+def cpu_cell(m: dict):
+    """The training CPU seconds of a row (a float), or "n/a" for a row stored with a wall-clock limit
+    (its CPU time was not recorded)."""
+    v = m.get("train_cpu_seconds")
+    return float(v) if isinstance(v, (int, float)) else "n/a"
+
+
+def budget_note(models: Sequence[dict]) -> str:
+    """What the budget kinds of the rows ``models`` (per-family results, run now or carried) mean: said
+    for the kinds present, with the load of the machine during the stored wall-clock runs."""
+    kinds = {budget_kind(m) for m in models}
+    out = []
+    if "cpu" in kinds:
+        out.append("Rows marked \"CPU s\" were trained for that many CPU seconds of their own process "
+                   "(`time.process_time()`, one torch thread), validation excluded: a budget that does not depend "
+                   "on the other jobs on the machine.")
+    if "wall" in kinds:
+        loads = sorted({v for m in models if budget_kind(m) == "wall"
+                        for v in (m.get("run") or {}).get("load_average", []) if isinstance(v, (int, float))})
+        dates = sorted({str((m.get("run") or {}).get("date")) for m in models if budget_kind(m) == "wall"})
+        load = (f" at a 1-minute load average between {loads[0]:.1f} and {loads[-1]:.1f} (at the start and end of "
+                "its section)") if loads else ""
+        out.append(f"Rows marked \"wall s\" were trained under a wall-clock limit by an earlier version of the study "
+                   f"(runs of {', '.join(dates)}) on the same two-core machine with one torch thread{load}: with about "
+                   "a core to itself, the process's wall seconds were close to its CPU seconds, but each epoch's "
+                   "validation and latent diagnostics counted inside the limit, so such a row had fewer training "
+                   "seconds than the same CPU budget gives (how many fewer was not recorded, nor its CPU time).")
+    return " ".join(out)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ the data's units (nats, higher is better):
 - the LGSSM fitted by maximum likelihood (``dvae train --model lgssm``'s program and defaults): its
   exact log-likelihood;
 - every other family of ``dvae.models.MODELS`` with the project's default settings, each trained for
-  the same time: the ELBO and the importance-weighted bounds IW_K, K = 1, 10, 100, 1000;
+  the same budget of training CPU seconds (``_bounds.fit``): the ELBO and the importance-weighted bounds IW_K, K = 1, 10, 100, 1000;
 - bootstrap particle-filter estimates (``dvae.infer.smc``) under the true parameters and with every
   family's learned generative networks (through the state-space contract), at growing particle counts.
 
@@ -25,7 +25,8 @@ import time
 import numpy as np
 import torch
 
-from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
+from studies.compare import (Context, Section, all_families, carried_families, markdown_table, not_run_note,
+                             stored_run, to_run)
 from studies.compare import _bounds as B
 from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig
@@ -60,8 +61,10 @@ def sizes(quick: bool) -> dict:
 
 def _legacy(res: dict):
     """The per-family results of a run stored before they were recorded one by one: keep them when
-    its data sizes are this run's (the seed then was the default, 0)."""
-    return res.get("models")
+    its data sizes are this run's (the seed then was the default, 0), each with its own time limit."""
+    limits = res.get("sizes", {}).get("time_limit", {})
+    return {f: {"time_limit": limits[f], **m} if f in limits and "time_limit" not in m else m
+            for f, m in res.get("models", {}).items()}
 
 
 def _signature(S: dict, seed: int) -> dict:
@@ -147,7 +150,10 @@ def restate(res: dict, ctx: Context) -> str:
     """The section's markdown from its stored results (every family without results listed as not run
     yet), linking the figure stored with them."""
     res = dict(res)
-    res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res.get("models", {})]
+    meta = (ctx.previous or {}).get("meta", {})
+    res["models"] = {f: m if "run" in m or B.budget_kind(m) == "cpu" else {"run": stored_run(meta), **m}
+                     for f, m in res.get("models", {}).items()}  # a wall-clock row: when and at what load
+    res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res["models"]]
     return _markdown(res, ctx.figure("exact")[1])
 
 
@@ -196,7 +202,7 @@ def _markdown(res: dict, figure: str) -> str:
     for p in pt:
         rows.append([f"particle filter, true parameters, {p} particles", res["true_pf"][f"pf_{p}"],
                      res["true_pf"][f"pf_{p}"] - exact, "", ""])
-    table = markdown_table(["estimate", "log p per step", "minus exact", "train s", "epochs"], rows)
+    table = markdown_table(["estimate", "log p per step", "minus exact", "train wall s", "epochs"], rows)
     best_k = max(ks)
     gap_rows = []
     for f in _present(res):
@@ -211,10 +217,11 @@ def _markdown(res: dict, figure: str) -> str:
                          exact - best, best - m["elbo"]])
     gaps = markdown_table(["model", "ELBO gap to exact", f"IW_{best_k} gap to exact", "best estimate of the model's log p",
                            "model gap (exact - best)", "inference gap (best - ELBO)"], gap_rows)
-    time_rows = [[f.upper() + _origin(M[f]), M[f].get("time_limit", S["time_limit"].get(f, float("nan"))),
-                  M[f]["train_seconds"], M[f]["epochs"], M[f]["best_epoch"], M[f]["eval_seconds"]] for f in M]
-    times = markdown_table(["model", "time limit s", "train s", "epochs", "best epoch", "bounds + filter s"], time_rows,
-                           fmt="{:.1f}")
+    time_rows = [[f.upper() + _origin(M[f]), B.budget_cell(M[f], M[f].get("time_limit", S["time_limit"].get(f, float("nan")))),
+                  B.cpu_cell(M[f]), M[f]["train_seconds"], M[f]["epochs"], M[f]["best_epoch"], M[f]["eval_seconds"]]
+                 for f in M]
+    times = markdown_table(["model", "budget", "train CPU s", "train wall s", "epochs", "best epoch",
+                            "bounds + filter wall s"], time_rows, fmt="{:.1f}")
     return f"""Data: `dvae/LinearGaussian-v0` (2-D latent rotating by 0.2 rad and damped by 0.95 per step, 2-D
 observation, 1-D control; `envs/linear_gaussian.py`) under uniform random controls in [-1, 1],
 {S['episodes']} episodes of {S['steps']} steps (collected by `envs.collect`, seed as the command's `--seed`), the
@@ -224,8 +231,9 @@ units (the standardisation's log-Jacobian {res['log_det_per_step']:.3f} nats per
 The models use the project's default sizes (z_dim {_MC.z_dim}, RNN width {_MC.rnn_dim}, hidden widths {_MC.transition_dim}) and training settings
 (`TrainConfig` defaults: Adam at {_lr_note(res)}, batch {_TC.batch_size}, KL warm-up over {_TC.anneal_epochs:g} epochs, patience {_TC.patience}; the LGSSM's maximum-likelihood
 fit with lr {S['train']['lgssm']['lr']} and batch {S['train']['lgssm']['batch_size']}, as with the defaults its
-Kalman program stops far from the optimum in the time), each trained for at most the stated seconds (time limits {', '.join(f'{k} {v:.0f} s' for k, v in S['time_limit'].items())}), keeping the best
-validation epoch. Each estimate is one Monte Carlo draw over the whole test set (the ELBO with one path per sequence
+Kalman program stops far from the optimum in the time), each trained for at most its budget of training seconds
+(budgets {', '.join(f'{k} {v:.0f} s' for k, v in S['time_limit'].items())}; the table of times below gives each row's
+budget and its kind), keeping the best validation epoch. Each estimate is one Monte Carlo draw over the whole test set (the ELBO with one path per sequence
 and the analytic per-step KL).
 
 {table}
@@ -240,9 +248,8 @@ model gap is an over- and the inference gap an under-estimate:
 
 {gaps}
 
-Training and evaluation time (wall seconds; the line above gives the machine and its torch threads). Training
-stops at a wall-clock limit, so a re-run on a busier or faster machine trains for other epochs and gives other
-numbers:
+Training and evaluation time (the line above gives the machine and its torch threads). {B.budget_note(list(M.values()))}
+A re-run on a faster machine trains for other epochs and gives other numbers:
 
 {times}
 

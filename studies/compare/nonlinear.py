@@ -5,7 +5,7 @@ Data: Gymnasium's Pendulum-v1 under smooth (Ornstein-Uhlenbeck) random torques (
 policy "ou", as the built-in ``pendulum`` source), its observations (cos theta, sin theta,
 theta-dot) plus independent Gaussian noise of std ``NOISE_STD`` in every entry (seeded), so the
 observation density is nowhere degenerate. Every family of ``dvae.models.MODELS`` with the project's
-defaults is trained for the same time limit; on the held-out sequences, per observed step in data
+defaults is trained for the same budget of training CPU seconds (``_bounds.fit``); on the held-out sequences, per observed step in data
 units: its ELBO, its IW bounds for K = 1 .. 1000, and the bootstrap particle filter
 (``dvae.infer.smc.model_particle_filter``) with its learned initial state, transition and emission
 (the state-space contract), 10 .. 10,000 particles (none for the exact LGSSM, whose ELBO is its
@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
+from studies.compare import (Context, Section, all_families, carried_families, markdown_table, not_run_note,
+                             stored_run, to_run)
 from studies.compare import _bounds as B
 from dvae.files import save_figure
 from dvae.models import ModelConfig
@@ -61,7 +62,7 @@ def run(ctx: Context) -> Section:
     def legacy(r):  # a run stored before families were recorded one by one held the DMM alone
         same = (r.get("sizes", {}).get("episodes"), r.get("sizes", {}).get("steps"), ctx.seed) == (
             S["episodes"], S["steps"], 0)
-        return {"dmm": r["dmm"]} if same and "dmm" in r else None
+        return {"dmm": {"time_limit": r["sizes"]["time_limit"], **r["dmm"]}} if same and "dmm" in r else None
 
     res = {"sizes": S, "signature": sig, "noise_std": NOISE_STD, "num_test_sequences": len(test[0]),
            "num_test_steps": int(sum(len(x) for x in test[0])), "log_det_per_step": norm.log_det_per_step,
@@ -92,12 +93,20 @@ def restate(res: dict, ctx: Context) -> str:
     res = dict(res)
     if "models" not in res:
         res["models"] = {"dmm": res.pop("dmm")} if "dmm" in res else {}
+    meta = (ctx.previous or {}).get("meta", {})
+    res["models"] = {f: m if "run" in m or B.budget_kind(m) == "cpu" else {"run": stored_run(meta), **m}
+                     for f, m in res["models"].items()}  # a wall-clock row: when and at what load
     res["not_run"] = [f for f in all_families() if f not in res["models"]]
     return _markdown(res, ctx.figure("nonlinear")[1])
 
 
 def _counts(m: dict, prefix: str) -> list:
     return sorted(int(k[len(prefix):]) for k in m if k.startswith(prefix) and not k.startswith("seconds"))
+
+
+def _num(v, spec: str) -> str:
+    """A number as ``spec`` formats it, anything else (n/a) as it is."""
+    return spec.format(v) if isinstance(v, (int, float)) else str(v)
 
 
 def _families_table(res: dict) -> str:
@@ -107,22 +116,26 @@ def _families_table(res: dict) -> str:
         ks, ps = _counts(m, "iw_"), _counts(m, "pf_")
         run = m.get("run")
         rows.append([f.upper(), m["elbo"], m[f"iw_{max(ks)}"] if ks else m["elbo"],
-                     m[f"pf_{max(ps)}"] if ps else float("nan"), m.get("time_limit", res["sizes"]["time_limit"]),
-                     m["train_seconds"], m["epochs"],
+                     m[f"pf_{max(ps)}"] if ps else float("nan"),
+                     B.budget_cell(m, m.get("time_limit", res["sizes"]["time_limit"])), _num(B.cpu_cell(m), "{:.0f}"),
+                     f"{m['train_seconds']:.0f}", _num(m["epochs"], "{:g}"),
                      "the run above" if not run else f"stored: {run.get('date')}, {run.get('commit')}"])
     for f in res.get("not_run", []):
-        rows.append([f.upper(), "not run yet", "", "", "", "", "", ""])
+        rows.append([f.upper(), "not run yet", "", "", "", "", "", "", ""])
     S = res["sizes"]
     return markdown_table(["family", "ELBO", f"IW, K = {max(S['ks'])} (exact: log p)",
-                           f"particle filter, {max(S['particles'])} particles", "time limit s", "train s", "epochs",
-                           "from"], rows)
+                           f"particle filter, {max(S['particles'])} particles", "budget", "train CPU s",
+                           "train wall s", "epochs", "from"], rows)
 
 
 def _markdown(res: dict, figure: str) -> str:
-    fams = f"""Every family, same data, same time limit ({res['sizes']['time_limit']:.0f} s), log p per observed step in
-data units (nats, higher is better; the LGSSM is exact, so its ELBO is its log-likelihood and it has no filter row):
+    fams = f"""Every family, same data, same budget of training seconds ({res['sizes']['time_limit']:.0f} s), log p per
+observed step in data units (nats, higher is better; the LGSSM is exact, so its ELBO is its log-likelihood and it has
+no filter row):
 
 {_families_table(res)}
+
+{B.budget_note(list(res["models"].values()))}
 
 {not_run_note("nonlinear", res.get("not_run", []))}
 
@@ -160,7 +173,7 @@ def _dmm_markdown(res: dict, figure: str) -> str:
 {S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot) plus independent
 Gaussian noise of std {res['noise_std']} in every entry (seeded); the loaders' 80/10/10 split. No exact likelihood is
 available. A DMM with the project's defaults (z_dim {ModelConfig().z_dim}, RNN width {ModelConfig().rnn_dim}, hidden widths {ModelConfig().transition_dim}; `TrainConfig` defaults, Adam {f"{m['lr']:g}" if 'lr' in m else 'at the default rate'}) trained for at most
-{S['time_limit']:.0f} s ({m['train_seconds']:.0f} s, {m['epochs']} epochs, best epoch {m['best_epoch']}). On the
+{B.budget_cell(m, m.get('time_limit', S['time_limit']))} ({m['train_seconds']:.0f} wall s, {m['epochs']} epochs, best epoch {m['best_epoch']}). On the
 same {res['num_test_sequences']} held-out sequences ({res['num_test_steps']} observed steps), per observed step in the
 data's units (log-Jacobian {res['log_det_per_step']:.3f} nats per step removed), nats, higher is better; one Monte Carlo
 draw per estimate:

@@ -1,15 +1,19 @@
-"""The polyphonic music benchmarks: each model family trained by ``dvae train`` under a fixed wall-time
-budget on Nottingham, MuseData and Piano-midi.de, scored on the test split, beside published figures.
+"""The polyphonic music benchmarks: each model family trained with ``dvae train``'s defaults for a fixed
+budget of training CPU seconds on Nottingham, MuseData and Piano-midi.de, scored on the test split,
+beside published figures.
 
-Each run is exactly ``dvae train --data PICKLE --model FAMILY --time-limit BUDGET`` (the project's
-default hyperparameters, nothing else changed) followed by ``dvae eval RUN --split test --iw-samples K``,
-called in-process through the CLI's own parser so the defaults are the command's. The data is not part
+Each run trains with exactly the configs of ``dvae train --data PICKLE --model FAMILY`` (the train
+verb's own parser and ``dvae.fitting.new_run_config``: the project's default hyperparameters, nothing
+else changed) for BUDGET seconds of the process's CPU time with one torch thread, validation excluded
+(``studies.compare.budget.CpuBudget``; a wall-clock ``--time-limit`` would give fewer updates on a
+busier machine), then is scored as ``dvae eval RUN --split test --iw-samples K`` scores it. The data is not part
 of the library: the section reads the pickles from ``ctx.polyphonic_dir`` (``--polyphonic-dir``) and is
 skipped without it; it uses whichever of the three file names exist there.
 
 The published figures (``PUBLISHED``) are citations, not results of this code: each names where it was
 read. They come from models trained to convergence; ours from minutes
-of one CPU thread, which the tables say in their budget column.
+of one CPU thread, which the tables say in their budget column (with its kind: CPU seconds, or wall
+seconds for runs stored before budgets were CPU time).
 
 Every family of ``dvae.models.MODELS`` that models binary data runs (``families()``; the LGSSM, Gaussian
 only, does not), each with the same budget. ``--families`` re-runs some; the runs of the others are kept
@@ -24,12 +28,12 @@ from __future__ import annotations
 
 import math
 import pickle
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from studies.compare import COMMAND, Context, Section, all_families, markdown_table, to_run
+from studies.compare import COMMAND, Context, Section, all_families, markdown_table, stored_run, to_run
+from studies.compare.budget import CpuBudget
 from dvae.errors import DataError
 from dvae.files import atomic_write, save_figure
 
@@ -54,8 +58,8 @@ def families() -> List[str]:
     return out
 
 FULL_BUDGET_S = 210.0
-"""Seconds of ``--time-limit`` per run in full mode: 9 runs of this plus validation, plots and the
-test evaluation fit in about 45 minutes of one torch thread."""
+"""Training CPU seconds per run in full mode (one torch thread; validation and the test evaluation
+come on top)."""
 FULL_IW_SAMPLES = 10
 QUICK_BUDGET_S = 5.0
 QUICK_IW_SAMPLES = 4
@@ -76,17 +80,18 @@ PUBLISHED: List[dict] = [
        "note": "a listing of the paper's benchmark results; one figure per data set, without saying which row "
                "of the paper's table (guide, DMM or DMM-Aug) it is"}
       for d, v in (("Nottingham", 2.77), ("MuseData", 6.83), ("Piano-midi.de", 7.83))],
-    *[{"model": "SRNN (Fraccaro et al. 2016)", "family": None, "dataset": d, "value": v,
+    *[{"model": "SRNN (Fraccaro et al. 2016)", "family": "srnn", "dataset": d, "value": v,
        "paper": "Sequential Neural Models with Stochastic Layers, NIPS 2016, table of polyphonic test results",
        "source": _WIZWAND_SRNN,
-       "note": "a listing of the paper's benchmark results; SRNN is not one of our families"}
+       "note": "a listing of the paper's benchmark results; the paper's SRNN (the smoothing guide with the "
+               "residual mean) beside our SRNN with the project's defaults"}
       for d, v in (("Nottingham", 2.94), ("MuseData", 6.28), ("Piano-midi.de", 8.2))],
     {"model": "VRNN (Chung et al. 2015)", "family": "vrnn", "dataset": None, "value": None,
      "paper": "A Recurrent Latent Variable Model for Sequential Data, NIPS 2015",
      "source": _VRNN_ABSTRACT,
      "note": "not found: the paper evaluates four speech data sets and one of handwriting (its abstract), no "
              "polyphonic music; no VRNN polyphonic figure was found elsewhere"},
-    {"model": "STORN (Bayer & Osendorfer 2014)", "family": None, "dataset": None, "value": None,
+    {"model": "STORN (Bayer & Osendorfer 2014)", "family": "storn", "dataset": None, "value": None,
      "paper": "Learning Stochastic Recurrent Networks, 2014", "source": None,
      "note": "not found: no stored copy of its polyphonic results was found"},
     {"model": "VRAE (Fabius & van Amersfoort 2014)", "family": "vrae", "dataset": None, "value": None,
@@ -125,34 +130,67 @@ def write_quick_subset(src: Path, dst: Path) -> Path:
     return dst
 
 
-def train_and_eval(data: Path, family: str, run_dir: Path, budget: float, iw_samples: int, seed: int,
-                   device: str, quick: bool = False) -> dict:
-    """One ``dvae train`` (defaults but family, time limit and seed) and one ``dvae eval`` of its test
-    split, in-process through the CLI's parser; their figures and wall times."""
-    from dvae.cli import build_parser, cmd_eval, cmd_train
+def train_and_eval(data: Path, family: str, budget: float, iw_samples: int, seed: int, device: str,
+                   quick: bool = False) -> dict:
+    """One training run with ``dvae train --data DATA --model FAMILY --seed SEED``'s configs (the train
+    verb's own parser, ``dvae.fitting.new_run_config``: the project's defaults, nothing else changed)
+    for ``budget`` seconds of training CPU time (:class:`studies.compare.budget.CpuBudget`; no epoch cap
+    but early stopping, as under ``--time-limit``), then ``dvae eval``'s scoring of the test split with
+    the best-on-validation parameters (``dvae.infer.evaluation.evaluate``, seeded as ``dvae eval --seed``
+    seeds it); in-process, writing no run directory."""
+    import dataclasses
 
-    if run_dir.exists():  # a scratch run of an earlier study: start afresh
-        shutil.rmtree(run_dir)
-    argv = ["train", "--data", str(data), "--model", family, "--time-limit", f"{budget:g}", "--seed", str(seed),
-            "--device", device, "--out", str(run_dir)]
-    if quick:
-        argv += ["--epochs", "1"]
+    import pyro
+    import torch
+
+    from dvae.cli import build_parser
+    from dvae.device import resolve_device
+    from dvae.fitting import new_run_config, prepare
+    from dvae.infer.evaluation import evaluate
+    from dvae.infer.trainer import Trainer
+    from dvae.models import build_model
+    from dvae.run import DataConfig, RunConfig, load_data
+
+    argv = ["train", "--data", str(data), "--model", family, "--seed", str(seed), "--device", device]
+    a = build_parser().parse_args(argv)
+    loaded = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
+                                                 missing=a.missing, tokens=a.tokens, min_count=a.min_count)))
+    config = new_run_config(a, loaded)
+    train = dataclasses.replace(config.train, epochs=1 if quick else None, time_limit=None)
+    dev = resolve_device(train.device)
+    norm = config.normalizer
+    pyro.set_rng_seed(train.seed)
+    model = build_model(config.model).to(dev)
+    trainer = Trainer(model, train, prepare(loaded, norm, "train"), prepare(loaded, norm, "valid"),
+                      norm.log_det_per_step, dev, x_log_std=norm.log_std)
+    run = CpuBudget(trainer, budget)
+    flush = dev.type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
+    try:
+        run.fit()
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    if trainer.best_model is not None:
+        model.load_state_dict(trainer.best_model)
+    model.eval()
+    xs, us = loaded.subset("test")
     t0 = time.perf_counter()
-    summary = cmd_train(build_parser().parse_args(argv))
-    train_wall = time.perf_counter() - t0
-    eval_argv = ["eval", str(run_dir), "--split", "test", "--iw-samples", str(iw_samples), "--seed", str(seed),
-                 "--device", device]
-    t0 = time.perf_counter()
-    ev = cmd_eval(build_parser().parse_args(eval_argv))
+    pyro.set_rng_seed(seed)
+    ev = evaluate(model, norm.x(xs), norm.u(us), norm.log_det_per_step, train.eval_batch_size, iw_samples=iw_samples,
+                  device=dev, x_log_std=norm.log_std, vectorized=True)
     eval_wall = time.perf_counter() - t0
-    return {"family": family, "budget_s": budget, "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
-            "train_update_s": summary["train_seconds"], "train_wall_s": train_wall, "eval_s": eval_wall,
-            "best_valid_neg_elbo_per_step": summary["best_valid_neg_elbo_per_step"],
-            "skipped_updates": summary["skipped_updates"],
+    return {"family": family, "budget_s": budget, "budget_kind": "cpu", "epochs": round(run.epochs, 2),
+            "best_epoch": trainer.state["best_epoch"], "updates": run.updates, "stop_reason": run.stop_reason,
+            "train_cpu_s": run.clock.used, "train_update_s": trainer.state["train_seconds"],
+            "train_wall_s": run.wall_seconds, "eval_s": eval_wall,
+            "best_valid_neg_elbo_per_step": trainer.state["best_valid"],
+            "skipped_updates": trainer.state["skipped_updates"],
             "test_sequences": ev["num_sequences"], "test_steps": ev["num_steps"],
             "neg_elbo_per_step": ev["neg_elbo_per_step"], "recon_per_step": ev["recon_per_step"],
             "kl_per_step": ev["kl_per_step"], "nll_iw_per_step": ev["nll_iw_per_step"], "iw_samples": iw_samples,
-            "command": "dvae " + " ".join(argv[:-2]) + " --out RUN && dvae eval RUN " + " ".join(eval_argv[2:])}
+            "command": f"dvae train {' '.join(argv[1:])}'s configs for {budget:g} training CPU s"
+                       + (", one epoch" if quick else "")
+                       + f", then dvae eval RUN --split test --iw-samples {iw_samples} --seed {seed}'s scoring"}
 
 
 def run(ctx: Context) -> Section:
@@ -170,7 +208,7 @@ def run(ctx: Context) -> Section:
     for name, path in found:
         data = write_quick_subset(path, work / "data" / path.name) if ctx.quick else path
         for family in to_run(ctx, fams):
-            r = train_and_eval(data, family, work / f"{name}-{family}", budget, iw, ctx.seed, ctx.device, ctx.quick)
+            r = train_and_eval(data, family, budget, iw, ctx.seed, ctx.device, ctx.quick)
             r["dataset"] = name
             runs[(name, family)] = r
     names = [n for n, _ in found]
@@ -187,6 +225,9 @@ def run(ctx: Context) -> Section:
 def restate(results: dict, ctx: Context) -> str:
     """The section's markdown from its stored results, every family without a run listed as not run yet."""
     results = dict(results)
+    meta = (ctx.previous or {}).get("meta", {})
+    results["runs"] = [r if "run" in r or r.get("budget_kind") == "cpu" else {"run": stored_run(meta), **r}
+                       for r in results["runs"]]  # a wall-clock row: when and at what load
     fams = results["families"] = families()
     have = {(r["dataset"], r["family"]) for r in results["runs"]}
     results["not_run"] = [[n, f] for n in results["datasets"] for f in fams if (n, f) not in have]
@@ -202,8 +243,7 @@ def _carried(ctx: Context, budget: float, iw: int) -> List[dict]:
     res, meta = prev.get("results", {}), prev.get("meta", {})
     if bool(res.get("quick")) != bool(ctx.quick) or res.get("budget_s") != budget or res.get("iw_samples") != iw:
         return []
-    run = {k: meta.get(k) for k in ("date", "commit", "command")}
-    return [{"run": run, **r} if "run" not in r else dict(r) for r in res.get("runs", [])]
+    return [{"run": stored_run(meta), **r} if "run" not in r else dict(r) for r in res.get("runs", [])]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -251,21 +291,41 @@ def render(results: dict, fig_link: str) -> str:
     if results["quick"]:
         parts += [f"**Quick mode (a smoke test): {QUICK_SEQUENCES['train']} training sequences of at most "
                   f"{QUICK_STEPS} steps per file, one epoch; the numbers below mean nothing.**", ""]
+    kinds = {r.get("budget_kind", "wall") for r in runs}
     parts += [
-        f"Each run is `dvae train --data PICKLE --model FAMILY --time-limit {budget:g}` with the project's default "
-        f"hyperparameters (nothing else changed), then `dvae eval RUN --split test --iw-samples {iw}` on the whole "
-        "test split (every sequence, every step: no subsampling). The time limit is wall time of the training loop; "
-        "validation after each epoch counts against it, so *updates* is the part spent in SVI updates. The "
-        "bounds are nats per time step on the 88-key binary piano rolls: -ELBO (one sample per sequence) and "
-        f"the importance-weighted bound with K = {iw} (both upper bounds on the test negative log-likelihood).",
-        ""]
-    header = ["data set", "family", "budget (s)", "train wall (s)", "updates (s)", "epochs", "test seqs", "test steps",
-              "test -ELBO/step", f"IW bound/step (K={iw})", "eval (s)", "published, same family", "from"]
+        f"A run of this section trains with the configs of `dvae train --data PICKLE --model FAMILY` (the project's default "
+        f"hyperparameters, nothing else changed; no epoch cap, early stopping on) for {budget:g} seconds of "
+        "training CPU time of its process with one torch thread (validation after each epoch paused the clock), "
+        f"then is scored as `dvae eval RUN --split test --iw-samples {iw}` scores it, on the whole test split "
+        "(every sequence, every step: no subsampling). The bounds are nats per time step on the 88-key binary "
+        f"piano rolls: -ELBO (one sample per sequence) and the importance-weighted bound with K = {iw} (both upper "
+        "bounds on the test negative log-likelihood). *updates* is the wall time spent in the training loop's "
+        "updates.", ""]
+    if "wall" in kinds:
+        wall = [r for r in runs if r.get("budget_kind", "wall") == "wall"]
+        loads = sorted({v for r in wall for v in (r.get("run") or {}).get("load_average", []) if v is not None})
+        load = (f", 1-minute load average {loads[0]:.1f} to {loads[-1]:.1f} at the start and end of that run"
+                if loads else "")
+        upd = [r["train_update_s"] for r in wall if isinstance(r.get("train_update_s"), (int, float))]
+        share = (f"; their updates took {min(upd):.0f} to {max(upd):.0f} s of the {budget:g} (the *updates* column), "
+                 "the rest went to validation and the latent diagnostics, so these rows had less training than the "
+                 "rows with a CPU budget of the same size") if upd else ""
+        parts += [
+            "Rows whose budget says \"wall s\" come from an earlier version of this section: `dvae train "
+            f"--time-limit {budget:g}`, a wall-clock limit on the whole training loop (validation counted), on the "
+            "same two-core machine with one torch thread (runs of "
+            f"{', '.join(sorted({str((r.get('run') or {}).get('date')) for r in wall}))}{load}): with about a core to "
+            f"itself, the process's wall seconds were close to its CPU seconds{share}. Their CPU time was not "
+            "recorded (n/a).", ""]
+    header = ["data set", "family", "budget", "train CPU (s)", "train wall (s)", "updates (s)", "epochs", "test seqs",
+              "test steps", "test -ELBO/step", f"IW bound/step (K={iw})", "eval (s)", "published, same family", "from"]
     rows = []
     for r in runs:
         p = published_for(r["dataset"], family=r["family"])
         pub = f"{p['value']:.2f} ({p['model'].split(' (')[0]}, to convergence)" if p else "not found"
-        rows.append([r["dataset"], r["family"], f"{r['budget_s']:g}", f"{r['train_wall_s']:.0f}",
+        kind = "CPU" if r.get("budget_kind", "wall") == "cpu" else "wall"
+        rows.append([r["dataset"], r["family"], f"{r['budget_s']:g} {kind} s",
+                     f"{r['train_cpu_s']:.0f}" if "train_cpu_s" in r else "n/a", f"{r['train_wall_s']:.0f}",
                      f"{r['train_update_s']:.0f}", r["epochs"], r["test_sequences"], r["test_steps"],
                      float(r["neg_elbo_per_step"]), float(r["nll_iw_per_step"]), f"{r['eval_s']:.0f}", pub,
                      "the run above" if "run" not in r else f"stored: {r['run'].get('date')}, {r['run'].get('commit')}"])

@@ -1,0 +1,125 @@
+"""Training budgets in CPU seconds of the training process, robust to other jobs on the machine.
+
+A wall-clock time limit (``TrainConfig.time_limit``) gives a model fewer updates when the machine is
+busy; the comparison study (``studies.compare``) and the benchmarks (``bench/bench_quality.py``,
+``bench/bench_convergence.py``) instead give every run the same number of CPU seconds of its own
+process (``time.process_time()``, which counts all of the process's threads: run with one torch thread
+to compare like with like), with the clock paused while the model is evaluated. The one implementation
+of that clock is here.
+
+    budget = CpuBudget(trainer, seconds=150.0)
+    budget.fit()            # Trainer.fit, stopped at the first update boundary past 150 CPU seconds
+    budget.clock.used       # the training CPU seconds spent (validation excluded)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Optional
+
+
+class Clock:
+    """Training CPU seconds of this process (``time.process_time``), paused while evaluating."""
+
+    def __init__(self):
+        self.used, self._since = 0.0, None
+
+    def resume(self):
+        self._since = time.process_time()
+
+    def pause(self):
+        self.used += time.process_time() - self._since
+        self._since = None
+
+    def now(self) -> float:
+        return self.used + (0.0 if self._since is None else time.process_time() - self._since)
+
+
+class CpuBudget:
+    """Run ``trainer.fit`` (a ``dvae.infer.trainer.Trainer`` with no wall-clock ``time_limit``) until
+    ``seconds`` of training CPU time have been spent, or until it stops on its own (epochs, early
+    stopping).
+
+    The clock runs while the trainer trains and is paused around each epoch's validation (which still
+    chooses the best parameters, as in ``dvae train``); the per-epoch latent diagnostics, drawn under
+    their own random stream so that they do not change training, are skipped. When the budget runs out
+    inside an epoch, that part-epoch's parameters are validated too (clock paused) and kept as the best
+    if they are (``keep_last``), as a wall-clock limit's last part-epoch is.
+
+    ``on_validate(out)``: called after every validation with its result, the clock paused.
+
+    This reaches into two of the trainer's private methods (``_validate``, ``_diagnostics``): the one
+    place outside ``dvae.infer`` that does, so a change there is mended here alone."""
+
+    def __init__(self, trainer, seconds: float, on_validate: Optional[Callable[[dict], None]] = None,
+                 keep_last: bool = True):
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"CpuBudget: seconds must be a positive number, got {seconds!r}")
+        if getattr(trainer.config, "time_limit", None) is not None:
+            raise ValueError("CpuBudget: the trainer has a wall-clock time_limit; set it to None")
+        self.trainer, self.seconds, self.keep_last = trainer, float(seconds), keep_last
+        self.clock = Clock()
+        self.updates = 0
+        self.wall_seconds = 0.0
+        self.exhausted = False
+        """True when the budget ended training (not epochs or early stopping)."""
+        self._validate = trainer._validate
+        self._on_validate = on_validate
+        step = trainer.svi.step
+
+        def timed_step(*a, **k):  # one update; a stop at the next update boundary once the budget is spent
+            loss = step(*a, **k)
+            self.updates += 1
+            if self.clock.now() >= self.seconds:
+                self.exhausted = True
+                trainer.request_stop()
+            return loss
+
+        trainer.svi.step = timed_step
+        trainer._validate = self.validate
+        trainer._diagnostics = lambda kl: {}
+
+    def validate(self) -> dict:
+        """The trainer's validation with the clock paused (then ``on_validate``)."""
+        running = self.clock._since is not None
+        if running:
+            self.clock.pause()
+        try:
+            out = self._validate()
+            if self._on_validate is not None:
+                self._on_validate(out)
+            return out
+        finally:
+            if running:
+                self.clock.resume()
+
+    def fit(self) -> list:
+        """``trainer.fit`` under the budget; returns its metric rows. ``stop_reason`` then says why it ended."""
+        t = self.trainer
+        t0 = time.perf_counter()
+        self.clock.resume()
+        try:
+            rows = t.fit(progress=False)
+        finally:
+            self.clock.pause()
+        if self.exhausted and self.keep_last and t.state.get("batch_in_epoch", 0) > 0:
+            out = self.validate()  # the part-epoch trained before the budget ran out
+            if out["neg_elbo_per_step"] < t.state["best_valid"]:
+                t.state.update(best_valid=out["neg_elbo_per_step"], best_epoch=round(self.epochs, 2))
+                t.best_model = copy.deepcopy(t.model.state_dict())
+        self.wall_seconds = time.perf_counter() - t0
+        return rows
+
+    @property
+    def epochs(self) -> float:
+        """The epochs trained: the finished ones plus the part of the one the budget cut short (then the
+        trainer's ``best_epoch`` may be such a fraction too)."""
+        t = self.trainer
+        return t.state["epoch"] + t.state.get("batch_in_epoch", 0) / max(1, t.batches_per_epoch)
+
+    @property
+    def stop_reason(self) -> str:
+        """cpu_budget, or the trainer's own reason (epochs, converged)."""
+        return "cpu_budget" if self.exhausted else str(self.trainer.state.get("stop_reason"))

@@ -1,0 +1,121 @@
+"""``studies.compare.budget``: a training budget in CPU seconds of the process, the clock paused while the
+model is validated; the study's ``fit`` records which kind of budget each row had."""
+
+import time
+
+import pyro
+import pytest
+
+from dvae.data import Normalizer
+from dvae.infer.trainer import TrainConfig, Trainer
+from dvae.models import ModelConfig, build_model
+from studies.compare import _bounds as B
+from studies.compare.budget import Clock, CpuBudget
+from studies.compare.exact import collect_data
+
+
+def _burn(seconds: float) -> None:
+    """Spend ``seconds`` of this process's CPU time."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_clock_counts_only_while_running():
+    c = Clock()
+    c.resume()
+    _burn(0.05)
+    c.pause()
+    _burn(0.1)  # paused: not counted
+    assert 0.05 <= c.used < 0.09 and c.now() == c.used
+    c.resume()
+    _burn(0.05)
+    assert 0.1 <= c.now() < 0.14
+
+
+@pytest.fixture(scope="module")
+def lg():
+    data, _ = collect_data(episodes=12, steps=10, seed=0)
+    out = data, Normalizer.fit(*data.subset("train"))
+    _trainer(out, epochs=1).fit(progress=False)  # the process's first update is slow (a second, once): done here
+    return out
+
+
+def _trainer(lg, **train):
+    data, norm = lg
+    pyro.set_rng_seed(0)
+    model = build_model(ModelConfig("dmm", x_dim=data.x_dim, u_dim=data.u_dim, z_dim=2, rnn_dim=8, transition_dim=8,
+                                    emission_dim=8))
+    return Trainer(model, TrainConfig(**{"epochs": 10_000, "batch_size": 2, "patience": 10_000, **train}),
+                   B.prepare(data, norm, "train"), B.prepare(data, norm, "valid"), norm.log_det_per_step)
+
+
+def test_training_stops_at_the_first_update_past_the_budget_and_validation_is_not_counted(lg):
+    trainer = _trainer(lg, batch_size=10)
+    assert trainer.batches_per_epoch == 1  # an epoch is one update, then a validation
+    validate = trainer._validate
+    validations = []
+
+    def slow_validate():  # 0.15 CPU s per validation, more than the whole budget: none of it counted
+        _burn(0.15)
+        validations.append(1)
+        return validate()
+
+    trainer._validate = slow_validate
+    update_cpu = []
+    step = trainer.svi.step
+
+    def slow_step(*a, **k):  # 0.06 CPU s an update at least: the budget of 0.1 runs out in the second
+        t = time.process_time()
+        _burn(0.06)
+        out = step(*a, **k)
+        update_cpu.append(time.process_time() - t)
+        return out
+
+    trainer.svi.step = slow_step
+    run = CpuBudget(trainer, 0.1)
+    run.fit()
+    assert run.exhausted and run.stop_reason == "cpu_budget"
+    assert run.updates == len(update_cpu) == 2 and len(validations) == 2 and trainer.state["epoch"] == 2
+    # the clock stops at the first update boundary past the budget, the validations left out
+    assert 0.1 <= run.clock.used < sum(update_cpu) + 0.05
+    assert run.epochs == 2
+
+
+def test_the_part_epoch_cut_short_is_validated_and_kept(lg):
+    trainer = _trainer(lg)
+    assert trainer.batches_per_epoch == 5  # the 10 training sequences of 12, in batches of 2
+    step = trainer.svi.step
+
+    def slow_step(*a, **k):  # 0.1 CPU s an update: the budget of 0.25 runs out in the third
+        _burn(0.1)
+        return step(*a, **k)
+
+    trainer.svi.step = slow_step
+    run = CpuBudget(trainer, 0.25)
+    seen = []
+    run._on_validate = lambda out: seen.append(out["neg_elbo_per_step"])
+    run.fit()
+    assert run.updates == 3 and trainer.state["epoch"] == 0 and trainer.state["batch_in_epoch"] == 3
+    assert len(seen) == 1  # the part-epoch's validation, the only one: its parameters are the best
+    assert trainer.best_model is not None and trainer.state["best_valid"] == seen[0]
+    assert trainer.state["best_epoch"] == 0.6 and run.epochs == 0.6
+
+
+def test_a_wall_clock_limit_is_refused(lg):
+    with pytest.raises(ValueError, match="time_limit"):
+        CpuBudget(_trainer(lg, time_limit=5.0), 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        CpuBudget(_trainer(lg), 0.0)
+
+
+def test_fit_records_a_cpu_budget_and_old_rows_read_as_wall(lg):
+    data, norm = lg
+    _, info = B.fit("vae", data, norm, 0.2, seed=0)
+    assert info["budget_kind"] == "cpu" and info["train_cpu_seconds"] >= 0.2 or info["stop_reason"] != "cpu_budget"
+    assert B.budget_cell(info, 150.0) == "150 CPU s" and isinstance(B.cpu_cell(info), float)
+    old = {"train_seconds": 61.7, "epochs": 56, "run": {"date": "2026-12-01", "load_average": [0.75, 2.05]}}
+    assert B.budget_kind(old) == "wall" and B.budget_cell(old, 150.0) == "150 wall s" and B.cpu_cell(old) == "n/a"
+    note = B.budget_note([info, old])
+    assert '"CPU s"' in note and '"wall s"' in note and "2026-12-01" in note and "between 0.8 and 2.0" in note
+    assert '"wall s"' not in B.budget_note([info])
