@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 COMMAND = "python -m studies.compare"
 SECTIONS: Dict[str, str] = {
@@ -67,6 +67,14 @@ class Context:
     ``dvae.models.MODELS`` the section covers); the others keep their stored results."""
     previous: Optional[dict] = None
     """The stored results of the section being run (its JSON as ``run_study`` read it), or None."""
+    on_partial: Optional[Callable[["Section"], None]] = None
+    """Set by ``run_study``: stores a section's results so far (``partial``)."""
+
+    def partial(self, section: "Section") -> None:
+        """Store ``section`` as it stands, in the middle of its run (after each family it trains), so
+        that a long run stopped part-way keeps the families it finished; a later run carries them."""
+        if self.on_partial is not None:
+            self.on_partial(section)
 
     def figure(self, name: str) -> tuple:
         """(path to write a figure ``name``.png, the markdown link target relative to the document)."""
@@ -211,8 +219,10 @@ def render(stored: Dict[str, dict]) -> str:
         if m.get("load_average_start") is not None:
             load = (f"; 1-minute load average {m['load_average_start']:.1f} at the start and "
                     f"{m['load_average_end']:.1f} at the end (other jobs on the machine lengthen the wall time, and shorten the training of a wall-clock budget)")
+        partial = (" Stopped part-way (the run was still going when these results were written): the families "
+                   "it had not reached are listed as not run yet." if m.get("partial") else "")
         parts += [f"*Regenerate: `{m['command']}` ({s['seconds'] / 60:.1f} min on {m['machine']}; {m['date']}, "
-                  f"commit {m['commit']}{load}).*", "", s["markdown"].strip(), ""]
+                  f"commit {m['commit']}{load}).{partial}*", "", s["markdown"].strip(), ""]
     return "\n".join(parts)
 
 
@@ -255,15 +265,27 @@ def run_study(sections: List[str], ctx: Context, out_doc: Path, command: str) ->
         ctx.previous = stored.get(key)
         load_start = _load_average()
         t0 = time.perf_counter()
-        section: Section = module.run(ctx)
-        section.seconds = time.perf_counter() - t0
-        section.meta = {**meta, "load_average_start": load_start, "load_average_end": _load_average(), **section.meta}
-        stored[key] = asdict(section)
+
+        def store(section: Section, done: bool = False) -> None:
+            section.seconds = time.perf_counter() - t0
+            section.meta = {**meta, "load_average_start": load_start, "load_average_end": _load_average(),
+                            **section.meta}
+            if not done:
+                section.meta["partial"] = True  # the run was still going when this was written
+            stored[key] = asdict(section)
+            payload = json.dumps(stored[key], indent=1, allow_nan=True).encode()
+            atomic_write(str(results_dir / f"{key}.json"), lambda f: f.write(payload))
+            _write_doc(out_doc, stored)
+
+        ctx.on_partial = store
+        try:
+            section: Section = module.run(ctx)
+        finally:
+            ctx.on_partial = None
+        # write after every section (and every family of one, ``Context.partial``): a long study
+        # interrupted keeps what it finished
+        store(section, done=True)
         timings[key] = round(section.seconds, 1)
-        # write after every section: a long study interrupted keeps what it finished
-        payload = json.dumps(stored[key], indent=1, allow_nan=True).encode()
-        atomic_write(str(results_dir / f"{key}.json"), lambda f: f.write(payload))
-        _write_doc(out_doc, stored)
         print(f"{COMMAND}: {key} done in {section.seconds:.0f} s", file=sys.stderr)
     _write_doc(out_doc, stored)
     return {"doc": str(out_doc), "results": str(results_dir), "sections": timings,

@@ -28,6 +28,7 @@ import torch
 from studies.compare import (Context, Section, all_families, carried_families, markdown_table, not_run_note,
                              stored_run, to_run)
 from studies.compare import _bounds as B
+from studies.compare.review import beside
 from dvae.files import save_figure
 from dvae.infer.trainer import TrainConfig
 from dvae.models import ModelConfig
@@ -139,9 +140,17 @@ def run(ctx: Context) -> Section:
         info["eval_seconds"] = round(time.perf_counter() - t0, 1)
         info["time_limit"] = S["time_limit"][family]
         res["models"][family] = info
+        ctx.partial(_section(res, ctx.figure("exact")[1]))  # the families so far (the figure comes at the end)
+    return _section(res, None, ctx)
+
+
+def _section(res: dict, figure, ctx=None) -> Section:
+    """The section from ``res`` (its models put in order, the missing ones listed), drawing the figure
+    with ``ctx`` or linking ``figure``."""
     res["models"] = {f: res["models"][f] for f in ["lgssm"] + variational() if f in res["models"]}
     res["not_run"] = [f for f in ["lgssm"] + variational() if f not in res["models"]]
-    figure = _figure(ctx, res)
+    if ctx is not None:
+        figure = _figure(ctx, res)
     return Section("exact", "Exact likelihood against the variational bounds (linear-Gaussian data)",
                    _markdown(res, figure), res)
 
@@ -247,6 +256,8 @@ ELBO) is what the guide loses against the model's own posterior. Both split poin
 model gap is an over- and the inference gap an under-estimate:
 
 {gaps}
+
+{beside({f: M[f][f"iw_{best_k}"] for f in _present(res)}, f"the held-out IW bound (K = {best_k}), highest first", True)}
 
 Training and evaluation time (the line above gives the machine and its torch threads). {B.budget_note(list(M.values()))}
 A re-run on a faster machine trains for other epochs and gives other numbers:

@@ -21,6 +21,7 @@ import numpy as np
 from studies.compare import (Context, Section, all_families, carried_families, markdown_table, not_run_note,
                              stored_run, to_run)
 from studies.compare import _bounds as B
+from studies.compare.review import beside
 from dvae.files import save_figure
 from dvae.models import ModelConfig
 
@@ -76,13 +77,21 @@ def run(ctx: Context) -> Section:
         info["eval_seconds"] = round(time.perf_counter() - t0, 1)
         info["time_limit"] = S["time_limit"]
         res["models"][family] = info
+        ctx.partial(_section(res, ctx.figure("nonlinear")[1]))  # the families so far (the figure comes at the end)
+    return _section(res, None, ctx)
+
+
+def _section(res: dict, figure, ctx=None) -> Section:
+    """The section from ``res`` (its models put in order, the missing ones listed), drawing the figure
+    with ``ctx`` or linking ``figure``."""
     res["models"] = {f: res["models"][f] for f in all_families() if f in res["models"]}
     res["not_run"] = [f for f in all_families() if f not in res["models"]]
     # a ceiling: x_t = clean_t + noise_t with the noise independent of everything before, so the data's
     # entropy per step is at least the noise's, and no model's expected log-likelihood per step exceeds
     # -H(noise) = -3 (log(2 pi s^2) + 1) / 2
     res["noise_ceiling"] = float(-3 * (0.5 * np.log(2 * np.pi * NOISE_STD ** 2) + 0.5))
-    figure = _figure(ctx, res)
+    if ctx is not None:
+        figure = _figure(ctx, res)
     return Section("nonlinear", "Particle filter beside the bounds on a nonlinear system (noisy Pendulum)",
                    _markdown(res, figure), res)
 
@@ -136,6 +145,9 @@ no filter row):
 {_families_table(res)}
 
 {B.budget_note(list(res["models"].values()))}
+
+{beside({f: m[f"iw_{max(_counts(m, 'iw_'))}"] if _counts(m, "iw_") else m["elbo"] for f, m in res["models"].items()},
+        f"the held-out IW bound (K = {max(res['sizes']['ks'])}; the LGSSM's exact log p), highest first", True)}
 
 {not_run_note("nonlinear", res.get("not_run", []))}
 

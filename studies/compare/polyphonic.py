@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 
 from studies.compare import COMMAND, Context, Section, all_families, markdown_table, stored_run, to_run
 from studies.compare.budget import CpuBudget
+from studies.compare.review import beside
 from dvae.errors import DataError
 from dvae.files import atomic_write, save_figure
 
@@ -205,21 +206,28 @@ def run(ctx: Context) -> Section:
     work = Path(ctx.work_dir) / KEY
     fams = families()
     runs = {(r["dataset"], r["family"]): r for r in _carried(ctx, budget, iw)}
+    # the data sets of this run's directory, and those of stored runs whose file is not in it (kept)
+    names = [n for n, _ in DATASETS if n in dict(found) or any(d == n for d, _ in runs)]
+
+    def section(draw: bool) -> Section:
+        ordered = [runs[(n, f)] for n in names for f in fams if (n, f) in runs]
+        results = {"runs": ordered, "families": fams,
+                   "not_run": [[n, f] for n in names for f in fams if (n, f) not in runs], "published": PUBLISHED,
+                   "budget_s": budget, "iw_samples": iw, "datasets": names,
+                   "missing": [n for n, _ in DATASETS if n not in names], "quick": ctx.quick}
+        fig_path, fig_link = ctx.figure(KEY)
+        if draw:
+            plot(results, fig_path)
+        return Section(KEY, TITLE, render(results, fig_link), results)
+
     for name, path in found:
         data = write_quick_subset(path, work / "data" / path.name) if ctx.quick else path
         for family in to_run(ctx, fams):
             r = train_and_eval(data, family, budget, iw, ctx.seed, ctx.device, ctx.quick)
             r["dataset"] = name
             runs[(name, family)] = r
-    names = [n for n, _ in found]
-    ordered = [runs[(n, f)] for n in names for f in fams if (n, f) in runs]
-    results = {"runs": ordered, "families": fams,
-               "not_run": [[n, f] for n in names for f in fams if (n, f) not in runs], "published": PUBLISHED, "budget_s": budget, "iw_samples": iw,
-               "datasets": [n for n, _ in found], "missing": [n for n, _ in DATASETS if n not in dict(found)],
-               "quick": ctx.quick}
-    fig_path, fig_link = ctx.figure(KEY)
-    plot(results, fig_path)
-    return Section(KEY, TITLE, render(results, fig_link), results)
+            ctx.partial(section(draw=False))  # the runs so far (the figure comes at the end)
+    return section(draw=True)
 
 
 def restate(results: dict, ctx: Context) -> str:
@@ -354,9 +362,12 @@ def render(results: dict, fig_link: str) -> str:
                      f"nats/step above the published DMM figure ({dmm_pub['value']:.2f})")
         gaps = [r["neg_elbo_per_step"] - r["nll_iw_per_step"] for r in mine]
         line += (f"; the IW bound is {min(gaps):.3f} to {max(gaps):.3f} nats/step below the -ELBO.")
-        parts.append(line)
+        order = beside({r["family"]: r["nll_iw_per_step"] for r in mine}, "the test IW bound, lowest first", False)
+        if order and len({r.get("budget_kind", "wall") for r in mine}) > 1:
+            order += " (Rows of both budget kinds: the wall-clock rows had less training, as said above.)"
+        parts.append(line + (" " + order if order else ""))
     if results["missing"]:
-        parts.append(f"- Not run (file not in --polyphonic-dir): {', '.join(results['missing'])}.")
+        parts.append(f"- Not run (file not in --polyphonic-dir, no stored run): {', '.join(results['missing'])}.")
     parts += ["",
               "What this shows and what it does not: how far each family gets in the same few minutes of one CPU "
               "thread with the defaults `dvae train` ships, and how much tighter the IW bound is than the ELBO for "

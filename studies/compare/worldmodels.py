@@ -20,27 +20,8 @@ import numpy as np
 
 from studies.compare import Context, Section, all_families, carried_families, markdown_table, not_run_note, to_run
 from studies.compare import _bounds as B
+from studies.compare.review import REVIEW_SOURCE, REVIEW_TABLE  # noqa: F401  (REVIEW_SOURCE: tests read it here)
 from dvae.files import save_figure
-
-
-REVIEW_SOURCE = ("https://github.com/XiaoyuBIE1994/DVAE/blob/04a3a90d5368650db18b8475fb0a5522d925c7a7/README.md",
-                 "Girin, Leglaive, Bie, Diard, Hueber, Alameda-Pineda, Dynamical Variational Autoencoders: A Review "
-                 "of Recent Trends; the code's README, section \"Main results\"")
-REVIEW_TABLE = [  # (model as the README names it, our family or None, RMSE, PESQ, STOI), copied from the README
-    ("VAE", "vae", 0.0510, 2.05, 0.86),
-    ("DKF", "dmm", 0.0344, 3.30, 0.94),
-    ("STORN", "storn", 0.0338, 3.05, 0.93),
-    ("VRNN", "vrnn", 0.0267, 3.60, 0.96),
-    ("SRNN", "srnn", 0.0248, 3.64, 0.97),
-    ("RVAE-Causal", "rvae", 0.0499, 2.27, 0.89),
-    ("RVAE-NonCausal", None, 0.0479, 2.37, 0.89),
-    ("DSAE", "dsae", 0.0469, 2.32, 0.90),
-]
-"""The review's own results, as its README states them: speech re-synthesis (analysis-resynthesis of
-WSJ0 power spectrograms; train wsj0_si_tr_s, validation wsj0_si_dt_05, test wsj0_si_et_05; Adam, batch
-32), averages over the test set; RMSE lower is better, PESQ and STOI higher. The README lists eight
-models (no KVAE row although its code ships KVAE). A different task and data from ours: the orderings
-are set side by side, not the numbers."""
 
 
 def sizes(quick: bool) -> dict:
@@ -115,11 +96,28 @@ def run(ctx: Context) -> Section:
         info.update(_evaluate(model, norm, data, S, ctx.seed, res["baselines"]))
         info["time_limit"] = S["time_limit"]
         res["models"][fam] = info
+        ctx.partial(_section(res, ctx.figure("worldmodels")[1]))  # the families so far (the figure comes at the end)
+    return _section(res, None, ctx)
+
+
+def _section(res: dict, figure, ctx=None) -> Section:
+    """The section from ``res`` (its models put in order, the missing ones listed), drawing the figure
+    with ``ctx`` or linking ``figure``."""
     res["models"] = {f: res["models"][f] for f in res["families"] if f in res["models"]}
     res["not_run"] = [f for f in res["families"] if f not in res["models"]]
-    figure = _figure(ctx, res)
+    if ctx is not None:
+        figure = _figure(ctx, res)
     return Section("worldmodels", "Every family as a world model of Pendulum-v1 at equal training time",
                    _markdown(res, figure), res)
+
+
+def restate(res: dict, ctx: Context) -> str:
+    """The section's markdown from its stored results (every family without results listed as not run
+    yet), linking the figure stored with them."""
+    res = dict(res)
+    res["families"] = all_families()
+    res["not_run"] = [f for f in res["families"] if f not in res.get("models", {})]
+    return _markdown(res, ctx.figure("worldmodels")[1])
 
 
 def _markdown(res: dict, figure: str) -> str:
@@ -151,6 +149,8 @@ simulator itself), as `dvae plan` reports them. Ranked by the RMSE at k = {S['ho
 
 {table}
 
+{_headline(res)}
+
 {not_run_note("worldmodels", res.get("not_run", []), " --quick" if res.get("quick") else "")}
 
 ![k-step RMSE of every family]({figure})
@@ -163,6 +163,21 @@ What this does not show: more than one seed or training run per family (one each
 returns over more episodes; equal training time favours the cheaper families (a family that is slower per epoch
 sees fewer epochs). {B.budget_note(list(res["models"].values()))}
 """
+
+
+def _headline(res: dict) -> str:
+    """Which family leads on each measure and which beat persistence, read off the results."""
+    M, H = res["models"], res["sizes"]["horizon"]
+    if not M:
+        return ""
+    def best(key, sign=1):
+        ok = [f for f in M if M[f][key] == M[f][key]] if key != "kstep_rmse" else list(M)
+        value = (lambda f: M[f][key][-1]) if key == "kstep_rmse" else (lambda f: sign * M[f][key])
+        return min(ok, key=value).upper() if ok else "none"
+    beat = [f.upper() for f in M if M[f]["kstep_rmse"][-1] < M[f]["persistence_rmse"][-1]]
+    return (f"Lowest k = {H} RMSE: {best('kstep_rmse')}; lowest test -IW bound: {best('nll_iw')}; highest planning "
+            f"score: {best('plan_score', -1)}. Below the persistence forecast at k = {H}: "
+            f"{', '.join(beat) if beat else 'no family'}" + (f" ({len(beat)} of {len(M)})." if beat else "."))
 
 
 def _figure(ctx: Context, res: dict) -> str:
@@ -198,6 +213,7 @@ def _review(res: dict) -> str:
     shared = [f for _, f, *_ in by_rmse if f in M]
     ours = sorted(shared, key=lambda f: M[f]["kstep_rmse"][-1])
     ours_nll = sorted(shared, key=lambda f: M[f]["nll_iw"])
+    ours_plan = sorted(shared, key=lambda f: -M[f]["plan_score"])
     review = " < ".join(m for m, *_ in by_rmse)
     missing = [m for m, f, *_ in REVIEW_TABLE if f is None or f not in M]
     return f"""The review's own ordering. The reference code of the DVAE review ({REVIEW_SOURCE[1]};
@@ -209,6 +225,6 @@ batch 32), averages over the test set, RMSE lower and PESQ/STOI higher is better
 By its RMSE: {review}. On the families both studies have ({', '.join(f.upper() for f in shared) or 'none'}), the
 review's order (by RMSE) is {' < '.join(f.upper() for f in shared) or '-'}; ours by k = {res['sizes']['horizon']}
 RMSE is {' < '.join(f.upper() for f in ours) or '-'} and by the test IW bound {' < '.join(f.upper() for f in ours_nll) or '-'}
-(lower first). {('Not in this comparison: ' + ', '.join(missing) + ' (not run here: the study runs each family with its defaults, the RVAE causal; or not run yet).') if missing else ''}
+(lower first), by the planning score {', '.join(f.upper() for f in ours_plan) or '-'} (higher first). {('Not in this comparison: ' + ', '.join(missing) + ' (not run here: the study runs each family with its defaults, the RVAE causal; or not run yet).') if missing else ''}
 The tasks differ (spectrogram re-synthesis against a controlled pendulum's prediction and planning), as do the
 budgets (the review trains to convergence), so only the orderings are set side by side."""

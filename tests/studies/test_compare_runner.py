@@ -111,3 +111,24 @@ def test_stored_sections_are_restated_with_every_family(tmp_path, capsys):
         assert f"--sections exact --families {','.join(missing)}`" in doc
     if not (src / "worldmodels.json").exists():
         assert "Not run yet (no stored results): `python -m studies.compare --sections worldmodels`." in doc
+
+
+def test_a_section_stopped_part_way_keeps_what_it_stored(tmp_path, fake_sections, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def run(ctx):  # one family done and stored, then interrupted in the second
+        ctx.partial(compare.Section("one", "Fake one", "A family.", {"models": {"dmm": 1.5}}))
+        raise KeyboardInterrupt
+
+    sys.modules["fake_section_one"].run = run
+    doc = tmp_path / "c.md"
+    assert main(["--sections", "one", "--out", str(doc), "--work-dir", str(tmp_path / "w")]) == 130
+    stored = json.loads((tmp_path / "c" / "one.json").read_text())
+    assert stored["results"] == {"models": {"dmm": 1.5}} and stored["meta"]["partial"] is True
+    assert "Stopped part-way" in doc.read_text() and "A family." in doc.read_text()
+
+    # run to the end: no longer partial
+    sys.modules["fake_section_one"].run = _fake_section("one", 3.0).run
+    assert main(["--sections", "one", "--out", str(doc), "--work-dir", str(tmp_path / "w")]) == 0
+    stored = json.loads((tmp_path / "c" / "one.json").read_text())
+    assert "partial" not in stored["meta"] and "Stopped part-way" not in doc.read_text()

@@ -53,3 +53,14 @@ def test_review_table_is_the_readme_ordering():
     # the README's RMSE column, best first: SRNN, VRNN, STORN, DKF, DSAE, RVAE-NonCausal, RVAE-Causal, VAE
     order = [m for m, *_ in sorted(worldmodels.REVIEW_TABLE, key=lambda r: r[2])]
     assert order == ["SRNN", "VRNN", "STORN", "DKF", "DSAE", "RVAE-NonCausal", "RVAE-Causal", "VAE"]
+
+
+def test_the_review_ordering_beside_ours_is_read_off_the_scores():
+    from studies.compare.review import beside, review_order
+
+    assert review_order(["vae", "dmm", "srnn", "lgssm", "rvae"]) == ["srnn", "dmm", "rvae", "vae"]
+    # higher is better: srnn 3 > vae 2 > dmm 1; the review has srnn before dmm before vae
+    line = beside({"dmm": 1.0, "vae": 2.0, "srnn": 3.0, "lgssm": 9.0}, "the IW bound", True)
+    assert "both have: SRNN, DMM, VAE)" in line and "ours (the IW bound) is SRNN, VAE, DMM (a different order" in line
+    assert "(the same order" in beside({"dmm": 2.0, "srnn": 1.0}, "NLL", False)
+    assert beside({"dmm": 1.0, "lgssm": 2.0}, "x", True) == ""  # one shared family: no order to set beside
