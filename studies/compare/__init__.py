@@ -59,6 +59,9 @@ class Context:
     work_dir: Path = Path("runs/compare")
     """Scratch space for run directories and data files."""
     polyphonic_dir: Optional[Path] = None
+    polyphonic_datasets: Optional[List[str]] = None
+    """The polyphonic data sets to (re-)run (None: every one in ``polyphonic_dir``); the others keep their
+    stored runs."""
     device: str = "cpu"
     threads: int = 0
     """torch threads (0: torch's default)."""

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "results go beside it as .json, figures under its figures/")
     p.add_argument("--polyphonic-dir", default=None,
                    help="directory with Nottingham/MuseData/Piano-midi.de pickles (the polyphonic section skips without it)")
+    p.add_argument("--polyphonic-datasets", default=None,
+                   help="comma-separated: run only these of the polyphonic data sets (Nottingham, MuseData, "
+                        "Piano-midi.de); the others keep their stored runs")
     p.add_argument("--work-dir", default=None, help="scratch space for runs (default runs/compare or runs/compare-quick)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
@@ -52,6 +55,15 @@ def run(a, argv) -> dict:
     sections = list(study.SECTIONS) if a.sections is None else [s.strip() for s in a.sections.split(",") if s.strip()]
     if a.polyphonic_dir is not None and not os.path.isdir(a.polyphonic_dir):
         raise ValueError(f"{a.polyphonic_dir}: --polyphonic-dir is not a directory")
+    poly_sets = None
+    if a.polyphonic_datasets is not None:
+        from studies.compare.polyphonic import DATASETS
+
+        poly_sets = [d.strip() for d in a.polyphonic_datasets.split(",") if d.strip()]
+        unknown = [d for d in poly_sets if d not in dict(DATASETS)]
+        if unknown or not poly_sets:
+            raise ValueError(f"--polyphonic-datasets: unknown data set {', '.join(unknown) or '(none given)'}; choose "
+                             f"from {', '.join(n for n, _ in DATASETS)}")
     families = None
     if a.families is not None:
         families = [f.strip() for f in a.families.split(",") if f.strip()]
@@ -62,6 +74,7 @@ def run(a, argv) -> dict:
     ctx = study.Context(families=families, quick=a.quick, seed=a.seed, figures_dir=out.parent / "figures", doc_dir=out.parent,
                         work_dir=Path(a.work_dir or ("runs/compare-quick" if a.quick else "runs/compare")),
                         polyphonic_dir=None if a.polyphonic_dir is None else Path(a.polyphonic_dir),
+                        polyphonic_datasets=poly_sets,
                         device=str(resolve_device(a.device)), threads=a.threads)
     return study.run_study(sections, ctx, out, study.command_line(argv))
 

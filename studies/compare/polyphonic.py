@@ -221,6 +221,8 @@ def run(ctx: Context) -> Section:
         return Section(KEY, TITLE, render(results, fig_link), results)
 
     for name, path in found:
+        if ctx.polyphonic_datasets is not None and name not in ctx.polyphonic_datasets:
+            continue  # its stored runs are kept
         data = write_quick_subset(path, work / "data" / path.name) if ctx.quick else path
         for family in to_run(ctx, fams):
             r = train_and_eval(data, family, budget, iw, ctx.seed, ctx.device, ctx.quick)

@@ -104,3 +104,19 @@ def test_every_published_figure_names_its_source():
     for p in polyphonic.PUBLISHED:
         if p["value"] is None:
             assert p["note"].startswith("not found")
+
+
+def test_polyphonic_datasets_runs_only_those(tmp_path, capsys):
+    poly = tmp_path / "poly"
+    poly.mkdir()
+    _tiny_pickle(poly / "Nottingham.pickle")
+    _tiny_pickle(poly / "MuseData.pickle", seed=1)
+    rc, out = _compare(tmp_path, "--polyphonic-dir", str(poly), "--families", "vae", "--polyphonic-datasets", "MuseData")
+    assert rc == 0
+    res = json.loads((out.parent / "comparisons" / "polyphonic.json").read_text())["results"]
+    assert [(r["dataset"], r["family"]) for r in res["runs"]] == [("MuseData", "vae")]
+    assert res["datasets"] == ["Nottingham", "MuseData"] and ["Nottingham", "vae"] in res["not_run"]
+    assert res["runs"][0]["budget_kind"] == "cpu" and res["runs"][0]["train_cpu_s"] > 0
+    capsys.readouterr()
+    rc, _ = _compare(tmp_path, "--polyphonic-dir", str(poly), "--polyphonic-datasets", "Bach")
+    assert rc == 2 and "--polyphonic-datasets: unknown data set Bach" in capsys.readouterr().err
