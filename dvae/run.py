@@ -24,7 +24,7 @@ from dvae.data.fingerprint import absolute_source, check_unchanged, fingerprint
 from dvae.errors import RunDirError
 from dvae.files import atomic_write, write_text
 from dvae.infer.objectives import OBJECTIVES
-from dvae.infer.trainer import TrainConfig
+from dvae.infer.train_config import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
 from dvae.rundir import RunLock, start_run
 
