@@ -78,8 +78,8 @@ def prepare(data, normalizer, split, c_dim: int = 0):
 def train_configs(a, data):
     """The ModelConfig and TrainConfig of a new run from the train settings ``a`` and its loaded
     ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import DEFAULT_EPOCHS, TrainConfig, default_lr
-    from dvae.models import ModelConfig
+    from dvae.infer.train_config import DEFAULT_EPOCHS, TrainConfig, default_lr
+    from dvae.models import MODELS, ModelConfig
 
     likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
     model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
@@ -89,8 +89,8 @@ def train_configs(a, data):
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",
-                        # frames: the conv DMM (other families read frames as vectors)
-                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
+                        # frames: conv nets where the family has them (others read frames as vectors)
+                        frame_shape=data.meta.get("frame_shape") if MODELS[a.model].frames else None)
     epochs = a.epochs if a.epochs is not None else (None if a.time_limit is not None else DEFAULT_EPOCHS)
     train = TrainConfig(epochs=epochs, time_limit=a.time_limit, batch_size=a.batch_size,
                         lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
