@@ -19,7 +19,8 @@ from typing import List, Optional
 import torch
 
 from dvae import checkpoint
-from dvae.data import Normalizer, SequenceData
+from dvae.data import Normalizer, SequenceData, load_source
+from dvae.data.sources import builtin_loaders
 from dvae.data.fingerprint import absolute_source, check_unchanged, fingerprint
 from dvae.errors import RunDirError
 from dvae.files import atomic_write, write_text
@@ -350,16 +351,14 @@ def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
     mode). ``missing``: NaN entries are missing observations (default: as the run was trained). The
     run's own data is refused (DataError) where it is missing or changed since training (a recorded
-    fingerprint differs); ``source`` is read as it is. Built-in names (``pendulum``) are collected by
-    :mod:`envs.sources`."""
-    from envs.sources import load_source  # the data layer reads files; a built-in source collects from an env
-
+    fingerprint differs); ``source`` is read as it is. Built-in names (``pendulum``) are loaded by the
+    loaders :mod:`dvae.data.sources` registers."""
     d = config.data
     if source is None:
         check_unchanged(d.source, d.source_size, d.source_sha256)
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
-                       tokens=d.tokens, min_count=d.min_count, vocab=config.vocab)
+                       tokens=d.tokens, min_count=d.min_count, vocab=config.vocab, builtins=builtin_loaders())
 
 
 def load_model(run_dir: str, device="cpu", which: str = "best"):
