@@ -1,7 +1,8 @@
 """Run directories: config.json, checkpoints (atomic), metrics.jsonl, and rebuilding a trained model.
 
 A run directory holds ``config.json`` (model, training and data settings and the normalisation
-statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch),
+statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch, strict JSON: a
+value that is not a finite number is null),
 ``checkpoint.pt`` (the latest state, to resume), ``best.pt`` (the parameters with the best validation
 bound) and plots. Every file is written by :func:`dvae.files.atomic_write` (a temporary name, fsync,
 rename), so a run killed at any moment keeps its last complete version of each.
@@ -329,13 +330,38 @@ def read_metrics(run_dir: str) -> list:
     except (DataError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e)) from None
     try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [_nan_for_null(json.loads(line)) for line in text.splitlines() if line.strip()]
     except (json.JSONDecodeError, RecursionError) as e:
         raise RunDirError(f"{path}: not valid JSON lines ({str(e)[:200]})") from None
 
 
 def write_metrics(run_dir: str, rows: list) -> None:
-    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+    """metrics.jsonl: one row per epoch, strict JSON (a value that is not a finite number, NaN or
+    infinite, is written as null; :func:`read_metrics` gives it back as NaN)."""
+    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(_null_for_nan(r), allow_nan=False) + "\n"
+                                                       for r in rows))
+
+
+def _null_for_nan(value):
+    """``value`` with every float that is not finite (in dicts and lists too) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nan(v) for v in value]
+    return value
+
+
+def _nan_for_null(value):
+    """A metrics row read back: null (a value that was not a finite number) as NaN, in lists too."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
 
 
 def record_data(d: DataConfig) -> DataConfig:
