@@ -13,9 +13,10 @@ from dvae.models.vrnn import VRNN
 MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "storn": STORN, "srnn": SRNN,
           "rssm": RSSM}
 # --- families of issue 17, part 2 (RVAE, DSAE) ---
+from dvae.models.dsae import DSAE  # noqa: E402
 from dvae.models.rvae import RVAE  # noqa: E402
 
-MODELS.update(rvae=RVAE)
+MODELS.update(rvae=RVAE, dsae=DSAE)
 # --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
@@ -69,7 +70,7 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE", "DSAE",
            "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

@@ -11,7 +11,7 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in config.json)."""
 
     model: str = "dmm"
-    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm)."""
+    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm, rvae, dsae)."""
     x_dim: int = 1
     """Observation dimension."""
     u_dim: int = 0
@@ -68,3 +68,5 @@ class ModelConfig:
     """RSSM: KL balancing weight alpha in [0, 1) (DreamerV2 uses 0.8): each step's KL is alpha KL(sg(q) || p)
     + (1 - alpha) KL(q || sg(p)), the same value with the gradient split; 0: off (the plain KL). Must be 0
     for the other families."""
+    v_dim: int = 0
+    """DSAE: dimension of the static code v of each sequence (0: the same as z_dim). Other families ignore it."""
