@@ -49,7 +49,7 @@ class ModelConfig:
     and the backward RNN's first; the DMM's combiner reads both RNN states at each step,
     q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
     c_dim: int = 0
-    """Dimension of the per-sequence condition c of a conditional VRAE or DMM (0: unconditional)."""
+    """Dimension of the per-sequence condition c of a conditional VRAE, DMM or DSAE (0: unconditional)."""
     missing: bool = False
     """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
     observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
