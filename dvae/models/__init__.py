@@ -16,7 +16,8 @@ MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "s
 from dvae.models.dsae import DSAE  # noqa: E402
 from dvae.models.rvae import RVAE  # noqa: E402
 
-MODELS.update(rvae=RVAE, dsae=DSAE)
+MODELS.update(rvae=RVAE)
+MODELS.update(dsae=DSAE)
 # --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
@@ -70,7 +71,7 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE", "DSAE",
-           "MODELS", "build_model",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
+           "DSAE", "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

@@ -78,7 +78,8 @@ def test_the_code_is_one_per_sequence_and_the_z_guide_reads_the_whole_sequence()
     v0 = state["v"]
     for t in range(3):
         state = m.with_latent(state, p.sample())
-        state, p = m.transition_step(state, torch.zeros(3, X, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64))
+        zeros = lambda d: torch.zeros(3, d, dtype=torch.float64)  # noqa: E731
+        state, p = m.transition_step(state, zeros(X), zeros(1))
         assert torch.equal(state["v"], v0)
 
 
