@@ -198,10 +198,10 @@ def _markdown(res: dict, figure: str) -> str:
     rows = [["exact, true parameters (Kalman)", exact, 0.0, "", ""]]
     if "lgssm" in M:
         rows.append(["LGSSM fitted by ML (exact)", M["lgssm"]["elbo"], M["lgssm"]["elbo"] - exact,
-                     M["lgssm"]["train_seconds"], M["lgssm"]["epochs"]])
+                     f"{M['lgssm']['train_seconds']:.1f}", f"{M['lgssm']['epochs']:g}"])
     for f in _present(res):
         m = M[f]
-        rows.append([f"{f.upper()} ELBO", m["elbo"], m["elbo"] - exact, m["train_seconds"], m["epochs"]])
+        rows.append([f"{f.upper()} ELBO", m["elbo"], m["elbo"] - exact, f"{m['train_seconds']:.1f}", f"{m['epochs']:g}"])
         for k in ks:
             rows.append([f"{f.upper()} IW, K = {k}", m[f"iw_{k}"], m[f"iw_{k}"] - exact, "", ""])
         for p in _pf_counts(m):
