@@ -80,6 +80,20 @@ def cpu_cell(m: dict):
     return float(v) if isinstance(v, (int, float)) else "n/a"
 
 
+def stop_cell(m: dict, limit=None) -> str:
+    """What ended a row's training: the budget, early stopping (the trainer's convergence test) or the
+    epoch cap. A row stored before this was recorded (a wall-clock one) that trained for less than its
+    ``limit`` stopped early; otherwise "not recorded"."""
+    reason = m.get("stop_reason")
+    if reason is None:
+        t = m.get("train_seconds")
+        if isinstance(limit, (int, float)) and isinstance(t, (int, float)) and t < 0.95 * limit:
+            return "early stopping (before the limit)"
+        return "not recorded"
+    return {"cpu_budget": "budget", "time_limit": "budget", "converged": "early stopping",
+            "epochs": "epoch cap"}.get(reason, str(reason))
+
+
 def budget_note(models: Sequence[dict]) -> str:
     """What the budget kinds of the rows ``models`` (per-family results, run now or carried) mean: said
     for the kinds present, with the load of the machine during the stored wall-clock runs."""

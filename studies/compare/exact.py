@@ -227,9 +227,9 @@ def _markdown(res: dict, figure: str) -> str:
     gaps = markdown_table(["model", "ELBO gap to exact", f"IW_{best_k} gap to exact", "best estimate of the model's log p",
                            "model gap (exact - best)", "inference gap (best - ELBO)"], gap_rows)
     time_rows = [[f.upper() + _origin(M[f]), B.budget_cell(M[f], M[f].get("time_limit", S["time_limit"].get(f, float("nan")))),
-                  B.cpu_cell(M[f]), M[f]["train_seconds"], M[f]["epochs"], M[f]["best_epoch"], M[f]["eval_seconds"]]
-                 for f in M]
-    times = markdown_table(["model", "budget", "train CPU s", "train wall s", "epochs", "best epoch",
+                  B.cpu_cell(M[f]), M[f]["train_seconds"], f"{M[f]['epochs']:g}", f"{M[f]['best_epoch']:g}",
+                  B.stop_cell(M[f], M[f].get("time_limit", S["time_limit"].get(f))), M[f]["eval_seconds"]] for f in M]
+    times = markdown_table(["model", "budget", "train CPU s", "train wall s", "epochs", "best epoch", "stopped by",
                             "bounds + filter wall s"], time_rows, fmt="{:.1f}")
     return f"""Data: `dvae/LinearGaussian-v0` (2-D latent rotating by 0.2 rad and damped by 0.95 per step, 2-D
 observation, 1-D control; `envs/linear_gaussian.py`) under uniform random controls in [-1, 1],

@@ -127,14 +127,14 @@ def _families_table(res: dict) -> str:
         rows.append([f.upper(), m["elbo"], m[f"iw_{max(ks)}"] if ks else m["elbo"],
                      m[f"pf_{max(ps)}"] if ps else float("nan"),
                      B.budget_cell(m, m.get("time_limit", res["sizes"]["time_limit"])), _num(B.cpu_cell(m), "{:.0f}"),
-                     f"{m['train_seconds']:.0f}", _num(m["epochs"], "{:g}"),
+                     f"{m['train_seconds']:.0f}", _num(m["epochs"], "{:g}"), B.stop_cell(m, m.get("time_limit", res["sizes"]["time_limit"])),
                      "the run above" if not run else f"stored: {run.get('date')}, {run.get('commit')}"])
     for f in res.get("not_run", []):
-        rows.append([f.upper(), "not run yet", "", "", "", "", "", "", ""])
+        rows.append([f.upper(), "not run yet", "", "", "", "", "", "", "", ""])
     S = res["sizes"]
     return markdown_table(["family", "ELBO", f"IW, K = {max(S['ks'])} (exact: log p)",
                            f"particle filter, {max(S['particles'])} particles", "budget", "train CPU s",
-                           "train wall s", "epochs", "from"], rows)
+                           "train wall s", "epochs", "stopped by", "from"], rows)
 
 
 def _markdown(res: dict, figure: str) -> str:

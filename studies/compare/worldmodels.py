@@ -128,12 +128,12 @@ def _markdown(res: dict, figure: str) -> str:
         m = res["models"][fam]
         rows.append([rank, fam.upper(), m["kstep_rmse"][0], m["kstep_rmse"][-1], m["nll_elbo"], m["nll_iw"],
                      m["plan_score"], B.budget_cell(m, m.get("time_limit", S["time_limit"])),
-                     f"{m['train_cpu_seconds']:.0f} / {m['train_seconds']:.0f} / {m['epochs']}" if "train_cpu_seconds" in m
-                     else f"n/a / {m['train_seconds']:.0f} / {m['epochs']}",
+                     (f"{m['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in m else "n/a")
+                     + f" / {m['train_seconds']:.0f} / {m['epochs']:g}, {B.stop_cell(m)}",
                      "the run above" if "run" not in m else f"stored: {m['run'].get('date')}, {m['run'].get('commit')}"])
     rows += [["-", f.upper(), "not run yet", "", "", "", "", "", "", ""] for f in res.get("not_run", [])]
     table = markdown_table(["rank (k = H RMSE)", "family", "RMSE k = 1", f"RMSE k = {S['horizon']}", "-ELBO per step",
-                            f"-IW_{S['k']} per step", "planning score", "budget", "train CPU s / wall s / epochs", "from"], rows)
+                            f"-IW_{S['k']} per step", "planning score", "budget", "train CPU s / wall s / epochs, stopped by", "from"], rows)
     return f"""Data: Gymnasium's Pendulum-v1 under Ornstein-Uhlenbeck random torques (`envs.collect`, policy `ou`),
 {S['episodes']} episodes of {S['steps']} steps, observations (cos theta, sin theta, theta-dot); the loaders' 80/10/10
 split. Every family in `dvae.models.MODELS` is trained with the project's defaults for the same budget,
@@ -161,7 +161,8 @@ simulator itself), as `dvae plan` reports them. Ranked by the RMSE at k = {S['ho
 
 What this does not show: more than one seed or training run per family (one each), or the spread of the planning
 returns over more episodes; equal training time favours the cheaper families (a family that is slower per epoch
-sees fewer epochs). {B.budget_note(list(res["models"].values()))}
+sees fewer epochs) where the budget, not early stopping, ends training (the table says which did).
+{B.budget_note(list(res["models"].values()))}
 """
 
 

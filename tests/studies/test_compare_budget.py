@@ -119,3 +119,7 @@ def test_fit_records_a_cpu_budget_and_old_rows_read_as_wall(lg):
     note = B.budget_note([info, old])
     assert '"CPU s"' in note and '"wall s"' in note and "2026-12-01" in note and "between 0.8 and 2.0" in note
     assert '"wall s"' not in B.budget_note([info])
+    assert B.stop_cell({"stop_reason": "cpu_budget"}) == "budget" and B.stop_cell({"stop_reason": "converged"}) == \
+        "early stopping"
+    # a wall-clock row of before: ended well before its limit, so early stopping ended it
+    assert B.stop_cell(old, 150.0) == "early stopping (before the limit)" and B.stop_cell(old, 62.0) == "not recorded"
