@@ -56,6 +56,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 import dvae  # noqa: E402
+from dvae.files import save_figure, write_json  # noqa: E402
 from envs import OUPolicy, collect, save_npz  # noqa: E402
 
 KINDS = ("clean", "stuck sensor", "actuator offset")
@@ -229,7 +230,7 @@ def plot(per_step, threshold, kind, mask, scored, test, path, episode=0):
     axes[-1, 1].set_xlabel("time step")
     fig.suptitle(f"test episode {episode}: faulty segment shaded (orange), unscored edges grey")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)  # atomic, never through a symlink at path
     plt.close(fig)
 
 
@@ -256,8 +257,7 @@ def main(argv=None) -> dict:
     valid = model.score(split="valid", quantile=args.quantile, seed=args.seed)
     scores = model.score(test_npz, split="all", quantile=args.quantile, seed=args.seed)
     for name, value in (("valid_scores.json", valid), ("scores.json", scores)):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(value, f)
+        write_json(os.path.join(args.out, name), value, indent=None)
     T1 = args.steps + 1
     scored = (np.arange(T1) >= args.burn_in) & (np.arange(T1) < T1 - 1)  # (T+1,): the scored window
     valid_steps = np.concatenate([np.asarray(s["per_step"])[scored[:len(s["per_step"])]] for s in valid["sequences"]])
@@ -278,8 +278,7 @@ def main(argv=None) -> dict:
     figure = os.path.join(args.out, "anomaly_scores.png")
     plot(per_step, threshold, test["fault_kind"], test["fault_mask"], scored, test, figure)
     result["figure"] = figure
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), result, indent=2)
     print(json.dumps(result, indent=2))
     return result
 
