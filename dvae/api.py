@@ -455,8 +455,11 @@ class Run:
                 raise ValueError("context, horizon: k-step errors need fully observed continuous data")
             train_xs, train_us = data.subset("train")
             try:
+                from dvae.eval.names import action_names
+
                 out.update(kstep_report(model, norm, xs, us, train_xs, train_us, context, horizon, num_samples,
-                                        plot_dir=plots, cs=cs))
+                                        plot_dir=plots, cs=cs, dim_names=self.obs_names, control_names=action_names(
+                                            data.meta, config.model.u_dim, config.data.source)))
             except ValueError as e:  # e.g. no sequence as long as context + horizon
                 raise DataError(f"{data.source}: split {split}: {e}") from None
         return out

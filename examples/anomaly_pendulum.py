@@ -205,9 +205,9 @@ def plot(per_step, threshold, kind, mask, scored, test, path, episode=0):
         steps = np.arange(per_step.shape[1])
         ax_obs, ax = axes[k]
         clean = test["obs"][3 * episode]
-        ax_obs.plot(steps, clean[:, 2], color="0.6", lw=1, label="clean theta dot")
-        ax_obs.plot(steps, test["obs"][row][:, 2], color="C0", lw=1.2, label="observed theta dot")
-        ax_obs.set_ylabel("theta dot")
+        ax_obs.plot(steps, clean[:, 2], color="0.6", lw=1, label="clean")
+        ax_obs.plot(steps, test["obs"][row][:, 2], color="C0", lw=1.2, label="observed")
+        ax_obs.set_ylabel("theta dot (rad/s)")
         ax.plot(steps, per_step[row], color="k", lw=1.2, label="per-step -ELBO")
         ax.axhline(threshold, color="C3", ls="--", lw=1, label="step threshold")
         flagged = (per_step[row] > threshold) & scored
@@ -220,18 +220,20 @@ def plot(per_step, threshold, kind, mask, scored, test, path, episode=0):
             ax.axvspan(lo, hi, color="0.85", lw=0)
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_locator(matplotlib.ticker.SymmetricalLogLocator(base=10, linthresh=1.0))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(base=10, linthresh=1.0))
-        ax.set_ylabel("nats")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: no 10^x
+        ax.set_ylabel("anomaly score:\nper-step -ELBO (nats)")
         ax.set_title(f"{KINDS[k]}", fontsize=10)
         if k == 0:
             ax.legend(fontsize=8, loc="upper left")
             ax_obs.legend(fontsize=8, loc="upper left")
-    axes[-1, 0].set_xlabel("time step")
-    axes[-1, 1].set_xlabel("time step")
+    for ax in axes[-1]:
+        ax.set_xlabel("time step")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(f"test episode {episode}: faulty segment shaded (orange), unscored edges grey")
     fig.tight_layout()
     save_figure(fig, path, dpi=100)  # atomic, never through a symlink at path
     plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> dict:
