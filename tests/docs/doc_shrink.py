@@ -14,8 +14,9 @@ every rule is listed here:
   1, ``--max-steps`` at most 5;
 - ``dvae generate``/``impute``: ``--num-samples`` at most 4 (imputation: 8);
 - ``python examples/X.py``: the script's own smoke mode (``--quick``; ``--smoke`` where that is its
-  name); ``python bench/X.py``: ``--quick`` where the command has none of its own, a ``--budget`` of at
-  most 2 s, the script run from a copy of bench/ in the working directory (its results land there).
+  name); ``python bench/X.py``: ``--quick`` (not for ``--markdown-from``/``--grid-from``, which only
+  read results), a ``--budget`` of at most 2 s, and ``--out`` into the working directory when the
+  command names none (a benchmark never writes into the checkout's bench/results).
 """
 
 from __future__ import annotations
@@ -90,16 +91,17 @@ def shrink_python(argv: List[str], root: str, cwd: str) -> List[str]:
     if not argv or argv[0].startswith("-"):
         return list(argv)
     script, rest = argv[0], list(argv[1:])
-    parts = os.path.normpath(script).split(os.sep)
+    parts = os.path.normpath(os.path.join(cwd, script)).split(os.sep)  # "../bench_quality.py" from bench/results
     if len(parts) >= 2 and parts[-2] == "examples":
         flag = EXAMPLE_SMOKE_FLAG.get(parts[-1], "--quick")
         return [os.path.join(root, "examples", parts[-1])] + rest + ([flag] if flag not in rest else [])
     if len(parts) >= 2 and parts[-2] == "bench":
-        if "--quick" not in rest:
+        if "--quick" not in rest and "--markdown-from" not in rest and "--grid-from" not in rest:
             rest.append("--quick")
         rest = _cap(rest, "--budget", 2.0)
-        here = os.path.join(os.path.dirname(script) or ".", parts[-1])
-        return [here if os.path.exists(here) else os.path.join(root, "bench", parts[-1])] + rest
+        if not any(a == "--out" or a.startswith("--out=") for a in rest):  # never the checkout's bench/results
+            rest += ["--out", os.path.join(cwd, "bench-results", parts[-1].replace(".py", ".json"))]
+        return [os.path.join(root, "bench", parts[-1])] + rest
     return [script] + rest
 
 

@@ -17,7 +17,8 @@ Comments just above a block (blank lines between allowed) steer it:
 - ``<!-- test-setup: COMMANDS -->``: shell run first, in the same directory (it makes the files a
   block takes as given: a run directory, a data file; ``$REPO`` is the checkout, for its files);
   shrunk as well;
-- ``<!-- test-sub: OLD => NEW -->``: a placeholder replaced before running (``<timestamp>``, ``S``).
+- ``<!-- test-sub: OLD => NEW -->``: a placeholder replaced before running (``<timestamp>``, ``S``);
+- ``<!-- test-needs: ../shared/PATH -->``: data the commands read without naming it (a default).
 
 Optional arguments written in square brackets (``[--format csv]``) are run, without the brackets.
 A command that reads ``../shared/`` data is skipped when that data is absent, and one that asks
@@ -42,7 +43,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 FENCE = re.compile(r"^(\s*)```(bash|sh|shell|console)\s*$")
-MARK = re.compile(r"^\s*<!--\s*(skip-test|slow-test|test-setup|test-sub):\s*(.+?)\s*-->\s*$")
+MARK = re.compile(r"^\s*<!--\s*(skip-test|slow-test|test-setup|test-sub|test-needs):\s*(.+?)\s*-->\s*$")
 OPTIONAL = re.compile(r"\[(--[^\[\]]+)\]")
 SHARED = re.compile(r"(?<![\w/.])\.\./shared/(\S+)")
 BLOCK_TIMEOUT = 600
@@ -56,6 +57,7 @@ class Block:
     slow: Optional[str] = None
     setup: List[str] = field(default_factory=list)
     subs: List[Tuple[str, str]] = field(default_factory=list)
+    needs: List[str] = field(default_factory=list)
 
 
 def shell_blocks(path: Path) -> List[Block]:
@@ -85,6 +87,8 @@ def shell_blocks(path: Path) -> List[Block]:
                     block.slow = text
                 elif kind == "test-setup":
                     block.setup.insert(0, text)
+                elif kind == "test-needs":
+                    block.needs.append(text)
                 else:
                     if "=>" not in text:
                         raise ValueError(f"{path.name}:{j + 1}: test-sub needs 'OLD => NEW', got {text!r}")
@@ -217,6 +221,8 @@ def test_shrinking_lowers_sizes_and_keeps_the_rest():
     assert shrink_python(["examples/tokens_and_missing.py"], "/r", "/w") == ["/r/examples/tokens_and_missing.py",
                                                                              "--smoke"]
     assert shrink_python(["-c", "print(1)"], "/r", "/w") == ["-c", "print(1)"]
+    assert shrink_python(["bench/b.py", "--budget", "900"], "/r", "/w") == ["/r/bench/b.py", "--budget", "2.0",
+                                                                          "--quick", "--out", "/w/bench-results/b.json"]
 
 
 def test_every_doc_block_is_found():
@@ -245,13 +251,13 @@ def test_shell_block_runs(path, block, tmp_path_factory):
         _DIRS[path] = (tmp_path_factory.mktemp(path.stem.replace(".", "-")), None)
     cwd, failed = _DIRS[path]
     text = prepared(block)
-    why = missing_requirement(text)
+    why = missing_requirement("\n".join([text] + [prepared(Block(0, n)) for n in block.needs]))
     if why:
         pytest.skip(why)
     if failed is not None:
         pytest.fail(f"the block at line {failed} of the same file failed first (this one may use its files)")
-    if "bench/" in text and not (cwd / "bench").exists():  # benchmarks run from a copy: results stay here
-        shutil.copytree(ROOT / "bench", cwd / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    if "bench/" in text and not (cwd / "bench").exists():  # the results a benchmark block reads (and cd's into)
+        shutil.copytree(ROOT / "bench", cwd / "bench", ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     log = cwd / f"commands-{block.line}.jsonl"
     r = run_block(text, cwd, shims(cwd), log)
     if r.returncode != 0:
