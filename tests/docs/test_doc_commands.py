@@ -265,3 +265,54 @@ def test_shell_block_runs(path, block, tmp_path_factory):
     assert r.returncode == 0, (f"{path.relative_to(ROOT)}:{block.line}: exit status {r.returncode}\n--- ran:\n{text}"
                                f"--- stdout (end):\n{r.stdout[-2000:]}\n--- stderr (end):\n{r.stderr[-4000:]}")
     assert log.exists(), f"{path.relative_to(ROOT)}:{block.line}: no dvae or python command ran"
+
+
+# --- command lines written in the prose -----------------------------------------------------------------
+
+INLINE = re.compile(r"`(?:[A-Z_]+=\S+ )*dvae ([a-z/]+)((?: [^`]*)?)`")
+
+
+def inline_commands(path: Path):
+    """(line number, verbs, flags) of each `dvae VERB ...` written inline in a markdown file's prose
+    (``dvae eval/score --data`` names two verbs)."""
+    out, fenced = [], False
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            for m in INLINE.finditer(line):
+                out.append((n, m.group(1).split("/"), re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", m.group(2))))
+    return out
+
+
+def test_inline_commands_name_verbs_and_flags_that_exist():
+    """The commands the prose tells people to type (`dvae plan RUN_DIR --env ID [--horizon H]`) are not
+    run (their values are placeholders), but each verb and flag must exist: a renamed flag fails here."""
+    import argparse
+
+    from dvae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    flags = {verb: {s for a in p._actions for s in a.option_strings} for verb, p in sub.choices.items()}  # noqa: SLF001
+    found, wrong = 0, []
+    for path in DOCS:
+        for n, verbs, used in inline_commands(path):
+            for verb in verbs:
+                found += 1
+                if verb not in flags:
+                    wrong.append(f"{path.relative_to(ROOT)}:{n}: dvae {verb}: no such verb")
+                    continue
+                wrong += [f"{path.relative_to(ROOT)}:{n}: dvae {verb} {f}: no such flag" for f in used
+                          if f not in flags[verb]]
+    assert found >= 20, found
+    assert not wrong, "\n".join(wrong)
+
+
+def test_inline_parser_reads_verbs_and_flags(tmp_path):
+    md = tmp_path / "x.md"
+    md.write_text("Run `dvae plan RUN_DIR --env ID [--horizon H]` or `dvae eval/score --data`.\n"
+                  "```bash\ndvae `not inline`\n```\n`OMP_NUM_THREADS=1 dvae train --out runs/x`\n")
+    assert inline_commands(md) == [(1, ["plan"], ["--env", "--horizon"]), (1, ["eval", "score"], ["--data"]),
+                                   (5, ["train"], ["--out"])]
