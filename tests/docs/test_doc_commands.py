@@ -20,6 +20,9 @@ Comments just above a block (blank lines between allowed) steer it:
 - ``<!-- test-sub: OLD => NEW -->``: a placeholder replaced before running (``<timestamp>``, ``S``);
 - ``<!-- test-needs: ../shared/PATH -->``: data the commands read without naming it (a default).
 
+Commands written inline in the prose (`dvae plan RUN_DIR --env ID [--horizon H]`) hold placeholders
+and are not run; their verbs and flags are checked against the command line's parser.
+
 Optional arguments written in square brackets (``[--format csv]``) are run, without the brackets.
 A command that reads ``../shared/`` data is skipped when that data is absent, and one that asks
 for ``--device cuda`` when no GPU is.
