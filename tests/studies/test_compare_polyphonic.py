@@ -44,12 +44,7 @@ def test_skipped_without_polyphonic_dir(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["skipped"] == {"polyphonic": "no --polyphonic-dir given"}
 
 
-def test_quick_rows_on_a_tiny_pickle(tmp_path, monkeypatch):
-    import dvae.fitting
-
-    # each run's own training plots (training_curves.png, reconstruction.png) are most of a quick run's time
-    # and no part of the section's figures: left out here to keep the test fast
-    monkeypatch.setattr(dvae.fitting, "write_train_plots", lambda *args, **kwargs: [])
+def test_quick_rows_on_a_tiny_pickle(tmp_path):
     poly = tmp_path / "poly"
     poly.mkdir()
     data = _tiny_pickle(poly / "Nottingham.pickle")
