@@ -176,9 +176,18 @@ def _headline(res: dict) -> str:
         value = (lambda f: M[f][key][-1]) if key == "kstep_rmse" else (lambda f: sign * M[f][key])
         return min(ok, key=value).upper() if ok else "none"
     beat = [f.upper() for f in M if M[f]["kstep_rmse"][-1] < M[f]["persistence_rmse"][-1]]
+    top = best("plan_score", -1)
+    top_score = M[top.lower()]["plan_score"] if top != "none" else float("nan")
+    near = [f.upper() for f in M if f.upper() != top and abs(M[f]["plan_score"] - top_score) < PLAN_TIE]
+    tie = (f" ({', '.join(near)} within {PLAN_TIE} of it: {res['sizes']['plan_episodes']} planning episode(s) do not "
+           "separate them)") if near else ""
     return (f"Lowest k = {H} RMSE: {best('kstep_rmse')}; lowest test -IW bound: {best('nll_iw')}; highest planning "
-            f"score: {best('plan_score', -1)}. Below the persistence forecast at k = {H}: "
+            f"score: {top}, {top_score:.3f}{tie}. Below the persistence forecast at k = {H}: "
             f"{', '.join(beat) if beat else 'no family'}" + (f" ({len(beat)} of {len(M)})." if beat else "."))
+
+
+PLAN_TIE = 0.01
+"""Planning scores closer than this are called a tie in the prose (the returns of a few episodes)."""
 
 
 def _figure(ctx: Context, res: dict) -> str:
@@ -215,6 +224,7 @@ def _review(res: dict) -> str:
     ours = sorted(shared, key=lambda f: M[f]["kstep_rmse"][-1])
     ours_nll = sorted(shared, key=lambda f: M[f]["nll_iw"])
     ours_plan = sorted(shared, key=lambda f: -M[f]["plan_score"])
+    rho = _spearman([f for _, f, *_ in by_rmse if f in shared], ours)
     review = " < ".join(m for m, *_ in by_rmse)
     missing = [m for m, f, *_ in REVIEW_TABLE if f is None or f not in M]
     return f"""The review's own ordering. The reference code of the DVAE review ({REVIEW_SOURCE[1]};
@@ -226,6 +236,16 @@ batch 32), averages over the test set, RMSE lower and PESQ/STOI higher is better
 By its RMSE: {review}. On the families both studies have ({', '.join(f.upper() for f in shared) or 'none'}), the
 review's order (by RMSE) is {' < '.join(f.upper() for f in shared) or '-'}; ours by k = {res['sizes']['horizon']}
 RMSE is {' < '.join(f.upper() for f in ours) or '-'} and by the test IW bound {' < '.join(f.upper() for f in ours_nll) or '-'}
-(lower first), by the planning score {', '.join(f.upper() for f in ours_plan) or '-'} (higher first). {('Not in this comparison: ' + ', '.join(missing) + ' (not run here: the study runs each family with its defaults, the RVAE causal; or not run yet).') if missing else ''}
+(lower first), by the planning score {', '.join(f.upper() for f in ours_plan) or '-'} (higher first).
+{f"Spearman's rank correlation between the review's order and ours by k = {res['sizes']['horizon']} RMSE: {rho:.2f} (1: the same order, -1: reversed)." if rho == rho else ""} {('Not in this comparison: ' + ', '.join(missing) + ' (not run here: the study runs each family with its defaults, the RVAE causal; or not run yet).') if missing else ''}
 The tasks differ (spectrogram re-synthesis against a controlled pendulum's prediction and planning), as do the
 budgets (the review trains to convergence), so only the orderings are set side by side."""
+
+
+def _spearman(a: list, b: list) -> float:
+    """Spearman's rank correlation of two orderings of the same items (no ties); NaN for fewer than 2."""
+    n = len(a)
+    if n < 2 or sorted(a) != sorted(b):
+        return float("nan")
+    d2 = sum((i - b.index(x)) ** 2 for i, x in enumerate(a))
+    return 1 - 6 * d2 / (n * (n * n - 1))

@@ -64,3 +64,11 @@ def test_the_review_ordering_beside_ours_is_read_off_the_scores():
     assert "both have: SRNN, DMM, VAE)" in line and "ours (the IW bound) is SRNN, VAE, DMM (a different order" in line
     assert "(the same order" in beside({"dmm": 2.0, "srnn": 1.0}, "NLL", False)
     assert beside({"dmm": 1.0, "lgssm": 2.0}, "x", True) == ""  # one shared family: no order to set beside
+
+
+def test_spearman_of_two_orders():
+    assert worldmodels._spearman(["a", "b", "c"], ["a", "b", "c"]) == 1.0
+    assert worldmodels._spearman(["a", "b", "c"], ["c", "b", "a"]) == -1.0
+    # d = (0, 1, 1) over n = 3: 1 - 6 * 2 / (3 * 8) = 0.5
+    assert worldmodels._spearman(["a", "b", "c"], ["a", "c", "b"]) == 0.5
+    assert worldmodels._spearman(["a"], ["a"]) != worldmodels._spearman(["a"], ["a"])  # NaN
