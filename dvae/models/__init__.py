@@ -16,6 +16,9 @@ MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "s
 from dvae.models.rvae import RVAE  # noqa: E402
 
 MODELS.update(rvae=RVAE)
+from dvae.models.kvae import KVAE  # noqa: E402
+
+MODELS.update(kvae=KVAE)
 # --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
@@ -69,7 +72,7 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
     return cls(config)
 
 
-__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
+__all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE", "KVAE",
            "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]
