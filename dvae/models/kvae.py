@@ -94,8 +94,8 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     unused) or None; mask (B, T) or None.
 
     Returns log p(a_t | a_{<t}, u) (B, T) (zero on padded steps), and the predicted and filtered
-    moments of every step, lists of (m (B, s), P (B, s, s)). Padded steps are trailing: they never
-    touch a real step's terms."""
+    moments of every step, lists of (m (B, s), P (B, s, s)). Padded steps (trailing) are not observed:
+    no update there, so neither the filter's nor the smoother's real steps depend on them."""
     Bsz, T = a.shape[:2]
     m, P = m0.expand(Bsz, -1), P0.expand(Bsz, -1, -1)  # (B, s), (B, s, s)
     log_p, pred, filt = [], [], []
@@ -105,7 +105,12 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
         pred.append((m, P))
         loc, L = kalman_predictive(m, P, C[:, t], R)
         log_p.append(dist.MultivariateNormal(loc, scale_tril=L, validate_args=False).log_prob(a[:, t]))  # (B,)
-        m, P = kalman_update(m, P, C[:, t], R, a[:, t], loc, L)
+        m_new, P_new = kalman_update(m, P, C[:, t], R, a[:, t], loc, L)
+        if mask is None:
+            m, P = m_new, P_new
+        else:  # a padded step is not observed: the belief stays the prediction (the smoother's real steps unchanged)
+            keep = mask[:, t, None]
+            m, P = torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P)
         filt.append((m, P))
     log_p = torch.stack(log_p, 1)  # (B, T)
     if mask is not None:
