@@ -46,11 +46,10 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro import poutine
-from torch.distributions import Independent, register_kl
 
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist, repeat_batch
-from dvae.models.paths import FlowPath, PriorPath
+from dvae.models.paths import FlowPath, FlowStep, PriorPath
 from dvae.models.state import State
 from dvae.nn import Emitter, Recurrence, StepPosterior
 
@@ -130,18 +129,6 @@ def kalman_smooth(A, pred, filt):
         ms.insert(0, mf + _mv(G, ms[0] - mp))
         Ps.insert(0, Pf + G @ (Ps[0] - Pp) @ G.transpose(-1, -2))
     return torch.stack(ms, 1), torch.stack(Ps, 1)
-
-
-class KalmanPredictive(dist.MultivariateNormal):
-    """p(a_t | a_{<t}, u_{<t}) of the per-step program: a full-covariance Gaussian whose KL from the guide's
-    diagonal q(a_t | x_t) is taken as the one-draw estimate log q - log p (the paper's estimator, and the
-    one the vectorized program can form: :class:`KalmanPath`), not Pyro's closed form, so that both
-    forms give the same value and gradients."""
-
-
-@register_kl(Independent, KalmanPredictive)
-def _no_closed_form(q, p):
-    raise NotImplementedError  # DynamicalELBO then takes log q(a_t) - log p(a_t) at the draw
 
 
 # --- the path distributions of the vectorized programs ------------------------------------------------
@@ -258,7 +245,7 @@ class KVAE(DynamicalVAE):
         """The state of a step before a_t, from h_t and the predicted belief, and p(a_t | a_{<t}, u)."""
         _, _, _, C = self.mixture(Recurrence.output(rec))  # (n, a, s)
         loc, L = kalman_predictive(m, P, C, R)
-        return {"rec": rec, "mean": m, "cov": P, "C": C}, KalmanPredictive(loc, scale_tril=L)
+        return {"rec": rec, "mean": m, "cov": P, "C": C}, dist.MultivariateNormal(loc, scale_tril=L)
 
     def initial_state(self, n: int, c=None):
         """h_0 learned, s_0 ~ N(m0, P0); p(a_0) = N(C_0 m0, C_0 P0 C_0^T + R)."""
@@ -292,13 +279,17 @@ class KVAE(DynamicalVAE):
 
     # --- the guide: q(a_t | x_t), all frames in one call -----------------------------------------------
     def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """q(a | x) = prod_t q(a_t | x_t), one site per step. Returns the sampled codes (B, T, z_dim)."""
+        """q(a | x) = prod_t q(a_t | x_t), one site per step. Returns the sampled codes (B, T, z_dim).
+
+        Each step's Gaussian is a :class:`~dvae.models.paths.FlowStep` with no transforms (the per-step twin
+        of :class:`FramePath`): its KL from the Kalman predictive p(a_t | a_{<t}, u) has no closed form
+        (Pyro's diagonal-to-full one is not taken), so both forms take the one-draw estimate."""
         pyro.module(self.name, self)
         loc, scale = self.encoder(self.x_input(batch.x, batch.obs_mask))  # (B, T, z_dim) each
         zs = []
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             for t in pyro.markov(range(batch.num_steps)):
-                q = dist.Normal(loc[:, t], scale[:, t]).to_event(1)
+                q = FlowStep.draw(loc[:, t], scale[:, t], ())  # N(loc, scale), holding its draw
                 with poutine.scale(scale=annealing_factor):
                     zs.append(pyro.sample(f"z_{t}", q.mask(batch.mask[:, t])))  # (B, z_dim)
         return torch.stack(zs, 1)

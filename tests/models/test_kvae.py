@@ -242,3 +242,24 @@ def test_the_model_never_reads_its_observations():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="kvae_components >= 1"):
         build_model(ModelConfig("kvae", kvae_components=0))
+
+
+def test_latent_diagnostics_have_no_kl_per_dimension():
+    """The KL of a step is a one-draw estimate against a full-covariance predictive: no KL per dimension
+    (NaN, as for the flow guide); the posterior means q(a_t | x_t) give the active units, the same in
+    either form."""
+    from dvae.infer.diagnostics import latent_report
+
+    m = kvae()
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(L, 3, generator=g).double().numpy() for L in (6, 4)]
+    us = [torch.randn(L, 2, generator=g).double().numpy() for L in (6, 4)]
+    reports = []
+    for vectorized in (False, True):
+        pyro.set_rng_seed(2)
+        r = latent_report(m, xs, us, vectorized=vectorized)
+        assert len(r["kl_per_dim"]) == 2 and all(math.isnan(v) for v in r["kl_per_dim"])
+        reports.append(r)
+    want = torch.cat([m.encoder(torch.from_numpy(x))[0] for x in xs]).var(0, correction=0)  # the guide's means, every step
+    torch.testing.assert_close(torch.tensor(reports[0]["posterior_mean_var"], dtype=torch.float64), want.detach())
+    assert reports[0]["posterior_mean_var"] == reports[1]["posterior_mean_var"]
