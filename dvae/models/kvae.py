@@ -27,7 +27,7 @@ The posterior of s given a draw of a is the Rauch-Tung-Striebel smoother over th
 
 The contract of :class:`~dvae.models.base.DynamicalVAE`: the state holds the RNN state ``"rec"``
 (h_t), the Kalman belief of s_t (``"mean"`` (n, s_dim), ``"cov"`` (n, s_dim, s_dim)), step t's C_t
-(``"C"``) and the code ``"z"`` = a_t. ``initial_state`` gives (m0, P0) and p(a_0); ``transition_step``
+(``"C"``) and predictive (``"a_loc"``, ``"a_tril"``), and the code ``"z"`` = a_t. ``initial_state`` gives (m0, P0) and p(a_0); ``transition_step``
 runs h_t = f(h_{t-1}, a_{t-1}), mixes (A_t, B_t, C_t) and predicts s_t, giving p(a_t | a_{<t}, u_{<t})
 (x_{t-1} is not read); ``with_latent`` updates the belief with a_t (the Kalman update); ``emission``
 is p(x_t | a_t); ``filter_step`` is the guide's q(a_t | x_t). So ``generate``, ``predict``, the world
@@ -179,10 +179,9 @@ class KVAE(DynamicalVAE):
         self.emitter = Emitter(a, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | a_t)
         self.weights_rnn = Recurrence(c.rnn_type, a, c.rnn_dim)  # h_t over a_{<t}
         self.weights = nn.Linear(c.rnn_dim, K)  # alpha_t = softmax(W h_t)
-        g = torch.Generator().manual_seed(0)
         self.A = nn.Parameter(torch.eye(s).repeat(K, 1, 1))  # (K, s, s), the paper's identity start
-        self.B = nn.Parameter(0.05 * torch.randn(K, s, c.u_dim, generator=g))  # (K, s, u)
-        self.C = nn.Parameter(0.05 * torch.randn(K, a, s, generator=g) + torch.eye(a, s))  # (K, a, s)
+        self.B = nn.Parameter(0.05 * torch.randn(K, s, c.u_dim))  # (K, s, u)
+        self.C = nn.Parameter(0.05 * torch.randn(K, a, s) + torch.eye(a, s))  # (K, a, s)
         inv_sp = lambda v: float(torch.log(torch.expm1(torch.tensor(v))))  # noqa: E731  softplus^{-1}
         self.raw_Q = nn.Parameter(torch.eye(s) * inv_sp(0.3))
         self.raw_R = nn.Parameter(torch.eye(a) * inv_sp(0.3))
@@ -241,31 +240,33 @@ class KVAE(DynamicalVAE):
         return log_p, (A, pred, filt)
 
     # --- the contract: the dynamics, stated once -----------------------------------------------------
-    def _step_state(self, rec, m, P, R):
-        """The state of a step before a_t, from h_t and the predicted belief, and p(a_t | a_{<t}, u)."""
-        _, _, _, C = self.mixture(Recurrence.output(rec))  # (n, a, s)
-        loc, L = kalman_predictive(m, P, C, R)
-        return {"rec": rec, "mean": m, "cov": P, "C": C}, dist.MultivariateNormal(loc, scale_tril=L)
+    def _step_state(self, rec, m, P, C, R):
+        """The state of a step before a_t, from h_t, the predicted belief (m (n, s), P (n, s, s)) and C_t
+        (n, a, s), with the predictive p(a_t | a_{<t}, u) (kept for the update: ``"a_loc"``, ``"a_tril"``)."""
+        loc, L = kalman_predictive(m, P, C, R)  # (n, a), (n, a, a)
+        state = {"rec": rec, "mean": m, "cov": P, "C": C, "a_loc": loc, "a_tril": L}
+        return state, dist.MultivariateNormal(loc, scale_tril=L)
 
     def initial_state(self, n: int, c=None):
         """h_0 learned, s_0 ~ N(m0, P0); p(a_0) = N(C_0 m0, C_0 P0 C_0^T + R)."""
         _, R, m0, P0 = self.noise()
-        return self._step_state(self.weights_rnn.initial(n), m0.expand(n, -1), P0.expand(n, -1, -1), R)
+        rec = self.weights_rnn.initial(n)
+        C = torch.einsum("nk,kij->nij", torch.softmax(self.weights(Recurrence.output(rec)), -1), self.C)  # (n, a, s)
+        return self._step_state(rec, m0.expand(n, -1), P0.expand(n, -1, -1), C, R)
 
     def transition_step(self, state: State, x, u=None, obs_mask=None):
         """h_t = f(h_{t-1}, a_{t-1}); (A_t, B_t, C_t) mixed by alpha_t; the belief of s_t predicted;
         p(a_t | a_{<t}, u_{<t}). x_{t-1} is not read."""
         Q, R, _, _ = self.noise()
         rec = self.weights_rnn(state["z"], state["rec"])
-        _, A, Bm, _ = self.mixture(Recurrence.output(rec))
+        _, A, Bm, C = self.mixture(Recurrence.output(rec))  # (n, s, s), (n, s, u), (n, a, s)
         m, P = kalman_predict(state["mean"], state["cov"], A, Q, None if u is None else _mv(Bm, u))
-        return self._step_state(rec, m, P, R)
+        return self._step_state(rec, m, P, C, R)
 
     def with_latent(self, state: State, z) -> State:
         """The Kalman update of the belief of s_t with the code a_t = z."""
         _, R, _, _ = self.noise()
-        loc, L = kalman_predictive(state["mean"], state["cov"], state["C"], R)
-        m, P = kalman_update(state["mean"], state["cov"], state["C"], R, z, loc, L)
+        m, P = kalman_update(state["mean"], state["cov"], state["C"], R, z, state["a_loc"], state["a_tril"])
         return {**state, "mean": m, "cov": P, "z": z}
 
     def emission(self, state: State, obs_mask=None):
