@@ -263,3 +263,22 @@ def test_latent_diagnostics_have_no_kl_per_dimension():
     want = torch.cat([m.encoder(torch.from_numpy(x))[0] for x in xs]).var(0, correction=0)  # the guide's means, every step
     torch.testing.assert_close(torch.tensor(reports[0]["posterior_mean_var"], dtype=torch.float64), want.detach())
     np.testing.assert_allclose(reports[1]["posterior_mean_var"], reports[0]["posterior_mean_var"], rtol=1e-12)
+
+
+def test_the_path_sites_keep_their_type_and_give_sampled_kl_columns_per_step():
+    """Under the plate the vectorized sites stay a FramePath and a KalmanPath (not ExpandedDistribution),
+    and the ELBO's KL columns are the per-step one-draw estimates log q(a_t | x_t) - log p(a_t | a_{<t}, u)."""
+    from dvae.infer.elbo import site_kl_steps
+    from dvae.models.kvae import FramePath, KalmanPath
+
+    m = kvae()
+    batch = f64(make_batch(lengths=(5, 3)))
+    guide_trace = poutine.trace(m.guide_vectorized).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(m.model_vectorized, trace=guide_trace)).get_trace(batch)
+    q, p = guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"]
+    assert type(q) is FramePath and type(p) is KalmanPath
+    columns = site_kl_steps(guide_trace.nodes["z"], model_trace.nodes["z"])
+    assert columns.steps and not columns.analytic and columns.kl.shape == (2, 5)
+    a = q.path
+    want = logpdf(a, q.loc, q.scale) - m.path_log_prob(batch, a)[0]
+    torch.testing.assert_close(columns.kl, torch.where(batch.mask, want, 0.0).detach())
