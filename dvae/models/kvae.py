@@ -41,6 +41,8 @@ encoder call); both guides draw the same normals in the same order.
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -64,6 +66,13 @@ def _chol(M: torch.Tensor) -> torch.Tensor:
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product: (..., p, q) @ (..., q) -> (..., p)."""
     return (M @ v[..., None])[..., 0]
+
+
+def _gaussian_log_prob(value, loc, L):
+    """log N(value; loc, L L^T) (..., d) -> (...), through the Cholesky factor L (..., d, d)."""
+    y = torch.linalg.solve_triangular(L, (value - loc)[..., None], upper=False)[..., 0]  # L^{-1} (value - loc)
+    log_det = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (y * y).sum(-1) - log_det - 0.5 * value.shape[-1] * math.log(2 * math.pi)
 
 
 # --- the Kalman filter over time-varying matrices (plain torch) --------------------------------------
@@ -103,7 +112,7 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
             m, P = kalman_predict(m, P, A[:, t], Q, None if drive is None else drive[:, t])
         pred.append((m, P))
         loc, L = kalman_predictive(m, P, C[:, t], R)
-        log_p.append(dist.MultivariateNormal(loc, scale_tril=L, validate_args=False).log_prob(a[:, t]))  # (B,)
+        log_p.append(_gaussian_log_prob(a[:, t], loc, L))  # (B,)
         m_new, P_new = kalman_update(m, P, C[:, t], R, a[:, t], loc, L)
         if mask is None:
             m, P = m_new, P_new
