@@ -191,7 +191,7 @@ class KVAE(DynamicalVAE):
         self.A = nn.Parameter(torch.eye(s).repeat(K, 1, 1))  # (K, s, s), the paper's identity start
         self.B = nn.Parameter(0.05 * torch.randn(K, s, c.u_dim))  # (K, s, u)
         self.C = nn.Parameter(0.05 * torch.randn(K, a, s) + torch.eye(a, s))  # (K, a, s)
-        inv_sp = lambda v: float(torch.log(torch.expm1(torch.tensor(v))))  # noqa: E731  softplus^{-1}
+        inv_sp = lambda v: math.log(math.expm1(v))  # noqa: E731  softplus^{-1} (no tensor: builds on the meta device)
         self.raw_Q = nn.Parameter(torch.eye(s) * inv_sp(0.3))
         self.raw_R = nn.Parameter(torch.eye(a) * inv_sp(0.3))
         self.raw_P0 = nn.Parameter(torch.eye(s) * inv_sp(1.0))
