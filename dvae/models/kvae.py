@@ -16,7 +16,9 @@ p(a | u) = prod_t p(a_t | a_{<t}, u_{<t}) with p(a_t | a_{<t}, u) = N(C_t m_{t|t
 factors, plus 1e-4 I).
 
 Guide: q(a_t | x_t) = N(Encoder(x_t)), one frame at a time (the paper's recognition network), so
-q(a | x) = prod_t q(a_t | x_t). The objective (per the paper, docs/maths.md "KVAE") is
+q(a | x) = prod_t q(a_t | x_t). On images (``ModelConfig.frame_shape``) the encoder reads each frame
+through a conv net (``FrameEncoder``) and the emitter is a transposed-conv net (``ConvEmitter``), as the
+pixel DMM's. The objective (per the paper, docs/maths.md "KVAE") is
 
     E_q(a | x)[ sum_t log p(x_t | a_t) - log q(a | x) + log p(a | u) ]
 
@@ -53,7 +55,7 @@ from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, observation_dist, repeat_batch
 from dvae.models.paths import FlowPath, FlowStep, PriorPath
 from dvae.models.state import State
-from dvae.nn import Emitter, Recurrence, StepPosterior
+from dvae.nn import ConvEmitter, Emitter, FrameEncoder, Recurrence, StepPosterior
 
 JITTER = 1e-4
 
@@ -175,6 +177,7 @@ class KalmanPath(PriorPath):
 class KVAE(DynamicalVAE):
     name = "kvae"
     default_lr = 3e-3
+    frames = True  # conv nets on image frames (ModelConfig.frame_shape), as in the paper
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -184,8 +187,17 @@ class KVAE(DynamicalVAE):
             raise ValueError(f"kvae needs kvae_components >= 1 and kvae_state_dim >= 0 (0: 2 z_dim), "
                              f"got {c.kvae_components} and {c.kvae_state_dim}")
         self.s_dim, self.K = s, K
-        self.encoder = StepPosterior(self.x_in_dim, c.emission_dim, a)  # q(a_t | x_t)
-        self.emitter = Emitter(a, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | a_t)
+        if c.frame_shape:  # images: conv nets on the frames (the paper's recognition and generative networks)
+            if c.missing:
+                raise ValueError("the KVAE on frames (frame_shape) does not take missing-data mode")
+            if c.x_dim != c.frame_shape[0] * c.frame_shape[1]:
+                raise ValueError(f"frame_shape {c.frame_shape} does not match x_dim {c.x_dim}")
+            self.frame_encoder = FrameEncoder(c.frame_shape, c.emission_dim)  # features of x_t
+            self.emitter = ConvEmitter(a, c.frame_shape, c.emission_dim, c.likelihood, scale=c.emission_scale)
+        else:
+            self.frame_encoder = None
+            self.emitter = Emitter(a, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | a_t)
+        self.encoder = StepPosterior(c.emission_dim if c.frame_shape else self.x_in_dim, c.emission_dim, a)  # q(a_t | x_t)
         self.weights_rnn = Recurrence(c.rnn_type, a, c.rnn_dim)  # h_t over a_{<t}
         self.weights = nn.Linear(c.rnn_dim, K)  # alpha_t = softmax(W h_t)
         self.A = nn.Parameter(torch.eye(s).repeat(K, 1, 1))  # (K, s, s), the paper's identity start
@@ -248,6 +260,11 @@ class KVAE(DynamicalVAE):
         log_p, pred, filt = kalman_path(a, A, C, Q, R, m0, P0, drive, batch.mask)
         return log_p, (A, pred, filt)
 
+    def recognition(self, x: torch.Tensor, obs_mask=None):
+        """loc, scale (..., z_dim) of q(a_t | x_t) from frames x (..., x_dim): an MLP, or on images a conv
+        net first."""
+        return self.encoder(self.x_input(x, obs_mask) if self.frame_encoder is None else self.frame_encoder(x))
+
     # --- the contract: the dynamics, stated once -----------------------------------------------------
     def _step_state(self, rec, m, P, C, R):
         """The state of a step before a_t, from h_t, the predicted belief (m (n, s), P (n, s, s)) and C_t
@@ -284,7 +301,7 @@ class KVAE(DynamicalVAE):
 
     def filter_step(self, state: State, x, obs_mask=None):
         """The guide's q(a_t | x_t) (the state is not read)."""
-        loc, scale = self.encoder(self.x_input(x, obs_mask))
+        loc, scale = self.recognition(x, obs_mask)
         return dist.Normal(loc, scale).to_event(1)
 
     # --- the guide: q(a_t | x_t), all frames in one call -----------------------------------------------
@@ -295,7 +312,7 @@ class KVAE(DynamicalVAE):
         of :class:`FramePath`): its KL from the Kalman predictive p(a_t | a_{<t}, u) has no closed form
         (Pyro's diagonal-to-full one is not taken), so both forms take the one-draw estimate."""
         pyro.module(self.name, self)
-        loc, scale = self.encoder(self.x_input(batch.x, batch.obs_mask))  # (B, T, z_dim) each
+        loc, scale = self.recognition(batch.x, batch.obs_mask)  # (B, T, z_dim) each
         zs = []
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             for t in pyro.markov(range(batch.num_steps)):
@@ -307,7 +324,7 @@ class KVAE(DynamicalVAE):
     # --- the same densities along a whole path (the time-vectorized program) -------------------------
     def posterior_path(self, batch: SequenceBatch) -> FramePath:
         """The guide's path: the same normals in the same order as :meth:`guide` (a (B, z_dim) block a step)."""
-        loc, scale = self.encoder(self.x_input(batch.x, batch.obs_mask))
+        loc, scale = self.recognition(batch.x, batch.obs_mask)
         eps = torch.stack([torch.empty_like(loc[:, t]).normal_() for t in range(batch.num_steps)], 1)
         return FramePath(loc, scale, loc + eps * scale, batch.mask)  # path (B, T, z_dim)
 

@@ -282,3 +282,21 @@ def test_the_path_sites_keep_their_type_and_give_sampled_kl_columns_per_step():
     a = q.path
     want = logpdf(a, q.loc, q.scale) - m.path_log_prob(batch, a)[0]
     torch.testing.assert_close(columns.kl, torch.where(batch.mask, want, 0.0).detach())
+
+
+def test_frames_go_through_conv_nets_and_both_forms_agree():
+    """On 8 x 8 binary frames: the conv encoder and emitter, generation and the two program forms."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig("kvae", x_dim=64, z_dim=2, rnn_dim=5, emission_dim=6, likelihood="bernoulli",
+                                frame_shape=[8, 8])).double()
+    assert m.frame_encoder is not None and type(m.emitter).__name__ == "ConvEmitter"
+    g = torch.Generator().manual_seed(1)
+    batch = collate([(torch.rand(L, 64, generator=g) > 0.5).double() for L in (4, 2)])
+    losses = []
+    for vectorized in (False, True):
+        pyro.set_rng_seed(3)
+        losses.append(DynamicalELBO().loss(*m.programs(vectorized), batch))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10) and math.isfinite(losses[0])
+    assert m.generate(3, num_samples=2)["x"].shape == (2, 3, 64)
+    with pytest.raises(ValueError, match="frame_shape"):
+        build_model(ModelConfig("kvae", x_dim=60, frame_shape=[8, 8]))
