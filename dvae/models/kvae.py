@@ -29,11 +29,12 @@ The posterior of s given a draw of a is the Rauch-Tung-Striebel smoother over th
 
 The contract of :class:`~dvae.models.base.DynamicalVAE`: the state holds the RNN state ``"rec"``
 (h_t), the Kalman belief of s_t (``"mean"`` (n, s_dim), ``"cov"`` (n, s_dim, s_dim)), step t's C_t
-(``"C"``) and predictive (``"a_loc"``, ``"a_tril"``), and the code ``"z"`` = a_t. ``initial_state`` gives (m0, P0) and p(a_0); ``transition_step``
-runs h_t = f(h_{t-1}, a_{t-1}), mixes (A_t, B_t, C_t) and predicts s_t, giving p(a_t | a_{<t}, u_{<t})
-(x_{t-1} is not read); ``with_latent`` updates the belief with a_t (the Kalman update); ``emission``
-is p(x_t | a_t); ``filter_step`` is the guide's q(a_t | x_t). So ``generate``, ``predict``, the world
-model and the particle filter (over a, each particle carrying its own Kalman belief) run unchanged.
+(``"C"``) and predictive (``"a_loc"``, ``"a_tril"``), and the code ``"z"`` = a_t. ``initial_state``
+gives (m0, P0) and p(a_0); ``transition_step`` runs h_t = f(h_{t-1}, a_{t-1}), mixes (A_t, B_t, C_t)
+and predicts s_t, giving p(a_t | a_{<t}, u_{<t}) (x_{t-1} is not read); ``with_latent`` updates the
+belief with a_t (the Kalman update); ``emission`` is p(x_t | a_t); ``filter_step`` is the guide's
+q(a_t | x_t). So ``generate``, ``predict``, the world model and the particle filter (over a, each
+particle carrying its own Kalman belief) run unchanged.
 
 Per-step and time-vectorized programs: ``model``/``guide`` have one site per step (the model's a_t a
 ``MultivariateNormal``); the vectorized ``"z"`` path is scored by :class:`KalmanPath` (the RNN over the
@@ -197,7 +198,8 @@ class KVAE(DynamicalVAE):
         else:
             self.frame_encoder = None
             self.emitter = Emitter(a, c.x_dim, c.emission_dim, c.likelihood, c.emission_scale)  # p(x_t | a_t)
-        self.encoder = StepPosterior(c.emission_dim if c.frame_shape else self.x_in_dim, c.emission_dim, a)  # q(a_t | x_t)
+        features = c.emission_dim if c.frame_shape else self.x_in_dim  # what the recognition MLP reads
+        self.encoder = StepPosterior(features, c.emission_dim, a)  # q(a_t | x_t)
         self.weights_rnn = Recurrence(c.rnn_type, a, c.rnn_dim)  # h_t over a_{<t}
         self.weights = nn.Linear(c.rnn_dim, K)  # alpha_t = softmax(W h_t)
         self.A = nn.Parameter(torch.eye(s).repeat(K, 1, 1))  # (K, s, s), the paper's identity start

@@ -20,7 +20,6 @@ from tests.conftest import make_batch
 from tests.models.contract_checks import (check_generate_is_the_contract_by_hand,
                                           check_one_particle_filter_is_the_prior_path_by_hand,
                                           check_predict_and_world_model_run, tiny, tiny_batch)
-from tests.models.family_cli import cli_cycle
 
 
 def kvae(u_dim=2, K=3, s_dim=3, **kw):
@@ -260,7 +259,7 @@ def test_latent_diagnostics_have_no_kl_per_dimension():
         r = latent_report(m, xs, us, vectorized=vectorized)
         assert len(r["kl_per_dim"]) == 2 and all(math.isnan(v) for v in r["kl_per_dim"])
         reports.append(r)
-    want = torch.cat([m.encoder(torch.from_numpy(x))[0] for x in xs]).var(0, correction=0)  # the guide's means, every step
+    want = torch.cat([m.encoder(torch.from_numpy(x))[0] for x in xs]).var(0, correction=0)  # the guide's means
     torch.testing.assert_close(torch.tensor(reports[0]["posterior_mean_var"], dtype=torch.float64), want.detach())
     np.testing.assert_allclose(reports[1]["posterior_mean_var"], reports[0]["posterior_mean_var"], rtol=1e-12)
 
