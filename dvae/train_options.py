@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from dvae.models.config import ModelConfig
+
 TRAIN_OPTIONS = {
     # data
     "missing": "none", "tokens": "words", "min_count": 1, "episodes": 128, "steps": 64,
@@ -51,7 +53,7 @@ _FLOAT_OPTIONS = {"time_limit", "lr", "lr_decay", "clip_norm", "kl_start", "anne
                   "collapse_kl", "dist_timeout"}
 
 
-def train_options(model: str = "dmm", data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
+def train_options(model: str = ModelConfig.model, data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
     """The train verb's settings from keyword arguments: ``options`` are its flags by their names with
     underscores (:data:`TRAIN_OPTIONS`). An unknown name, a value outside a flag's choices or of the
     wrong type raises ValueError naming it."""
