@@ -424,8 +424,12 @@ def cmd_eval(a) -> dict:
             raise ValueError("--context/--horizon (k-step errors) need fully observed continuous data")
         train_xs, train_us = data.subset("train")
         try:
+            from dvae.eval.names import action_names, obs_names
+
+            names = dict(dim_names=obs_names(data.meta, config.model.x_dim, config.data.source),
+                         control_names=action_names(data.meta, config.model.u_dim, config.data.source))
             out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
-                                    plot_dir=a.plots, cs=cs))
+                                    plot_dir=a.plots, cs=cs, **names))
         except ValueError as e:  # e.g. no sequence as long as context + horizon
             raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out
