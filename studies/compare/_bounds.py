@@ -94,6 +94,28 @@ def stop_cell(m: dict, limit=None) -> str:
             "epochs": "epoch cap"}.get(reason, str(reason))
 
 
+EARLIER_DEFAULTS = {
+    "fd336fa": "a constant learning rate of 0.01 for every family, no schedule, and early stopping after 20 epochs "
+               "without a better validation bound",
+}
+"""The training defaults of the commits that stored wall-clock rows (read from ``TrainConfig`` at that
+commit): what those rows were trained with."""
+
+
+def earlier_defaults_note(commits) -> str:
+    """The training defaults of the earlier ``commits`` that stored wall-clock rows, beside today's (empty
+    for commits not in ``EARLIER_DEFAULTS``)."""
+    known = sorted(c for c in commits if c in EARLIER_DEFAULTS)
+    if not known:
+        return ""
+    t = TrainConfig()
+    return (f"They also trained under that version's defaults ({'; '.join(f'commit {c}: ' + EARLIER_DEFAULTS[c] for c in known)}), "
+            f"the other rows under today's: the {t.lr_schedule} schedule (the rate times {t.lr_factor:g} after "
+            f"{t.lr_patience} epochs without a better validation bound, down to {t.min_lr:g}), then early "
+            f"stopping after {t.patience} more, and each family's default rate (the lr recorded in the "
+            "JSON). So the two kinds of rows differ in their training recipe as well as their budget.")
+
+
 def budget_note(models: Sequence[dict]) -> str:
     """What the budget kinds of the rows ``models`` (per-family results, run now or carried) mean: said
     for the kinds present, with the load of the machine during the stored wall-clock runs."""
@@ -114,7 +136,9 @@ def budget_note(models: Sequence[dict]) -> str:
                    "a core to itself, the process's wall seconds were close to its CPU seconds, but each epoch's "
                    "validation and latent diagnostics counted inside the limit, so such a row had fewer training "
                    "seconds than the same CPU budget gives (how many fewer was not recorded, nor its CPU time).")
-    return " ".join(out)
+        out.append(earlier_defaults_note({str((m.get("run") or {}).get("commit")) for m in models
+                                          if budget_kind(m) == "wall"}))
+    return " ".join(o for o in out if o)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from studies.compare import COMMAND, Context, Section, all_families, markdown_table, stored_run, to_run
+from studies.compare import _bounds as B
 from studies.compare.budget import CpuBudget
 from studies.compare.review import beside
 from dvae.errors import DataError
@@ -326,7 +327,7 @@ def render(results: dict, fig_link: str) -> str:
             "same two-core machine with one torch thread (runs of "
             f"{', '.join(sorted({str((r.get('run') or {}).get('date')) for r in wall}))}{load}): with about a core to "
             f"itself, the process's wall seconds were close to its CPU seconds{share}. Their CPU time was not "
-            "recorded (n/a).", ""]
+            "recorded (n/a). " + B.earlier_defaults_note({str((r.get("run") or {}).get("commit")) for r in wall}), ""]
     header = ["data set", "family", "budget", "train CPU (s)", "train wall (s)", "updates (s)", "epochs", "test seqs",
               "test steps", "test -ELBO/step", f"IW bound/step (K={iw})", "eval (s)", "published, same family", "from"]
     rows = []
