@@ -300,8 +300,9 @@ def _findings(res: dict) -> str:
                "the truth on these sequences (estimation error"
                + (" and sampling noise of the test set)." if d < 0 else "; above it only by the test set's sampling noise)."))
     pt = S["particles_true"]
-    out.append(f"Under the true parameters the particle filter's error falls from {exact - res['true_pf'][f'pf_{pt[0]}']:.3f} "
-               f"nats per step at {pt[0]} particles to {exact - res['true_pf'][f'pf_{pt[-1]}']:.3f} at {pt[-1]}.")
+    first, last = (round(exact - res["true_pf"][f"pf_{p}"], 3) + 0.0 for p in (pt[0], pt[-1]))  # + 0.0: no "-0.000"
+    out.append(f"Under the true parameters the particle filter's error falls from {first:.3f} "
+               f"nats per step at {pt[0]} particles to {last:.3f} at {pt[-1]}.")
     out.append("A model's distance from the true-parameter line at its best estimate is what its generative networks "
                "lose against the truth in the training time; its ELBO's distance below that estimate is its guide's "
                "inference gap.")
