@@ -3,7 +3,7 @@ budget of training CPU seconds on Nottingham, MuseData and Piano-midi.de, scored
 beside published figures.
 
 Each run trains with exactly the configs of ``dvae train --data PICKLE --model FAMILY`` (the train
-verb's own parser and ``dvae.fitting.new_run_config``: the project's default hyperparameters, nothing
+verb's settings, ``dvae.fitting.train_options``, and ``dvae.fitting.new_run_config``: the project's default hyperparameters, nothing
 else changed) for BUDGET seconds of the process's CPU time with one torch thread, validation excluded
 (``studies.compare.budget.CpuBudget``; a wall-clock ``--time-limit`` would give fewer updates on a
 busier machine), then is scored as ``dvae eval RUN --split test --iw-samples K`` scores it. The data is not part
@@ -135,7 +135,8 @@ def write_quick_subset(src: Path, dst: Path) -> Path:
 def train_and_eval(data: Path, family: str, budget: float, iw_samples: int, seed: int, device: str,
                    quick: bool = False) -> dict:
     """One training run with ``dvae train --data DATA --model FAMILY --seed SEED``'s configs (the train
-    verb's own parser, ``dvae.fitting.new_run_config``: the project's defaults, nothing else changed)
+    verb's settings, ``dvae.fitting.train_options`` and ``new_run_config``: the project's defaults, nothing
+    else changed)
     for ``budget`` seconds of training CPU time (:class:`studies.compare.budget.CpuBudget`; no epoch cap
     but early stopping, as under ``--time-limit``), then ``dvae eval``'s scoring of the test split with
     the best-on-validation parameters (``dvae.infer.evaluation.evaluate``, seeded as ``dvae eval --seed``
@@ -145,16 +146,15 @@ def train_and_eval(data: Path, family: str, budget: float, iw_samples: int, seed
     import pyro
     import torch
 
-    from dvae.cli import build_parser
     from dvae.device import resolve_device
-    from dvae.fitting import new_run_config, prepare
+    from dvae.fitting import new_run_config, prepare, train_options
     from dvae.infer.evaluation import evaluate
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
     from dvae.run import DataConfig, RunConfig, load_data
 
-    argv = ["train", "--data", str(data), "--model", family, "--seed", str(seed), "--device", device]
-    a = build_parser().parse_args(argv)
+    argv = ["train", "--data", str(data), "--model", family, "--seed", str(seed), "--device", device]  # the record
+    a = train_options(model=family, data=str(data), seed=seed, device=device)  # dvae train's settings, as dvae.fit takes them
     loaded = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
                                                  missing=a.missing, tokens=a.tokens, min_count=a.min_count)))
     config = new_run_config(a, loaded)
