@@ -74,7 +74,9 @@ def flag_words(msg: str, a) -> str:
 
 
 def _non_finite_at(obj, where="result"):
-    """The place of the first NaN or infinity in a JSON-able result, or None."""
+    """The place of the first NaN or infinity in a JSON-able result (numpy arrays included), or None."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        obj = obj.tolist()
     if isinstance(obj, float) and not np.isfinite(obj):
         return where
     if isinstance(obj, dict):
