@@ -1,6 +1,9 @@
-"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent, ...),
-each printing one JSON object; the flags and JSON keys are the stable contract the README lists.
+"""The ``dvae`` command: its verbs (collect, train, eval, score, plan, generate, impute, latent), each
+printing one JSON object; the flags and JSON keys are the stable contract the README lists.
 
+The verbs live in :mod:`dvae.commands` (their flags and a thin layer over the Python API); this module
+builds the parser (:func:`build_parser`) and runs a verb (:func:`main`): it prints the result, words the
+Python API's argument errors as flags (:func:`flag_words`), and handles signals and a closed pipe.
 Errors a user can fix (bad input, flags, files; ``_user_error``) are printed as one line on stderr
 with a non-zero exit status (add --debug for the traceback); anything else is a bug and shows its
 traceback. stdout carries only the JSON result.

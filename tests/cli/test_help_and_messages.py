@@ -27,14 +27,14 @@ def test_every_flag_of_every_verb_has_a_help_line_that_states_its_default():
     assert set(verbs) == {"collect", "train", "eval", "score", "plan", "generate", "impute", "latent"}
     checked = 0
     for verb, p in verbs.items():
-        rendered = " ".join(p.format_help().split())
+        rendered = "".join(p.format_help().split())  # wrapped lines (also at hyphens) joined
         for action in p._actions:
             if not action.option_strings or action.dest == "help":
                 continue
             flag = action.option_strings[0]
             assert action.help and action.help != argparse.SUPPRESS, f"dvae {verb} {flag}: no help line"
             text = action.help % {"default": action.default}  # as argparse expands it
-            assert " ".join(text.split()) in rendered, f"dvae {verb} {flag}: help not shown as written"
+            assert "".join(text.split()) in rendered, f"dvae {verb} {flag}: help not shown as written"
             if action.default is None or action.default is False:  # no default, or a switch
                 continue
             assert "default" in text and _shown(action.default) in text, \
