@@ -189,8 +189,8 @@ def check_dims(data, model_config, name: str = "data") -> None:
     and the data's source."""
     m = model_config
     if data.x_dim != m.x_dim or data.u_dim != m.u_dim:
-        raise ValueError(f"{name}: expected x_dim {m.x_dim}, u_dim {m.u_dim} (the run's model), got x_dim "
-                         f"{data.x_dim}, u_dim {data.u_dim} ({data.source})")
+        raise ValueError(f"{name}: {data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's "
+                         f"model (x_dim {m.x_dim}, u_dim {m.u_dim})")
 
 
 def check_sample_size(name: str, k: int, model_config, xs, batch_size: int, num_steps: int = 0) -> None:
