@@ -25,6 +25,9 @@ def add_plan(sub) -> None:
 
 
 def cmd_plan(a) -> dict:
+    from envs.rewards import reward_fn
+
+    reward_fn(a.env)  # an env without a known reward is refused before the run is read
     return load_run(a).plan(a.env, episodes=a.episodes, planner=a.planner, horizon=a.horizon, num_samples=a.num_samples,
                             iterations=a.iterations, history=a.history, max_steps=a.max_steps,
                             baselines=not a.no_baselines, seed=a.seed, save_episodes=a.save_episodes)
