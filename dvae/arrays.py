@@ -132,7 +132,8 @@ def source_of(data) -> Optional[str]:
 
 
 def readable_source(source: str) -> bool:
-    from envs.sources import BUILTIN_SOURCES
+    """Whether ``source`` can be read again later: a built-in name or an existing path."""
+    from dvae.data.sources import BUILTIN_SOURCES
 
     path = source[len("text:"):] if source.startswith("text:") else source
     return source in BUILTIN_SOURCES or os.path.exists(path)
