@@ -67,6 +67,9 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional
 
     if loaded is not None:
         check_names(loaded.x_dim)  # before any training
+        if obs_names is not None:  # the training plots name the dimensions too
+            loaded = copy.copy(loaded)
+            loaded.meta = {**loaded.meta, "obs_names": ",".join(str(n) for n in obs_names)}
     result = train(a, loaded)
     check_names(result.config.model.x_dim)
     if loaded is not None and loaded.source != result.config.data.source:  # arrays written as RUN/data.npz

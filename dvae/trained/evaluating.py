@@ -73,10 +73,15 @@ class Evaluating:
         if horizon is not None:
             if num_missing or config.kind == "categorical":
                 raise ValueError("context, horizon: k-step errors need fully observed continuous data")
+            from dvae.eval.names import action_names, obs_names
+
             train_xs, train_us = data.subset("train")
+            m, source = config.model, config.data.source
+            names = dict(dim_names=obs_names(data.meta, m.x_dim, source, given=self.obs_names),
+                         control_names=action_names(data.meta, m.u_dim, source))
             try:
                 out.update(kstep_report(model, norm, xs, us, train_xs, train_us, context, horizon, num_samples,
-                                        plot_dir=plots, cs=cs))
+                                        plot_dir=plots, cs=cs, **names))
             except ValueError as e:  # e.g. no sequence as long as context + horizon
                 raise DataError(f"{data.source}: split {split}: {e}") from None
         return out

@@ -43,10 +43,6 @@ def check_new_dir(name: str, path) -> str:
     return path
 
 
-ENV_OBS_NAMES = {"Pendulum-v1": ["cos theta", "sin theta", "theta dot (rad/s)"]}
-"""The names of the observation dimensions of the envs whose observations are known."""
-
-
 class Run(Evaluating, Sampling, Acting):
     """A trained model with its configuration, normaliser and metrics; every method in data units.
 
@@ -73,12 +69,11 @@ class Run(Evaluating, Sampling, Acting):
                 f"best_valid_neg_elbo_per_step={best:.4g}, run_dir={self.run_dir!r})")
 
     def _known_names(self) -> Optional[List[str]]:
-        meta = {} if self._data is None else self._data.meta
-        names = meta.get("obs_names")
-        if isinstance(names, str) and len(names.split(",")) == self.config.model.x_dim:
-            return names.split(",")
-        env_id = meta.get("env_id") or ("Pendulum-v1" if self.config.data.source == "pendulum" else None)
-        return ENV_OBS_NAMES.get(env_id) if self.config.kind == "continuous" else None
+        from dvae.eval.names import obs_names
+
+        meta = {} if self._data is None else self._data.meta  # e.g. a CSV header's obs_names, the env id
+        return obs_names(meta, self.config.model.x_dim, self.config.data.source) \
+            if self.config.kind == "continuous" else None
 
     @property
     def normalizer(self):
