@@ -26,6 +26,7 @@ TRAIN_OPTIONS = {
     "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
     "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
     "emission_scale": "constant", "vrae_decoder": "controls", "rvae_noncausal": False,
+    "kvae_components": 3, "kvae_state_dim": 0,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,
 }
