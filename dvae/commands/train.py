@@ -80,6 +80,10 @@ def add_train(sub) -> None:
                         "every step (feedback, the seeds' form; teacher forcing in training)")
     p.add_argument("--rvae-noncausal", action="store_true",
                    help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
+    p.add_argument("--kvae-components", type=int, default=mc.kvae_components,
+                   help="kvae: K, the linear-Gaussian systems its RNN mixes")
+    p.add_argument("--kvae-state-dim", type=int, default=mc.kvae_state_dim,
+                   help="kvae: dimension of the linear-Gaussian state under the codes (0: 2 z-dim)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience,
