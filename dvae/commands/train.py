@@ -80,6 +80,8 @@ def add_train(sub) -> None:
                         "every step (feedback, the seeds' form; teacher forcing in training)")
     p.add_argument("--rvae-noncausal", action="store_true",
                    help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
+    p.add_argument("--v-dim", type=int, default=mc.v_dim,
+                   help="dsae: dimension of the static code v of a sequence (0: z-dim)")
     p.add_argument("--kvae-components", type=int, default=mc.kvae_components,
                    help="kvae: K, the linear-Gaussian systems its RNN mixes")
     p.add_argument("--kvae-state-dim", type=int, default=mc.kvae_state_dim,
