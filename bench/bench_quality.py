@@ -136,8 +136,10 @@ def _final_eval(result: dict, model, best_state, data, normalizer, spec: dict) -
     result["valid_final"] = _bounds(model, valid, normalizer, 0, spec["seed"] + 1)
     if not spec.get("sweep"):
         result["test_final"] = _bounds(model, test, normalizer, 0, spec["seed"] + 2)
-    if best_state is not None and not spec.get("sweep"):
-        model.load_state_dict(best_state)
+    if not spec.get("sweep"):
+        # an arm whose budget ended before its first validation has no best epoch: its best are its final parameters
+        result["best_is_final"] = best_state is None
+        model.load_state_dict(final_state if best_state is None else best_state)
         result["test_best"] = _bounds(model, test, normalizer, spec["iw_samples"], spec["seed"] + 2)
         model.load_state_dict(final_state)
     result["eval_wall_seconds"] = time.perf_counter() - t0
