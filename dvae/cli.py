@@ -481,6 +481,7 @@ def cmd_latent(a) -> dict:
     import pyro
 
     from dvae.eval.latent import latent_report
+    from dvae.files import make_dir
     from dvae.device import resolve_device
     from dvae.run import load_data, load_model
 
@@ -490,7 +491,7 @@ def cmd_latent(a) -> dict:
     data = load_data(config, a.data)
     _check_dims(data, config)
     pyro.set_rng_seed(a.seed)
-    out_dir = a.out or os.path.join(a.run_dir, "latent")
+    out_dir = a.out or make_dir(os.path.join(a.run_dir, "latent"))  # a planted symlink is replaced, not followed
     report = latent_report(model, config.normalizer, data, a.split, out_dir, a.label, a.pair, a.dim, a.num_points,
                            a.span, not a.no_tsne, a.seed)
     return {"run_dir": a.run_dir, "model": config.model.model, "data": data.source, "split": a.split, **report}
