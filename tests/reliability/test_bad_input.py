@@ -579,6 +579,13 @@ MEMORY_CASES = [
      r"tera.npy: an array of declared shape \(100000, 100000, 100\) float32 needs 3.6 TiB, over the limit"),
     ("a ragged CSV padded to 74.5 GiB", _ragged_csv, ["train", "--data", "{path}"], {},
      r"ragged.csv: the padded table of 100001 episodes of up to 100000 rows needs 74.5 GiB, over the limit"),
+    # a small limit, so that a regression trains or collects megabytes instead of hanging on gigabytes
+    ("--train-samples beyond the limit", lambda d: str(d / "good.npz"),
+     ["train", "--data", "{path}", "--train-samples", "10000"], {"DVAE_MAX_BYTES": "1e6"},
+     r"--train-samples = 10000: expected K x batch_size x \d+ floats .*within the limit of 1000000 bytes"),
+    ("pendulum --episodes beyond the limit", lambda d: "pendulum",
+     ["train", "--data", "{path}", "--episodes", "5000", "--steps", "64"], {"DVAE_MAX_BYTES": "1e6"},
+     r"pendulum: 5000 episodes of 64 steps needs 5.0 MiB, over the limit of 976.6 KiB"),
     ("a best.pt whose deflated storage inflates to 1.1 GiB", _checkpoint_bomb, ["eval", "{path}"], {},
      r"ckbomb/best.pt: inflating its compressed members needs 1.1 GiB, over the limit of 1.0 GiB"),
 ]
