@@ -370,3 +370,28 @@ def test_impute_refuses_a_run_trained_without_missing_nan(capsys, trained, tmp_p
     code, out, err = _cli(capsys, "impute", trained / "run", "--data", gappy, "--out", tmp_path / "filled.npz")
     _one_line_error(code, out, err, "--missing nan")
     assert not (tmp_path / "filled.npz").exists()
+
+
+def test_a_relative_data_path_through_a_symlink_and_dotdot_is_recorded_as_the_file_that_was_read(capsys, tmp_path,
+                                                                                                  monkeypatch):
+    """`--data L/../d.npz` with L a symlink reads L's target's sibling; the run records that file (and its
+    fingerprint), not ./d.npz (os.path.abspath drops `L/..` textually)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    work.mkdir()
+    read = _npz(elsewhere / "d.npz", seed=0)
+    _npz(work / "d.npz", seed=1, n=6)  # another file of the same name where abspath would point
+    os.symlink(elsewhere / "sub", work / "L")
+    monkeypatch.chdir(work)
+    code, out, err = _cli(capsys, "train", "--data", os.path.join("L", "..", "d.npz"), *TINY, "--epochs", "1",
+                          "--no-plots", "--out", "run")
+    assert code == 0, err
+    cfg = json.loads((work / "run" / "config.json").read_text())["data"]
+    assert cfg["source"] == os.path.realpath(read)
+    from dvae.data.fingerprint import fingerprint
+
+    assert cfg["source_sha256"] == fingerprint(read).sha256 != fingerprint(str(work / "d.npz")).sha256
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, "eval", work / "run")
+    assert code == 0, err
+    assert json.loads(out)["data"] == os.path.realpath(read)
