@@ -233,13 +233,13 @@ def test_an_informative_code_does_not_warn():
 def test_the_diagnostics_leave_the_training_trajectory_unchanged(monkeypatch):
     """latent_report draws from the guide; the trainer forks the RNG around it, so training with and
     without it follows the same random stream."""
-    import dvae.infer.trainer as trainer_module
+    import dvae.infer.diagnostics as diagnostics_module
 
     xs = _levels(n=8)
     losses = []
     for patch in (False, True):
         if patch:
-            monkeypatch.setattr(trainer_module, "latent_report", lambda *a, **k: None)
+            monkeypatch.setattr(diagnostics_module, "latent_report", lambda *a, **k: None)
         torch.manual_seed(0)
         pyro.set_rng_seed(0)
         m = build_model(ModelConfig("dmm", x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))

@@ -304,7 +304,8 @@ CASES = [
      _run_with_edited_checkpoint("ck-nan", lambda c: next(iter(c["model"].values())).fill_(float("nan")), "best.pt"),
      ["eval", "{path}"], r"best.pt: model\['.*'\]: has non-finite values"),
     ("impute on a run trained without --missing nan", _npz("gappy.npz", obs=nan_obs, actions=np.zeros((3, 4, 1))),
-     ["impute", "{run}", "--data", "{path}", "--out", "{dir}/filled.npz"], r"trained without --missing nan"),
+     ["impute", "{run}", "--data", "{path}", "--out", "{dir}/filled.npz"],
+     r"trained without missing='nan' \(the command line's --missing nan\)"),
     # values and types (issue 16, item 10): checked after the cast, real numbers only
     ("float64 beyond float32's range", _npz("huge.npz", obs=huge_obs), ["train", "--data", "{path}"],
      r"huge.npz: obs has 1e\+300 at sequence 1, step 2, dim 0: beyond float32's range"),
