@@ -93,6 +93,7 @@ def cmd_latent(a) -> dict:
 
     from dvae.arrays import check_dims
     from dvae.eval.latent import latent_report
+    from dvae.files import make_dir
     from dvae.run import load_data
 
     if a.num_points < 2:
@@ -101,7 +102,7 @@ def cmd_latent(a) -> dict:
     data = run.data if a.data is None else load_data(run.config, a.data)
     check_dims(data, run.config.model)
     pyro.set_rng_seed(a.seed)
-    out_dir = a.out or os.path.join(a.run_dir, "latent")
+    out_dir = a.out or make_dir(os.path.join(a.run_dir, "latent"))  # a planted symlink is replaced, not followed
     report = latent_report(run.model, run.normalizer, data, a.split, out_dir, a.label, a.pair, a.dim, a.num_points,
                            a.span, not a.no_tsne, a.seed)
     return {"run_dir": a.run_dir, "model": run.config.model.model, "data": data.source, "split": a.split, **report}
