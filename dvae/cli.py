@@ -42,12 +42,20 @@ def _allocator_error(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (the verb, the problem, where to read more) and
+    exit status 2, instead of argparse's usage block followed by the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dvae`` parser: one sub-parser per verb (:mod:`dvae.commands`), every flag's help line with
     its default."""
     from dvae import __version__
 
-    ap = argparse.ArgumentParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE, ...) as Pyro programs.")
+    ap = OneLineParser(prog="dvae", description="Dynamical VAEs (DMM, VRNN, VRAE, ...) as Pyro programs.")
     ap.add_argument("--version", action="version", version=f"dvae {__version__}")
     sub = ap.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}")
     sub.required = True

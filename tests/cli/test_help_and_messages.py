@@ -110,3 +110,18 @@ def test_a_python_argument_error_reads_as_its_flag(run_dir, capsys):
     assert err == "dvae eval: error: --context, --horizon: expected both or neither, got 3, None"
     assert main(["generate", run_dir, "--steps", "0", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip() == "dvae generate: error: --steps: expected >= 1, got 0"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--lr", "nan"], "--lr"), (["train", "--model", "nope"], "invalid choice"),
+    (["train", "--epochs", "x"], "invalid int"), (["eval"], "run_dir"), (["bogus"], "invalid choice"),
+    (["plan", "RUN", "--episodes"], "expected one argument"),
+])
+def test_a_bad_flag_is_one_line_with_exit_status_2(capsys, argv, words):
+    """argparse's errors (type, choice, missing argument) are one line naming the problem, not a usage block."""
+    from dvae.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert "--help" in err
