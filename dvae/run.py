@@ -112,6 +112,8 @@ class RunConfig:
              "in [0, 1) (0: off)"),
             ("model.kvae_components", m.kvae_components, m.kvae_components >= 1, ">= 1"),
             ("model.v_dim", m.v_dim, m.v_dim >= 0, ">= 0 (0: z_dim)"),
+            ("model.actions", m.actions, m.actions in (None, "discrete", "continuous"),
+             "discrete, continuous or null"),
             ("model.kvae_state_dim", m.kvae_state_dim, m.kvae_state_dim >= 0, ">= 0 (0: 2 z_dim)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
              if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [

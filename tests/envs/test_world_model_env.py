@@ -81,6 +81,25 @@ def test_discrete_actions_reach_the_model_one_hot_and_mismatched_envs_are_refuse
     model = env.unwrapped.model
     assert "u_dim 2" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Box(-1, 1, (1,)))
     assert "3 discrete actions" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Discrete(3))
+    assert model.config.actions == "discrete"  # recorded at training, so a Box of the same width is refused
+    assert "trained on discrete actions" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Box(-1, 1, (2,)))
+
+
+def test_a_run_of_continuous_controls_does_not_stand_in_for_discrete_actions(run_dir):
+    """A Pendulum run (one continuous torque) is refused for an env of one discrete action, and a run older
+    than the record of its actions (``actions`` None) keeps the dimension check alone."""
+    import dataclasses
+
+    from gymnasium import spaces
+
+    from dvae.world_model import spaces_problem
+    model = gym.make("dvae/WorldModel-v0", run_dir=run_dir).unwrapped.model
+    assert model.config.actions == "continuous"
+    obs = spaces.Box(-1, 1, (3,))
+    assert "trained on continuous controls" in spaces_problem(model, obs, spaces.Discrete(1))
+    assert spaces_problem(model, obs, spaces.Box(-2, 2, (1,))) is None
+    model.config = dataclasses.replace(model.config, actions=None)  # as an older run's config reads
+    assert spaces_problem(model, obs, spaces.Discrete(1)) is None
 
 
 def test_bad_actions_are_refused_and_out_of_range_actions_clipped(run_dir):
