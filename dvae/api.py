@@ -196,7 +196,7 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional
 
 
 def _readable_source(source: str) -> bool:
-    from envs.sources import BUILTIN_SOURCES
+    from dvae.data.sources import BUILTIN_SOURCES
 
     path = source[len("text:"):] if source.startswith("text:") else source
     return source in BUILTIN_SOURCES or os.path.exists(path)

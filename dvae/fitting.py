@@ -10,67 +10,32 @@ It returns a :class:`TrainResult`: the summary (the JSON ``dvae train`` prints),
 BEST parameters, the config, the data and the trainer. A stop asked for by a signal raises
 :class:`Interrupted` with the summary. Without a run directory (``dvae.fit(..., out=None)``) nothing
 is written.
+
+The parts, each in a module of its job (their names importable from here): the settings as keyword
+arguments (:mod:`dvae.train_options`), the start of a new or resumed run and its data
+(:mod:`dvae.run_start`), and the files training derives, metrics, best.pt and plots
+(:mod:`dvae.run_files`).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import signal
 import sys
-import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-from dvae.errors import DataError
-
-ARRAYS_SOURCE = "<arrays>"
-"""The ``source`` of data handed over as arrays; a run directory gets them as ``data.npz``."""
-
-DATA_FILE = "data.npz"
-"""The file in a run directory that holds data handed over as arrays (its ``config.data.source``)."""
-
-
-TRAIN_OPTIONS = {
-    # data
-    "missing": "none", "tokens": "words", "min_count": 1, "episodes": 128, "steps": 64,
-    # training
-    "epochs": None, "time_limit": None, "batch_size": 16, "lr": None, "optimizer": "adam", "lr_decay": 1.0,
-    "clip_norm": 10.0, "kl_start": 0.1, "anneal_epochs": 5.0, "free_bits": 0.0, "beta": 1.0,
-    "collapse_kl": 0.01, "collapse_epochs": 3, "patience": 10, "per_step": False, "no_bucket": False,
-    "device": "auto", "seed": 0, "lr_schedule": "plateau", "lr_factor": 0.5, "lr_patience": 3, "min_lr": 1e-4,
-    "objective": "elbo", "train_samples": 1,
-    # model
-    "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
-    "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
-    "emission_scale": "constant", "vrae_decoder": "controls", "rvae_noncausal": False,
-    # output
-    "no_progress": False, "no_plots": False, "dist_timeout": None,
-}
-"""The ``dvae train`` flags (besides --model, --data, --out, --resume, --debug) by their names with
-underscores, with the command line's defaults (tests/api checks them against its parser)."""
-
-CHOICES = {"missing": ("none", "nan"), "tokens": ("words", "chars"), "rnn_type": ("gru", "lstm", "rnn"),
-           "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda"),
-           "emission_scale": ("constant", "state"), "vrae_decoder": ("controls", "feedback"),
-           "lr_schedule": ("plateau", "none"), "objective": ("elbo", "iwae")}
-"""The choices of the flags that have fixed ones; ``model`` and ``guide`` come from the families
-(:func:`choices`)."""
-
-
-def choices() -> dict:
-    """Every flag with choices: :data:`CHOICES`, the model families and every guide a family takes."""
-    from dvae.models import MODELS, all_guides
-
-    return {**CHOICES, "model": tuple(MODELS), "guide": tuple(all_guides())}
-_FLOAT_OPTIONS = {"time_limit", "lr", "lr_decay", "clip_norm", "kl_start", "anneal_epochs", "free_bits", "beta",
-                  "collapse_kl", "dist_timeout"}
+# the parts of a run's training, each in the module of its job; their names importable from here as before
+from dvae.run_files import (ARRAYS_SOURCE, DATA_FILE, save_arrays, trajectory_arrays,  # noqa: F401
+                            write_derived, write_train_plots)
+from dvae.run_start import (check_dims, check_new_run, default_run_dir, new_run_config,  # noqa: F401
+                            open_run, prepare, refuse_problem, train_configs)
+from dvae.train_options import CHOICES, TRAIN_OPTIONS, choices, train_options  # noqa: F401
 
 
 class Interrupted(Exception):
@@ -99,158 +64,6 @@ class TrainResult:
     optimiser, the trainer's state), so that ``Run.save`` writes a resumable run."""
 
 
-def train_options(model: str = "dmm", data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
-    """The train verb's settings from keyword arguments: ``options`` are its flags by their names with
-    underscores (:data:`TRAIN_OPTIONS`). An unknown name, a value outside a flag's choices or of the
-    wrong type raises ValueError naming it."""
-    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
-    if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, list(TRAIN_OPTIONS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; the options are {', '.join(TRAIN_OPTIONS)}"
-        raise ValueError(f"unknown option {name!r} (the `dvae train` flags with underscores){hint}")
-    a = SimpleNamespace(**{**TRAIN_OPTIONS, **options}, model=model, data=data, out=out, resume=None, debug=False)
-    allowed = choices()
-    for name, value in vars(a).items():
-        if name in allowed and value not in allowed[name]:
-            raise ValueError(f"{name} = {value!r}: expected one of {', '.join(allowed[name])}")
-        default = TRAIN_OPTIONS.get(name, "")
-        if isinstance(default, bool) or name in ("per_step", "no_bucket", "bidirectional", "condition"):
-            ok = isinstance(value, (bool, np.bool_))
-            want = "a bool"
-        elif name in _FLOAT_OPTIONS:
-            ok = (value is None and default is None) or (isinstance(value, (int, float, np.integer, np.floating))
-                                                         and not isinstance(value, bool))
-            want = "a number" + (" or None" if default is None else "")
-        elif isinstance(default, int) or name in ("epochs", "num_iafs"):
-            ok = (value is None and default is None) or (isinstance(value, (int, np.integer))
-                                                         and not isinstance(value, bool))
-            want = "an int" + (" or None" if default is None else "")
-        else:
-            continue
-        if not ok:
-            raise ValueError(f"{name} = {value!r}: expected {want}, got {type(value).__name__}")
-        if isinstance(value, (np.integer, np.floating, np.bool_)):
-            setattr(a, name, value.item())
-    return a
-
-
-# --- the configs of a new run ------------------------------------------------------------------------
-def prepare(data, normalizer, split, c_dim: int = 0):
-    """(xs, us) of a split, normalised; with ``c_dim``, (xs, us, cs) for a conditional model."""
-    xs, us = data.subset(split)
-    if c_dim:
-        return normalizer.x(xs), normalizer.u(us), data.conditions(split, c_dim)
-    return normalizer.x(xs), normalizer.u(us)
-
-
-def train_configs(a, data):
-    """The ModelConfig and TrainConfig of a new run from the train settings ``a`` and its loaded
-    ``data`` (bench/bench_quality.py builds its runs of the defaults with this too)."""
-    from dvae.infer.trainer import DEFAULT_EPOCHS, TrainConfig, default_lr
-    from dvae.models import ModelConfig
-
-    likelihood = {"binary": "bernoulli", "categorical": "categorical"}.get(data.kind, "gaussian")
-    model = ModelConfig(model=a.model, x_dim=data.x_dim, u_dim=data.u_dim, z_dim=a.z_dim, rnn_dim=a.rnn_dim,
-                        rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
-                        guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
-                        emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder, rvae_causal=not a.rvae_noncausal,
-                        num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
-                        c_dim=data.c_dim if a.condition else 0,
-                        likelihood=likelihood, missing=a.missing == "nan",
-                        # frames: the conv DMM (other families read frames as vectors)
-                        frame_shape=data.meta.get("frame_shape") if a.model == "dmm" else None)
-    epochs = a.epochs if a.epochs is not None else (None if a.time_limit is not None else DEFAULT_EPOCHS)
-    train = TrainConfig(epochs=epochs, time_limit=a.time_limit, batch_size=a.batch_size,
-                        lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,
-                        anneal_epochs=a.anneal_epochs, free_bits=a.free_bits, beta=a.beta,
-                        collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
-                        seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket,
-                        lr_schedule=a.lr_schedule, lr_factor=a.lr_factor, lr_patience=a.lr_patience, min_lr=a.min_lr,
-                        objective=a.objective, train_samples=a.train_samples)
-    return model, train
-
-
-def check_new_run(a) -> None:
-    """The checks of a new run's settings that need no data."""
-    if a.epochs is not None and a.epochs < 1:
-        raise ValueError("--epochs must be at least 1")
-    from dvae.models import MODELS, ModelConfig
-
-    family = MODELS[a.model]
-    if (a.bidirectional and not family.bidirectional_encoder) or (a.condition and not family.conditional):
-        both = " and ".join(n for n, c in MODELS.items() if c.bidirectional_encoder and c.conditional)
-        raise ValueError(f"--bidirectional and --condition are for {both}, not {a.model}")
-    if a.min_count < 1:
-        raise ValueError("--min-count must be at least 1")
-    owners = [n.upper() for n, c in MODELS.items() if a.guide in c.guides]
-    if a.guide != ModelConfig.guide and a.guide not in family.guides:
-        raise ValueError(f"--guide {a.guide} is a {' or '.join(owners)} guide, not a guide of {a.model} "
-                         f"({'its guides: ' + ', '.join(family.guides) if family.guides else 'it has one guide'})")
-    if a.guide == "ltr" and a.bidirectional:
-        raise ValueError("--guide ltr is the filtering guide (a forward RNN): it takes no --bidirectional")
-    if a.num_iafs is not None and (a.guide != "iaf" or a.num_iafs < 1):
-        raise ValueError("--num-iafs takes a number >= 1, with --guide iaf")
-    if a.iaf_dim < 1:
-        raise ValueError("--iaf-dim must be at least 1")
-
-
-def new_run_config(a, data):
-    """The RunConfig of a new run on ``data`` (its normaliser fitted on the training split), checked as
-    a reloaded config.json is; a problem raises ValueError said as the flag."""
-    from dvae.data import Normalizer
-    from dvae.run import DataConfig, RunConfig
-
-    if a.condition and data.cs is None:
-        raise DataError(f"{data.source}: --condition needs a per-sequence 'cond' (N, c_dim) or 'labels' (N,) "
-                        "array in the .npz")
-    config = RunConfig(data=DataConfig(source=a.data, episodes=a.episodes, steps=a.steps, data_seed=a.seed,
-                                       missing=a.missing, tokens=a.tokens, min_count=a.min_count))
-    train_xs, train_us = data.subset("train")
-    normalizer = Normalizer.fit(train_xs, train_us, standardize=data.kind == "continuous")
-    config.normalizer, config.kind, config.vocab = normalizer, data.kind, data.vocab
-    config.model, config.train = train_configs(a, data)
-    problem = config.problem()  # the checks a reloaded config.json gets, before anything is written
-    if problem:
-        key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-        if rest and key.startswith(("train.", "model.")):
-            problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-        raise ValueError(problem)
-    return config
-
-
-def save_arrays(path: str, data) -> None:
-    """Write in-memory trajectory data as a trajectory .npz that :func:`dvae.data.load_npz` reads back
-    to the same sequences: ``obs`` (N, T+1, x_dim) padded, ``actions`` (N, T, u_dim), ``lengths``, the
-    conditions as ``cond``, and the scalar metadata."""
-    from dvae.files import atomic_write
-
-    atomic_write(path, lambda f: np.savez(f, **trajectory_arrays(data)))
-
-
-def trajectory_arrays(data) -> dict:
-    """The arrays :func:`save_arrays` writes."""
-    N, L = len(data.xs), max(len(x) for x in data.xs)
-    obs = np.zeros((N, L, data.x_dim), np.float32)  # (N, T+1, x_dim); padding repeats nothing, masked by lengths
-    for i, x in enumerate(data.xs):
-        obs[i, :len(x)] = x
-    arrays = {"obs": obs, "lengths": np.array([len(x) - 1 for x in data.xs], np.int64)}
-    if data.us is not None:
-        actions = np.zeros((N, L - 1, data.u_dim), np.float32)  # (N, T, u_dim): the last control of each is unused
-        for i, u in enumerate(data.us):
-            actions[i, :len(u) - 1] = u[:-1]
-        arrays["actions"] = actions
-    if data.cs is not None:
-        arrays["cond"] = np.asarray(data.cs, np.float32)
-    if data.meta.get("frame_shape") is not None:
-        arrays["frame_shape"] = np.asarray(data.meta["frame_shape"], np.int64)
-    for k, v in data.meta.items():
-        if k not in arrays and isinstance(v, (int, float, str, bool)) and k not in ("num_actions", "num_labels"):
-            arrays[k] = np.array(v)
-    return arrays
-
-
-# --- training ----------------------------------------------------------------------------------------
 def train(a, data=None, signals: bool = False) -> TrainResult:
     """Train a new run (``a.resume`` None) or resume one (``a.resume`` a run directory), as ``dvae
     train`` does. ``data``: a ``SequenceData`` already loaded (default: read from ``a.data``); data of
@@ -268,48 +81,11 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
     new place, recorded)."""
     import torch
 
-    from dvae.infer.distributed import DEFAULT_TIMEOUT, init_from_env, shutdown
+    from dvae.infer.distributed import shutdown
     from dvae.device import resolve_device
-    from dvae.rundir import RunLock, check_new_run_dir
-    from dvae.run import DataConfig, RunConfig, absolute_source, load_data, read_config, record_data
+    from dvae.rundir import RunLock
 
-    timeout = getattr(a, "dist_timeout", None) or DEFAULT_TIMEOUT
-    if a.resume:
-        run_dir = a.resume
-        config = read_config(run_dir)
-        if a.epochs is not None:
-            config.train.epochs = a.epochs
-        if a.time_limit is not None:
-            config.train.time_limit = a.time_limit
-        _refuse_problem(config)
-        resolve_device(config.train.device)  # before anything is read or written
-        parallel = init_from_env(config.train.device, timeout)
-        moved = getattr(a, "data", None)
-        data = load_data(config, None if moved is None else absolute_source(moved))
-        if moved is not None:  # the run goes on with its data from here: recorded in config.json
-            _check_dims(data, config)
-            config.data = record_data(replace(config.data, source=moved))
-    else:
-        check_new_run(a)
-        run_dir = a.out
-        if run_dir is not None:
-            check_new_run_dir(run_dir)  # a run, or any other non-empty directory, is refused
-        resolve_device(a.device)
-        # every rank has checked the run directory before joining; rank 0 creates it with the first checkpoint
-        parallel = init_from_env(a.device, timeout)
-        if not a.data:
-            a.data = DataConfig.source
-        if data is None:
-            # read as given (its errors name the path the user wrote); recorded absolute, fingerprinted
-            data = load_data(RunConfig(data=DataConfig(source=a.data, episodes=a.episodes,
-                                                       steps=a.steps, data_seed=a.seed, missing=a.missing,
-                                                       tokens=a.tokens, min_count=a.min_count)))
-        config = new_run_config(a, data)  # the checks a reloaded config.json gets, before anything is written
-        if data.source == ARRAYS_SOURCE:
-            config.data.source = ARRAYS_SOURCE  # written into the run directory by its start (_train)
-        elif run_dir is not None:
-            config.data = record_data(config.data)  # the absolute source and its fingerprint
-
+    config, data, run_dir, parallel = open_run(a, data, getattr(a, "dist_timeout", None))
     device = resolve_device(config.train.device) if parallel is None else parallel.device
     # ReLU-RNN gradients decaying into denormals slow CPU training (docs/performance.md); the flag is
     # process-wide, so it is switched off again when training returns
@@ -322,23 +98,6 @@ def train(a, data=None, signals: bool = False) -> TrainResult:
         if flush:
             torch.set_flush_denormal(False)
         shutdown(parallel)
-
-
-def _refuse_problem(config) -> None:
-    """The first senseless value of a resumed run's config (its --epochs, --time-limit), said as the flag."""
-    problem = config.problem()
-    if problem:
-        key, _, rest = problem.partition(" = ")  # 'section.key = value: why', said as the flag
-        if rest and key.startswith(("train.", "model.")):
-            problem = f"--{key.split('.', 1)[1].replace('_', '-')} = {rest}"
-        raise ValueError(problem)
-
-
-def _check_dims(data, config) -> None:
-    """Refuse data whose dimensions differ from the run's model, naming the file."""
-    if data.x_dim != config.model.x_dim or data.u_dim != config.model.u_dim:
-        raise ValueError(f"{data.source}: x_dim {data.x_dim}, u_dim {data.u_dim} do not match the run's model "
-                         f"(x_dim {config.model.x_dim}, u_dim {config.model.u_dim})")
 
 
 @contextmanager
@@ -482,63 +241,3 @@ def _train(a, config, data, run_dir, device, parallel=None, signals: bool = Fals
     if run_dir is not None:
         summary["plots"] = plots
     return TrainResult(summary, model, config, data, trainer, last)
-
-
-def write_derived(run_dir, trainer, best: bool = True) -> None:
-    """metrics.jsonl and best.pt, both derived from the trainer's state (and so from checkpoint.pt)."""
-    from dvae.run import BEST, save_torch, write_metrics
-
-    write_metrics(run_dir, trainer.rows)
-    if best and trainer.best_model is not None:
-        save_torch(os.path.join(run_dir, BEST), {"model": trainer.best_model, "epoch": trainer.state["best_epoch"]})
-
-
-def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -> list:
-    """training_curves.png, reconstruction.png and (trajectory data) prediction.png of a test sequence;
-    the paths written. ``stop``: a container that becomes non-empty when the plots should stop (a signal)."""
-    import torch
-
-    from dvae.data import collate
-    from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
-    from dvae.data.batching import sequence_lengths
-
-    written = []
-    path = os.path.join(run_dir, "training_curves.png")
-    plot_training_curves(rows, path)
-    written.append(path)
-    if stop:
-        return written
-
-    xs, us = data.subset("test")
-    cs = data.conditions("test", config.model.c_dim) if config.model.c_dim else None
-    i = int(np.argmax(sequence_lengths(xs)))  # lazily read data: from the lengths, nothing read
-    x, u = xs[i][:400], None if us is None else us[i][:400]
-    batch = collate([torch.from_numpy(normalizer.x([x])[0])],
-                    None if u is None else [torch.from_numpy(normalizer.u([u])[0])],
-                    None if cs is None else [torch.from_numpy(cs[i])]).to(model.device)
-    torch.manual_seed(config.train.seed)
-    rec = model.reconstruct(batch, num_samples=32)["x_mean"][:, 0]  # (S, L, x_dim)
-    rec = normalizer.x_inverse(rec).cpu().numpy()
-    path = os.path.join(run_dir, "reconstruction.png")
-    if getattr(config.model, "frame_shape", None):
-        from dvae.eval.plots import plot_frame_strips
-        plot_frame_strips(x, rec.mean(0), config.model.frame_shape, path, title="Reconstruction (step t)",
-                          row_names=("truth", "reconstruction", "|error|"), first_step=0)
-    else:
-        plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind in ("binary", "categorical"))
-    written.append(path)
-    if config.kind == "continuous" and len(x) >= 4 and not stop:
-        context = max(2, len(x) // 3)
-        horizon = len(x) - context
-        w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
-                            cs=None if cs is None else cs[i:i + 1])
-        path = os.path.join(run_dir, "prediction.png")
-        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
-        written.append(path)
-    return written
-
-
-def default_run_dir(model: str) -> str:
-    """``runs/MODEL-TIMESTAMP``: where ``dvae train`` writes a run without --out."""
-    return os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -1,7 +1,8 @@
 """Run directories: config.json, checkpoints (atomic), metrics.jsonl, and rebuilding a trained model.
 
 A run directory holds ``config.json`` (model, training and data settings and the normalisation
-statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch),
+statistics: everything to rebuild the model), ``metrics.jsonl`` (one row per epoch, strict JSON: a
+value that is not a finite number is null),
 ``checkpoint.pt`` (the latest state, to resume), ``best.pt`` (the parameters with the best validation
 bound) and plots. Every file is written by :func:`dvae.files.atomic_write` (a temporary name, fsync,
 rename), so a run killed at any moment keeps its last complete version of each.
@@ -19,12 +20,13 @@ from typing import List, Optional
 import torch
 
 from dvae import checkpoint
-from dvae.data import Normalizer, SequenceData
+from dvae.data import Normalizer, SequenceData, load_source
+from dvae.data.sources import builtin_loaders
 from dvae.data.fingerprint import absolute_source, check_unchanged, fingerprint
 from dvae.errors import RunDirError
 from dvae.files import atomic_write, write_text
 from dvae.infer.objectives import OBJECTIVES
-from dvae.infer.trainer import TrainConfig
+from dvae.infer.train_config import TrainConfig
 from dvae.models import MODELS, ModelConfig, all_guides, build_model, capability_problems
 from dvae.rundir import RunLock, start_run
 
@@ -328,13 +330,38 @@ def read_metrics(run_dir: str) -> list:
     except (DataError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: {e}" if isinstance(e, UnicodeDecodeError) else str(e)) from None
     try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [_nan_for_null(json.loads(line)) for line in text.splitlines() if line.strip()]
     except (json.JSONDecodeError, RecursionError) as e:
         raise RunDirError(f"{path}: not valid JSON lines ({str(e)[:200]})") from None
 
 
 def write_metrics(run_dir: str, rows: list) -> None:
-    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+    """metrics.jsonl: one row per epoch, strict JSON (a value that is not a finite number, NaN or
+    infinite, is written as null; :func:`read_metrics` gives it back as NaN)."""
+    write_text(os.path.join(run_dir, METRICS), "".join(json.dumps(_null_for_nan(r), allow_nan=False) + "\n"
+                                                       for r in rows))
+
+
+def _null_for_nan(value):
+    """``value`` with every float that is not finite (in dicts and lists too) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nan(v) for v in value]
+    return value
+
+
+def _nan_for_null(value):
+    """A metrics row read back: null (a value that was not a finite number) as NaN, in lists too."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
 
 
 def record_data(d: DataConfig) -> DataConfig:
@@ -350,16 +377,14 @@ def load_data(config: RunConfig, source: Optional[str] = None, missing: Optional
     """The run's data (or ``source`` read as the run reads its data: its text vocabulary and token
     mode). ``missing``: NaN entries are missing observations (default: as the run was trained). The
     run's own data is refused (DataError) where it is missing or changed since training (a recorded
-    fingerprint differs); ``source`` is read as it is. Built-in names (``pendulum``) are collected by
-    :mod:`envs.sources`."""
-    from envs.sources import load_source  # the data layer reads files; a built-in source collects from an env
-
+    fingerprint differs); ``source`` is read as it is. Built-in names (``pendulum``) are loaded by the
+    loaders :mod:`dvae.data.sources` registers."""
     d = config.data
     if source is None:
         check_unchanged(d.source, d.source_size, d.source_sha256)
     missing = d.missing == "nan" if missing is None else missing
     return load_source(source or d.source, seed=d.data_seed, episodes=d.episodes, steps=d.steps, missing=missing,
-                       tokens=d.tokens, min_count=d.min_count, vocab=config.vocab)
+                       tokens=d.tokens, min_count=d.min_count, vocab=config.vocab, builtins=builtin_loaders())
 
 
 def load_model(run_dir: str, device="cpu", which: str = "best"):

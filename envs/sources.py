@@ -1,19 +1,18 @@
 """Built-in data sources: SOURCE names (``dvae train --data pendulum``) that collect their data from an env.
 
 The data layer (:mod:`dvae.data`) reads files and collects from no environment; the names it cannot
-know live here, beside collection. :data:`BUILTIN_SOURCES` maps each name to its loader, and
-:func:`load_source` reads any SOURCE string: these names, and every file or directory that
-:func:`dvae.data.load_source` reads.
+know live here, beside collection; :data:`dvae.data.sources.BUILTIN_SOURCES` is the one list of them
+(each name with its loader's entry point here). :func:`load_source` reads any SOURCE string: these
+names, and every file or directory that :func:`dvae.data.load_source` reads.
 
 This module imports ``dvae.data`` (its public names only); ``import envs`` does not import it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict
-
 from dvae.data import SequenceData, from_trajectories
 from dvae.data import load_source as _load_source
+from dvae.data.sources import builtin_loaders
 from envs.collect import collect
 
 
@@ -26,10 +25,7 @@ def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> Sequen
                              (d["action_low"], d["action_high"]))
 
 
-BUILTIN_SOURCES: Dict[str, Callable[..., SequenceData]] = {"pendulum": load_pendulum}
-"""Built-in SOURCE name -> ``loader(seed=, episodes=, steps=)``."""
-
-
 def load_source(source: str, **kwargs) -> SequenceData:
-    """:func:`dvae.data.load_source` with the built-in names of :data:`BUILTIN_SOURCES` (same keywords)."""
-    return _load_source(source, builtins=BUILTIN_SOURCES, **kwargs)
+    """:func:`dvae.data.load_source` with the built-in names of :data:`dvae.data.sources.BUILTIN_SOURCES`
+    (same keywords)."""
+    return _load_source(source, builtins=builtin_loaders(), **kwargs)

@@ -1,7 +1,8 @@
 """Data: SequenceData and its splits, SequenceBatch, collation, loaders, normalisation.
 
-The data layer reads files; it collects from no environment. The built-in ``pendulum`` source lives
-with collection, in :mod:`envs.sources` (its ``load_source`` resolves built-in names too).
+The data layer reads files; it collects from no environment. The built-in sources (``pendulum``) are
+listed in :mod:`dvae.data.sources`, each by the entry point of its loader, which lives with collection
+(:mod:`envs.sources`) and is imported only when the source is loaded.
 """
 
 from dvae.data.batch import SequenceBatch, collate

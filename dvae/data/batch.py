@@ -151,6 +151,17 @@ class ResidentSequences:
         self.offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]])).to(device)  # (N,)
         self.device = device
 
+    @staticmethod
+    def holds(xs, us=None, max_bytes: int = 2 ** 30) -> bool:
+        """Whether these sequences can be held: arrays in memory (not lazily read), every sequence at
+        least one step long, no missing (NaN) entries, at most ``max_bytes`` of observations and controls."""
+        import numpy as np
+
+        if not (isinstance(xs, (list, tuple)) and len(xs) and all(isinstance(x, np.ndarray) for x in xs)):
+            return False
+        size = sum(x.nbytes for x in xs) + (0 if us is None else sum(np.asarray(u).nbytes for u in us))
+        return size <= max_bytes and all(len(x) for x in xs) and not any(np.isnan(x).any() for x in xs)
+
     def batch(self, rows: torch.Tensor, num_steps: int) -> SequenceBatch:
         """The sequences ``rows`` (B,) (indices, on the device) padded to ``num_steps`` (the longest of
         them, known on the host): what ``collate`` gives for them, moved to the device."""

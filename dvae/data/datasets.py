@@ -294,8 +294,9 @@ def load_source(source: str, seed: int = 0, episodes: int = 128, steps: int = 64
     ``missing``: NaN entries of a trajectory .npz are missing observations. ``tokens``, ``min_count``,
     ``vocab``: text only (``vocab``: a trained run's vocabulary, used instead of building one).
     ``builtins``: the built-in names, name -> ``loader(seed=, episodes=, steps=)`` returning a
-    :class:`SequenceData`. The data layer knows none itself (it collects from no environment):
-    ``envs.sources.BUILTIN_SOURCES`` holds ``pendulum``, and ``envs.sources.load_source`` passes it."""
+    :class:`SequenceData`. This loader knows none itself (it collects from no environment): the
+    registry :mod:`dvae.data.sources` lists them (``pendulum``), and ``dvae.run.load_data`` and
+    ``envs.sources.load_source`` pass its ``builtin_loaders()``."""
     builtins = {} if builtins is None else builtins
     if source.startswith("text:") or source.endswith(".txt"):
         from dvae.data.text import load_text

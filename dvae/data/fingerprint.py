@@ -6,7 +6,7 @@ fingerprint: the size in bytes and a SHA-256 of the content, streamed in 1 MiB b
 is what ``sha256sum`` prints, except for an ``.npz``, whose content is its arrays: the digest covers each
 member's name and uncompressed bytes, not the zip's timestamps, so data collected again with the same
 seed is the same data. A directory of shards hashes its manifest and every shard file, each named. The run-reading verbs refuse a source that is missing or whose fingerprint changed, with a
-hint to pass ``--data``. Built-in sources (``pendulum``) are generated, not read: no fingerprint.
+hint to pass ``--data``. Built-in sources (:mod:`dvae.data.sources`) are generated, not read: no fingerprint.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import os
 import zipfile
 from typing import List, NamedTuple, Optional, Tuple
 
+from dvae.data.sources import is_builtin
 from dvae.errors import DataError
 
 BLOCK = 1 << 20
-BUILTIN = ("pendulum",)
 
 
 class Fingerprint(NamedTuple):
@@ -35,7 +35,7 @@ def _path(source: str) -> str:
 
 def absolute_source(source: str) -> str:
     """``source`` with its path made absolute (``text:PATH`` keeps its prefix; built-ins unchanged)."""
-    if source in BUILTIN:
+    if is_builtin(source):
         return source
     prefix = "text:" if source.startswith("text:") else ""
     return prefix + os.path.abspath(_path(source))
@@ -44,7 +44,7 @@ def absolute_source(source: str) -> str:
 def source_files(source: str) -> Optional[List[str]]:
     """The files the loaders read for ``source`` (None for a built-in): the file itself, or a shard
     directory's manifest and shard files (a shard that is a directory of .npy arrays: its files)."""
-    if source in BUILTIN:
+    if is_builtin(source):
         return None
     path = _path(source)
     if os.path.isdir(path) or os.path.basename(path) == "manifest.json":
@@ -112,7 +112,7 @@ def fingerprint(source: str) -> Optional[Fingerprint]:
 def check_unchanged(source: str, size: Optional[int], sha256: Optional[str]) -> None:
     """Refuse (DataError) a recorded source that is missing or whose content changed since it was
     fingerprinted; nothing to check where no fingerprint was recorded (older runs, built-ins)."""
-    if sha256 is None or source in BUILTIN:
+    if sha256 is None or is_builtin(source):
         return
     hint = "pass --data PATH to read the data from elsewhere"
     try:

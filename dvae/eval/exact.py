@@ -3,7 +3,8 @@
     z_0 ~ N(m0, P0);  z_t = A z_{t-1} + B u_{t-1} + w_t, w_t ~ N(0, Q);  x_t = C z_t + v_t, v_t ~ N(0, R)
 
 The oracle against which variational bounds are held (:func:`kalman_log_likelihood`, the project's one
-numpy Kalman filter; ``envs.linear_gaussian.log_likelihood`` calls it), and a simulator.
+numpy Kalman filter; ``envs.linear_gaussian.log_likelihood`` calls it), and a simulator. A DMM that
+computes such a system exactly, whose bounds this oracle holds, is ``dvae.models.dmm.linear_gaussian_dmm``.
 """
 
 from __future__ import annotations
@@ -82,61 +83,3 @@ def sample_lgssm(params: LGSSMParams, num_sequences: int, num_steps: int, rng: n
         zs[:, t] = z
     xs = zs @ C.T + rng.multivariate_normal(np.zeros(x_dim), R, size=(num_sequences, num_steps))  # (N, L, x_dim)
     return xs, us, zs
-
-
-def _softplus_inverse(v: np.ndarray) -> np.ndarray:
-    return v + np.log(-np.expm1(-v))
-
-
-def linear_gaussian_dmm(params: LGSSMParams, emission_dim: int = 0, transition_dim: int = 8, rnn_dim: int = 8):
-    """A DMM whose generative networks compute the linear-Gaussian system ``params`` exactly, so its
-    exact log p(x | u) is :func:`kalman_log_likelihood`: an oracle for its ELBO, IW bounds and
-    particle filter (its guide is left at its random initialisation: the bounds hold for any guide).
-
-    Q, R and P0 must be diagonal (the DMM's scales are per dimension). The transition's gate is shut
-    (sigmoid(-60) ~ 1e-26, times a proposed mean held at exactly 0), so its mean is the linear part
-    A z + B u; its scale sqrt(diag Q) comes from the bias alone. The emitter's ReLU MLP passes
-    (relu(z), relu(-z)) through its two hidden layers and its output layer recombines them, C (relu(z)
-    - relu(-z)) = C z, exactly. Returns the model (float32, CPU)."""
-    import torch
-
-    from dvae.models import ModelConfig, build_model
-    from dvae.nn import MIN_SCALE
-
-    A, B, C, Q, R, m0, P0 = (np.asarray(a, dtype=np.float64) for a in params)
-    for name, M in (("Q", Q), ("R", R), ("P0", P0)):
-        if not np.allclose(M, np.diag(np.diag(M))):
-            raise ValueError(f"linear_gaussian_dmm needs a diagonal {name}")
-    z_dim, x_dim, u_dim = A.shape[0], C.shape[0], B.shape[1]
-    emission_dim = emission_dim or 2 * z_dim
-    if emission_dim < 2 * z_dim:
-        raise ValueError(f"emission_dim must be at least 2 z_dim = {2 * z_dim}")
-
-    def raw_scale(var):  # positive(raw) = softplus(raw) + MIN_SCALE = sqrt(var)
-        return torch.tensor(_softplus_inverse(np.sqrt(np.diag(var)) - MIN_SCALE), dtype=torch.float32)
-
-    def t(a):
-        return torch.tensor(a, dtype=torch.float32)
-
-    model = build_model(ModelConfig("dmm", x_dim=x_dim, u_dim=u_dim, z_dim=z_dim, rnn_dim=rnn_dim,
-                                    transition_dim=transition_dim, emission_dim=emission_dim))
-    with torch.no_grad():
-        model.initial.loc.copy_(t(m0))
-        model.initial.raw_scale.copy_(raw_scale(P0))
-        tr = model.transition
-        tr.gate[-1].weight.zero_(), tr.gate[-1].bias.fill_(-60.0)  # gate shut
-        tr.proposed_mean[-1].weight.zero_(), tr.proposed_mean[-1].bias.zero_()  # proposed mean 0
-        tr.linear_loc.weight.copy_(t(np.concatenate([A, B], 1))), tr.linear_loc.bias.zero_()  # A z + B u
-        tr.scale.weight.zero_(), tr.scale.bias.copy_(raw_scale(Q))
-        net = model.emitter.net  # Linear, ReLU, Linear, ReLU, Linear
-        split = np.zeros((emission_dim, z_dim))
-        split[:z_dim], split[z_dim:2 * z_dim] = np.eye(z_dim), -np.eye(z_dim)  # (relu(z), relu(-z))
-        net[0].weight.copy_(t(split)), net[0].bias.zero_()
-        keep = np.zeros((emission_dim, emission_dim))
-        keep[:2 * z_dim, :2 * z_dim] = np.eye(2 * z_dim)
-        net[2].weight.copy_(t(keep)), net[2].bias.zero_()
-        out = np.zeros((x_dim, emission_dim))
-        out[:, :z_dim], out[:, z_dim:2 * z_dim] = C, -C  # C relu(z) - C relu(-z) = C z
-        net[4].weight.copy_(t(out)), net[4].bias.zero_()
-        model.emitter.raw_scale.copy_(raw_scale(R))
-    return model

@@ -17,11 +17,14 @@
   threshold and flags a collapse after several; the trainer then warns once with
   :class:`PosteriorCollapseWarning`.
 
-Every statistic works on either form of a program (per-step sites ``z_t`` or one path site ``z``).
+Every statistic works on either form of a program (per-step sites ``z_t`` or one path site ``z``). A
+model with several latents (the DSAE's per-sequence code ``v`` and its ``z``) lists the dimensions of
+each, in site order, and counts the active units of each over its own data points.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
@@ -100,14 +103,16 @@ def site_columns(guide_site, model_site) -> LatentColumns:
 
 
 @torch.no_grad()
-def latent_columns(model: Callable, guide: Callable, batch) -> List[LatentColumns]:
-    """Run the guide, replay the model, and split every latent site by dimension (in site order)."""
+def latent_columns(model: Callable, guide: Callable, batch, names: bool = False) -> List[LatentColumns]:
+    """Run the guide, replay the model, and split every latent site by dimension (in site order);
+    ``names``: (site name, columns) pairs."""
     guide_trace = poutine.trace(guide).get_trace(batch)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
     out = []
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            out.append(site_columns(guide_trace.nodes[name], site))
+            col = site_columns(guide_trace.nodes[name], site)
+            out.append((name, col) if names else col)
     return out
 
 
@@ -129,19 +134,22 @@ def latent_report(model, xs, us, cs=None, batch_size: int = 64, vectorized: bool
     was_training = model.training
     model.eval()
     program = model.programs(vectorized=vectorized)
-    kl_sum, means, num_steps = None, [], 0
+    kl_sums, means, num_steps = {}, {}, 0  # by latent: the per-step sites z_0 .. z_{T-1} are one latent, z
     for batch in batches(xs, us, batch_size, by_length=True, cs=cs):
         num_steps += int(batch.lengths.sum())
-        for col in latent_columns(*program, batch.to(model.device)):
+        for name, col in latent_columns(*program, batch.to(model.device), names=True):
+            latent = re.sub(r"_\d+$", "", name)
             kl = col.kl.reshape(-1, col.kl.shape[-1]).sum(0)  # (d,)
-            kl_sum = kl if kl_sum is None else kl_sum + kl
-            means.append(col.loc[col.real].cpu())  # (n, d): the real entries
+            kl_sums[latent] = kl if latent not in kl_sums else kl_sums[latent] + kl
+            means.setdefault(latent, []).append(col.loc[col.real].cpu())  # (n, d): the real entries
     model.train(was_training)
-    if kl_sum is None:
+    if not kl_sums:
         return None
-    count, variance = active_units(torch.cat(means).numpy(), threshold)
-    return {"kl_per_dim": (kl_sum / num_steps).tolist(), "active_units": count,
-            "posterior_mean_var": variance.tolist()}
+    # several latents (the DSAE's code v and its z): their dimensions one after another, in site order
+    units = [active_units(torch.cat(means[k]).numpy(), threshold) for k in kl_sums]
+    return {"kl_per_dim": (torch.cat(list(kl_sums.values())) / num_steps).tolist(),
+            "active_units": sum(u[0] for u in units),
+            "posterior_mean_var": [v for u in units for v in u[1].tolist()]}
 
 
 class CollapseMonitor:

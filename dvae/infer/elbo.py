@@ -278,11 +278,20 @@ def _sample_sites(trace):
 
 
 def _traces(model: Callable, guide: Callable, batch):
+    """The guide's and the replayed model's traces, with the log densities :func:`elbo_terms` reads: not
+    those of a vectorized program's observation site, whose per-step terms it takes from the site's
+    distribution instead (:func:`~dvae.models.paths.observed_step_log_prob`: for the LGSSM the
+    step-by-step filter, so its GaussianHMM score is not computed as well)."""
     guide_trace = poutine.trace(guide).get_trace(batch)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    model_trace.compute_log_prob()
+    model_trace.compute_log_prob(site_filter=lambda name, site: not _path_observation(site))
     guide_trace.compute_log_prob()
     return model_trace, guide_trace
+
+
+def _path_observation(site) -> bool:
+    """Whether a model site is a vectorized program's observation: observed, event shape (T, x_dim)."""
+    return site["is_observed"] and len(site["fn"].event_shape) == 2
 
 
 @torch.no_grad()
@@ -301,7 +310,7 @@ def elbo_terms(model: Callable, guide: Callable, batch, num_particles: int = 1) 
     for name, site in _sample_sites(model_trace):
         t = int(name.split("_")[1]) if "_" in name else 0  # per-step sites x_t, z_t; the VRAE's z at 0
         if site["is_observed"]:
-            if len(site["fn"].event_shape) == 2:  # a vectorized program's x: (T, x_dim)
+            if _path_observation(site):  # a vectorized program's x: (T, x_dim)
                 log_lik += observed_step_log_prob(site["fn"], site["value"])
             else:
                 log_lik[:, t] += site["log_prob"]

@@ -1,4 +1,4 @@
-"""Training by stochastic variational inference: the loop, KL annealing, validation, faults, checkpoints.
+"""Training by stochastic variational inference: the loop, validation, fault recovery, checkpoints.
 
 The trainer wraps ``pyro.infer.SVI`` (:class:`~dvae.infer.svi.ClippedSVI` adds a global gradient-norm
 clip and skips non-finite updates). Each update maximises the per-step ELBO of a batch: model and guide
@@ -12,6 +12,10 @@ Each epoch's metrics row holds the two terms of the objective apart (``train_rec
 ``train_kl_per_step``; ``valid_recon_per_step``, ``valid_kl_per_step``), and the latent diagnostics of
 :mod:`dvae.infer.diagnostics` on the validation split (``valid_kl_per_dim``, ``active_units``,
 ``posterior_collapse``).
+
+Its settings are :class:`~dvae.infer.train_config.TrainConfig` (importable from here, with the defaults);
+KL annealing, the plateau learning-rate schedule and early stopping are :mod:`dvae.infer.schedule`;
+the snapshots faults go back to are :mod:`dvae.infer.faults`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import dataclasses
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -32,107 +35,18 @@ from pyro import poutine
 
 from dvae.data.batch import ResidentSequences, collate
 from dvae.data.batching import batch_indices, sequence_lengths
+from dvae.infer import rng, schedule
 from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
-from dvae.infer import rng
-from dvae.infer.elbo import DynamicalELBO, elbo
-from dvae.infer.objectives import make_objective
+from dvae.infer.elbo import elbo
 from dvae.infer.evaluation import evaluate, missing_log_det
+from dvae.infer.faults import TrainingDiverged, restore_snapshot, take_snapshot
+from dvae.infer.objectives import make_objective
 from dvae.infer.optim import make_adam
 from dvae.infer.svi import ClippedSVI
-from dvae.models import MODELS
+# the settings and their defaults, importable from here as before
+from dvae.infer.train_config import DEFAULT_EPOCHS, DEFAULT_LR, OTHER_LR, TrainConfig, default_lr  # noqa: F401
 
-
-DEFAULT_EPOCHS = 60
-"""The epochs of ``dvae train`` given neither ``--epochs`` nor ``--time-limit`` (``TrainConfig.epochs``
-None, with a time limit, trains until the limit or convergence)."""
-
-
-DEFAULT_LR = {name: cls.default_lr for name, cls in MODELS.items()}
-"""Adam's learning rate per model family when ``TrainConfig.lr`` is None, as each family's class states
-it (``default_lr``; chosen for time to quality: docs/performance.md, "Tuning the defaults")."""
-
-
-OTHER_LR = 1e-2
-"""The default learning rate of any other model (a user's own ``DynamicalVAE`` subclass)."""
-
-
-def default_lr(family: str) -> float:
-    """The default learning rate of a model family (``DEFAULT_LR``; ``OTHER_LR`` for other names)."""
-    return DEFAULT_LR.get(family, OTHER_LR)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings (saved in config.json)."""
-
-    epochs: Optional[int] = None
-    """Total number of epochs (a resumed run counts the epochs already done); None: no cap, the time
-    limit or convergence (the learning-rate schedule run out, then ``patience``) ends training.
-    ``dvae train`` with neither ``--epochs`` nor ``--time-limit`` trains ``DEFAULT_EPOCHS``."""
-    time_limit: Optional[float] = None
-    """Stop after this many seconds of training (checked between updates); None: no limit."""
-    batch_size: int = 16
-    """Sequences per update."""
-    lr: Optional[float] = None
-    """Learning rate; None: the model family's default, ``default_lr(family)`` (``DEFAULT_LR``, chosen
-    for time to quality: docs/performance.md, "Tuning the defaults"). ``Trainer`` keeps the number it
-    used in its ``config``."""
-    optimizer: str = "adam"
-    """adam or clipped_adam (Pyro's ClippedAdam, with lr decay ``lr_decay`` per update)."""
-    lr_decay: float = 1.0
-    """ClippedAdam's per-update learning-rate decay."""
-    clip_norm: float = 10.0
-    """Global gradient-norm clip (0: none)."""
-    kl_start: float = 0.1
-    """Annealing factor on the KL at the first update, rising linearly to 1."""
-    anneal_epochs: float = 5.0
-    """Epochs of linear KL warm-up (0: none)."""
-    free_bits: float = 0.0
-    """Free bits: nats per latent dimension per step below which the KL is not pushed."""
-    beta: float = 1.0
-    """Weight on the KL term (beta-VAE); 1 is the ELBO. Multiplies the annealing factor; free bits floor
-    the KL before it is weighted. Validation bounds always use beta = 1."""
-    collapse_kl: float = 0.01
-    """Posterior collapse: validation KL per step (nats) below which an epoch counts as collapsed."""
-    collapse_epochs: int = 3
-    """Posterior collapse: consecutive collapsed epochs before the trainer warns."""
-    patience: int = 10
-    """Early stopping (0: never stop early): with a schedule (``lr_schedule`` plateau), epochs without a
-    better validation bound once the learning rate has reached its floor ``min_lr`` (the schedule has
-    run out); without one (none), epochs without a better validation bound. Training that stops early
-    ends with the best parameters restored into the model."""
-    lr_schedule: str = "plateau"
-    """plateau: multiply the learning rate by ``lr_factor`` after ``lr_patience`` epochs in a row without a
-    better validation bound, down to ``min_lr``; none: a constant rate (docs/performance.md, "Learning-
-    rate schedule")."""
-    lr_factor: float = 0.5
-    """plateau: the factor on the learning rate at each reduction, in (0, 1)."""
-    lr_patience: int = 3
-    """plateau: epochs in a row without a better validation bound before the rate is reduced."""
-    min_lr: float = 1e-4
-    """plateau: the floor of the learning rate (a rate set at or below it is never reduced)."""
-    objective: str = "elbo"
-    """The training objective: elbo (the per-step dynamical ELBO, ``DynamicalELBO``) or iwae (the
-    ``train_samples``-sample importance-weighted bound, ``dvae.infer.objectives.IWAEObjective``; no
-    annealing, free bits or beta). Either is divided by the batch's number of real steps."""
-    train_samples: int = 1
-    """iwae: K, the importance samples per sequence of the training bound (K = 1: the one-draw ELBO)."""
-    seed: int = 0
-    """Seed of parameters, batches and samples."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    eval_batch_size: int = 64
-    """Sequences per batch when evaluating."""
-    vectorized: bool = True
-    """Train the time-vectorized form of the program (same ELBO and gradients, fewer Pyro sites);
-    False: the classic per-step program."""
-    bucket: bool = True
-    """Length-bucketed batches: sequences of similar length batched together (less padding), the
-    order of the batches shuffled each epoch."""
-
-
-class TrainingDiverged(FloatingPointError):
-    """Raised when non-finite updates persist after ``max_fault_retries`` restores."""
+__all__ = ["Trainer", "TrainConfig", "TrainingDiverged", "DEFAULT_EPOCHS", "DEFAULT_LR", "OTHER_LR", "default_lr"]
 
 
 class Trainer:
@@ -211,21 +125,16 @@ class Trainer:
         return poutine.scale(guide, scale=scale)(batch, annealing_factor)
 
     def annealing_factor(self, step: int) -> float:
-        warm = self.config.anneal_epochs * self.batches_per_epoch
-        if warm <= 0 or self.config.objective != "elbo":  # the IWAE bound has no KL term to anneal
-            return 1.0
-        return min(1.0, self.config.kl_start + (1.0 - self.config.kl_start) * step / warm)
+        """The factor on the KL at update ``step`` (:func:`dvae.infer.schedule.annealing_factor`)."""
+        return schedule.annealing_factor(self.config, step, self.batches_per_epoch)
 
     def request_stop(self) -> None:
         """Ask :meth:`fit` to return at the next update boundary (safe to call from a signal handler)."""
         self._stop_requested = True
 
     # --- faults -------------------------------------------------------------------------------------
-    def _optim_state(self) -> dict:
-        return copy.deepcopy(self.optim.get_state())
-
     def _take_snapshot(self) -> None:
-        self._snapshot = (copy.deepcopy(self.model.state_dict()), self._optim_state())
+        self._snapshot = take_snapshot(self.model, self.optim)
 
     def _set_lr_scale(self, scale: float, relative: bool = False) -> None:
         """Set the learning rate to ``config.lr * scale``. ``relative``: multiply the live optimisers'
@@ -239,39 +148,24 @@ class Trainer:
         for group in groups.values():
             group["lr"] = group["lr"] * change if relative else lr
 
-    # --- the learning-rate schedule -------------------------------------------------------------------
+    # --- the learning-rate schedule (dvae.infer.schedule) ----------------------------------------------
     @property
     def lr(self) -> float:
         """The learning rate now: ``config.lr`` times the schedule's and the fault recovery's factors
         (ClippedAdam's per-update decay not included)."""
         return self.config.lr * self.state["lr_scale"]
 
-    def _at_floor(self) -> bool:
-        """Whether the schedule has nothing left to reduce: the rate at (or below) ``min_lr``, or no
-        schedule (``lr_schedule`` none)."""
-        return self.config.lr_schedule != "plateau" or self.lr <= self.config.min_lr * (1 + 1e-9)
-
     def _schedule_step(self, improved: bool) -> None:
         """After an epoch's validation: reduce on plateau, and count the epochs without improvement at
         the floor (what early stopping waits on). All of it lives in ``state`` (checkpointed)."""
-        st, c = self.state, self.config
-        if improved:
-            st["lr_bad_epochs"] = st["floor_stale"] = 0
-            return
-        if self._at_floor():  # the epoch trained at the floor: the schedule has run out
-            st["floor_stale"] += 1
-            return
-        st["lr_bad_epochs"] += 1
-        if st["lr_bad_epochs"] >= c.lr_patience:
-            new_lr = max(self.lr * c.lr_factor, c.min_lr)
-            self._set_lr_scale(new_lr / c.lr, relative=True)  # relative: keeps ClippedAdam's decay
-            st["lr_bad_epochs"] = 0
-            st["lr_reductions"] += 1
+        new_lr = schedule.schedule_step(self.state, self.config, self.lr, improved)
+        if new_lr is not None:
+            self._set_lr_scale(new_lr / self.config.lr, relative=True)  # relative: keeps ClippedAdam's decay
 
     def converged(self) -> bool:
-        """Early stopping's test: ``patience`` epochs without a better validation bound once the schedule
-        has run out (with ``lr_schedule`` none: since the best epoch); never with ``patience`` 0."""
-        return bool(self.config.patience) and self.state["floor_stale"] >= self.config.patience
+        """Early stopping's test (:func:`dvae.infer.schedule.converged`): ``patience`` epochs without a
+        better validation bound once the schedule has run out; never with ``patience`` 0."""
+        return schedule.converged(self.state, self.config)
 
     def _recover(self) -> None:
         self.state["faults"] += 1
@@ -280,13 +174,7 @@ class Trainer:
                                    f"the learning rate was lowered to {self.config.lr * self.state['lr_scale']:.3g}; "
                                    "the last checkpoint is kept")
         if self._snapshot is not None:
-            model_state, optim_state = self._snapshot
-            self.model.load_state_dict(model_state)
-            store = pyro.get_param_store()
-            for p, opt in self.optim.optim_objs.items():
-                name = store.param_name(p)
-                if name in optim_state:
-                    opt.load_state_dict(copy.deepcopy(optim_state[name]))
+            restore_snapshot(self._snapshot, self.model, self.optim)
         self._set_lr_scale(self.state["lr_scale"] * self.fault_lr_factor, relative=True)  # the restored rates, lowered
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -350,11 +238,8 @@ class Trainer:
         if self._resident is None:
             self._resident = False
             want = self.resident_data if self.resident_data is not None else self.device.type == "cuda"
-            xs = self.train_xs
-            if want and isinstance(xs, (list, tuple)) and len(xs) and all(isinstance(x, np.ndarray) for x in xs):
-                size = sum(x.nbytes for x in xs) + (0 if self.train_us is None else sum(u.nbytes for u in self.train_us))
-                if size <= self.resident_max_bytes and all(len(x) for x in xs) and not any(np.isnan(x).any() for x in xs):
-                    self._resident = ResidentSequences(xs, self.train_us, self.train_cs, self.device)
+            if want and ResidentSequences.holds(self.train_xs, self.train_us, self.resident_max_bytes):
+                self._resident = ResidentSequences(self.train_xs, self.train_us, self.train_cs, self.device)
         return self._resident or None
 
     def _record_update(self, acc: dict, loss: float, num_steps: int, batch_index: int, extra_loss=0.0):

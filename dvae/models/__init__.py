@@ -13,9 +13,11 @@ from dvae.models.vrnn import VRNN
 MODELS = {"dmm": DMM, "vrnn": VRNN, "vrae": VRAE, "lgssm": LGSSM, "vae": VAE, "storn": STORN, "srnn": SRNN,
           "rssm": RSSM}
 # --- families of issue 17, part 2 (RVAE, DSAE) ---
+from dvae.models.dsae import DSAE  # noqa: E402
 from dvae.models.rvae import RVAE  # noqa: E402
 
 MODELS.update(rvae=RVAE)
+MODELS.update(dsae=DSAE)
 # --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
@@ -70,6 +72,6 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
 
 
 __all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
-           "MODELS", "build_model",
+           "DSAE", "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

@@ -125,7 +125,7 @@ class DynamicalVAE(nn.Module):
 
     Capabilities, stated once on each class and read by the command line, config validation and
     ``build_model``: ``guides``, ``conditional``, ``bidirectional_encoder``, ``tmc_guides``, ``kl_balancing``,
-    ``sample_broadcast``, ``default_lr``, ``state_scale``.
+    ``sample_broadcast``, ``default_lr``, ``state_scale``, ``frames``.
     """
 
     name = "dvae"
@@ -150,6 +150,9 @@ class DynamicalVAE(nn.Module):
     """Adam's learning rate when ``TrainConfig.lr`` is None (docs/performance.md, "Tuning the defaults")."""
     state_scale = True
     """Its Gaussian emitter can read the observation scale from the state (``ModelConfig.emission_scale``)."""
+    frames = False
+    """Reads image data as frames (``ModelConfig.frame_shape``: conv nets on the frames); False: a family
+    that reads frames as flat vectors (``dvae train`` gives it no ``frame_shape``)."""
     step_by_step_problem: Optional[str] = None
     """Why this model cannot run step by step (``predict``, the world model, the particle filter), or None
     (a forward state-space model). Read before any such use, which it refuses with a ValueError."""

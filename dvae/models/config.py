@@ -11,7 +11,7 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in config.json)."""
 
     model: str = "dmm"
-    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm)."""
+    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm, rvae, dsae)."""
     x_dim: int = 1
     """Observation dimension."""
     u_dim: int = 0
@@ -49,7 +49,7 @@ class ModelConfig:
     and the backward RNN's first; the DMM's combiner reads both RNN states at each step,
     q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
     c_dim: int = 0
-    """Dimension of the per-sequence condition c of a conditional VRAE or DMM (0: unconditional)."""
+    """Dimension of the per-sequence condition c of a conditional VRAE, DMM or DSAE (0: unconditional)."""
     missing: bool = False
     """Missing-data mode: the networks that read x (inference RNNs, the VRNN's phi_x) also read the
     observation mask, [x with missing entries 0, obs_mask], so they can tell a missing 0 from an observed 0."""
@@ -68,3 +68,5 @@ class ModelConfig:
     """RSSM: KL balancing weight alpha in [0, 1) (DreamerV2 uses 0.8): each step's KL is alpha KL(sg(q) || p)
     + (1 - alpha) KL(q || sg(p)), the same value with the gradient split; 0: off (the plain KL). Must be 0
     for the other families."""
+    v_dim: int = 0
+    """DSAE: dimension of the static code v of each sequence (0: the same as z_dim). Other families ignore it."""

@@ -58,6 +58,7 @@ the replayed path, and the emitter of every step in another.
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -67,7 +68,7 @@ from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist
 from dvae.models.state import State
 from dvae.models.paths import FlowPath, FlowStep, GuidePath, PriorPath
-from dvae.nn import Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
+from dvae.nn import MIN_SCALE, Combiner, ConvEmitter, Emitter, FrameEncoder, GatedTransition, InitialState, SequenceEncoder
 
 
 class DMM(DynamicalVAE):
@@ -77,6 +78,7 @@ class DMM(DynamicalVAE):
     conditional = True
     bidirectional_encoder = True
     tmc_guides = ("mean_field",)  # the dks guide's q(z_t | z_{t-1}, .) makes TMC's pairwise weights not a bound
+    frames = True  # conv nets on image frames (ModelConfig.frame_shape): the pixel DMM
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -230,3 +232,58 @@ class DMM(DynamicalVAE):
         stack = lambda name: torch.stack([getattr(s, name) for s in steps], 1)  # noqa: E731 (B, T, z_dim) | (B, T)
         return FlowPath(stack("loc"), stack("scale"), stack("base"), stack("value"), stack("log_det"), batch.mask,
                         self.iafs)
+
+
+# --- a DMM that is a linear-Gaussian system exactly (an oracle for its bounds) ---------------------------
+def _softplus_inverse(v: np.ndarray) -> np.ndarray:
+    return v + np.log(-np.expm1(-v))
+
+
+def linear_gaussian_dmm(params, emission_dim: int = 0, transition_dim: int = 8, rnn_dim: int = 8):
+    """A DMM whose generative networks compute the linear-Gaussian system ``params`` exactly, so its
+    exact log p(x | u) is :func:`dvae.eval.exact.kalman_log_likelihood`: an oracle for its ELBO, IW bounds and
+    particle filter (its guide is left at its random initialisation: the bounds hold for any guide).
+
+    ``params``: the seven arrays (A, B, C, Q, R, m0, P0) (``dvae.eval.exact.LGSSMParams`` or any tuple
+    of them in this order). Q, R and P0 must be diagonal (the DMM's scales are per dimension). The transition's gate is shut
+    (sigmoid(-60) ~ 1e-26, times a proposed mean held at exactly 0), so its mean is the linear part
+    A z + B u; its scale sqrt(diag Q) comes from the bias alone. The emitter's ReLU MLP passes
+    (relu(z), relu(-z)) through its two hidden layers and its output layer recombines them, C (relu(z)
+    - relu(-z)) = C z, exactly. Returns the model (float32, CPU)."""
+    A, B, C, Q, R, m0, P0 = (np.asarray(a, dtype=np.float64) for a in params)
+    for name, M in (("Q", Q), ("R", R), ("P0", P0)):
+        if not np.allclose(M, np.diag(np.diag(M))):
+            raise ValueError(f"linear_gaussian_dmm needs a diagonal {name}")
+    z_dim, x_dim, u_dim = A.shape[0], C.shape[0], B.shape[1]
+    emission_dim = emission_dim or 2 * z_dim
+    if emission_dim < 2 * z_dim:
+        raise ValueError(f"emission_dim must be at least 2 z_dim = {2 * z_dim}")
+
+    def raw_scale(var):  # positive(raw) = softplus(raw) + MIN_SCALE = sqrt(var)
+        return torch.tensor(_softplus_inverse(np.sqrt(np.diag(var)) - MIN_SCALE), dtype=torch.float32)
+
+    def t(a):
+        return torch.tensor(a, dtype=torch.float32)
+
+    model = DMM(ModelConfig(DMM.name, x_dim=x_dim, u_dim=u_dim, z_dim=z_dim, rnn_dim=rnn_dim,
+                            transition_dim=transition_dim, emission_dim=emission_dim))
+    with torch.no_grad():
+        model.initial.loc.copy_(t(m0))
+        model.initial.raw_scale.copy_(raw_scale(P0))
+        tr = model.transition
+        tr.gate[-1].weight.zero_(), tr.gate[-1].bias.fill_(-60.0)  # gate shut
+        tr.proposed_mean[-1].weight.zero_(), tr.proposed_mean[-1].bias.zero_()  # proposed mean 0
+        tr.linear_loc.weight.copy_(t(np.concatenate([A, B], 1))), tr.linear_loc.bias.zero_()  # A z + B u
+        tr.scale.weight.zero_(), tr.scale.bias.copy_(raw_scale(Q))
+        net = model.emitter.net  # Linear, ReLU, Linear, ReLU, Linear
+        split = np.zeros((emission_dim, z_dim))
+        split[:z_dim], split[z_dim:2 * z_dim] = np.eye(z_dim), -np.eye(z_dim)  # (relu(z), relu(-z))
+        net[0].weight.copy_(t(split)), net[0].bias.zero_()
+        keep = np.zeros((emission_dim, emission_dim))
+        keep[:2 * z_dim, :2 * z_dim] = np.eye(2 * z_dim)
+        net[2].weight.copy_(t(keep)), net[2].bias.zero_()
+        out = np.zeros((x_dim, emission_dim))
+        out[:, :z_dim], out[:, z_dim:2 * z_dim] = C, -C  # C relu(z) - C relu(-z) = C z
+        net[4].weight.copy_(t(out)), net[4].bias.zero_()
+        model.emitter.raw_scale.copy_(raw_scale(R))
+    return model

@@ -1,4 +1,4 @@
-"""`dvae train --model storn|srnn|rssm`, then `dvae eval` (bounds and the particle filter) and `dvae plan`,
+"""`dvae train --model storn|srnn|rssm|dsae`, then `dvae eval` (bounds and the particle filter) and `dvae plan`,
 end to end on tiny Pendulum data; the new flags' bad input."""
 
 import json
@@ -15,7 +15,8 @@ TINY = ["--episodes", "8", "--steps", "16", "--epochs", "2", "--z-dim", "2", "--
 
 
 @pytest.mark.parametrize("family, extra", [("storn", []), ("srnn", ["--guide", "resq"]),
-                                           ("rssm", ["--kl-balance", "0.8", "--free-bits", "0.5"])])
+                                           ("rssm", ["--kl-balance", "0.8", "--free-bits", "0.5"]),
+                                           ("dsae", ["--emission-scale", "state"])])
 def test_train_eval_and_plan(capsys, tmp_path, family, extra):
     code, _, err = run(capsys, "train", "--model", family, *TINY, *extra, "--out", tmp_path / "run")
     assert code == 0, err

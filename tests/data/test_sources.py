@@ -1,5 +1,5 @@
 """The data layer's structure: no import cycles inside dvae/data, nothing imported from envs; built-in
-SOURCE names come from the caller (envs.sources holds pendulum)."""
+SOURCE names come from the caller (the registry dvae.data.sources lists pendulum, loaded from envs.sources)."""
 
 import ast
 import os
@@ -105,10 +105,12 @@ def test_builtin_names_are_the_callers():
 
 def test_pendulum_source_is_the_collected_episodes():
     from envs import collect
-    from envs.sources import BUILTIN_SOURCES, load_pendulum
+    from dvae.data.sources import BUILTIN_SOURCES, builtin_loader
+    from envs.sources import load_pendulum
     from envs.sources import load_source as load_any_source
 
-    assert BUILTIN_SOURCES == {"pendulum": load_pendulum}
+    assert BUILTIN_SOURCES == {"pendulum": "envs.sources:load_pendulum"}  # the one list of built-in names
+    assert builtin_loader("pendulum") is load_pendulum
     data = load_any_source("pendulum", seed=1, episodes=3, steps=4)
     d = collect("Pendulum-v1", episodes=3, steps=4, policy="ou", seed=1)
     assert isinstance(data, SequenceData) and data.source == "pendulum" and data.kind == "continuous"
@@ -118,3 +120,26 @@ def test_pendulum_source_is_the_collected_episodes():
         np.testing.assert_array_equal(data.us[i][:4], d["actions"][i])  # (4, 1) torques, then the unused last row
         assert data.us[i][4].tolist() == [0.0]
     assert data.meta == {"env_id": "Pendulum-v1", "seed": 1, "episodes": 3, "steps": 4, "policy": "ou"}
+
+
+def test_every_reader_of_sources_takes_the_registry_names(tmp_path, monkeypatch):
+    """A name added to the registry is a built-in source for the loader (through ``dvae.run.load_data``)
+    and for the fingerprint (not a path: no absolute form, no fingerprint, nothing to check), and the
+    registry's module imports nothing from ``envs``."""
+    from dvae.data import fingerprint as fp
+    from dvae.data import sources
+    from dvae.run import DataConfig, RunConfig, load_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sources.BUILTIN_SOURCES, "levels", f"{__name__}:_levels")
+    assert fp.absolute_source("levels") == "levels" and fp.fingerprint("levels") is None
+    fp.check_unchanged("levels", 1, "0" * 64)  # a built-in: nothing recorded to check against
+    data = load_data(RunConfig(data=DataConfig(source="levels", data_seed=3, episodes=2, steps=4)))
+    assert data.source == "levels" and data.meta == {"seed": 3, "episodes": 2, "steps": 4}
+    code = "import sys, dvae.run, dvae.data.fingerprint; assert not [m for m in sys.modules if m.startswith('envs')]"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _levels(seed, episodes, steps):
+    xs = np.arange(episodes * (steps + 1), dtype=np.float32).reshape(episodes, steps + 1, 1)
+    return from_trajectories(xs, None, None, "levels", {"seed": seed, "episodes": episodes, "steps": steps})

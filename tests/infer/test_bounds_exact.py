@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from dvae.data.batch import collate
-from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, linear_gaussian_dmm, sample_lgssm
+from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
+from dvae.models.dmm import linear_gaussian_dmm
 from dvae.infer.elbo import DynamicalELBO, elbo_terms, iw_bound
 
 TRUE = LGSSMParams(np.array([[0.9, 0.1], [-0.1, 0.8]]), np.array([[0.5], [0.0]]), np.array([[1.0, 0.0], [0.3, 1.0]]),

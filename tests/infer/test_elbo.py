@@ -91,7 +91,8 @@ def test_free_bits_stop_the_gradient_below_the_floor():
     assert vrae.emitter.raw_scale.grad is not None and vrae.emitter.raw_scale.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm",
+                                    pytest.param("dsae", marks=pytest.mark.slow)])  # dsae: 9 s on a shared core
 def test_iw_bound_with_one_sample_is_an_unbiased_elbo_estimate(family):
     batch = make_batch(lengths=(4, 3))
     m = build_model(ModelConfig(family, x_dim=3, u_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
@@ -132,7 +133,7 @@ def _count_reads(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "dsae"])
 def test_the_elbos_update_reads_nothing_back_from_the_device(family, monkeypatch):
     """DynamicalELBO.loss_and_grads (the forward and backward of a training update, vectorized program)
     leaves the loss and the logged terms as tensors: no value is read by the host (distribution

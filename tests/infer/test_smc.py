@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dvae.data.batch import SequenceBatch, collate
-from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, linear_gaussian_dmm, sample_lgssm
+from dvae.eval.exact import LGSSMParams, kalman_log_likelihood, sample_lgssm
+from dvae.models.dmm import linear_gaussian_dmm
 from dvae.infer.elbo import iw_bound
 from dvae.infer.smc import (evaluate_pf, filter_for, lgssm_particle_filter, model_particle_filter, particle_filter,
                             systematic_resample)

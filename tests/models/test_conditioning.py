@@ -1,4 +1,4 @@
-"""Conditional VRAE and DMM: the condition c in the batch, the data files and the programs, and a
+"""Conditional VRAE, DMM and DSAE: the condition c in the batch, the data files and the programs, and a
 quick learning check that generated sequences follow the requested class. Also the bidirectional
 encoder's reach."""
 
@@ -74,7 +74,7 @@ def test_bad_conditions_are_refused_naming_the_file_and_the_sequence(tmp_path, a
 
 
 # --- the programs ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["vrae", "dmm"])
+@pytest.mark.parametrize("family", ["vrae", "dmm", "dsae"])
 @pytest.mark.parametrize("vectorized", [False, True], ids=["per_step", "vectorized"])
 def test_the_condition_reaches_the_guide_and_the_model(family, vectorized):
     """d loss / d c is non-zero through the guide alone and through the model alone."""
@@ -110,7 +110,7 @@ def test_the_dmm_emitter_does_not_read_the_condition():
     assert not torch.allclose(priors[0][:, 1:], priors[1][:, 1:])  # while the transition does read c
 
 
-@pytest.mark.parametrize("family", ["vrae", "dmm"])
+@pytest.mark.parametrize("family", ["vrae", "dmm", "dsae"])
 def test_generate_and_predict_take_the_condition(family):
     m = tiny(family)
     g = m.generate(5, u=torch.zeros(5, 2), num_samples=3, c=torch.tensor([1.0, 0.0]))
@@ -178,7 +178,7 @@ def two_class_ramps(n=64, num_steps=12, seed=0):
     return xs, np.eye(2, dtype=np.float32)[labels], labels
 
 
-@pytest.mark.parametrize("family", ["vrae", "dmm"])
+@pytest.mark.parametrize("family", ["vrae", "dmm", pytest.param("dsae", marks=pytest.mark.slow)])  # dsae: 2 s
 def test_generated_sequences_follow_the_requested_class(family):
     xs, cs, _ = two_class_ramps()
     torch.manual_seed(0)

@@ -157,6 +157,22 @@ def test_gaussian_hmm_program_per_step_terms_and_iw_bound():
     torch.testing.assert_close(iw_bound(*m.programs(vectorized=True), batch, 2), score, rtol=0, atol=1e-10)
 
 
+def test_the_vectorized_program_s_terms_run_one_filter_not_two(monkeypatch):
+    """``elbo_terms`` (what ``evaluate(vectorized=True)`` reads) of the vectorized program takes its
+    per-step terms from the step-by-step filter and does not also score the path by GaussianHMM."""
+    from dvae.models.lgssm import KalmanMarginal
+
+    m = _model(2, 2, 1).double()
+    batch = _random_batch(2, 1, (5, 3), torch.Generator().manual_seed(1))
+    hmm_scores, filters = [], []
+    score, forward = KalmanMarginal.log_prob, type(m)._forward
+    monkeypatch.setattr(KalmanMarginal, "log_prob", lambda self, v: hmm_scores.append(1) or score(self, v))
+    monkeypatch.setattr(type(m), "_forward", lambda self, *a, **k: filters.append(1) or forward(self, *a, **k))
+    terms = elbo_terms(*m.programs(vectorized=True), batch)
+    assert (len(hmm_scores), len(filters)) == (0, 1)
+    torch.testing.assert_close(terms["elbo"], _observed_log_prob(m.model_vectorized, batch), rtol=0, atol=1e-10)
+
+
 def test_lgssm_trains_on_the_gaussian_hmm_program_by_default():
     """Evaluation of either program of a fitted model gives the same bound (float32)."""
     g = np.random.default_rng(1)

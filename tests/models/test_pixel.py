@@ -122,3 +122,19 @@ def test_pixel_pipeline_end_to_end(tmp_path, capsys):
     assert 0 < out["kstep_nll"][0] < 1024 * np.log(1e6)
     frames = [p for p in out["plots"] if "frames_" in p]
     assert frames and all((tmp_path / "plots" / p.split("/")[-1]).stat().st_size > 0 for p in frames)
+
+
+def test_frame_shape_goes_to_the_families_that_read_frames():
+    """``dvae train`` on frames gives ``frame_shape`` to a family whose class states ``frames`` (the conv
+    nets), and none to the others (they read frames as flat vectors)."""
+    from types import SimpleNamespace
+
+    from dvae.models import MODELS
+    from dvae.run_start import train_configs
+    from dvae.train_options import train_options
+
+    data = SimpleNamespace(kind="binary", x_dim=64, u_dim=0, c_dim=0, meta={"frame_shape": [8, 8]})
+    assert MODELS["dmm"].frames and not MODELS["vrnn"].frames
+    for name, cls in MODELS.items():
+        model, _ = train_configs(train_options(model=name), data)
+        assert model.frame_shape == ([8, 8] if cls.frames else None), name
