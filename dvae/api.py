@@ -183,6 +183,9 @@ def fit(data, actions=None, *, model: str = "dmm", out=None, obs_names: Optional
 
     if loaded is not None:
         check_names(loaded.x_dim)  # before any training
+        if obs_names is not None:  # the training plots name the dimensions too
+            loaded = copy.copy(loaded)
+            loaded.meta = {**loaded.meta, "obs_names": ",".join(str(n) for n in obs_names)}
     result = train(a, loaded)
     check_names(result.config.model.x_dim)
     if loaded is not None and loaded.source != result.config.data.source:  # arrays written as RUN/data.npz
@@ -455,8 +458,11 @@ class Run:
                 raise ValueError("context, horizon: k-step errors need fully observed continuous data")
             train_xs, train_us = data.subset("train")
             try:
+                from dvae.eval.names import action_names
+
                 out.update(kstep_report(model, norm, xs, us, train_xs, train_us, context, horizon, num_samples,
-                                        plot_dir=plots, cs=cs))
+                                        plot_dir=plots, cs=cs, dim_names=self.obs_names, control_names=action_names(
+                                            data.meta, config.model.u_dim, config.data.source)))
             except ValueError as e:  # e.g. no sequence as long as context + horizon
                 raise DataError(f"{data.source}: split {split}: {e}") from None
         return out

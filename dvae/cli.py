@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every step (feedback, the seeds' form; teacher forcing in training)")
     p.add_argument("--rvae-noncausal", action="store_true",
                    help="rvae: x_t from a bidirectional RNN over all of z (no predict, plan or particle filter)")
+    p.add_argument("--kvae-components", type=int, default=mc.kvae_components,
+                   help="kvae: K, the linear-Gaussian systems its RNN mixes")
+    p.add_argument("--kvae-state-dim", type=int, default=mc.kvae_state_dim,
+                   help="kvae: dimension of the linear-Gaussian state under the codes (0: 2 z-dim)")
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience,
@@ -427,8 +431,12 @@ def cmd_eval(a) -> dict:
             raise ValueError("--context/--horizon (k-step errors) need fully observed continuous data")
         train_xs, train_us = data.subset("train")
         try:
+            from dvae.eval.names import action_names, obs_names
+
+            names = dict(dim_names=obs_names(data.meta, config.model.x_dim, config.data.source),
+                         control_names=action_names(data.meta, config.model.u_dim, config.data.source))
             out.update(kstep_report(model, norm, xs, us, train_xs, train_us, a.context, a.horizon, a.num_samples,
-                                    plot_dir=a.plots, cs=cs))
+                                    plot_dir=a.plots, cs=cs, **names))
         except ValueError as e:  # e.g. no sequence as long as context + horizon
             raise DataError(f"{data.source}: split {a.split}: {e}") from None
     return out

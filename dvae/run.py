@@ -112,6 +112,8 @@ class RunConfig:
             ("model.c_dim", m.c_dim, m.c_dim >= 0, ">= 0"),
             ("model.kl_balance", m.kl_balance, math.isfinite(m.kl_balance) and 0 <= m.kl_balance < 1,
              "in [0, 1) (0: off)"),
+            ("model.kvae_components", m.kvae_components, m.kvae_components >= 1, ">= 1"),
+            ("model.kvae_state_dim", m.kvae_state_dim, m.kvae_state_dim >= 0, ">= 0 (0: 2 z_dim)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
              if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [
             ("train.epochs", t.epochs, t.epochs is None or t.epochs >= 1, ">= 1 (or null: no cap)"),

@@ -67,6 +67,9 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -
     from dvae.eval import plot_predictions, plot_reconstructions, plot_training_curves, predict_windows
     from dvae.data.batching import sequence_lengths
 
+    from dvae.eval.names import action_names, obs_names
+
+    names = {"dim_names": obs_names(data.meta, config.model.x_dim, config.data.source)}  # units where known
     written = []
     path = os.path.join(run_dir, "training_curves.png")
     plot_training_curves(rows, path)
@@ -91,7 +94,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -
                           row_names=("truth", "reconstruction", "|error|"), first_step=0)
     else:
         plot_reconstructions(x, rec.mean(0), np.quantile(rec, 0.05, 0), np.quantile(rec, 0.95, 0), path,
-                             binary=config.kind in ("binary", "categorical"))
+                             kind=config.kind, token_names=getattr(data, "vocab", None), **names)
     written.append(path)
     if config.kind == "continuous" and len(x) >= 4 and not stop:
         context = max(2, len(x) // 3)
@@ -99,6 +102,7 @@ def write_train_plots(run_dir, model, config, data, normalizer, rows, stop=()) -
         w = predict_windows(model, normalizer, [x], None if u is None else [u], context, horizon, num_samples=64,
                             cs=None if cs is None else cs[i:i + 1])
         path = os.path.join(run_dir, "prediction.png")
-        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path)
+        plot_predictions(x, context, w["mean"][0], w["lo"][0], w["hi"][0], path, controls=u, **names,
+                         control_names=action_names(data.meta, config.model.u_dim, config.data.source))
         written.append(path)
     return written

@@ -13,25 +13,34 @@ from typing import Optional
 
 import numpy as np
 
+from dvae.infer.train_config import TrainConfig
+from dvae.models.config import ModelConfig
+from dvae.run import DataConfig
+
+_MODEL, _TRAIN, _DATA = ModelConfig(), TrainConfig(), DataConfig()
+
 TRAIN_OPTIONS = {
     # data
-    "missing": "none", "tokens": "words", "min_count": 1, "episodes": 128, "steps": 64,
+    **{k: getattr(_DATA, k) for k in ("missing", "tokens", "min_count", "episodes", "steps")},
     # training
-    "epochs": None, "time_limit": None, "batch_size": 16, "lr": None, "optimizer": "adam", "lr_decay": 1.0,
-    "clip_norm": 10.0, "kl_start": 0.1, "anneal_epochs": 5.0, "free_bits": 0.0, "beta": 1.0,
-    "collapse_kl": 0.01, "collapse_epochs": 3, "patience": 10, "per_step": False, "no_bucket": False,
-    "device": "auto", "seed": 0, "lr_schedule": "plateau", "lr_factor": 0.5, "lr_patience": 3, "min_lr": 1e-4,
-    "plateau_updates": 500,
-    "objective": "elbo", "train_samples": 1,
+    **{k: getattr(_TRAIN, k) for k in ("epochs", "time_limit", "batch_size", "lr", "optimizer", "lr_decay",
+                                       "clip_norm", "kl_start", "anneal_epochs", "free_bits", "beta",
+                                       "collapse_kl", "collapse_epochs", "patience", "device", "seed",
+                                       "lr_schedule", "lr_factor", "lr_patience", "min_lr", "plateau_updates",
+                                       "objective", "train_samples")},
+    "per_step": not _TRAIN.vectorized, "no_bucket": not _TRAIN.bucket,
     # model
-    "z_dim": 16, "rnn_dim": 64, "rnn_type": "gru", "transition_dim": 64, "emission_dim": 64, "guide": "dks",
-    "num_iafs": None, "iaf_dim": 50, "bidirectional": False, "condition": False, "kl_balance": 0.0,
-    "emission_scale": "constant", "vrae_decoder": "controls", "rvae_noncausal": False,
+    **{k: getattr(_MODEL, k) for k in ("z_dim", "rnn_dim", "rnn_type", "transition_dim", "emission_dim", "guide",
+                                       "iaf_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder",
+                                       "kvae_components", "kvae_state_dim")},
+    "num_iafs": None, "condition": False, "rvae_noncausal": not _MODEL.rvae_causal,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,
 }
 """The ``dvae train`` flags (besides --model, --data, --out, --resume, --debug) by their names with
-underscores, with the command line's defaults (tests/api checks them against its parser)."""
+underscores, with the command line's defaults: as its parser, the defaults of the config dataclasses
+(``ModelConfig``, ``TrainConfig``, ``DataConfig``) where a flag sets a field (tests/api checks the
+two against each other)."""
 
 CHOICES = {"missing": ("none", "nan"), "tokens": ("words", "chars"), "rnn_type": ("gru", "lstm", "rnn"),
            "optimizer": ("adam", "clipped_adam"), "device": ("auto", "cpu", "cuda"),
@@ -52,7 +61,7 @@ _FLOAT_OPTIONS = {"time_limit", "lr", "lr_decay", "clip_norm", "kl_start", "anne
                   "collapse_kl", "dist_timeout"}
 
 
-def train_options(model: str = "dmm", data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
+def train_options(model: str = ModelConfig.model, data: str = "pendulum", out: Optional[str] = None, **options) -> SimpleNamespace:
     """The train verb's settings from keyword arguments: ``options`` are its flags by their names with
     underscores (:data:`TRAIN_OPTIONS`). An unknown name, a value outside a flag's choices or of the
     wrong type raises ValueError naming it."""

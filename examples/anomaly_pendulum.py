@@ -56,6 +56,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 import dvae  # noqa: E402
+from dvae.files import save_figure, write_json  # noqa: E402
 from envs import OUPolicy, collect, save_npz  # noqa: E402
 
 KINDS = ("clean", "stuck sensor", "actuator offset")
@@ -204,9 +205,9 @@ def plot(per_step, threshold, kind, mask, scored, test, path, episode=0):
         steps = np.arange(per_step.shape[1])
         ax_obs, ax = axes[k]
         clean = test["obs"][3 * episode]
-        ax_obs.plot(steps, clean[:, 2], color="0.6", lw=1, label="clean theta dot")
-        ax_obs.plot(steps, test["obs"][row][:, 2], color="C0", lw=1.2, label="observed theta dot")
-        ax_obs.set_ylabel("theta dot")
+        ax_obs.plot(steps, clean[:, 2], color="0.6", lw=1, label="clean")
+        ax_obs.plot(steps, test["obs"][row][:, 2], color="C0", lw=1.2, label="observed")
+        ax_obs.set_ylabel("theta dot (rad/s)")
         ax.plot(steps, per_step[row], color="k", lw=1.2, label="per-step -ELBO")
         ax.axhline(threshold, color="C3", ls="--", lw=1, label="step threshold")
         flagged = (per_step[row] > threshold) & scored
@@ -219,18 +220,20 @@ def plot(per_step, threshold, kind, mask, scored, test, path, episode=0):
             ax.axvspan(lo, hi, color="0.85", lw=0)
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_locator(matplotlib.ticker.SymmetricalLogLocator(base=10, linthresh=1.0))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(base=10, linthresh=1.0))
-        ax.set_ylabel("nats")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: no 10^x
+        ax.set_ylabel("anomaly score:\nper-step -ELBO (nats)")
         ax.set_title(f"{KINDS[k]}", fontsize=10)
         if k == 0:
             ax.legend(fontsize=8, loc="upper left")
             ax_obs.legend(fontsize=8, loc="upper left")
-    axes[-1, 0].set_xlabel("time step")
-    axes[-1, 1].set_xlabel("time step")
+    for ax in axes[-1]:
+        ax.set_xlabel("time step")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(f"test episode {episode}: faulty segment shaded (orange), unscored edges grey")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)  # atomic, never through a symlink at path
     plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> dict:
@@ -256,8 +259,7 @@ def main(argv=None) -> dict:
     valid = model.score(split="valid", quantile=args.quantile, seed=args.seed)
     scores = model.score(test_npz, split="all", quantile=args.quantile, seed=args.seed)
     for name, value in (("valid_scores.json", valid), ("scores.json", scores)):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(value, f)
+        write_json(os.path.join(args.out, name), value, indent=None)
     T1 = args.steps + 1
     scored = (np.arange(T1) >= args.burn_in) & (np.arange(T1) < T1 - 1)  # (T+1,): the scored window
     valid_steps = np.concatenate([np.asarray(s["per_step"])[scored[:len(s["per_step"])]] for s in valid["sequences"]])
@@ -278,8 +280,7 @@ def main(argv=None) -> dict:
     figure = os.path.join(args.out, "anomaly_scores.png")
     plot(per_step, threshold, test["fault_kind"], test["fault_mask"], scored, test, figure)
     result["figure"] = figure
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), result, indent=2)
     print(json.dumps(result, indent=2))
     return result
 

@@ -35,6 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import dvae  # noqa: E402
+from dvae.files import write_json  # noqa: E402
 from envs import collect, save_npz  # noqa: E402
 
 
@@ -112,8 +113,7 @@ def main(argv=None):
         "seconds": time.perf_counter() - t0,
         "command": "python examples/pendulum_mbrl.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(a.out, "summary.json"), summary, indent=2)
     print(json.dumps(summary))
     return summary
 

@@ -1,19 +1,21 @@
 #!/usr/bin/env python
-"""The three uses of docs/python-api.md at full size: the figures and the numbers that page quotes.
+"""The three uses of docs/tutorial.md and docs/python-api.md at full size: the figures and the
+numbers the tutorial quotes.
 
     python examples/python_api_tour.py --out docs/figures/python-api --work-dir runs/python-api-tour
     python examples/python_api_tour.py --quick --out /tmp/tour         # tiny sizes: a smoke test
 
 1. Arrays of control trajectories (a damped oscillator pushed by u): ``dvae.fit``, ``run.predict``
    with a 90% band (``forecast.png``), ``run.evaluate`` with k-step errors.
-2. Pendulum-v1: ``dvae.fit("pendulum")``, ``run.env`` stepped, ``run.plan`` against the random and
+2. Pendulum-v1: ``dvae.fit("pendulum")``, an open-loop forecast of an unseen real episode under its
+   own controls (``pendulum_forecast.png``), ``run.env`` stepped, ``run.plan`` against the random and
    true-model baselines.
 3. dvae/LinearGaussian-v0: the DMM's -ELBO, IW bound and particle-filter estimate against the fitted
-   LGSSM's exact NLL and the true system's (the floor), on the same test sequences.
+   LGSSM's exact NLL and the true system's (the floor), on the same test sequences (``bounds.png``).
 
-Writes ``OUT/results.json`` and ``OUT/forecast.png`` (the Pendulum run directory under
-``--work-dir``); prints the results as JSON. The page's figures: ``--out docs/figures/python-api
---work-dir runs/python-api-tour``.
+Writes ``OUT/results.json`` and the three figures (the Pendulum run directory under ``--work-dir``),
+every file through the atomic writer ``dvae.files``; prints the results as JSON. The tutorial's
+figures: ``--out docs/figures/python-api --work-dir runs/python-api-tour``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ import os
 import sys
 import time
 
-import numpy as np
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import dvae  # noqa: E402
+from dvae.files import save_figure, write_json  # noqa: E402
 
 
 def oscillator(episodes: int, steps: int, seed: int):
@@ -41,6 +48,27 @@ def oscillator(episodes: int, steps: int, seed: int):
     for t in range(steps):
         x[:, t + 1] = x[:, t] @ [[0.99, -0.1], [0.1, 0.95]] + [0, 0.1] * u[:, t] + 0.01 * rng.normal(size=(episodes, 2))
     return x, u
+
+
+def bounds_figure(lg: dict, path: str) -> None:
+    """The five numbers of use 3 as horizontal bars (nats per step, lower is better)."""
+    rows = [("DMM -ELBO (upper bound)", lg["dmm_neg_elbo_per_step"]),
+            ("DMM IW bound, K=64", lg["dmm_nll_iw_per_step"]),
+            ("DMM particle filter, 256", lg["dmm_nll_pf_per_step"]),
+            ("LGSSM exact NLL (fitted)", lg["lgssm_nll_exact_per_step"]),
+            ("true system's NLL (floor)", lg["true_nll_per_step"])]
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [v for _, v in rows], color=["C0", "C0", "C0", "C1", "0.4"])
+    for yi, (_, v) in zip(y, rows):
+        ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y, [n for n, _ in rows])
+    lo = min(v for _, v in rows)
+    ax.set_xlim(min(0.0, lo - 0.1 * abs(lo)), max(v for _, v in rows) * 1.15 + 0.1)
+    ax.set(xlabel="test NLL, nats per step (lower is better)", title="dvae/LinearGaussian-v0: bounds against the exact NLL")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -62,6 +90,7 @@ def main(argv=None) -> dict:
                    obs_names=["position", "velocity"])
     forecast = run.predict(x[0, :20], u[0, :19], future_actions=u[0, 19:49], seed=a.seed)
     forecast.plot(truth=x[0, 20:50], path=os.path.join(a.out, "forecast.png"))
+    plt.close("all")
     lo, hi = forecast.quantile([0.05, 0.95])
     ev = run.evaluate(iw_samples=16, context=20, horizon=20, seed=a.seed)
     res["oscillator"] = {"best_epoch": run.summary["best_epoch"], "train_seconds": run.summary["train_seconds"],
@@ -73,18 +102,24 @@ def main(argv=None) -> dict:
     # --- 2. a run as an env and a planner ---
     pend = dvae.fit("pendulum", seed=a.seed, no_progress=True, no_plots=True, out=os.path.join(work, "pendulum"),
                     **({"episodes": 8, "steps": 16, **quick} if a.quick else {"epochs": 60}))
+    import envs
+
+    real = envs.collect("Pendulum-v1", 1, 64, policy="ou", seed=a.seed + 1000)  # an episode the run never saw
+    pf = pend.predict(real["obs"][0, :16], real["actions"][0, :15], future_actions=real["actions"][0, 15:63], seed=a.seed)
+    pf.plot(truth=real["obs"][0, 16:64], path=os.path.join(a.out, "pendulum_forecast.png"))
+    plt.close("all")
     env = pend.env("Pendulum-v1")
     obs, _ = env.reset(seed=a.seed)
     obs, reward, *_ = env.step(env.action_space.sample())
     plan = pend.plan("Pendulum-v1", episodes=1, seed=a.seed,
                      **(dict(max_steps=5, num_samples=16, iterations=1, horizon=3) if a.quick else dict(max_steps=100)))
-    res["pendulum"] = {"imagined_step": {"obs": obs.tolist(), "reward": reward},
+    res["pendulum"] = {"best_epoch": pend.summary["best_epoch"], "train_seconds": pend.summary["train_seconds"],
+                       "forecast_rmse": float(np.sqrt(((pf.mean - real["obs"][0, 16:64]) ** 2).mean())),
+                       "imagined_step": {"obs": obs.tolist(), "reward": reward},
                        **{k: plan[k] for k in ("mean_return", "baselines", "normalized_return") if k in plan}}
 
     # --- 3. bounds against the exact likelihood ---
     import gymnasium as gym
-
-    import envs
 
     data = envs.collect("dvae/LinearGaussian-v0", 16 if a.quick else 128, 50, policy="ou", seed=a.seed)
     dmm = dvae.fit(data["obs"], data["actions"], model="dmm", seed=a.seed, no_progress=True, **{"epochs": 40, **quick})
@@ -98,9 +133,9 @@ def main(argv=None) -> dict:
                               "dmm_nll_iw_per_step": r["nll_iw_per_step"], "dmm_nll_pf_per_step": r["nll_pf_per_step"],
                               "lgssm_nll_exact_per_step": lgssm.evaluate(seed=a.seed)["nll_exact_per_step"],
                               "true_nll_per_step": exact}
+    bounds_figure(res["linear_gaussian"], os.path.join(a.out, "bounds.png"))
     res["seconds"] = time.perf_counter() - t0
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(os.path.join(a.out, "results.json"), res, indent=2)
     print(json.dumps(res))
     return res
 

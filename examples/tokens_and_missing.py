@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import dvae
+from dvae.files import write_json, write_text
 
 
 @dataclass
@@ -70,8 +71,7 @@ def tokens(a: Args) -> dict:
     if a.smoke:
         lines = lines[:150]
         corpus = os.path.join(a.out, "corpus-subset.txt")
-        with open(corpus, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        write_text(corpus, "\n".join(lines) + "\n")
     # the grammar's exact log p of each line: the generator's choices (same seed, same order)
     log_p = [lp for _, lp in generate(len(lines))]
     assert [s for s, _ in generate(len(lines))] == lines, "the corpus is not the grammar's output"
@@ -207,8 +207,7 @@ def main(argv=None) -> dict:
     a = Args(**vars(ap.parse_args(argv)))
     os.makedirs(a.out, exist_ok=True)
     res = {"args": vars(a), "tokens": tokens(a), "missing": missing_data(a)}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(os.path.join(a.out, "results.json"), res, indent=2)
     print(report(res))
     return res
 

@@ -14,7 +14,7 @@ from dvae.models import ModelConfig, build_model
 from dvae.world_model import WorldModel
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm", "dsae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm", "dsae", "kvae"])
 def test_world_model_rollouts_match_predict_in_distribution(family):
     torch.manual_seed(0)
     m = build_model(ModelConfig(family, x_dim=2, u_dim=1, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))

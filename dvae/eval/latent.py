@@ -320,8 +320,9 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
     except ValueError as e:
         out["interpolation"] = out["traversal"] = f"skipped: {e}"
         return out
-    pendulum = data.meta.get("env_id") == PENDULUM and data.x_dim == 3
-    dim_names = ["cos theta", "sin theta", "theta dot"] if pendulum else None
+    from dvae.eval.names import obs_names
+
+    dim_names = obs_names(data.meta, data.x_dim, getattr(data, "source", None))  # units where known
     alpha = np.linspace(0.0, 1.0, num_points)  # 0: sequence i's code, 1: sequence j's
     decoded = {}
     for kind, fn in (("linear", lerp), ("spherical (slerp)", slerp)):

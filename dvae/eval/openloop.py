@@ -61,7 +61,8 @@ def bernoulli_nll(truth: np.ndarray, prob: np.ndarray, floor: float = 1e-6) -> n
 
 
 def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, horizon: int,
-                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3, cs=None) -> dict:
+                 num_samples: int = 64, plot_dir: Optional[str] = None, num_plots: int = 3, cs=None,
+                 dim_names=None, control_names=None) -> dict:
     """``kstep_rmse`` of the model, ``kstep_nll`` (nats per observation vector, of the truth under a
     Gaussian matched to the predictive samples' mean and spread; for a Bernoulli emitter, under the
     predictive distribution of each element, a Bernoulli with the mean of the emitter's probabilities
@@ -69,7 +70,8 @@ def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, ho
     ``kstep_errors.png`` (RMSE against k for the model and the baselines) and, for the first
     ``num_plots`` windows, ``prediction_<i>.png`` (or, for frames (``model.config.frame_shape``),
     ``frames_<i>.png``: truth, prediction and error as frame strips); their paths are returned under
-    ``plots``."""
+    ``plots``. The predictions name their panels by ``dim_names`` and draw the window's controls
+    underneath (named by ``control_names``); ``dvae.eval.names`` finds both for a data set."""
     w = predict_windows(model, normalizer, xs, us, context, horizon, num_samples, cs=cs)
     truth = w["x_future"]
     binary = getattr(model.config, "likelihood", "gaussian") == "bernoulli"
@@ -101,8 +103,10 @@ def kstep_report(model, normalizer, xs, us, train_xs, train_us, context: int, ho
                 continue
             path = os.path.join(plot_dir, f"prediction_{int(w['index'][j])}.png")
             window = np.concatenate([w["x_context"][j], truth[j]])  # (C + H, x_dim)
-            plot_predictions(window, context, w["mean"][j], w["lo"][j], w["hi"][j], path,
-                             baselines={"linear": linear[j], "persistence": persistence[j]})
+            controls = None if us is None else np.asarray(us[int(w["index"][j])][:context + horizon - 1])  # (L-1, u_dim)
+            plot_predictions(window, context, w["mean"][j], w["lo"][j], w["hi"][j], path, dim_names=dim_names,
+                             baselines={"linear": linear[j], "persistence": persistence[j]}, controls=controls,
+                             control_names=control_names)
             plots.append(path)
         out["plots"] = plots
     return out

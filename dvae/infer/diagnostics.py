@@ -25,6 +25,7 @@ each, in site order, and counts the active units of each over its own data point
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
@@ -164,3 +165,30 @@ class CollapseMonitor:
     def update(self, kl_per_step: float) -> bool:
         self.count = self.count + 1 if kl_per_step < self.threshold else 0
         return self.count >= self.epochs
+
+
+def epoch_diagnostics(model, valid, kl_per_step: float, config, state: dict, device=None) -> dict:
+    """An epoch's latent diagnostics for its metrics row: the KL per latent dimension, the active units
+    and each dimension's posterior-mean variance on the validation split ``valid`` (xs, us, cs), and
+    the collapse check of :class:`CollapseMonitor` (``config``: ``collapse_kl``, ``collapse_epochs``,
+    ``eval_batch_size``, ``vectorized``), its count kept in the trainer's ``state`` (``collapse_count``,
+    ``collapse_warned``: a resumed run goes on counting). Warns once per run with
+    :class:`PosteriorCollapseWarning`. Its draws leave the caller's random stream as it was (``device``,
+    default the model's: the CUDA stream forked too). {} for a model without latent sites (the LGSSM)."""
+    device = torch.device(device or model.device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # its draws leave the training's random stream as it was
+        report = latent_report(model, *valid, config.eval_batch_size, vectorized=config.vectorized)
+    if report is None:
+        return {}
+    monitor = CollapseMonitor(config.collapse_kl, config.collapse_epochs, state.get("collapse_count", 0))
+    collapsed = monitor.update(kl_per_step)
+    state["collapse_count"] = monitor.count
+    if collapsed and not state.get("collapse_warned", False):
+        state["collapse_warned"] = True
+        warnings.warn(PosteriorCollapseWarning(
+            f"posterior collapse: the validation KL per step has stayed below {config.collapse_kl} nats for "
+            f"{monitor.count} epochs ({kl_per_step:.3g} now; {report['active_units']} active units); the latent "
+            "code is ignored (try free bits, KL annealing, beta < 1 or a weaker decoder)"), stacklevel=3)
+    return {"valid_kl_per_dim": report["kl_per_dim"], "active_units": report["active_units"],
+            "posterior_mean_var": report["posterior_mean_var"], "posterior_collapse": collapsed}

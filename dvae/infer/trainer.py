@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import math
 import time
-import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -36,7 +35,7 @@ from pyro import poutine
 from dvae.data.batch import ResidentSequences, collate
 from dvae.data.batching import batch_indices, sequence_lengths
 from dvae.infer import rng, schedule
-from dvae.infer.diagnostics import CollapseMonitor, PosteriorCollapseWarning, latent_report
+from dvae.infer.diagnostics import epoch_diagnostics
 from dvae.infer.elbo import elbo
 from dvae.infer.evaluation import evaluate, missing_log_det
 from dvae.infer.faults import TrainingDiverged, restore_snapshot, take_snapshot
@@ -376,25 +375,9 @@ class Trainer:
 
     def _diagnostics(self, kl_per_step: float) -> dict:
         """KL per latent dimension and active units on the validation split, and the collapse check
-        (warns once per run, with :class:`PosteriorCollapseWarning`)."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # its draws leave the training's random stream as it was
-            report = latent_report(self.model, self.valid_xs, self.valid_us, self.valid_cs,
-                                   self.config.eval_batch_size, vectorized=self.config.vectorized)
-        if report is None:  # no latent sites (the exact LGSSM)
-            return {}
-        monitor = CollapseMonitor(self.config.collapse_kl, self.config.collapse_epochs,
-                                  self.state.get("collapse_count", 0))
-        collapsed = monitor.update(kl_per_step)
-        self.state["collapse_count"] = monitor.count
-        if collapsed and not self.state.get("collapse_warned", False):
-            self.state["collapse_warned"] = True
-            warnings.warn(PosteriorCollapseWarning(
-                f"posterior collapse: the validation KL per step has stayed below {self.config.collapse_kl} nats for "
-                f"{monitor.count} epochs ({kl_per_step:.3g} now; {report['active_units']} active units); the latent "
-                "code is ignored (try free bits, KL annealing, beta < 1 or a weaker decoder)"), stacklevel=2)
-        return {"valid_kl_per_dim": report["kl_per_dim"], "active_units": report["active_units"],
-                "posterior_mean_var": report["posterior_mean_var"], "posterior_collapse": collapsed}
+        (:func:`dvae.infer.diagnostics.epoch_diagnostics`: warns once per run)."""
+        return epoch_diagnostics(self.model, (self.valid_xs, self.valid_us, self.valid_cs), kl_per_step,
+                                 self.config, self.state, self.device)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict:

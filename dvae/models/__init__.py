@@ -18,6 +18,9 @@ from dvae.models.rvae import RVAE  # noqa: E402
 
 MODELS.update(rvae=RVAE)
 MODELS.update(dsae=DSAE)
+from dvae.models.kvae import KVAE  # noqa: E402
+
+MODELS.update(kvae=KVAE)
 # --- end of part 2 ---
 """The families by name (``ModelConfig.model``); each class states its capabilities."""
 
@@ -72,6 +75,6 @@ def build_model(config: ModelConfig) -> DynamicalVAE:
 
 
 __all__ = ["DynamicalVAE", "ModelConfig", "DMM", "VRNN", "VRAE", "LGSSM", "VAE", "STORN", "SRNN", "RSSM", "RVAE",
-           "DSAE", "MODELS", "build_model",
+           "DSAE", "KVAE", "MODELS", "build_model",
            "all_guides", "capability_problems",
            "observation_dist", "repeat_batch"]

@@ -11,7 +11,7 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in config.json)."""
 
     model: str = "dmm"
-    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm, rvae, dsae)."""
+    """Model family: a name in ``dvae.models.MODELS`` (dmm, vrnn, vrae, lgssm, vae, storn, srnn, rssm, rvae, dsae, kvae)."""
     x_dim: int = 1
     """Observation dimension."""
     u_dim: int = 0
@@ -64,6 +64,11 @@ class ModelConfig:
     rvae_causal: bool = True
     """RVAE: causal (x_t from an RNN over z_{0:t}; a forward state-space model) or non-causal (x_t from a
     bidirectional RNN over z_{0:T-1}; no step-by-step use). Other families ignore it."""
+    kvae_components: int = 3
+    """KVAE: K, the number of linear-Gaussian systems (A_k, B_k, C_k) its RNN mixes. Other families ignore it."""
+    kvae_state_dim: int = 0
+    """KVAE: the dimension of the linear-Gaussian state s_t under the codes a_t (z_dim); 0: 2 z_dim. Other
+    families ignore it."""
     kl_balance: float = 0.0
     """RSSM: KL balancing weight alpha in [0, 1) (DreamerV2 uses 0.8): each step's KL is alpha KL(sg(q) || p)
     + (1 - alpha) KL(q || sg(p)), the same value with the gradient split; 0: off (the plain KL). Must be 0

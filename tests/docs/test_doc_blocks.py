@@ -6,7 +6,8 @@ test reports it as skipped with that reason (a fragment, a placeholder path), ne
 
 Shrunk for the suite (the blocks themselves show the real sizes): ``dvae.fit`` trains at most
 ``QUICK_EPOCHS`` epochs (the built-in pendulum source: ``QUICK_EPISODES`` episodes), and ``Run.plan``
-plans at most ``QUICK_PLAN`` (steps, candidates, iterations, horizon) per episode.
+plans at most ``QUICK_PLAN`` (steps, candidates, iterations, horizon) per episode, and ``Run.evaluate``
+draws at most ``QUICK_EVAL`` importance samples and particles.
 """
 
 import os
@@ -21,6 +22,7 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.+?)\s*-->")
 QUICK_EPOCHS, QUICK_EPISODES = 2, 16
 QUICK_PLAN = dict(max_steps=5, num_samples=32, iterations=1, horizon=5)
+QUICK_EVAL = dict(iw_samples=4, particles=16)
 
 
 def python_blocks(path: Path):
@@ -55,7 +57,7 @@ def test_the_parser_finds_blocks_and_skip_marks(tmp_path):
 def quick(monkeypatch):
     import dvae.api
 
-    fit, plan = dvae.api.fit, dvae.api.Run.plan
+    fit, plan, evaluate = dvae.api.fit, dvae.api.Run.plan, dvae.api.Run.evaluate
 
     def quick_fit(data, actions=None, **options):
         options["epochs"] = min(options.get("epochs") or 60, QUICK_EPOCHS)
@@ -69,7 +71,14 @@ def quick(monkeypatch):
             kwargs[k] = min(kwargs.get(k, v), v)
         return plan(self, env_id, **kwargs)
 
+    def quick_evaluate(self, *args, **kwargs):
+        for k, v in QUICK_EVAL.items():
+            if kwargs.get(k) is not None:
+                kwargs[k] = min(kwargs[k], v)
+        return evaluate(self, *args, **kwargs)
+
     monkeypatch.setattr(dvae.api, "fit", quick_fit)
+    monkeypatch.setattr(dvae.api.Run, "evaluate", quick_evaluate)
     monkeypatch.setattr(dvae.api.Run, "plan", quick_plan)
     monkeypatch.setenv("DVAE_DOCS_QUICK", "1")
     yield monkeypatch

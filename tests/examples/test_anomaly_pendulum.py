@@ -111,3 +111,23 @@ def test_the_script_runs_from_the_shell(tmp_path):
                        env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout) == json.loads(open(tmp_path / "results.json").read())
+
+
+def test_the_score_figure_has_readable_axes(example, tmp_path):
+    """Scores in plain numbers (1, 10, 100: no 10^x), labelled with what they are and their unit; the
+    observation panel in rad/s; steps on integer ticks."""
+    rng = np.random.default_rng(0)
+    T1 = 21
+    per_step = np.abs(rng.normal(size=(3, T1))) * 30  # (N, T+1) scores
+    kind, mask = np.arange(3), np.zeros((3, T1), bool)
+    mask[1:, 8:12] = True
+    scored = (np.arange(T1) >= 2) & (np.arange(T1) < T1 - 1)
+    test = {"obs": rng.normal(size=(3, T1, 3))}
+    fig = example.plot(per_step, 5.0, kind, mask, scored, test, str(tmp_path / "a.png"))
+    axes = np.asarray(fig.axes).reshape(3, 2)
+    assert all(ax.get_ylabel() == "anomaly score:\nper-step -ELBO (nats)" for ax in axes[:, 1])
+    assert all(ax.get_ylabel() == "theta dot (rad/s)" for ax in axes[:, 0])
+    fig.canvas.draw()
+    labels = [t.get_text() for t in axes[0, 1].get_yticklabels() if t.get_text()]
+    assert labels and not any("^" in t or "times" in t for t in labels), labels
+    assert all(float(v).is_integer() for v in axes[-1, 1].get_xticks())

@@ -92,7 +92,8 @@ def test_free_bits_stop_the_gradient_below_the_floor():
 
 
 @pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm",
-                                    pytest.param("dsae", marks=pytest.mark.slow)])  # dsae: 9 s on a shared core
+                                    pytest.param("dsae", marks=pytest.mark.slow),  # dsae: 9 s on a shared core
+                                    pytest.param("kvae", marks=pytest.mark.slow)])  # kvae: 16 s on a shared core
 def test_iw_bound_with_one_sample_is_an_unbiased_elbo_estimate(family):
     batch = make_batch(lengths=(4, 3))
     m = build_model(ModelConfig(family, x_dim=3, u_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
@@ -133,7 +134,7 @@ def _count_reads(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "dsae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "dsae", "kvae"])
 def test_the_elbos_update_reads_nothing_back_from_the_device(family, monkeypatch):
     """DynamicalELBO.loss_and_grads (the forward and backward of a training update, vectorized program)
     leaves the loss and the logged terms as tensors: no value is read by the host (distribution
@@ -154,7 +155,8 @@ def test_the_elbos_update_reads_nothing_back_from_the_device(family, monkeypatch
     assert reads == 0
     assert torch.is_tensor(loss) and not loss.requires_grad
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
-    assert set(elbo.last_term_tensors) == {"log_lik", "kl"} and elbo.last_terms["kl"] > 0
+    assert set(elbo.last_term_tensors) == {"log_lik", "kl"}
+    assert elbo.last_terms["kl"] > 0 if family != "kvae" else math.isfinite(elbo.last_terms["kl"])  # kvae: sampled KL
 
 
 def test_the_trainer_reads_the_logged_terms_every_n_updates_with_the_same_sums(monkeypatch):

@@ -151,8 +151,8 @@ def test_bad_estimator_names_and_particle_counts_are_refused():
         measure_estimator(small_dmm(), make_batch((3,)), "analytic", draws=1)
 
 
-FAMILIES = ("dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm", "dsae")
-NOT_BROADCASTING = ("vrnn", "vrae", "vae", "storn", "srnn", "rssm", "dsae")
+FAMILIES = ("dmm", "vrnn", "vrae", "lgssm", "vae", "storn", "srnn", "rssm", "dsae", "kvae")
+NOT_BROADCASTING = ("vrnn", "vrae", "vae", "storn", "srnn", "rssm", "dsae", "kvae")
 
 
 def _family(name):

@@ -83,7 +83,7 @@ def site_names(m, vectorized):
     return seen.names
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm",
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm", "kvae",
                                     pytest.param("dsae", marks=pytest.mark.slow)])  # dsae: 4 s on a shared core
 def test_a_vectorized_trainer_runs_no_per_step_program(family):
     """Training, validation and the latent diagnostics of a vectorized trainer: every sample site that

@@ -21,7 +21,7 @@ def small(family, **kw):
     return ModelConfig(family, x_dim=3, u_dim=2, z_dim=4, rnn_dim=8, transition_dim=8, emission_dim=8, **kw)
 
 
-@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "rvae", "storn", "srnn", "rssm", "dsae"])
+@pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "vae", "rvae", "storn", "srnn", "rssm", "dsae", "kvae"])
 def test_state_scale_varies_with_the_input_and_constant_does_not(family):
     torch.manual_seed(0)
     state = build_model(small(family, emission_scale="state")).emitter

@@ -12,7 +12,7 @@ from dvae.infer import elbo_terms
 from dvae.models import ModelConfig, build_model
 from tests.conftest import make_batch
 
-FAMILIES = ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm", "dsae"]
+FAMILIES = ["dmm", "vrnn", "vrae", "vae", "storn", "srnn", "rssm", "dsae", "kvae"]
 
 
 def tiny(family, u_dim=2, **kw):

@@ -12,7 +12,7 @@ from dvae.infer import elbo_terms
 from dvae.infer.evaluation import evaluate
 from dvae.models import ModelConfig, build_model, repeat_batch
 
-FAMILIES = ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "dsae"]
+FAMILIES = ["dmm", "vrnn", "vrae", "storn", "srnn", "rssm", "dsae", "kvae"]
 
 
 def fixed_emitter(m, bias):

@@ -661,7 +661,8 @@ def test_reads_are_capped_at_a_16th_of_the_size_limit(tmp_path, monkeypatch):
                                     dict(model="dmm", x_dim=64, frame_shape=[8, 8]), dict(model="vrnn", u_dim=2),
                                     dict(model="vrae", bidirectional=True, c_dim=3), dict(model="lgssm", u_dim=1),
                                     dict(model="vae"), dict(model="storn", u_dim=1), dict(model="srnn"),
-                                    dict(model="rssm", u_dim=2), dict(model="dsae", u_dim=1, c_dim=2, v_dim=3)],
+                                    dict(model="rssm", u_dim=2), dict(model="dsae", u_dim=1, c_dim=2, v_dim=3),
+                                    dict(model="kvae", u_dim=2, kvae_components=2, kvae_state_dim=3)],
                          ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_the_parameter_count_checked_before_building_is_the_built_models(config):
     """config validation counts a model's parameters on the meta device (the IAF flows by formula): the
