@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON (default bench/results/plan[-quick].json)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.episodes, a.steps, a.time_limit, a.plan_episodes = min(a.episodes, 10), min(a.steps, 20), min(a.time_limit, 2.0), 1
+        a.episodes, a.steps = min(a.episodes, 10), min(a.steps, 20)
+        a.time_limit, a.plan_episodes = min(a.time_limit, 2.0), 1
         a.train_flags = a.train_flags or "--z-dim 2 --rnn-dim 8 --transition-dim 8 --emission-dim 8 --no-plots"
         a.plan_flags = a.plan_flags or "--max-steps 4 --num-samples 8 --iterations 1 --horizon 3 --history 4"
     out = a.out or os.path.join(ROOT, "bench", "results", "plan-quick.json" if a.quick else "plan.json")
@@ -130,8 +131,9 @@ def main(argv=None) -> int:
             train["metrics"] = _training_record(run_dir)
             report["steps"]["train"] = train
             m = train["metrics"]
-            print(f"trained {m['epochs']} epochs ({train['cpu_seconds']:.0f} CPU s, {train['wall_seconds']:.0f} wall s), "
-                  f"best valid -ELBO {m['best_valid_neg_elbo_per_step']:.3f} at epoch {m['best_epoch']}", flush=True)
+            print(f"trained {m['epochs']} epochs ({train['cpu_seconds']:.0f} CPU s, "
+                  f"{train['wall_seconds']:.0f} wall s), best valid -ELBO {m['best_valid_neg_elbo_per_step']:.3f} "
+                  f"at epoch {m['best_epoch']}", flush=True)
         plan = run_verb(["plan", run_dir, "--env", "Pendulum-v1", "--episodes", str(a.plan_episodes),
                          *shlex.split(a.plan_flags)])
         report["steps"]["plan"] = plan

@@ -98,8 +98,8 @@ class Trainer:
         self.state = {"epoch": 0, "step": 0, "best_valid": math.inf, "best_epoch": 0, "since_best": 0,
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
                       "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
-                      "collapse_warned": False, "lr_bad_epochs": 0, "floor_stale": 0, "lr_reductions": 0, "plateau_start": 0,
-                      "stop_reason": None}
+                      "collapse_warned": False, "lr_bad_epochs": 0, "floor_stale": 0, "lr_reductions": 0,
+                      "plateau_start": 0, "stop_reason": None}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
