@@ -115,14 +115,14 @@ def _replay_updates(values, updates_per_epoch, lr, factor, patience, min_lr, pla
 
 @pytest.mark.parametrize("plateau_updates", [0, 4, 9])
 def test_the_trainer_follows_a_replay_of_the_rule_on_the_bounds_it_recorded(plateau_updates):
-    t = _trainer(n=6, lr=0.2, lr_factor=0.3, lr_patience=1, min_lr=0.001, patience=2, epochs=14,
+    t = _trainer(n=6, lr=0.2, lr_factor=0.3, lr_patience=1, min_lr=0.001, patience=2, epochs=10,
                  plateau_updates=plateau_updates)
     rows = t.fit(progress=False)
     rates, stop = _replay_updates([r["valid_neg_elbo_per_step"] for r in rows], 3, 0.2, 0.3, 1, 0.001,
                                   plateau_updates, 2)
     assert [r["lr"] for r in rows] == pytest.approx(rates)
     assert t.state["stop_reason"] == ("epochs" if stop is None else "converged")
-    assert len(rows) == (14 if stop is None else stop)
+    assert len(rows) == (10 if stop is None else stop)
     assert t.state["lr_reductions"] >= 1, [r["valid_neg_elbo_per_step"] for r in rows]  # the schedule acted
     if plateau_updates:  # and waited: no two reductions closer than plateau_updates updates (3 an epoch)
         changes = [i for i in range(1, len(rows)) if rows[i]["lr"] != rows[i - 1]["lr"]]
