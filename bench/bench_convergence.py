@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -89,17 +88,17 @@ def run_one(spec: dict) -> dict:
 
     import pyro
 
-    from dvae.cli import build_parser
-    from dvae.fitting import prepare as _prepare, train_configs
+    from dvae.fitting import prepare as _prepare, train_configs, train_options
+    from dvae.flags import options_from_flags
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 
     torch.set_num_threads(1)
     flush = torch.set_flush_denormal(True)  # as dvae train does on CPU
     data, normalizer, exact = _data(spec)
-    argv = ["train", "--data", spec.get("path") or "lg", "--model", spec["family"], "--seed", str(spec["seed"]),
-            "--objective", spec["objective"], "--train-samples", str(spec["train_samples"]), *shlex.split(spec["flags"])]
-    args = build_parser().parse_args(argv)
+    options = {"model": spec["family"], "seed": spec["seed"], "objective": spec["objective"],
+               "train_samples": spec["train_samples"], **options_from_flags(spec["flags"])}  # dvae train's settings
+    args = train_options(data=spec.get("path") or "lg", **options)
     model_config, train_config = train_configs(args, data)
     train_config = dataclasses.replace(train_config, epochs=None, time_limit=None, device="cpu")  # the CPU budget ends it
     pyro.set_rng_seed(train_config.seed)

@@ -86,7 +86,9 @@ def train_configs(a, data):
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
                         guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
                         emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder, rvae_causal=not a.rvae_noncausal,
-                        kvae_components=a.kvae_components, kvae_state_dim=a.kvae_state_dim,
+                        kvae_components=a.kvae_components, kvae_state_dim=a.kvae_state_dim, v_dim=a.v_dim,
+                        actions=(None if not data.u_dim else
+                                 "discrete" if data.meta.get("num_actions") else "continuous"),
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",

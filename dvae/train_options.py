@@ -32,7 +32,7 @@ TRAIN_OPTIONS = {
     # model
     **{k: getattr(_MODEL, k) for k in ("z_dim", "rnn_dim", "rnn_type", "transition_dim", "emission_dim", "guide",
                                        "iaf_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder",
-                                       "kvae_components", "kvae_state_dim")},
+                                       "kvae_components", "kvae_state_dim", "v_dim")},
     "num_iafs": None, "condition": False, "rvae_noncausal": not _MODEL.rvae_causal,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,

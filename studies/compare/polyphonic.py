@@ -128,22 +128,25 @@ def write_quick_subset(src: Path, dst: Path) -> Path:
 def train_and_eval(data: Path, family: str, run_dir: Path, budget: float, iw_samples: int, seed: int,
                    device: str, quick: bool = False) -> dict:
     """One ``dvae train`` (defaults but family, time limit and seed) and one ``dvae eval`` of its test
-    split, in-process through the CLI's parser; their figures and wall times."""
-    from dvae.cli import build_parser, cmd_eval, cmd_train
+    split, in-process through the Python API (``dvae.fit``, ``Run.evaluate``); their figures and wall times."""
+    import dvae
 
     if run_dir.exists():  # a scratch run of an earlier study: start afresh
         shutil.rmtree(run_dir)
     argv = ["train", "--data", str(data), "--model", family, "--time-limit", f"{budget:g}", "--seed", str(seed),
             "--device", device, "--out", str(run_dir)]
+    options = dict(model=family, time_limit=budget, seed=seed, device=device, out=run_dir)
     if quick:
         argv += ["--epochs", "1"]
+        options["epochs"] = 1
     t0 = time.perf_counter()
-    summary = cmd_train(build_parser().parse_args(argv))
+    run = dvae.fit(str(data), **options)
+    summary = run.summary
     train_wall = time.perf_counter() - t0
     eval_argv = ["eval", str(run_dir), "--split", "test", "--iw-samples", str(iw_samples), "--seed", str(seed),
                  "--device", device]
     t0 = time.perf_counter()
-    ev = cmd_eval(build_parser().parse_args(eval_argv))
+    ev = run.evaluate(split="test", iw_samples=iw_samples, seed=seed)
     eval_wall = time.perf_counter() - t0
     return {"family": family, "budget_s": budget, "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
             "train_update_s": summary["train_seconds"], "train_wall_s": train_wall, "eval_s": eval_wall,
