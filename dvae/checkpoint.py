@@ -27,7 +27,7 @@ from dvae.errors import RunDirError
 
 # the trainer state's counters (integers >= 0) and the sums of an epoch in progress
 _COUNTERS = ("epoch", "step", "best_epoch", "since_best", "skipped_updates", "faults", "batch_in_epoch",
-             "collapse_count", "lr_bad_epochs", "floor_stale", "lr_reductions")
+             "collapse_count", "lr_bad_epochs", "floor_stale", "lr_reductions", "plateau_start")
 _PARTIAL_FLOATS = ("loss_sum", "seconds", "log_lik_sum", "kl_sum")
 _PARTIAL_COUNTERS = ("steps_sum", "skipped")
 _PARTIAL_OPTIONAL = ("log_lik_sum", "kl_sum")  # read with a default of 0

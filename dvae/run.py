@@ -85,6 +85,8 @@ class RunConfig:
         train = d["train"]
         if isinstance(train, dict) and "lr_schedule" not in train:  # written before the schedule: a constant rate
             train = {**train, "lr_schedule": "none"}
+        if isinstance(train, dict) and "plateau_updates" not in train:  # written before it: plateaus in epochs alone
+            train = {**train, "plateau_updates": 0}
         config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, train, path, "train"),
                      _build(DataConfig, d["data"], path, "data"),
                      None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
@@ -126,6 +128,7 @@ class RunConfig:
             ("train.lr_schedule", t.lr_schedule, t.lr_schedule in ("plateau", "none"), "plateau or none"),
             ("train.lr_factor", t.lr_factor, math.isfinite(t.lr_factor) and 0 < t.lr_factor < 1, "in (0, 1)"),
             ("train.lr_patience", t.lr_patience, t.lr_patience >= 1, ">= 1"),
+            ("train.plateau_updates", t.plateau_updates, t.plateau_updates >= 0, ">= 0 (0: epochs alone)"),
             ("train.min_lr", t.min_lr, math.isfinite(t.min_lr) and t.min_lr > 0, "a positive number"),
             ("train.objective", t.objective, t.objective in OBJECTIVES, " or ".join(OBJECTIVES)),
             ("train.train_samples", t.train_samples, t.train_samples >= 1, ">= 1"),

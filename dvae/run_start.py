@@ -101,6 +101,7 @@ def train_configs(a, data):
                         collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
                         seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket,
                         lr_schedule=a.lr_schedule, lr_factor=a.lr_factor, lr_patience=a.lr_patience, min_lr=a.min_lr,
+                        plateau_updates=a.plateau_updates,
                         objective=a.objective, train_samples=a.train_samples)
     return model, train
 

@@ -26,8 +26,8 @@ TRAIN_OPTIONS = {
     **{k: getattr(_TRAIN, k) for k in ("epochs", "time_limit", "batch_size", "lr", "optimizer", "lr_decay",
                                        "clip_norm", "kl_start", "anneal_epochs", "free_bits", "beta",
                                        "collapse_kl", "collapse_epochs", "patience", "device", "seed",
-                                       "lr_schedule", "lr_factor", "lr_patience", "min_lr", "objective",
-                                       "train_samples")},
+                                       "lr_schedule", "lr_factor", "lr_patience", "min_lr", "plateau_updates",
+                                       "objective", "train_samples")},
     "per_step": not _TRAIN.vectorized, "no_bucket": not _TRAIN.bucket,
     # model
     **{k: getattr(_MODEL, k) for k in ("z_dim", "rnn_dim", "rnn_type", "transition_dim", "emission_dim", "guide",

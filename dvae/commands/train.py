@@ -89,8 +89,9 @@ def add_train(sub) -> None:
     p.add_argument("--condition", action="store_true",
                    help="conditional vrae/dmm on the .npz's per-sequence 'cond' (N, c_dim) or 'labels' (N,) (one-hot)")
     p.add_argument("--patience", type=int, default=tc.patience,
-                   help=f"early stopping: epochs without a better validation bound once the learning-rate schedule "
-                        f"has reached --min-lr (0: never stop early) (default {tc.patience})")
+                   help=f"early stopping: epochs (and --plateau-updates updates) without a better validation "
+                        f"bound once the learning-rate schedule has reached --min-lr (0: never stop early) "
+                        f"(default {tc.patience})")
     p.add_argument("--lr-schedule", choices=["plateau", "none"], default=tc.lr_schedule,
                    help=f"plateau: multiply the rate by --lr-factor after --lr-patience epochs without a better "
                         f"validation bound, down to --min-lr; none: a constant rate (default {tc.lr_schedule})")
@@ -98,6 +99,10 @@ def add_train(sub) -> None:
                    help=f"plateau schedule: factor on the rate at each reduction, in (0, 1) (default {tc.lr_factor:g})")
     p.add_argument("--lr-patience", type=int, default=tc.lr_patience,
                    help=f"plateau schedule: epochs without improvement before a reduction (default {tc.lr_patience})")
+    p.add_argument("--plateau-updates", type=int, default=tc.plateau_updates,
+                   help="the fewest updates without a better validation bound before a reduction of the rate, "
+                        "and at the floor before early stopping, besides the epochs (0: epochs alone) "
+                        f"(default {tc.plateau_updates})")
     p.add_argument("--min-lr", type=finite_float, default=tc.min_lr,
                    help=f"plateau schedule: the floor of the rate (default {tc.min_lr:g})")
     p.add_argument("--objective", choices=list(OBJECTIVES), default=tc.objective,
