@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -89,17 +88,17 @@ def run_one(spec: dict) -> dict:
 
     import pyro
 
-    from dvae.cli import build_parser
-    from dvae.fitting import prepare as _prepare, train_configs
+    from dvae.fitting import prepare as _prepare, train_configs, train_options
+    from dvae.flags import options_from_flags
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 
     torch.set_num_threads(1)
     flush = torch.set_flush_denormal(True)  # as dvae train does on CPU
     data, normalizer, exact = _data(spec)
-    argv = ["train", "--data", spec.get("path") or "lg", "--model", spec["family"], "--seed", str(spec["seed"]),
-            "--objective", spec["objective"], "--train-samples", str(spec["train_samples"]), *shlex.split(spec["flags"])]
-    args = build_parser().parse_args(argv)
+    options = {"model": spec["family"], "seed": spec["seed"], "objective": spec["objective"],
+               "train_samples": spec["train_samples"], **options_from_flags(spec["flags"])}  # dvae train's settings
+    args = train_options(data=spec.get("path") or "lg", **options)
     model_config, train_config = train_configs(args, data)
     train_config = dataclasses.replace(train_config, epochs=None, time_limit=None, device="cpu")  # the CPU budget ends it
     pyro.set_rng_seed(train_config.seed)
@@ -129,6 +128,10 @@ def run_one(spec: dict) -> dict:
             if clock.used - last_test[0] >= spec["test_every"]:
                 last_test[0] = clock.used
                 point["test_neg_elbo_per_step"] = _bounds(model, test, normalizer, 0, spec["seed"] + 2)["neg_elbo_per_step"]
+                if spec.get("verbose"):  # the curve in the log as it grows (a long run stopped early keeps it)
+                    print(f"  {spec['dataset']} {spec['family']} {spec['objective']} epoch {point['epoch']} "
+                          f"cpu {point['cpu_seconds']:.1f} lr {point['lr']:.3g} valid {point['valid_neg_elbo_per_step']:.4f} "
+                          f"test {point['test_neg_elbo_per_step']:.4f}", flush=True)
             curve.append(point)
             return out
         finally:
@@ -265,6 +268,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flags", default="", help="extra dvae train flags for every run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    ap.add_argument("--verbose", action="store_true", help="print every test point of the curves as it is taken")
     ap.add_argument("--quick", action="store_true", help="tiny data and budgets: under a minute")
     ap.add_argument("--out", default=None, help="JSON (default bench/results/convergence[-quick].json)")
     ap.add_argument("--figure", default=None, help="PNG of the curves (default: the JSON's name, .png)")
@@ -291,7 +295,7 @@ def main(argv=None) -> int:
     specs = [{"dataset": d, "path": path if d == "nottingham" else None, "family": f, "objective": o,
               "train_samples": a.train_samples if o == "iwae" else 1, "flags": a.flags, "budget": a.budget,
               "seed": a.seed, "test_every": a.test_every, "iw_samples": a.iw_samples, "lg_episodes": a.lg_episodes,
-              "lg_steps": a.lg_steps}
+              "lg_steps": a.lg_steps, "verbose": a.verbose}
              for d in datasets for f in a.families for o in a.objectives
              if not (o == "iwae" and f == "lgssm") and not (d == "nottingham" and f == "lgssm")]  # lgssm: Gaussian data only
     out = a.out or os.path.join(ROOT, "bench", "results", "convergence-quick.json" if a.quick else "convergence.json")

@@ -11,7 +11,8 @@ the machine falls on both alike), each for ``--budget`` seconds of training CPU 
 validation and test bounds) is excluded from the budget: the clock is paused around it.
 
 (A) the project's defaults: what ``dvae train --data PICKLE`` does. The run's configs come from the
-    train verb's own parser and ``dvae.fitting.train_configs``, the splits from ``dvae.fitting.prepare``,
+    train verb's settings (``dvae.fitting.train_options``, as ``dvae.fit`` takes them) and
+    ``dvae.fitting.train_configs``, the splits from ``dvae.fitting.prepare``,
     training from ``Trainer.fit`` (validation every epoch, the best-on-validation parameters, early
     stopping, the epoch limit; denormals flushed as ``dvae train`` does on CPU; the per-epoch latent
     diagnostics, which do not change training, are skipped unless ``--diagnostics``). ``--sweep`` runs it
@@ -41,7 +42,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -120,28 +120,33 @@ def _final_eval(result: dict, model, best_state, data, normalizer, spec: dict) -
     result["valid_final"] = _bounds(model, valid, normalizer, 0, spec["seed"] + 1)
     if not spec.get("sweep"):
         result["test_final"] = _bounds(model, test, normalizer, 0, spec["seed"] + 2)
-    if best_state is not None and not spec.get("sweep"):
-        model.load_state_dict(best_state)
+    if not spec.get("sweep"):
+        # an arm whose budget ended before its first validation has no best epoch: its best are its final parameters
+        result["best_is_final"] = best_state is None
+        model.load_state_dict(final_state if best_state is None else best_state)
         result["test_best"] = _bounds(model, test, normalizer, spec["iw_samples"], spec["seed"] + 2)
         model.load_state_dict(final_state)
     result["eval_wall_seconds"] = time.perf_counter() - t0
 
 
-def train_argv(spec: dict) -> list:
-    """The train verb's arguments of arm (A): the benchmark's ``--seed`` is the run's ``--seed`` (as
-    ``dvae train --seed``: training and, for a built-in source, the data collection) unless the flags
-    give one (the last one wins)."""
-    return ["train", "--data", spec["data"], "--seed", str(spec["seed"]), *shlex.split(spec.get("flags", ""))]
+def train_args(spec: dict):
+    """The train verb's settings of arm (A) (``dvae.fitting.train_options``, what ``dvae.fit`` takes): the
+    benchmark's ``--seed`` is the run's ``seed`` (as ``dvae train --seed``: training and, for a built-in
+    source, the data collection) unless the flags give one."""
+    from dvae.fitting import train_options
+    from dvae.flags import options_from_flags
+
+    options = {"seed": spec["seed"], **options_from_flags(spec.get("flags", ""))}
+    return train_options(model=options.pop("model", "dmm"), data=spec["data"], **options)
 
 
 def run_defaults(spec: dict) -> dict:
     """Arm (A): ``dvae train --data PATH [flags]`` under a CPU budget, through ``Trainer.fit``."""
-    from dvae.cli import build_parser
     from dvae.fitting import prepare, train_configs
     from dvae.infer.trainer import Trainer
     from dvae.models import build_model
 
-    args = build_parser().parse_args(train_argv(spec))
+    args = train_args(spec)
     data, normalizer = _load(spec["data"], args)
     model_config, train_config = train_configs(args, data)
     pyro.set_rng_seed(train_config.seed)
@@ -344,7 +349,6 @@ def sweep_table(results: list) -> str:
 def grid_table(reports: list) -> str:
     """Sweeps of ``--model M [--lr R]`` variants as one grid: a row per (model, learning rate), a column
     per (data, seed), the best-on-validation -ELBO per step (as ``dvae train`` keeps it)."""
-    from dvae.cli import build_parser
     from dvae.infer.trainer import default_lr
 
     cells, columns = {}, []
@@ -353,7 +357,7 @@ def grid_table(reports: list) -> str:
         if col not in columns:
             columns.append(col)
         for r in rep["results"]:
-            a = build_parser().parse_args(train_argv({"data": rep["data"], "seed": rep["seed"], "flags": r["flags"]}))
+            a = train_args({"data": rep["data"], "seed": rep["seed"], "flags": r["flags"]})
             lr = a.lr if a.lr is not None else default_lr(a.model)
             cells[(a.model, lr, col)] = r["best_valid_neg_elbo_per_step"]
     rows = sorted({(m, lr) for m, lr, _ in cells}, key=lambda k: (k[0], k[1]))

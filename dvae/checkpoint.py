@@ -27,7 +27,7 @@ from dvae.errors import RunDirError
 
 # the trainer state's counters (integers >= 0) and the sums of an epoch in progress
 _COUNTERS = ("epoch", "step", "best_epoch", "since_best", "skipped_updates", "faults", "batch_in_epoch",
-             "collapse_count", "lr_bad_epochs", "floor_stale", "lr_reductions")
+             "collapse_count", "lr_bad_epochs", "floor_stale", "lr_reductions", "plateau_start")
 _PARTIAL_FLOATS = ("loss_sum", "seconds", "log_lik_sum", "kl_sum")
 _PARTIAL_COUNTERS = ("steps_sum", "skipped")
 _PARTIAL_OPTIONAL = ("log_lik_sum", "kl_sum")  # read with a default of 0
@@ -51,22 +51,42 @@ def _report(path: str, e: _Bad) -> RunDirError:
 
 
 def load(path: str, device="cpu") -> object:
-    """``torch.load(path, weights_only=True)``, every failure one :class:`RunDirError` naming ``path``."""
+    """``torch.load(path, weights_only=True)``, every failure one :class:`RunDirError` naming ``path``.
+
+    Read only from a regular file (not a FIFO or a device) in torch's zip format (what ``torch.save``
+    writes; the legacy format declares its storages' sizes before their bytes, and torch allocates
+    them as declared), whose compressed members inflate to at most :func:`dvae.inputs.max_bytes` in
+    all: a small file cannot make the load allocate gigabytes. Stored members are bounded by the file."""
+    import zipfile
+
+    from dvae.errors import DataError
+    from dvae.inputs import check_bytes, open_regular
+
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: no such checkpoint") from None
-    except OSError as e:
-        raise RunDirError(f"{path}: cannot be read ({e.strerror})") from None
-    if not os.path.isfile(path):
-        raise RunDirError(f"{path}: not a regular file")
-    if size == 0:
-        raise RunDirError(f"{path}: empty file (0 bytes): not a checkpoint (a write was cut short?)")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # unpickling errors of a corrupt or hostile file
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from None
+        f = open_regular(path, "checkpoint")
+    except DataError as e:
+        raise RunDirError(str(e).replace("no such file", "no such checkpoint")) from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise RunDirError(f"{path}: empty file (0 bytes): not a checkpoint (a write was cut short?)")
+        try:
+            with zipfile.ZipFile(f) as z:
+                inflated = sum(i.file_size for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED)
+                if any(i.compress_type == zipfile.ZIP_STORED and i.file_size != i.compress_size for i in z.infolist()):
+                    raise RunDirError(f"{path}: not a loadable checkpoint (a corrupt zip directory)")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+            raise RunDirError(f"{path}: not a checkpoint in torch's zip format ({type(e).__name__}: "
+                              f"{str(e)[:120]})") from None
+        try:
+            check_bytes(inflated, "inflating its compressed members", path)
+        except DataError as e:
+            raise RunDirError(str(e)) from None
+        f.seek(0)
+        try:
+            return torch.load(f, map_location=device, weights_only=True)
+        except Exception as e:  # unpickling errors of a corrupt or hostile file
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise RunDirError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first})") from None
 
 
 def load_parameters(path: str, device="cpu", reference: Optional[dict] = None) -> dict:

@@ -116,6 +116,19 @@ def _rename_no_replace(tmp: str, path: str) -> None:
     os.unlink(tmp)
 
 
+def make_dir(path: Union[str, os.PathLike]) -> str:
+    """A real directory at ``path`` (created, the umask applying, with its parents), for files a run
+    writes into a folder of its own (``RUN/latent``): a symlink planted there is replaced by a new
+    directory, never followed, so the writes cannot land elsewhere. Returns ``path``."""
+    path = os.fspath(path)
+    if os.path.islink(path):
+        os.unlink(path)
+    os.makedirs(path, exist_ok=True)
+    if os.path.islink(path) or not os.path.isdir(path):  # raced, or a file
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+    return path
+
+
 def write_bytes(path, data: bytes, replace: bool = True) -> str:
     return atomic_write(path, bytes(data), replace=replace)
 

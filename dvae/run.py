@@ -85,6 +85,8 @@ class RunConfig:
         train = d["train"]
         if isinstance(train, dict) and "lr_schedule" not in train:  # written before the schedule: a constant rate
             train = {**train, "lr_schedule": "none"}
+        if isinstance(train, dict) and "plateau_updates" not in train:  # written before it: plateaus in epochs alone
+            train = {**train, "plateau_updates": 0}
         config = cls(_build(ModelConfig, d["model"], path, "model"), _build(TrainConfig, train, path, "train"),
                      _build(DataConfig, d["data"], path, "data"),
                      None if d.get("normalizer") is None else _build(Normalizer, d["normalizer"], path, "normalizer"),
@@ -111,6 +113,9 @@ class RunConfig:
             ("model.kl_balance", m.kl_balance, math.isfinite(m.kl_balance) and 0 <= m.kl_balance < 1,
              "in [0, 1) (0: off)"),
             ("model.kvae_components", m.kvae_components, m.kvae_components >= 1, ">= 1"),
+            ("model.v_dim", m.v_dim, m.v_dim >= 0, ">= 0 (0: z_dim)"),
+            ("model.actions", m.actions, m.actions in (None, "discrete", "continuous"),
+             "discrete, continuous or null"),
             ("model.kvae_state_dim", m.kvae_state_dim, m.kvae_state_dim >= 0, ">= 0 (0: 2 z_dim)"),
         ] + [(f"model.{field}", value, False, want) for field, value, want in capability_problems(m)
              if field in ("c_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder")] + [
@@ -123,6 +128,7 @@ class RunConfig:
             ("train.lr_schedule", t.lr_schedule, t.lr_schedule in ("plateau", "none"), "plateau or none"),
             ("train.lr_factor", t.lr_factor, math.isfinite(t.lr_factor) and 0 < t.lr_factor < 1, "in (0, 1)"),
             ("train.lr_patience", t.lr_patience, t.lr_patience >= 1, ">= 1"),
+            ("train.plateau_updates", t.plateau_updates, t.plateau_updates >= 0, ">= 0 (0: epochs alone)"),
             ("train.min_lr", t.min_lr, math.isfinite(t.min_lr) and t.min_lr > 0, "a positive number"),
             ("train.objective", t.objective, t.objective in OBJECTIVES, " or ".join(OBJECTIVES)),
             ("train.train_samples", t.train_samples, t.train_samples >= 1, ">= 1"),
@@ -174,6 +180,16 @@ class RunConfig:
         checks.append(("model.frame_shape", fs, fs is None or (len(fs) == 2 and all(8 <= v <= MAX_DIM and v % 4 == 0 for v in fs)
                                                              and fs[0] * fs[1] == m.x_dim),
                        "null or [H, W]: multiples of 4, at least 8, H * W = x_dim"))
+        from dvae.inputs import max_bytes  # sizes a flag declares, against the limit (DVAE_MAX_BYTES)
+
+        limit, width = max_bytes(), m.x_dim + m.u_dim + 2 * m.z_dim + m.rnn_dim + m.transition_dim + m.emission_dim
+        checks += [  # lower bounds of what they allocate: one step of K samples of a batch; the pendulum's arrays
+            ("train.train_samples", t.train_samples, 4 * t.train_samples * t.batch_size * width <= limit,
+             f"K x batch_size x {width} floats (one step's samples) within the limit of {limit} bytes "
+             "(DVAE_MAX_BYTES)"),
+            ("data.episodes", self.data.episodes, self.data.source != "pendulum"
+             or 4 * self.data.episodes * (self.data.steps + 1) * 4 <= limit,
+             f"episodes x (steps + 1) x 4 floats within the limit of {limit} bytes (DVAE_MAX_BYTES)")]
         for name, value, ok, want in checks:
             if not ok:
                 return f"{name} = {value!r}: expected {want}"

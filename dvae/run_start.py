@@ -86,7 +86,9 @@ def train_configs(a, data):
                         rnn_type=a.rnn_type, transition_dim=a.transition_dim, emission_dim=a.emission_dim,
                         guide=a.guide, bidirectional=a.bidirectional, kl_balance=a.kl_balance,
                         emission_scale=a.emission_scale, vrae_decoder=a.vrae_decoder, rvae_causal=not a.rvae_noncausal,
-                        kvae_components=a.kvae_components, kvae_state_dim=a.kvae_state_dim,
+                        kvae_components=a.kvae_components, kvae_state_dim=a.kvae_state_dim, v_dim=a.v_dim,
+                        actions=(None if not data.u_dim else  # the loaders mark one-hot actions
+                                 "discrete" if data.meta.get("actions") == "discrete" else "continuous"),
                         num_iafs=(a.num_iafs or 1) if a.guide == "iaf" else 0, iaf_dim=a.iaf_dim,
                         c_dim=data.c_dim if a.condition else 0,
                         likelihood=likelihood, missing=a.missing == "nan",
@@ -99,6 +101,7 @@ def train_configs(a, data):
                         collapse_kl=a.collapse_kl, collapse_epochs=a.collapse_epochs, patience=a.patience,
                         seed=a.seed, device=a.device, vectorized=not a.per_step, bucket=not a.no_bucket,
                         lr_schedule=a.lr_schedule, lr_factor=a.lr_factor, lr_patience=a.lr_patience, min_lr=a.min_lr,
+                        plateau_updates=a.plateau_updates,
                         objective=a.objective, train_samples=a.train_samples)
     return model, train
 

@@ -4,8 +4,8 @@
   (``config.json``) or any other non-empty directory is refused, so nothing of the user's is replaced.
 - :func:`start_run`: a run's first files (``config.json`` and the first ``checkpoint.pt``) are written
   into a hidden sibling directory, which is then renamed to the run directory. A start killed at any
-  moment leaves no run directory (at most a hidden ``.NAME.start-*`` sibling), never a half-written
-  one; a run directory that exists is complete and resumable. Two processes starting the same run
+  moment leaves no run directory (at most a hidden ``.NAME.start-*`` sibling, removed by the next start
+  of that name), never a half-written one; a run directory that exists is complete and resumable. Two processes starting the same run
   cannot both succeed: the rename of the second fails because the first's directory is not empty.
 - :class:`RunLock`: ``fcntl.flock`` on ``RUN/.lock``, held for the life of a training process (new or
   resumed); a second process gets a one-line error instead of interleaving its files with the first's.
@@ -90,10 +90,55 @@ def check_new_run_dir(run_dir: str) -> None:
         entries = sorted(os.listdir(run_dir))
     except OSError as e:
         raise RunDirError(f"{run_dir}: cannot be read ({e.strerror})") from None
+    try:
+        here = os.path.samefile(run_dir, os.getcwd())
+    except OSError:
+        here = False
+    if here and not entries:  # start_run's rename replaces the empty directory: the cwd would be left deleted
+        raise RunDirError(f"{run_dir}: is the current directory, which a new run cannot be created in (its "
+                          "directory appears at once, replacing an empty one): run from the parent directory "
+                          "with --out NAME, or choose another --out")
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise RunDirError(f"{run_dir}: not empty and not a run directory (it holds {shown}); a new run needs a "
                           "new or empty directory: choose another --out")
+
+
+def _remove_dead_starts(parent: str, name: str) -> None:
+    """Remove the hidden ``.NAME.start-*`` siblings that starts killed before their rename left behind:
+    those whose lock no process holds (a live start holds its staging directory's lock from just after
+    creating it; one without a lock file is taken as dead after a minute)."""
+    import time
+
+    prefix = f".{name[:100]}.start-"
+    try:
+        entries = [e for e in os.listdir(parent) if e.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        staging = os.path.join(parent, entry)
+        if os.path.islink(staging) or not os.path.isdir(staging):
+            continue
+        try:
+            fd = os.open(os.path.join(staging, LOCK), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                if time.time() - os.lstat(staging).st_mtime > 60:
+                    shutil.rmtree(staging, ignore_errors=True)
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a start in progress
+            continue
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def start_run(run_dir: str, files: Dict[str, Union[bytes, Callable]], lock: RunLock) -> None:
@@ -105,6 +150,7 @@ def start_run(run_dir: str, files: Dict[str, Union[bytes, Callable]], lock: RunL
     target = os.path.realpath(run_dir) if os.path.isdir(run_dir) else os.path.abspath(run_dir)
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
+    _remove_dead_starts(parent, name)
     staging = os.path.join(parent, f".{name[:100]}.start-{secrets.token_hex(6)}")
     os.mkdir(staging, 0o777)  # the umask applies
     try:

@@ -26,13 +26,13 @@ TRAIN_OPTIONS = {
     **{k: getattr(_TRAIN, k) for k in ("epochs", "time_limit", "batch_size", "lr", "optimizer", "lr_decay",
                                        "clip_norm", "kl_start", "anneal_epochs", "free_bits", "beta",
                                        "collapse_kl", "collapse_epochs", "patience", "device", "seed",
-                                       "lr_schedule", "lr_factor", "lr_patience", "min_lr", "objective",
-                                       "train_samples")},
+                                       "lr_schedule", "lr_factor", "lr_patience", "min_lr", "plateau_updates",
+                                       "objective", "train_samples")},
     "per_step": not _TRAIN.vectorized, "no_bucket": not _TRAIN.bucket,
     # model
     **{k: getattr(_MODEL, k) for k in ("z_dim", "rnn_dim", "rnn_type", "transition_dim", "emission_dim", "guide",
                                        "iaf_dim", "bidirectional", "kl_balance", "emission_scale", "vrae_decoder",
-                                       "kvae_components", "kvae_state_dim")},
+                                       "kvae_components", "kvae_state_dim", "v_dim")},
     "num_iafs": None, "condition": False, "rvae_noncausal": not _MODEL.rvae_causal,
     # output
     "no_progress": False, "no_plots": False, "dist_timeout": None,

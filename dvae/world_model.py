@@ -127,19 +127,27 @@ def spaces_problem(model, observation_space, action_space, env_id: str = "the en
     """Why a model cannot stand in for (or plan in) an env with these Gymnasium spaces, or None: its
     observations must be vectors of the model's x_dim; a Box action space must have the model's u_dim
     entries, a Discrete(n) one a model trained on its actions one-hot (u_dim n, as ``dvae collect``
-    records and the loaders encode them); an uncontrolled model (u_dim 0) takes no actions."""
+    records and the loaders encode them); an uncontrolled model (u_dim 0) takes no actions. A run that
+    records the kind of its actions (``ModelConfig.actions``) stands in only for envs of that kind."""
     x_dim, u_dim = model.config.x_dim, model.config.u_dim
+    trained_on = getattr(model.config, "actions", None)  # None: no controls, or a run older than the record
     obs_shape = tuple(getattr(observation_space, "shape", None) or ())
     if obs_shape != (x_dim,):
         return f"{env_id}: observations of shape {obs_shape}, but the run's model has x_dim {x_dim}"
     kind = type(action_space).__name__
     if kind == "Discrete":
+        if trained_on == "continuous":
+            return (f"{env_id}: discrete actions, but the run's model was trained on continuous controls "
+                    f"(u_dim {u_dim})")
         if u_dim != int(action_space.n):
             return (f"{env_id}: {int(action_space.n)} discrete actions, but the run's model has u_dim {u_dim} "
                     f"(a model of discrete actions reads them one-hot: u_dim = the number of actions)")
         return None
     if kind != "Box":
         return f"{env_id}: action space {action_space} is neither Box nor Discrete"
+    if trained_on == "discrete":
+        return (f"{env_id}: continuous actions (Box), but the run's model was trained on discrete actions "
+                f"read one-hot (u_dim {u_dim})")
     if u_dim == 0:
         return f"{env_id}: the run's model takes no controls (u_dim 0), so it cannot respond to actions"
     if int(np.prod(action_space.shape)) != u_dim:

@@ -19,6 +19,12 @@ from envs.collect import collect
 def load_pendulum(seed: int = 0, episodes: int = 128, steps: int = 64) -> SequenceData:
     """The built-in source ``pendulum``: Gymnasium's Pendulum-v1 under smooth (Ornstein-Uhlenbeck) random
     torques, ``episodes`` episodes of ``steps`` actions (``steps + 1`` observations) collected with ``seed``."""
+    from dvae.inputs import check_bytes
+
+    if episodes < 1 or steps < 1:
+        raise ValueError(f"pendulum: --episodes {episodes} and --steps {steps} must be >= 1")
+    # observations (3) and torques (1) of every step, float32, before any episode is collected
+    check_bytes(4 * episodes * (steps + 1) * 4, f"{episodes} episodes of {steps} steps", "pendulum")
     d = collect("Pendulum-v1", episodes=episodes, steps=steps, policy="ou", seed=seed)
     meta = {"env_id": "Pendulum-v1", "seed": seed, "episodes": episodes, "steps": steps, "policy": "ou"}
     return from_trajectories(d["obs"], d["actions"], d["lengths"], "pendulum", meta,

@@ -48,6 +48,58 @@ from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
 
+def _device(device):
+    """``device`` as a torch.device, refusing an unknown name, or CUDA where there is none, in one line
+    (instead of a checkpoint that 'cannot be loaded')."""
+    if device == "auto":
+        from dvae.device import resolve_device
+
+        return resolve_device("auto")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r}: not a device (use 'cpu', 'cuda' or 'auto')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available")
+    return dev
+
+
+def _real(name, value, ndim):
+    """``value`` as a float32 array of ``ndim`` dims: real numbers only (no complex, strings, objects),
+    finite after the cast (a float64 beyond float32's range is refused, not made inf)."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: not an array of numbers ({e})") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(f"{name} has {a[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}: expected finite "
+                         "numbers within float32's range")
+    return out
+
+
+def _history(options):
+    """(x (C, x_dim), u (C - 1, u_dim) or None) from ``reset``'s options, or None for a start from the prior."""
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise ValueError(f"options must be a dict (e.g. {{'history': (x, u)}}), got {type(options).__name__}")
+    history = options.get("history")
+    if history is None:
+        return None
+    if not isinstance(history, (tuple, list)) or len(history) != 2:
+        raise ValueError("options['history'] must be a pair (x (C, x_dim), u (C - 1, u_dim) or None), got "
+                         f"{type(history).__name__}" + (f" of length {len(history)}" if isinstance(history, (tuple, list)) else ""))
+    x, u = history
+    return _real("history x", x, 2), None if u is None else _real("history u", u, 2)
+
+
 def _load(run_dir, device):
     from dvae.run import load_model
     from dvae.world_model import WorldModel
@@ -98,12 +150,14 @@ class _Imagined:
                 raise ValueError("give either run_dir, or model= with normalizer= (the data's units)")
             from dvae.world_model import WorldModel
 
-            model, norm, world_cls = model.to(device), normalizer, WorldModel
+            model, norm, world_cls = model.to(_device(device)), normalizer, WorldModel
         elif run_dir is None:
             raise ValueError("dvae/WorldModel-v0 needs run_dir= (a run directory) or model= and normalizer=")
         else:
-            model, norm, world_cls = _load(run_dir, device)
-        self.world = world_cls(model, norm, sample=sample)
+            model, norm, world_cls = _load(run_dir, _device(device))
+        if not isinstance(sample, (bool, np.bool_)):
+            raise ValueError(f"sample must be True or False, got {sample!r}")
+        self.world = world_cls(model, norm, sample=bool(sample))
         self.model = model
         self.reward_fn, self.termination_fn = _reward(env_id, reward_fn), termination_fn
         obs_space, self._action_space_1 = _spaces(model, env_id)
@@ -124,12 +178,11 @@ class _Imagined:
             return fn(*args)
 
     def _start(self, n, options):
-        history = (options or {}).get("history")
+        history = _history(options)
         if history is None:
             return self._seeded(self.world.reset_prior, n)
         x, u = history
-        return self._seeded(lambda: self.world.reset(np.asarray(x, np.float32),
-                                                     None if u is None else np.asarray(u, np.float32), n))
+        return self._seeded(lambda: self.world.reset(x, u, n))
 
     def _advance(self, actions):
         """actions (N,) + the action space's shape -> obs (N, x_dim), rewards (N,), terminated (N,)."""
@@ -142,10 +195,29 @@ class _Imagined:
         u = a if self.model.config.u_dim else None
         obs = self._seeded(self.world.step, None if u is None else torch.from_numpy(u)).cpu().numpy()
         taken = np.asarray(actions) if type(self._action_space_1).__name__ == "Discrete" else a
-        rewards = np.zeros(len(prev)) if self.reward_fn is None else np.asarray(self.reward_fn(prev, taken), np.float64)
+        rewards = np.zeros(len(prev)) if self.reward_fn is None else self._rewards(prev, taken)
         term = np.zeros(len(prev), bool) if self.termination_fn is None else \
-            np.array([bool(self.termination_fn(o)) for o in obs])
+            np.array([self._terminated(o) for o in obs])
         return obs.astype(np.float32), rewards, term
+
+    def _rewards(self, prev, taken):
+        """reward_fn's rewards, (N,) float64 (a scalar for one rollout is taken as it)."""
+        n = len(prev)
+        try:
+            r = np.asarray(self.reward_fn(prev, taken), np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward_fn must return numbers, one per rollout: {e}") from None
+        if r.ndim == 0 and n == 1:
+            r = r[None]
+        if r.shape != (n,):
+            raise ValueError(f"reward_fn returned shape {r.shape}, expected ({n},): one reward per rollout")
+        return r
+
+    def _terminated(self, obs) -> bool:
+        t = self.termination_fn(obs)
+        if np.ndim(t) != 0:
+            raise ValueError(f"termination_fn must return one bool per observation, got shape {np.shape(t)}")
+        return bool(t)
 
 
 class WorldModelEnv(_Imagined, gym.Env):
@@ -173,11 +245,20 @@ class WorldModelVectorEnv(_Imagined, gym.vector.VectorEnv):
 
     def __init__(self, run_dir=None, num_envs: int = 1, env_id=None, reward_fn=None, termination_fn=None, sample=True,
                  device="cpu", max_episode_steps: int = 200, model=None, normalizer=None, run=None):
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if isinstance(max_episode_steps, (bool, np.bool_)) or not isinstance(max_episode_steps, (int, np.integer)) \
+                or max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be an integer >= 1, got {max_episode_steps!r}")
         self.num_envs = int(num_envs)
         self.single_observation_space, self.single_action_space = self._setup(
             run_dir, env_id, reward_fn, termination_fn, sample, device, model, normalizer, run)
+        from dvae.inputs import check_bytes  # the rollouts' states, before any is drawn
+
+        m = self.model.config
+        width = sum(int(getattr(m, k, 0) or 0) for k in ("x_dim", "u_dim", "z_dim", "z_dim", "rnn_dim",
+                                                         "transition_dim", "emission_dim"))
+        check_bytes(4 * self.num_envs * width, f"{self.num_envs} rollouts of {width} floats each", "num_envs")
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.max_episode_steps = max_episode_steps

@@ -179,7 +179,7 @@ def from_trajectories(obs, actions=None, lengths=None, path="<arrays>", meta=Non
                                     f"at sequence {i}, step {bad[0]}")
             onehot = np.zeros(actions.shape + (n_act,), np.float32)  # (N, T, n_act)
             np.put_along_axis(onehot, np.clip(actions, 0, n_act - 1)[..., None].astype(np.int64), 1.0, axis=-1)
-            meta["num_actions"] = n_act
+            meta["num_actions"], meta["actions"] = n_act, "discrete"  # what the model's u are: one-hot
             actions = onehot
         _first_nonfinite(path, "actions", actions.astype(np.float64), lengths)
         actions = to_float32(path, "actions", actions, (np.arange(actions.shape[1])[None, :] < lengths[:, None])[..., None])

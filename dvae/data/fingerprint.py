@@ -38,7 +38,12 @@ def absolute_source(source: str) -> str:
     if is_builtin(source):
         return source
     prefix = "text:" if source.startswith("text:") else ""
-    return prefix + os.path.abspath(_path(source))
+    # the directory resolved as the OS resolves it ('L/../d.npz' through a symlink L is not './d.npz', as
+    # abspath would have it); the file's own name kept, so a data link re-pointed later is seen as changed
+    head, tail = os.path.split(_path(source))
+    if tail in ("", ".", ".."):
+        return prefix + os.path.realpath(_path(source))
+    return prefix + os.path.join(os.path.realpath(head or "."), tail)
 
 
 def source_files(source: str) -> Optional[List[str]]:

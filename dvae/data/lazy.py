@@ -272,6 +272,7 @@ class LazyTrajectories:
             check_bytes(4 * longest * n_act, f"one sequence's one-hot actions ({longest} x {n_act} num_actions)",
                         first.path)
             self.num_actions = self.meta["num_actions"] = n_act
+            self.meta["actions"] = "discrete"  # what the model's u are: one-hot
 
     def __len__(self) -> int:
         return int(self.starts[-1])

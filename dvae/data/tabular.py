@@ -16,6 +16,7 @@ arrays, see :mod:`dvae.data.lazy`).
 from __future__ import annotations
 
 import csv
+import io
 from typing import List
 
 import numpy as np
@@ -30,12 +31,13 @@ NPZ_HINT = ("a trajectory .npz: np.savez('data.npz', obs=obs, actions=actions) w
 def read_csv(path: str, missing: bool = False):
     """A CSV table of trajectories (see the module's docstring) in the trajectory layout: (obs (N, T+1,
     x_dim), actions (N, T, u_dim) or None, lengths (N,), meta); ``from_trajectories`` takes them."""
+    from dvae.inputs import max_bytes, read_bytes
+
+    # a regular file (not a FIFO or /dev/zero), at most a 16th of the limit: parsed, its cells take many times that
+    raw = read_bytes(path, "CSV file", max_bytes() // 16)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeError, csv.Error) as e:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+    except (UnicodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e}); or convert it to {NPZ_HINT}") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     if len(rows) < 2:
@@ -62,6 +64,10 @@ def read_csv(path: str, missing: bool = False):
             last = key
         episodes[-1].append((line, row))
     N, L = len(episodes), max(len(e) for e in episodes)
+    from dvae.inputs import check_bytes  # padded to the longest episode: N x L can be far more than the rows
+
+    check_bytes(8 * N * L * (len(obs_cols) + len(act_cols)), f"the padded table of {N} episodes of up to {L} rows",
+                path)
     obs = np.zeros((N, L, len(obs_cols)), np.float64)  # (N, T+1, x_dim), padded
     actions = np.zeros((N, L - 1, len(act_cols)), np.float64) if act_cols else None  # (N, T, u_dim)
     for i, ep in enumerate(episodes):
@@ -97,10 +103,12 @@ def _cell(path, line, column, value, allow_empty: bool = False) -> float:
 
 def read_npy(path: str) -> np.ndarray:
     """One ``.npy`` array of observations, (N, T+1, x_dim) or (T+1, x_dim): returned as (N, T+1, x_dim)."""
+    from dvae.inputs import check_npy, open_regular
+
+    check_npy(path)  # a regular file whose declared size is within the limit, before anything is allocated
     try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        with open_regular(path, ".npy file") as f:
+            arr = np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if not isinstance(arr, np.ndarray):

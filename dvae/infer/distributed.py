@@ -327,7 +327,7 @@ class DataParallelTrainer(Trainer):
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
         chunks = batch_indices(self.train_lengths, self.config.batch_size, gen, self.config.bucket)
         acc = self.state["partial"]
-        start = time.perf_counter()
+        start = self.clock()
         t_last = start
         for i, idx in enumerate(chunks):
             if i < self.state["batch_in_epoch"]:
@@ -345,12 +345,12 @@ class DataParallelTrainer(Trainer):
                 mine = missing_log_det(batch, self.log_det, self.x_log_std).sum().item() if active else 0.0
                 extra = all_reduce_sum(self.env, [mine], "summing the missing entries' log-Jacobian")[0]
             self._record_update(acc, loss, n, i, extra)
-            now = time.perf_counter()
+            now = self.clock()
             acc["seconds"] += now - t_last
             t_last = now
             if deadline is not None and self._agree(now > deadline):
                 break
-        self.state["train_seconds"] += time.perf_counter() - start
+        self.state["train_seconds"] += self.clock() - start
         if self.stopped:
             return None
         return self._end_epoch(acc)

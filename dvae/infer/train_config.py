@@ -70,8 +70,9 @@ class TrainConfig:
     patience: int = 10
     """Early stopping (0: never stop early): with a schedule (``lr_schedule`` plateau), epochs without a
     better validation bound once the learning rate has reached its floor ``min_lr`` (the schedule has
-    run out); without one (none), epochs without a better validation bound. Training that stops early
-    ends with the best parameters restored into the model."""
+    run out); without one (none), epochs without a better validation bound. Either way also at least
+    ``plateau_updates`` updates. Training that stops early ends with the best parameters restored into
+    the model."""
     lr_schedule: str = "plateau"
     """plateau: multiply the learning rate by ``lr_factor`` after ``lr_patience`` epochs in a row without a
     better validation bound, down to ``min_lr``; none: a constant rate (docs/performance.md, "Learning-
@@ -79,7 +80,14 @@ class TrainConfig:
     lr_factor: float = 0.5
     """plateau: the factor on the learning rate at each reduction, in (0, 1)."""
     lr_patience: int = 3
-    """plateau: epochs in a row without a better validation bound before the rate is reduced."""
+    """plateau: epochs in a row without a better validation bound before the rate is reduced (and at
+    least ``plateau_updates`` updates)."""
+    plateau_updates: int = 500
+    """The fewest updates a plateau spans: the rate is reduced, and early stopping stops, only after this
+    many updates since the last better validation bound (or the last reduction), besides ``lr_patience``
+    (``patience``) epochs. On a small data set an epoch is a few updates, and a few epochs without a
+    better bound are mostly the noise of the bound (docs/performance.md, "Time to quality"). 0: epochs
+    alone."""
     min_lr: float = 1e-4
     """plateau: the floor of the learning rate (a rate set at or below it is never reduced)."""
     objective: str = "elbo"

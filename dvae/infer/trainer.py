@@ -99,7 +99,7 @@ class Trainer:
                       "train_seconds": 0.0, "skipped_updates": 0, "faults": 0, "lr_scale": 1.0,
                       "batch_in_epoch": 0, "partial": self._new_partial(), "collapse_count": 0,
                       "collapse_warned": False, "lr_bad_epochs": 0, "floor_stale": 0, "lr_reductions": 0,
-                      "stop_reason": None}
+                      "plateau_start": 0, "stop_reason": None}
         self.rows: List[dict] = []
         self.best_model = None
         self.stopped = False
@@ -184,7 +184,7 @@ class Trainer:
         self.model.train()
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
         acc = self.state["partial"]
-        start = time.perf_counter()
+        start = self.clock()
         t_last = start
         lengths = sequence_lengths(self.train_xs)
         chunks = batch_indices(lengths, self.config.batch_size, gen, self.config.bucket)  # as batches() draws them
@@ -215,15 +215,19 @@ class Trainer:
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
                 extra = missing_log_det(batch, self.log_det, self.x_log_std).sum()
             self._record_update(acc, loss, n, i, extra)
-            now = time.perf_counter()
+            now = self.clock()
             acc["seconds"] += now - t_last
             t_last = now
             if deadline is not None and now > deadline:
                 break
-        self.state["train_seconds"] += time.perf_counter() - start
+        self.state["train_seconds"] += self.clock() - start
         if self.stopped:
             return None
         return self._end_epoch(acc)
+
+    clock = staticmethod(time.perf_counter)
+    """The clock of ``time_limit``, ``train_seconds`` and the epochs' seconds (wall seconds). A benchmark may
+    set ``time.process_time`` to count the training process's CPU seconds instead (bench/bench_plan.py)."""
 
     resident_data: Optional[bool] = None
     """Hold the training split on the device once (:class:`dvae.data.batch.ResidentSequences`) instead of
@@ -315,7 +319,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         c = self.config
-        t0 = time.perf_counter()
+        t0 = self.clock()
         budget = None if c.time_limit is None else c.time_limit - self.state["train_seconds"]
         deadline = None if budget is None else t0 + budget
         bar = tqdm(total=c.epochs, initial=self.state["epoch"], desc="train", unit="epoch", disable=not progress,
@@ -324,7 +328,7 @@ class Trainer:
         while reason is None:
             if c.epochs is not None and self.state["epoch"] >= c.epochs:
                 reason = "epochs"
-            elif deadline is not None and self._agree(time.perf_counter() >= deadline):
+            elif deadline is not None and self._agree(self.clock() >= deadline):
                 reason = "time_limit"
             elif self.converged():
                 reason = "converged"

@@ -320,9 +320,14 @@ class DynamicalVAE(nn.Module):
             raise ValueError(self.step_by_step_problem)
         batch = self.check_batch(batch)
         z = self.latent_path(batch)  # (B, T, z_dim)
+        state, _ = self.initial_state(batch.batch_size, self.condition(batch))
+        return self.state_along(batch, state, z)
+
+    def state_along(self, batch: SequenceBatch, state: State, z: torch.Tensor) -> Tuple[State, torch.Tensor]:
+        """The contract stepped from a start ``state`` along a latent path z (B, T, z_dim) of ``batch``: the
+        state at each sequence's last real step and that step's observation, (state, x_last (B, x_dim))."""
         B, T = batch.batch_size, batch.num_steps
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
-        state, _ = self.initial_state(B, self.condition(batch))
         state = self.with_latent(state, z[:, 0])
         for t in range(1, T):  # each sequence's state frozen after its last real step
             new, _ = self.transition_step(state, batch.x[:, t - 1], batch.step_u(t - 1), batch.step_obs_mask(t - 1))

@@ -75,3 +75,7 @@ class ModelConfig:
     for the other families."""
     v_dim: int = 0
     """DSAE: dimension of the static code v of each sequence (0: the same as z_dim). Other families ignore it."""
+    actions: Optional[str] = None
+    """What the controls u were in the data: "discrete" (integer actions read one-hot, u_dim = the number of
+    actions), "continuous" (real vectors), or None (no controls, or a run older than this field). A world
+    model or a planner refuses an env whose action space is of the other kind."""

@@ -53,7 +53,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from dvae.data.batch import SequenceBatch
 from dvae.models.base import DynamicalVAE, ModelConfig, append_condition, observation_dist, repeat_batch
 from dvae.models.paths import GuidePath, PriorPath, observation_path, steps_kl
-from dvae.models.state import State, where_state
+from dvae.models.state import State
 from dvae.nn import Emitter, GaussianHead, Recurrence, SequenceEncoder
 
 # path drawn by DSAE.posterior_path -> (model, v (B, v_dim)); an entry dies with its path
@@ -259,14 +259,8 @@ class DSAE(DynamicalVAE):
         prior's recurrence rebuilt along z by the contract), and that step's observation."""
         batch = self.check_batch(batch)
         v, z = self._posterior_draw(batch)
-        B, T = batch.batch_size, batch.num_steps
-        last = (batch.lengths - 1).clamp(min=0)  # (B,)
         state, _ = self.start(v, self.condition(batch))
-        state = self.with_latent(state, z[:, 0])
-        for t in range(1, T):  # each sequence's state frozen after its last real step
-            new, _ = self.transition_step(state, batch.x[:, t - 1], batch.step_u(t - 1), batch.step_obs_mask(t - 1))
-            state = where_state(t <= last, self.with_latent(new, z[:, t]), state)
-        return state, batch.x[torch.arange(B, device=z.device), last]
+        return self.state_along(batch, state, z)
 
     @torch.no_grad()
     def encode(self, batch: SequenceBatch, num_samples: int = 1):

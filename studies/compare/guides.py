@@ -63,22 +63,26 @@ def _exact_per_step(xs, us) -> float:
 
 
 def _train_and_eval(key: str, flags: List[str], data_path: Path, run_dir: Path, sizes: dict, ctx: Context) -> dict:
-    from dvae.cli import build_parser, cmd_eval, cmd_train
+    import dvae
+    from dvae.flags import options_from_flags
     from dvae.run import read_metrics
 
     if run_dir.exists():  # a fresh run each time (the budget is the same for every guide)
         shutil.rmtree(run_dir)
-    parser = build_parser()
     h = str(sizes["hidden"])
     train_args = ["train", "--model", "dmm", "--data", str(data_path), "--out", str(run_dir),
                   "--time-limit", str(sizes["seconds"]), "--epochs", "100000", "--patience", "0",
                   "--batch-size", str(sizes["batch_size"]), "--z-dim", str(sizes["z_dim"]),
                   "--rnn-dim", str(sizes["rnn_dim"]), "--transition-dim", h, "--emission-dim", h,
                   "--seed", str(ctx.seed), "--device", ctx.device, "--no-progress", "--no-plots"] + flags
-    summary = cmd_train(parser.parse_args(train_args))
+    options = options_from_flags(flags)  # the guide's flags
+    run = dvae.fit(str(data_path), model="dmm", out=run_dir, time_limit=sizes["seconds"], epochs=100000, patience=0,
+                   batch_size=sizes["batch_size"], z_dim=sizes["z_dim"], rnn_dim=sizes["rnn_dim"],
+                   transition_dim=sizes["hidden"], emission_dim=sizes["hidden"], seed=ctx.seed, device=ctx.device,
+                   no_progress=True, no_plots=True, **options)
+    summary = run.summary
     rows = read_metrics(str(run_dir))
-    ev = cmd_eval(parser.parse_args(["eval", str(run_dir), "--split", "test", "--iw-samples", str(sizes["iw"]),
-                                     "--seed", str(ctx.seed), "--device", ctx.device]))
+    ev = run.evaluate(split="test", iw_samples=sizes["iw"], seed=ctx.seed)
     train_seconds = float(summary["train_seconds"])
     epochs = int(summary["epochs"])
     elapsed = np.cumsum([r["epoch_seconds"] for r in rows]).tolist()

@@ -220,6 +220,31 @@ def test_save_writes_a_run_that_the_command_line_reads_and_resumes(arrays, tmp_p
         run.save(out)
 
 
+def test_fit_into_a_directory_that_is_not_a_run_is_a_value_error_naming_out(arrays, tmp_path, capsys, monkeypatch):
+    """From Python the refusal names the argument and the directory, in Python's words, before anything
+    is trained; the command line keeps its own line (naming --out)."""
+    import dvae.fitting
+
+    x, u = arrays
+    notrun = tmp_path / "notrun"
+    notrun.mkdir()
+    (notrun / "notes.txt").write_text("mine")
+    trained = []
+    monkeypatch.setattr(dvae.fitting, "train", lambda *a, **k: trained.append(a))
+    with pytest.raises(ValueError, match=r"^out: '.*notrun' is not empty and not a run directory \(it holds "
+                                         r"notes.txt\); a new run needs a new or empty directory$") as e:
+        dvae.fit(x, u, epochs=1, out=notrun, **TINY)
+    assert "--" not in str(e.value) and not trained
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"^out: '.*file' exists and is not a directory"):
+        dvae.fit(x, u, epochs=1, out=tmp_path / "file", **TINY)
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "train", "--data", "pendulum", "--epochs", "1", "--out", notrun, *TINY_FLAGS)
+    assert code == 2 and err.strip().splitlines() == [
+        f"dvae train: error: {notrun}: not empty and not a run directory (it holds notes.txt); a new run needs a "
+        "new or empty directory: choose another --out"]
+
+
 # --- predict ---------------------------------------------------------------------------------------------
 def test_predict_equals_the_kstep_windows_of_dvae_eval(cli_run, npz):
     from dvae.eval import predict_windows

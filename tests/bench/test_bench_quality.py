@@ -9,6 +9,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -61,12 +63,30 @@ def test_bench_quality_quick(tmp_path):
 
 def test_the_benchmark_seed_is_the_runs_seed_unless_the_flags_give_one():
     sys.path.insert(0, ROOT)
-    from bench.bench_quality import train_argv
-    from dvae.cli import build_parser
+    from bench.bench_quality import train_args
 
-    parse = lambda spec: build_parser().parse_args(train_argv(spec))  # noqa: E731
-    assert parse({"data": "pendulum", "seed": 3, "flags": "--model vrae"}).seed == 3
-    assert parse({"data": "pendulum", "seed": 3, "flags": "--seed 5 --lr 1e-3"}).seed == 5
+    assert train_args({"data": "pendulum", "seed": 3, "flags": "--model vrae"}).seed == 3
+    a = train_args({"data": "pendulum", "seed": 3, "flags": "--seed 5 --lr 1e-3"})
+    assert a.seed == 5 and a.lr == 1e-3 and a.model == "dmm"
+
+
+def test_the_variant_flags_are_the_train_verbs_settings():
+    """A variant's flags, read without the command line's parser, give the settings the train verb's
+    parser gives for them."""
+    sys.path.insert(0, ROOT)
+    from bench.bench_quality import train_args
+    from dvae.cli import build_parser
+    from dvae.flags import options_from_flags
+
+    flags = "--model vrnn --lr=3e-3 --per-step --z-dim 4 --rnn-type lstm --kl-start 1 --seed 2"
+    assert options_from_flags(flags) == {"model": "vrnn", "lr": 3e-3, "per_step": True, "z_dim": 4, "rnn_type": "lstm",
+                                   "kl_start": 1, "seed": 2}
+    ours = vars(train_args({"data": "pendulum", "seed": 0, "flags": flags}))
+    theirs = vars(build_parser().parse_args(["train", "--data", "pendulum", *flags.split()]))
+    theirs.pop("verb")
+    assert ours == theirs
+    with pytest.raises(ValueError, match="'vrnn' is not a --flag"):
+        options_from_flags("vrnn --lr 1")
 
 
 def test_the_grid_puts_each_sweep_result_in_its_model_rate_and_data_cell():

@@ -43,4 +43,4 @@ def test_eval_particles_runs_every_family_through_the_contract(capsys, tmp_path,
     if family == "lgssm":  # the filter of the model's own dynamics against its exact likelihood
         assert abs(ev["nll_pf_per_step"] - ev["nll_exact_per_step"]) < 0.05, ev
     code, _, err = run(capsys, "eval", tmp_path / "run", "--data", traj, "--particles", "-1")
-    assert code != 0 and "--particles must be >= 0" in err
+    assert code != 0 and "dvae eval: error: --particles: expected >= 0, got -1" in err

@@ -16,7 +16,7 @@ TINY = ["--episodes", "8", "--steps", "16", "--epochs", "2", "--z-dim", "2", "--
 
 @pytest.mark.parametrize("family, extra", [("storn", []), ("srnn", ["--guide", "resq"]),
                                            ("rssm", ["--kl-balance", "0.8", "--free-bits", "0.5"]),
-                                           ("dsae", ["--emission-scale", "state"]), ("kvae", ["--kvae-components", "2", "--kvae-state-dim", "3"])])
+                                           ("dsae", ["--emission-scale", "state", "--v-dim", "3"]), ("kvae", ["--kvae-components", "2", "--kvae-state-dim", "3"])])
 def test_train_eval_and_plan(capsys, tmp_path, family, extra):
     code, _, err = run(capsys, "train", "--model", family, *TINY, *extra, "--out", tmp_path / "run")
     assert code == 0, err
@@ -25,6 +25,7 @@ def test_train_eval_and_plan(capsys, tmp_path, family, extra):
     assert cfg["guide"] == ("resq" if family == "srnn" else "dks")
     assert cfg["kl_balance"] == (0.8 if family == "rssm" else 0.0)
     assert (cfg["kvae_components"], cfg["kvae_state_dim"]) == ((2, 3) if family == "kvae" else (3, 0))
+    assert cfg["v_dim"] == (3 if family == "dsae" else 0)
     code, ev, err = run(capsys, "eval", tmp_path / "run", "--split", "all", "--iw-samples", "4", "--particles", "50")
     assert code == 0, err
     assert all(np.isfinite(ev[k]) for k in ("neg_elbo_per_step", "nll_iw_per_step", "nll_pf_per_step"))
@@ -41,6 +42,7 @@ def test_train_eval_and_plan(capsys, tmp_path, family, extra):
     (["--model", "rssm", "--kl-balance", "1.0"], "--kl-balance"),
     (["--model", "storn", "--guide", "resq"], "not a guide of storn"),
     (["--model", "kvae", "--kvae-components", "0"], "--kvae-components = 0: expected >= 1"),
+    (["--model", "dsae", "--v-dim", "-1"], "--v-dim = -1: expected >= 0"),
 ])
 def test_bad_flags_give_one_line(capsys, tmp_path, args, message):
     code, _, err = run(capsys, "train", *TINY, *args, "--out", tmp_path / "run")

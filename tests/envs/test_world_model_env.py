@@ -81,6 +81,25 @@ def test_discrete_actions_reach_the_model_one_hot_and_mismatched_envs_are_refuse
     model = env.unwrapped.model
     assert "u_dim 2" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Box(-1, 1, (1,)))
     assert "3 discrete actions" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Discrete(3))
+    assert model.config.actions == "discrete"  # recorded at training, so a Box of the same width is refused
+    assert "trained on discrete actions" in spaces_problem(model, spaces.Box(-1, 1, (4,)), spaces.Box(-1, 1, (2,)))
+
+
+def test_a_run_of_continuous_controls_does_not_stand_in_for_discrete_actions(run_dir):
+    """A Pendulum run (one continuous torque) is refused for an env of one discrete action, and a run older
+    than the record of its actions (``actions`` None) keeps the dimension check alone."""
+    import dataclasses
+
+    from gymnasium import spaces
+
+    from dvae.world_model import spaces_problem
+    model = gym.make("dvae/WorldModel-v0", run_dir=run_dir).unwrapped.model
+    assert model.config.actions == "continuous"
+    obs = spaces.Box(-1, 1, (3,))
+    assert "trained on continuous controls" in spaces_problem(model, obs, spaces.Discrete(1))
+    assert spaces_problem(model, obs, spaces.Box(-2, 2, (1,))) is None
+    model.config = dataclasses.replace(model.config, actions=None)  # as an older run's config reads
+    assert spaces_problem(model, obs, spaces.Discrete(1)) is None
 
 
 def test_bad_actions_are_refused_and_out_of_range_actions_clipped(run_dir):
@@ -143,3 +162,62 @@ def test_the_envs_seeded_steps_leave_the_callers_cuda_stream_as_it_was(run_dir, 
     before = torch.get_rng_state()
     env.step(np.array([0.5], np.float32))
     assert torch.equal(torch.get_rng_state(), before)  # the CPU stream too
+
+
+_X, _U = np.zeros((3, 3)), np.zeros((2, 1))  # a history of 3 Pendulum observations and the 2 controls between
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"history": 5}, r"options\['history'\] must be a pair"),
+    ({"history": (_X, _U, _U)}, r"must be a pair .* got tuple of length 3"),
+    ([("history", (_X, _U))], "options must be a dict"),
+    ({"history": (_X * (1 + 1j), _U)}, "history x must be real numbers, got dtype complex128"),
+    ({"history": (np.full((3, 3), "a"), _U)}, "history x must be real numbers, got dtype <U1"),
+    ({"history": (np.where(np.eye(3, dtype=bool), np.nan, 0.0), _U)}, r"history x has .*nan.* at index \(0, 0\)"),
+    ({"history": (np.full((3, 3), 1e300), _U)}, r"history x has .*1e\+300.* at index \(0, 0\).*float32's range"),
+    ({"history": (_X, np.array([[0.0], [np.inf]]))}, r"history u has .*inf.* at index \(1, 0\)"),
+    ({"history": (_X[None], _U)}, r"history x must have 2 dimensions, got shape \(1, 3, 3\)"),
+])
+def test_a_bad_history_is_refused_naming_it_not_cast_or_passed_on(run_dir, options, match):
+    """reset's history: complex numbers are not truncated, NaN/inf/float64 beyond float32 do not become NaN
+    observations, and a malformed options dict is a ValueError naming it, not a raw TypeError."""
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1")
+    with pytest.raises(ValueError, match=match):
+        env.reset(seed=0, options=options)
+    obs, _ = env.reset(seed=0, options={"history": (_X, _U)})  # the good one still works
+    assert obs.shape == (3,) and np.all(np.isfinite(obs))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"device": "cuda:7" if not __import__("torch").cuda.is_available() else "nodevice"}, "device="),
+    ({"device": "tpu"}, r"device='tpu': not a device"),
+    ({"sample": "no"}, "sample must be True or False"),
+    ({"num_envs": True}, "num_envs must be an integer"),
+    ({"num_envs": 10 ** 5}, r"num_envs: 100000 rollouts .* over the limit of 976.6 KiB"),  # DVAE_MAX_BYTES=1e6
+    ({"max_episode_steps": 0}, "max_episode_steps must be an integer >= 1"),
+    ({"max_episode_steps": float("nan")}, "max_episode_steps must be an integer >= 1"),
+])
+def test_bad_env_arguments_are_refused_before_anything_is_allocated(run_dir, kwargs, match, monkeypatch):
+    monkeypatch.setenv("DVAE_MAX_BYTES", "1e6")  # a small limit: a regression allocates megabytes, not gigabytes
+    with pytest.raises(ValueError, match=match):
+        gym.make_vec("dvae/WorldModel-v0", vectorization_mode="vector_entry_point", run_dir=run_dir,
+                     **{"num_envs": 2, **kwargs})
+
+
+@pytest.mark.parametrize("reward_fn, termination_fn, match", [
+    (lambda o, a: np.zeros(5), None, r"reward_fn returned shape \(5,\), expected \(1,\)"),
+    (lambda o, a: "x", None, "reward_fn must return numbers"),
+    (None, lambda o: np.array([True, False]), r"termination_fn must return one bool .* shape \(2,\)"),
+])
+def test_callbacks_of_the_wrong_shape_are_refused(run_dir, reward_fn, termination_fn, match):
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1", reward_fn=reward_fn,
+                   termination_fn=termination_fn)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(np.zeros(1, np.float32))
+
+
+def test_a_scalar_reward_of_one_rollout_is_taken_as_it_is(run_dir):
+    env = gym.make("dvae/WorldModel-v0", run_dir=run_dir, env_id="Pendulum-v1", reward_fn=lambda o, a: 1.5)
+    env.reset(seed=0)
+    assert env.step(np.zeros(1, np.float32))[1] == 1.5

@@ -29,11 +29,13 @@ def _xs(n=8, length=6, seed=0):
     return [g.standard_normal((length, 2)).astype(np.float32) for _ in range(n)]
 
 
-def _trainer(family="dmm", **kw):
-    """A tiny run; validated on other noise than it trains on, so that a high rate meets plateaus."""
+def _trainer(family="dmm", n=4, **kw):
+    """A tiny run (``n`` sequences, batches of 2); validated on other noise than it trains on, so that a
+    high rate meets plateaus. Plateaus in epochs alone unless ``plateau_updates`` is given."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(family, x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
-    return Trainer(model, TrainConfig(**{"batch_size": 2, **kw}), (_xs(4, seed=0), None), (_xs(4, seed=1), None))
+    return Trainer(model, TrainConfig(**{"batch_size": 2, "plateau_updates": 0, **kw}), (_xs(n, seed=0), None),
+                   (_xs(4, seed=1), None))
 
 
 def _live_rates(trainer):
@@ -70,6 +72,61 @@ def test_a_scripted_plateau_reduces_the_rate_as_worked_out_by_hand_then_converge
     for name, value in t.model.state_dict().items():  # the best parameters, restored
         torch.testing.assert_close(value, kept[6][name])
     assert t.converged() and t.fit(progress=False) == rows  # a converged run trains no further
+
+
+def test_a_plateau_spans_plateau_updates_updates_as_worked_out_by_hand():
+    # 3 batches an epoch (6 sequences, batches of 2): lr_patience 1 epoch, but a plateau needs 7 updates
+    # (3 epochs) since the last better bound or the last reduction; at the floor, patience 1 epoch and
+    # again 7 updates
+    t = _trainer(n=6, lr=0.01, lr_factor=0.5, lr_patience=1, min_lr=0.0025, patience=1, plateau_updates=7)
+    assert t.batches_per_epoch == 3
+    #        ep: 1  2  3    4    5    6    7    8    9    10   11   12   13   14   (15: never reached)
+    _script(t, [5, 4, 4.1, 4.2, 3.9, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5, 4.6, 4.7, 4.8, 1.0])
+    rows = t.fit(progress=False)
+    # epoch 2 improves at update 6; epochs 3 and 4 end at updates 9 and 12 (3 and 6 since): no reduction;
+    # epoch 5 improves (update 15); epochs 6, 7 end 3 and 6 updates after it, epoch 8 9 after: halved
+    # (update 24); epochs 9, 10, 11 end 3, 6, 9 updates after the reduction: halved to the floor after
+    # epoch 11 (update 33); at the floor, epoch 12 is 3 updates after it: not yet (patience alone would
+    # stop here); epoch 13 (6): not yet; epoch 14 (9 updates): converged
+    assert [r["lr"] for r in rows] == pytest.approx([0.01] * 8 + [0.005] * 3 + [0.0025] * 3)
+    assert t.state["stop_reason"] == "converged" and t.state["lr_reductions"] == 2 and t.state["best_epoch"] == 5
+
+
+def _replay_updates(values, updates_per_epoch, lr, factor, patience, min_lr, plateau_updates, stop_patience):
+    """The schedule with plateau_updates, replayed by a plain loop: (the rate of each epoch, the epoch
+    early stopping ends after or None)."""
+    rates, best, bad, stale, since, step = [], float("inf"), 0, 0, 0, 0
+    for epoch, v in enumerate(values, 1):
+        rates.append(lr)
+        step += updates_per_epoch
+        since += updates_per_epoch
+        if v < best:
+            best, bad, stale, since = v, 0, 0, 0
+        elif lr <= min_lr * (1 + 1e-9):
+            stale += 1
+        else:
+            bad += 1
+            if bad >= patience and since >= plateau_updates:
+                lr, bad, since = max(lr * factor, min_lr), 0, 0
+        if stop_patience and stale >= stop_patience and since >= plateau_updates:
+            return rates, epoch
+    return rates, None
+
+
+@pytest.mark.parametrize("plateau_updates", [0, 4, 9])
+def test_the_trainer_follows_a_replay_of_the_rule_on_the_bounds_it_recorded(plateau_updates):
+    t = _trainer(n=6, lr=0.2, lr_factor=0.3, lr_patience=1, min_lr=0.001, patience=2, epochs=10,
+                 plateau_updates=plateau_updates)
+    rows = t.fit(progress=False)
+    rates, stop = _replay_updates([r["valid_neg_elbo_per_step"] for r in rows], 3, 0.2, 0.3, 1, 0.001,
+                                  plateau_updates, 2)
+    assert [r["lr"] for r in rows] == pytest.approx(rates)
+    assert t.state["stop_reason"] == ("epochs" if stop is None else "converged")
+    assert len(rows) == (10 if stop is None else stop)
+    assert t.state["lr_reductions"] >= 1, [r["valid_neg_elbo_per_step"] for r in rows]  # the schedule acted
+    if plateau_updates:  # and waited: no two reductions closer than plateau_updates updates (3 an epoch)
+        changes = [i for i in range(1, len(rows)) if rows[i]["lr"] != rows[i - 1]["lr"]]
+        assert all(3 * (b - a) >= plateau_updates for a, b in zip(changes, changes[1:]))
 
 
 def test_without_a_schedule_the_rate_is_constant_and_patience_counts_from_the_best_epoch():
@@ -149,6 +206,7 @@ def _run_config(**train):
     ({"lr_factor": 1.0}, "train.lr_factor"),
     ({"lr_factor": 0.0}, "train.lr_factor"),
     ({"lr_patience": 0}, "train.lr_patience"),
+    ({"plateau_updates": -1}, "train.plateau_updates"),
     ({"min_lr": -1e-4}, "train.min_lr"),
     ({"lr_schedule": "cosine"}, "train.lr_schedule"),
     ({"epochs": 0}, "train.epochs"),
@@ -169,9 +227,10 @@ def test_a_valid_config_round_trips_and_an_old_one_keeps_a_constant_rate():
     d = config.to_dict()
     assert RunConfig.from_dict(json.loads(json.dumps(d))).train == config.train
     old = copy.deepcopy(d)
-    for key in ("lr_schedule", "lr_factor", "lr_patience", "min_lr", "objective", "train_samples"):
+    for key in ("lr_schedule", "lr_factor", "lr_patience", "min_lr", "objective", "train_samples", "plateau_updates"):
         del old["train"][key]
     assert RunConfig.from_dict(old).train.lr_schedule == "none"  # a run written before the schedule
+    assert RunConfig.from_dict(old).train.plateau_updates == 0  # and before plateau_updates: epochs alone
     bad = copy.deepcopy(d)
     bad["train"]["lr_factor"] = 2.0
     with pytest.raises(RunDirError, match=r"cfg.json: train.lr_factor = 2.0: expected in \(0, 1\)"):
@@ -192,9 +251,9 @@ def test_the_command_line_epoch_defaults_and_flags():
     assert _configs(["--time-limit", "300"]).epochs is None  # a time limit alone: no cap
     assert _configs(["--time-limit", "300", "--epochs", "7"]).epochs == 7
     c = _configs(["--lr-schedule", "none", "--lr-factor", "0.2", "--lr-patience", "4", "--min-lr", "1e-5",
-                  "--objective", "iwae", "--train-samples", "8"])
-    assert (c.lr_schedule, c.lr_factor, c.lr_patience, c.min_lr, c.objective, c.train_samples) == \
-        ("none", 0.2, 4, 1e-5, "iwae", 8)
+                  "--objective", "iwae", "--train-samples", "8", "--plateau-updates", "50"])
+    assert (c.lr_schedule, c.lr_factor, c.lr_patience, c.min_lr, c.objective, c.train_samples, c.plateau_updates) == \
+        ("none", 0.2, 4, 1e-5, "iwae", 8, 50)
     assert _configs([]).lr_schedule == "plateau"
 
 
@@ -204,7 +263,7 @@ def test_help_lines_state_the_defaults_and_a_bad_value_is_one_line():
     flat = " ".join(text.split())
     tc = TrainConfig()
     for fragment in (f"(default {tc.lr_schedule})", f"(default {tc.lr_factor:g})", f"(default {tc.lr_patience})",
-                     f"(default {tc.min_lr:g})", f"(default {tc.patience})", f"(default {tc.objective})",
+                     f"(default {tc.min_lr:g})", f"(default {tc.patience})", f"(default {tc.plateau_updates})", f"(default {tc.objective})",
                      f"(default {tc.train_samples})", f"without it {DEFAULT_EPOCHS})"):
         assert fragment in flat, fragment
     proc = subprocess.run([sys.executable, "-m", "dvae.cli", "train", "--lr-factor", "1.5", "--epochs", "1",

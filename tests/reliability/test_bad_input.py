@@ -88,9 +88,37 @@ def _run_with_checkpoint(name, obj):
         shutil.copytree(d / "run", run, dirs_exist_ok=True)
         os.remove(run / "best.pt")
         with open(run / "checkpoint.pt", "wb") as f:
-            pickle.dump(obj(d), f) if callable(obj) else f.write(obj)
+            content = obj(d) if callable(obj) else obj
+            f.write(content) if isinstance(content, bytes) else pickle.dump(content, f)
         return str(run)
     return make
+
+
+class _Raw(bytes):
+    """Bytes that _run_with_checkpoint writes as they are (not pickled)."""
+
+
+def _torch_zip(data_pkl: bytes) -> "_Raw":
+    """A checkpoint in torch's zip format (the members torch.save writes) whose data.pkl is ``data_pkl``."""
+    import io
+    import zipfile
+
+    buf, out = io.BytesIO(), io.BytesIO()
+    torch.save({}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z, zipfile.ZipFile(out, "w") as w:
+        for info in z.infolist():
+            w.writestr(info.filename, data_pkl if info.filename.endswith("data.pkl") else z.read(info.filename))
+    return _Raw(out.getvalue())
+
+
+def _run_with_legacy_checkpoint(d):
+    """A copy of the run whose best.pt is the same parameters saved in torch's legacy (non-zip) format."""
+    import shutil
+    run = d / "legacy"
+    shutil.copytree(d / "run", run, dirs_exist_ok=True)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    torch.save(ckpt, run / "best.pt", _use_new_zipfile_serialization=False)
+    return str(run)
 
 
 def _run_with_edited_checkpoint(name, edit, file="checkpoint.pt"):
@@ -215,9 +243,15 @@ CASES = [
     ("config.json bad normaliser", _run_with_config("norm", _set("normalizer", "x_std", [1.0, -1.0])), ["eval", "{path}"],
      r"config.json: normalizer.x_std must be positive"),
     ("checkpoint that is not a checkpoint", _run_with_checkpoint("garbage", b"\x00\x01garbage"), ["eval", "{path}"],
-     r"checkpoint.pt: not a loadable checkpoint"),
+     r"checkpoint.pt: not a checkpoint in torch's zip format"),
     ("checkpoint that would run code", _run_with_checkpoint("evil", lambda d: _Evil(d / "pwned-ckpt")), ["eval", "{path}"],
-     r"checkpoint.pt: not a loadable checkpoint"),
+     r"checkpoint.pt: not a checkpoint in torch's zip format"),
+    ("checkpoint in torch's zip format that would run code",
+     _run_with_checkpoint("evilzip", lambda d: _torch_zip(pickle.dumps(_Evil(d / "pwned-ckpt"), protocol=2))),
+     ["eval", "{path}"], r"checkpoint.pt: not a loadable checkpoint \(UnpicklingError"),
+    ("checkpoint in torch's legacy format (storage sizes believed)", _run_with_legacy_checkpoint, ["eval", "{path}"],
+     r"legacy/best.pt: not a checkpoint in torch's zip format"),
+
     ("negative learning rate", lambda d: "pendulum", ["train", "--data", "{path}", "--lr", "-1"],
      r"--lr = -1.0: expected a positive number"),
     ("learning-rate decay of 0", lambda d: "pendulum", ["train", "--data", "{path}", "--optimizer", "clipped_adam",
@@ -270,7 +304,8 @@ CASES = [
      _run_with_edited_checkpoint("ck-nan", lambda c: next(iter(c["model"].values())).fill_(float("nan")), "best.pt"),
      ["eval", "{path}"], r"best.pt: model\['.*'\]: has non-finite values"),
     ("impute on a run trained without --missing nan", _npz("gappy.npz", obs=nan_obs, actions=np.zeros((3, 4, 1))),
-     ["impute", "{run}", "--data", "{path}", "--out", "{dir}/filled.npz"], r"trained without --missing nan"),
+     ["impute", "{run}", "--data", "{path}", "--out", "{dir}/filled.npz"],
+     r"trained without missing='nan' \(the command line's --missing nan\)"),
     # values and types (issue 16, item 10): checked after the cast, real numbers only
     ("float64 beyond float32's range", _npz("huge.npz", obs=huge_obs), ["train", "--data", "{path}"],
      r"huge.npz: obs has 1e\+300 at sequence 1, step 2, dim 0: beyond float32's range"),
@@ -434,6 +469,59 @@ def _run_with_special_config(name, special):
     return make
 
 
+def _ragged_csv(d):
+    """1.4 MB of CSV: 100,000 episodes of one row and one of 100,000 rows, padded to a (100001, 100000, 1)
+    float64 table (74.5 GiB)."""
+    path = d / "ragged.csv"
+    if not path.exists():
+        path.write_text("episode,x\n" + "".join(f"{i},0\n" for i in range(100000)) + "big,0\n" * 100000)
+    return str(path)
+
+
+def _tera_npy(d):
+    """A 128-byte .npy whose header declares (10^5, 10^5, 100) float32 (3.6 TiB)."""
+    (d / "tera.npy").write_bytes(_npy_header((10 ** 5, 10 ** 5, 100), "<f4") + bytes(64))
+    return str(d / "tera.npy")
+
+
+def _checkpoint_bomb(d):
+    """A copy of the run whose best.pt is 1.2 MB: one parameter's storage of 3 x 10^8 float32 (1.1 GiB)
+    deflated (torch reads deflated zip members). Built from a real torch.save with the storage's size
+    patched in its pickle; one 16 MiB block of zeros compressed and repeated, as in _bomb."""
+    import io
+    import shutil
+    import zipfile
+
+    run = d / "ckbomb"
+    if run.exists():
+        return str(run)
+    shutil.copytree(d / "run", run)
+    n = 3 * 10 ** 8
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, buf)
+    members, chunk = [], 1 << 24
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        for info in z.infolist():
+            body = z.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"M\xe8\x03" in body  # the storage's 1000 elements, BININT2
+                body = body.replace(b"M\xe8\x03", b"J" + struct.pack("<i", n))
+            if info.filename.endswith("/data/0"):
+                c = zlib.compressobj(6, zlib.DEFLATED, -15)
+                block = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
+                total, crc, zeros = 4 * n, 0, bytes(chunk)
+                for _ in range(total // chunk):
+                    crc = zlib.crc32(zeros, crc)
+                rest = total % chunk
+                data = block * (total // chunk) + c.compress(bytes(rest)) + c.flush()
+                crc = zlib.crc32(bytes(rest), crc)
+                members.append((info.filename, 8, crc, data, total))
+            else:
+                members.append((info.filename, 0, zlib.crc32(body), body, len(body)))
+    _write_zip(run / "best.pt", members)
+    return str(run)
+
+
 MEMORY_CASES = [
     # (id, make(dir) -> path, argv with {path}/{run}, extra environment, regex of the one error line)
     ("npy header declaring terabytes", _terabyte_header, ["train", "--data", "{path}"], {},
@@ -482,6 +570,25 @@ MEMORY_CASES = [
                                                   os.path.exists(d / "shards" / "manifest.json")
                                                   or os.mkfifo(d / "shards" / "manifest.json"), str(d / "shards"))[-1],
      ["train", "--data", "{path}"], {}, r"manifest.json: a FIFO, not a regular JSON file"),
+    ("a CSV file linked to /dev/zero", _link_to_dev_zero("devzero.csv"), ["train", "--data", "{path}"], {},
+     r"devzero.csv: a device, not a regular CSV file"),
+    ("a CSV file that is a FIFO", _fifo("fifo.csv"), ["train", "--data", "{path}"], {},
+     r"fifo.csv: a FIFO, not a regular CSV file"),
+    ("an .npy that is a FIFO", _fifo("fifo.npy"), ["train", "--data", "{path}"], {},
+     r"fifo.npy: a FIFO, not a regular .npy file"),
+    ("an .npy header declaring terabytes", _tera_npy, ["train", "--data", "{path}"], {},
+     r"tera.npy: an array of declared shape \(100000, 100000, 100\) float32 needs 3.6 TiB, over the limit"),
+    ("a ragged CSV padded to 74.5 GiB", _ragged_csv, ["train", "--data", "{path}"], {},
+     r"ragged.csv: the padded table of 100001 episodes of up to 100000 rows needs 74.5 GiB, over the limit"),
+    # a small limit, so that a regression trains or collects megabytes instead of hanging on gigabytes
+    ("--train-samples beyond the limit", lambda d: str(d / "good.npz"),
+     ["train", "--data", "{path}", "--train-samples", "10000"], {"DVAE_MAX_BYTES": "1e6"},
+     r"--train-samples = 10000: expected K x batch_size x \d+ floats .*within the limit of 1000000 bytes"),
+    ("pendulum --episodes beyond the limit", lambda d: "pendulum",
+     ["train", "--data", "{path}", "--episodes", "5000", "--steps", "64"], {"DVAE_MAX_BYTES": "1e6"},
+     r"pendulum: 5000 episodes of 64 steps needs 5.0 MiB, over the limit of 976.6 KiB"),
+    ("a best.pt whose deflated storage inflates to 1.1 GiB", _checkpoint_bomb, ["eval", "{path}"], {},
+     r"ckbomb/best.pt: inflating its compressed members needs 1.1 GiB, over the limit of 1.0 GiB"),
 ]
 
 _DRIVER = """

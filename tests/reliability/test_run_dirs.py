@@ -94,6 +94,19 @@ def test_latent_replaces_a_symlinked_plot(capsys, trained, tmp_path):
     assert not os.path.islink(run / "latent" / "latent_pca.png")
 
 
+def test_latent_replaces_a_symlinked_latent_directory_and_writes_nothing_where_it_pointed(capsys, trained, tmp_path):
+    """RUN/latent itself a symlink to another directory: the plots go into a real RUN/latent."""
+    run = _copy(trained, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "latent_pca.png").write_text("precious")
+    os.symlink(elsewhere, run / "latent")
+    code, out, err = _cli(capsys, "latent", run, "--no-tsne", "--split", "all")
+    assert code == 0, err
+    assert os.listdir(elsewhere) == ["latent_pca.png"] and (elsewhere / "latent_pca.png").read_text() == "precious"
+    assert not os.path.islink(run / "latent") and os.path.isfile(run / "latent" / "latent_pca.png")
+
+
 # --- critical 2: an --out that is not a run is refused ------------------------------------------------
 def test_a_nonempty_out_that_is_not_a_run_is_refused_and_left_as_it_was(capsys, trained, tmp_path):
     out = tmp_path / "mine"
@@ -120,6 +133,37 @@ def test_an_out_that_is_a_file_or_a_run_is_refused_but_an_empty_directory_is_use
 
 
 # --- critical 3: one training process per run ---------------------------------------------------------
+def test_an_out_that_is_the_current_directory_is_refused(capsys, trained, tmp_path, monkeypatch):
+    """`--out .` in an empty directory: the run's start replaces an empty --out as a whole, which would leave
+    the process (and the user's shell) in a deleted directory; refused before anything is written."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", str(here)):
+        code, stdout, err = _cli(capsys, "train", "--data", trained / "d.npz", *TINY, "--epochs", "1", "--out", out)
+        _one_line_error(code, stdout, err, "is the current directory")
+        assert os.listdir(here) == [] and os.listdir(tmp_path) == ["here"]
+
+
+def test_a_killed_starts_hidden_directory_is_removed_by_the_next_start_but_a_live_one_is_kept(capsys, trained,
+                                                                                            tmp_path):
+    """A start killed before its rename leaves .NAME.start-*; the next start of NAME removes it (its lock is
+    free) and keeps one whose lock a process holds."""
+    import fcntl
+
+    dead, live = tmp_path / ".run.start-0123456789ab", tmp_path / ".run.start-ba9876543210"
+    for d in (dead, live):
+        d.mkdir()
+        (d / ".lock").write_text("")
+        shutil.copy(trained / "run" / "checkpoint.pt", d / "checkpoint.pt")
+    with open(live / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out, err = _cli(capsys, "train", "--data", trained / "d.npz", *TINY, "--epochs", "1", "--no-plots",
+                              "--out", tmp_path / "run")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == [".run.start-ba9876543210", "run"]
+
+
 def test_two_processes_starting_one_run_give_one_run_and_one_clear_error(trained, tmp_path):
     out = str(tmp_path / "run")
     procs = [subprocess.Popen(DVAE + ["train", "--data", str(trained / "d.npz"), *TINY[:-5], "--seed", str(seed),
@@ -326,3 +370,28 @@ def test_impute_refuses_a_run_trained_without_missing_nan(capsys, trained, tmp_p
     code, out, err = _cli(capsys, "impute", trained / "run", "--data", gappy, "--out", tmp_path / "filled.npz")
     _one_line_error(code, out, err, "--missing nan")
     assert not (tmp_path / "filled.npz").exists()
+
+
+def test_a_relative_data_path_through_a_symlink_and_dotdot_is_recorded_as_the_file_that_was_read(capsys, tmp_path,
+                                                                                                  monkeypatch):
+    """`--data L/../d.npz` with L a symlink reads L's target's sibling; the run records that file (and its
+    fingerprint), not ./d.npz (os.path.abspath drops `L/..` textually)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    work.mkdir()
+    read = _npz(elsewhere / "d.npz", seed=0)
+    _npz(work / "d.npz", seed=1, n=6)  # another file of the same name where abspath would point
+    os.symlink(elsewhere / "sub", work / "L")
+    monkeypatch.chdir(work)
+    code, out, err = _cli(capsys, "train", "--data", os.path.join("L", "..", "d.npz"), *TINY, "--epochs", "1",
+                          "--no-plots", "--out", "run")
+    assert code == 0, err
+    cfg = json.loads((work / "run" / "config.json").read_text())["data"]
+    assert cfg["source"] == os.path.realpath(read)
+    from dvae.data.fingerprint import fingerprint
+
+    assert cfg["source_sha256"] == fingerprint(read).sha256 != fingerprint(str(work / "d.npz")).sha256
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, "eval", work / "run")
+    assert code == 0, err
+    assert json.loads(out)["data"] == os.path.realpath(read)
