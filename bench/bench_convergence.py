@@ -235,19 +235,10 @@ def plot(report: dict, path: str) -> None:
         ax.set_ylabel("nats per step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    from dvae.files import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -307,7 +298,8 @@ def main(argv=None) -> int:
         report = {"command": command, "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
                   "wall_seconds": time.perf_counter() - t0, "budget_cpu_seconds": a.budget, "goals": GOALS,
                   "runs": [r for r in results if r is not None], "runs_planned": len(specs)}
-        _write_json(out, report)
+        from dvae.files import write_json
+        write_json(out, report)
         return report
 
     runs = run_all(specs, a.jobs, log=lambda s: print(s, flush=True), on_result=write)

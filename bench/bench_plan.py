@@ -79,14 +79,6 @@ def _training_record(run_dir: str) -> dict:
             "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in rows)}
 
 
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -140,7 +132,8 @@ def main(argv=None) -> int:
         o = plan["output"]
         report["normalized_return"] = o.get("normalized_return")
         report["load_average_at_end"] = list(os.getloadavg())
-        _write_json(out, report)
+        from dvae.files import write_json
+        write_json(out, report)
         print(f"plan: model {o['mean_return']:.1f}, random {o['baselines']['random']['mean_return']:.1f}, true "
               f"{o['baselines'].get('true_model', {}).get('mean_return', float('nan')):.1f}: normalised return "
               f"{report['normalized_return']:.3f} (goal {GOAL})", flush=True)
