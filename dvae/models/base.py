@@ -202,13 +202,18 @@ class DynamicalVAE(nn.Module):
         raise NotImplementedError
 
     # --- the per-step Pyro programs, written over the contract ---------------------------------------
+    def program_start(self, batch: SequenceBatch, annealing_factor: float = 1.0) -> Tuple[State, dist.Distribution]:
+        """The per-step model's start, inside its plate: (state, p(z_0 | .)). A family with sequence-level
+        latents (the DSAE's code v) draws their sites here before its state is built from them."""
+        return self.initial_state(batch.batch_size, self.condition(batch))
+
     def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, z | u), one site per step, as the contract states it. Returns the latent path (B, T, z_dim)."""
         pyro.module(self.name, self)
         B, T = batch.batch_size, batch.num_steps
         zs = []
         with pyro.plate("sequences", B, dim=-1):
-            state, p_z = self.initial_state(B, self.condition(batch))
+            state, p_z = self.program_start(batch, annealing_factor)
             for t in pyro.markov(range(T), history=self.markov_history):
                 m = batch.mask[:, t]  # (B,)
                 if t > 0:

@@ -176,25 +176,12 @@ class DSAE(DynamicalVAE):
                 return pyro.sample("z", self._z_path(batch, v))
 
     # --- the model ---------------------------------------------------------------------------------------
-    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0):
-        """p(x, v, z | u, c): the site ``v``, then the contract step by step. Returns the z path (B, T, z_dim)."""
-        pyro.module(self.name, self)
-        B, T = batch.batch_size, batch.num_steps
-        zs = []
-        with pyro.plate("sequences", B, dim=-1):
-            with poutine.scale(scale=annealing_factor):
-                v = pyro.sample("v", self.code_prior(B))  # (B, v_dim)
-            state, p_z = self.start(v, self.condition(batch))
-            for t in pyro.markov(range(T)):
-                m = batch.mask[:, t]  # (B,)
-                if t > 0:
-                    state, p_z = self.transition_step(state, x, batch.step_u(t - 1), batch.step_obs_mask(t - 1))
-                with poutine.scale(scale=annealing_factor):
-                    z = pyro.sample(f"z_{t}", p_z.mask(m))  # (B, z_dim)
-                state = self.with_latent(state, z)
-                x = pyro.sample(f"x_{t}", self.emission(state, batch.step_obs_mask(t)).mask(m), obs=batch.x[:, t])
-                zs.append(z)
-        return torch.stack(zs, 1)
+    def program_start(self, batch: SequenceBatch, annealing_factor: float = 1.0):
+        """The per-step model's start: the site ``v`` (B, v_dim), then the contract's state from it; the
+        steps are the base class's ``model``, p(x, v, z | u, c)."""
+        with poutine.scale(scale=annealing_factor):
+            v = pyro.sample("v", self.code_prior(batch.batch_size))  # (B, v_dim)
+        return self.start(v, self.condition(batch))
 
     def model_vectorized(self, batch: SequenceBatch, annealing_factor: float = 1.0):
         """p(x, v, z | u, c) with the z path and the observations as one site each. Returns the path."""
