@@ -48,7 +48,10 @@ import torch  # noqa: E402
 from bench.bench_quality import Clock, _bounds, _finite, _load  # noqa: E402
 from bench.bench_training import machine_info  # noqa: E402
 
-FAMILIES = ("dmm", "vrnn", "vrae", "vae", "lgssm")
+from dvae.models import MODELS  # noqa: E402
+
+FAMILIES = tuple(MODELS)
+"""Every family `dvae train --model` takes (the registry's order)."""
 OBJECTIVES = ("elbo", "iwae")
 GOALS = {"nottingham": {"dmm": 3.2, "best": 3.0}, "lg": {"dmm_iw_gap": 0.05}}
 """Issue 18's goals at 30 CPU-minutes (Nottingham, test -ELBO per step) and 3 minutes (lg, IW gap)."""
@@ -246,7 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--polyphonic-dir", default=None, help="folder holding Nottingham.pickle (omit: lg only)")
     ap.add_argument("--datasets", nargs="+", choices=["nottingham", "lg"], default=None,
                     help="default: lg, and nottingham with --polyphonic-dir")
-    ap.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    ap.add_argument("--families", nargs="+", choices=FAMILIES, default=["dmm", "vrnn", "vrae", "vae", "lgssm"],
+                    help="families to run (default: dmm vrnn vrae vae lgssm)")
     ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=["elbo"],
                     help="objectives run for every family (iwae is skipped for lgssm, whose bound is exact)")
     ap.add_argument("--train-samples", type=int, default=8, help="K of the iwae objective (default 8)")
