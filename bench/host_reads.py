@@ -170,7 +170,7 @@ def count_validation(trainer) -> HostReads:
     """The reads of the trainer's validation pass over one batch (its whole validation split, which
     fits one evaluation batch)."""
     with HostReads() as h:
-        trainer._validate()
+        trainer.validate()
     return h
 
 

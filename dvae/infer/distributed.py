@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyro
@@ -301,7 +301,9 @@ class DataParallelTrainer(Trainer):
     def _agree(self, flag: bool) -> bool:
         return all_reduce_sum(self.env, [float(flag)], "agreeing on when to stop")[0] > 0
 
-    def _validate(self) -> Dict[str, float]:
+    def validate(self) -> Dict[str, float]:
+        """:meth:`Trainer.validate` on this rank's share of the validation split, the sums reduced (a
+        collective: every rank calls it)."""
         xs, us = self.valid_share
         sums = evaluate_sums(self.model, xs, us, self.config.eval_batch_size, device=self.device,
                              vectorized=self.config.vectorized, log_det_per_step=self.log_det,
@@ -321,7 +323,8 @@ class DataParallelTrainer(Trainer):
         num_steps = sum(self.train_lengths[i] for i in idx)
         return pad_steps(batch, max(self.train_lengths[i] for i in idx)), num_steps, active
 
-    def train_epoch(self, deadline: Optional[float] = None) -> Optional[Dict[str, float]]:
+    def train_epoch(self, deadline: Optional[float] = None,
+                    on_update: Optional[Callable[[float], None]] = None) -> Optional[Dict[str, float]]:
         """:meth:`Trainer.train_epoch` on this rank's share of each batch; stopping is decided together."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
@@ -345,6 +348,8 @@ class DataParallelTrainer(Trainer):
                 mine = missing_log_det(batch, self.log_det, self.x_log_std).sum().item() if active else 0.0
                 extra = all_reduce_sum(self.env, [mine], "summing the missing entries' log-Jacobian")[0]
             self._record_update(acc, loss, n, i, extra)
+            if on_update is not None:
+                on_update(loss)
             now = self.clock()
             acc["seconds"] += now - t_last
             t_last = now

@@ -20,11 +20,12 @@ the snapshots faults go back to are :mod:`dvae.infer.faults`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 import pyro
@@ -63,6 +64,12 @@ class Trainer:
 
     Stopping: :meth:`request_stop` (e.g. from a signal handler) makes :meth:`fit` return at the next
     update boundary with ``stopped=True``; a checkpoint taken then resumes mid-epoch exactly.
+
+    Extending a run without subclassing: :meth:`fit` takes ``on_update`` (after every update, e.g. a
+    budget that calls :meth:`request_stop`), ``on_validate`` (each epoch's validation bounds),
+    ``evaluating`` (a context around each epoch's evaluation, e.g. a clock paused there) and
+    ``diagnostics`` (False skips the per-epoch latent diagnostics); :meth:`validate` is the validation
+    pass itself (``studies.compare.budget.CpuBudget`` is built on these alone).
     """
 
     snapshot_every = 20
@@ -177,10 +184,11 @@ class Trainer:
         self._set_lr_scale(self.state["lr_scale"] * self.fault_lr_factor, relative=True)  # the restored rates, lowered
 
     # --- the loop -----------------------------------------------------------------------------------
-    def train_epoch(self, deadline: Optional[float] = None) -> Optional[Dict[str, float]]:
+    def train_epoch(self, deadline: Optional[float] = None,
+                    on_update: Optional[Callable[[float], None]] = None) -> Optional[Dict[str, float]]:
         """Train through the rest of the current epoch (the shuffle is a function of seed and epoch, so
         an epoch resumed at batch k sees the same batches). Returns the epoch's metrics, or None if it
-        stopped early on request (the partial sums stay in ``state``)."""
+        stopped early on request (the partial sums stay in ``state``). ``on_update(loss)``: see :meth:`fit`."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.state["epoch"])
         acc = self.state["partial"]
@@ -215,6 +223,8 @@ class Trainer:
             if batch.obs_mask is not None:  # missing entries: their steps' log-Jacobian is smaller (read later)
                 extra = missing_log_det(batch, self.log_det, self.x_log_std).sum()
             self._record_update(acc, loss, n, i, extra)
+            if on_update is not None:
+                on_update(loss)
             now = self.clock()
             acc["seconds"] += now - t_last
             t_last = now
@@ -307,9 +317,23 @@ class Trainer:
                 "annealing_factor": self.annealing_factor(self.state["step"]), "skipped_updates": acc["skipped"],
                 "lr": self.lr}
 
-    def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True) -> List[dict]:
+    def fit(self, on_epoch: Optional[Callable[[dict, bool], None]] = None, progress: bool = True, *,
+            on_update: Optional[Callable[[float], None]] = None,
+            on_validate: Optional[Callable[[dict], None]] = None,
+            evaluating: Optional[Callable[[], ContextManager]] = None, diagnostics: bool = True) -> List[dict]:
         """Train until ``epochs`` (total; None: no cap), the time limit, convergence or :meth:`request_stop`.
         ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows.
+
+        The other hooks, for budgets and curves (none changes training):
+
+        - ``on_update(loss)``: after every update is booked (``state["step"]`` counts it), with its per-step
+          loss (NaN for a skipped one); may call :meth:`request_stop`, which takes effect before the next.
+        - ``on_validate(out)``: after each epoch's validation, with :meth:`validate`'s bounds.
+        - ``evaluating``: a function returning a context manager, entered around each epoch's evaluation
+          (:meth:`validate`, ``on_validate`` and the diagnostics), e.g. a training clock paused there.
+        - ``diagnostics``: False skips the per-epoch latent diagnostics (the rows then lack their keys:
+          ``valid_kl_per_dim``, ``active_units``, ``posterior_mean_var``, ``posterior_collapse``). They draw
+          under their own random stream, so the training is the same either way.
 
         After each epoch's validation the learning-rate schedule steps (:meth:`_schedule_step`; the rate
         an epoch trained at is its row's ``lr``). Convergence (:meth:`converged`: the schedule run out,
@@ -334,15 +358,19 @@ class Trainer:
                 reason = "converged"
             if reason is not None:
                 break
-            row = self.train_epoch(deadline)
+            row = self.train_epoch(deadline, on_update)
             if row is None:
                 reason = "interrupted"
                 break
             self.state["epoch"] += 1
-            valid = self._validate()
-            row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
-                   "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
-            row.update(self._diagnostics(valid["kl_per_step"]))
+            with (evaluating or contextlib.nullcontext)():
+                valid = self.validate()
+                if on_validate is not None:
+                    on_validate(valid)
+                row = {"epoch": self.state["epoch"], **row, "valid_neg_elbo_per_step": valid["neg_elbo_per_step"],
+                       "valid_recon_per_step": valid["recon_per_step"], "valid_kl_per_step": valid["kl_per_step"]}
+                if diagnostics:
+                    row.update(self._diagnostics(valid["kl_per_step"]))
             improved = valid["neg_elbo_per_step"] < self.state["best_valid"]
             if improved:
                 self.state.update(best_valid=valid["neg_elbo_per_step"], best_epoch=self.state["epoch"], since_best=0)
@@ -361,10 +389,13 @@ class Trainer:
             self.model.load_state_dict(self.best_model)
         return self.rows
 
-    def _validate(self) -> Dict[str, float]:
-        """The validation split's per-step bounds, scored by the program form training runs (the vectorized
-        one by default: the same ELBO as the per-step one, fewer sites and host reads); a data-parallel
-        trainer reduces them across ranks."""
+    def validate(self) -> Dict[str, float]:
+        """The validation split's per-step bounds (:func:`dvae.infer.evaluation.evaluate`'s dict:
+        ``neg_elbo_per_step``, ``recon_per_step``, ``kl_per_step``, ...), scored by the program form training
+        runs (the vectorized one by default: the same ELBO as the per-step one, fewer sites and host reads);
+        a data-parallel trainer reduces them across ranks (every rank calls it). :meth:`fit` calls it after
+        every epoch. Its draws come from the training's random stream, as they always have (a seeded run
+        validated at other points draws other numbers after)."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
                         device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std,
                         vectorized=self.config.vectorized)

@@ -14,10 +14,11 @@ of that clock is here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 class Clock:
@@ -25,6 +26,10 @@ class Clock:
 
     def __init__(self):
         self.used, self._since = 0.0, None
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
 
     def resume(self):
         self._since = time.process_time()
@@ -35,6 +40,18 @@ class Clock:
 
     def now(self) -> float:
         return self.used + (0.0 if self._since is None else time.process_time() - self._since)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The clock paused inside (if it was running; resumed after), e.g. around an evaluation."""
+        running = self.running
+        if running:
+            self.pause()
+        try:
+            yield
+        finally:
+            if running:
+                self.resume()
 
 
 class CpuBudget:
@@ -50,8 +67,9 @@ class CpuBudget:
 
     ``on_validate(out)``: called after every validation with its result, the clock paused.
 
-    This reaches into two of the trainer's private methods (``_validate``, ``_diagnostics``): the one
-    place outside ``dvae.infer`` that does, so a change there is mended here alone."""
+    Built on the trainer's public hooks alone (``Trainer.fit``'s ``on_update``, ``on_validate``,
+    ``evaluating`` and ``diagnostics``; ``Trainer.validate``): after every update the budget is checked,
+    and once spent, ``request_stop`` ends training at the next update boundary."""
 
     def __init__(self, trainer, seconds: float, on_validate: Optional[Callable[[dict], None]] = None,
                  keep_last: bool = True):
@@ -60,40 +78,30 @@ class CpuBudget:
         if getattr(trainer.config, "time_limit", None) is not None:
             raise ValueError("CpuBudget: the trainer has a wall-clock time_limit; set it to None")
         self.trainer, self.seconds, self.keep_last = trainer, float(seconds), keep_last
+        self.on_validate = on_validate
         self.clock = Clock()
         self.updates = 0
         self.wall_seconds = 0.0
         self.exhausted = False
         """True when the budget ended training (not epochs or early stopping)."""
-        self._validate = trainer._validate
-        self._on_validate = on_validate
-        step = trainer.svi.step
 
-        def timed_step(*a, **k):  # one update; a stop at the next update boundary once the budget is spent
-            loss = step(*a, **k)
-            self.updates += 1
-            if self.clock.now() >= self.seconds:
-                self.exhausted = True
-                trainer.request_stop()
-            return loss
+    def _after_update(self, loss: float) -> None:
+        """One update done; a stop at the next update boundary once the budget is spent."""
+        self.updates += 1
+        if self.clock.now() >= self.seconds:
+            self.exhausted = True
+            self.trainer.request_stop()
 
-        trainer.svi.step = timed_step
-        trainer._validate = self.validate
-        trainer._diagnostics = lambda kl: {}
+    def _validated(self, out: dict) -> None:
+        if self.on_validate is not None:
+            self.on_validate(out)
 
     def validate(self) -> dict:
         """The trainer's validation with the clock paused (then ``on_validate``)."""
-        running = self.clock._since is not None
-        if running:
-            self.clock.pause()
-        try:
-            out = self._validate()
-            if self._on_validate is not None:
-                self._on_validate(out)
+        with self.clock.paused():
+            out = self.trainer.validate()
+            self._validated(out)
             return out
-        finally:
-            if running:
-                self.clock.resume()
 
     def fit(self) -> list:
         """``trainer.fit`` under the budget; returns its metric rows. ``stop_reason`` then says why it ended."""
@@ -101,7 +109,8 @@ class CpuBudget:
         t0 = time.perf_counter()
         self.clock.resume()
         try:
-            rows = t.fit(progress=False)
+            rows = t.fit(progress=False, on_update=self._after_update, on_validate=self._validated,
+                         evaluating=self.clock.paused, diagnostics=False)
         finally:
             self.clock.pause()
         if self.exhausted and self.keep_last and t.state.get("batch_in_epoch", 0) > 0:
@@ -111,7 +120,6 @@ class CpuBudget:
                 t.best_model = copy.deepcopy(t.model.state_dict())
         self.wall_seconds = time.perf_counter() - t0
         return rows
-
     @property
     def epochs(self) -> float:
         """The epochs trained: the finished ones plus the part of the one the budget cut short (then the

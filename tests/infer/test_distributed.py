@@ -263,10 +263,17 @@ def _missing_trainer(env=None):
     return DataParallelTrainer(model, config, (xs, None), (xs, None), sum(log_std), env=env, x_log_std=log_std)
 
 
+def _hooked_fit(trainer) -> dict:
+    """``fit`` with the public hooks recording: the rows, every update's loss, every validation's bounds."""
+    losses, valid = [], []
+    rows = trainer.fit(progress=False, on_update=losses.append, on_validate=valid.append)
+    return {"rows": rows, "losses": losses, "valid": valid}
+
+
 def _missing_worker(rank, port, out):
     env = _join(rank, port)
     try:
-        torch.save(_missing_trainer(env).fit(progress=False), os.path.join(out, f"rank{rank}.pt"))
+        torch.save(_hooked_fit(_missing_trainer(env)), os.path.join(out, f"rank{rank}.pt"))
     finally:
         shutdown(env)
 
@@ -275,10 +282,17 @@ def test_two_processes_train_and_validate_data_with_missing_entries_as_one_proce
     """The obs_mask reaches every rank's batch and the log-Jacobian of the observed entries is summed
     over the ranks, in training and in validation: the exact LGSSM's figures equal one process's."""
     spawn(_missing_worker, free_port(), str(tmp_path))
-    rows0, rows1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
-    single = _missing_trainer().fit(progress=False)
+    got0, got1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    one = _hooked_fit(_missing_trainer())
+    rows0, rows1, single = got0["rows"], got1["rows"], one["rows"]
     assert len(rows0) == len(single) == 2
     for a, b, c in zip(single, rows0, rows1):
         for key in ("train_loss", "valid_neg_elbo_per_step", "valid_recon_per_step"):
             assert b[key] == c[key], key
             assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+    # the hooks: every update's loss (reduced over the ranks) and every validation's bounds, as one process's
+    assert len(got0["losses"]) == len(one["losses"]) == 2 * 2  # 2 epochs of 2 batches of 4 sequences
+    assert got0["losses"] == got1["losses"] and got0["losses"] == pytest.approx(one["losses"], rel=1e-9)
+    assert [v["neg_elbo_per_step"] for v in got0["valid"]] == [r["valid_neg_elbo_per_step"] for r in rows0]
+    assert got0["valid"] == got1["valid"] and len(got0["valid"]) == 2
+    assert got0["valid"][0]["num_steps"] == one["valid"][0]["num_steps"]  # the whole split, summed over the ranks

@@ -49,7 +49,7 @@ def test_validation_of_a_vectorized_trainer_equals_the_per_step_bound(family, gu
     m = tiny(family, U_DIM, guide, missing=missing)
     t = trainer(m, vectorized=True, missing=missing)
     pyro.set_rng_seed(11)
-    got = t._validate()
+    got = t.validate()
     xs, us, cs = split(2, missing)
     pyro.set_rng_seed(11)
     want = evaluate(m, xs, us, float(LOG_STD.sum()), batch_size=2, cs=cs, x_log_std=LOG_STD, vectorized=False)

@@ -50,7 +50,7 @@ def _script(trainer, values):
         v = next(it)
         return {"neg_elbo_per_step": v, "recon_per_step": v, "kl_per_step": 1.0}
 
-    trainer._validate = validate
+    trainer.validate = validate
 
 
 def test_a_scripted_plateau_reduces_the_rate_as_worked_out_by_hand_then_converges_and_restores_the_best():

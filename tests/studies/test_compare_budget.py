@@ -1,10 +1,12 @@
 """``studies.compare.budget``: a training budget in CPU seconds of the process, the clock paused while the
 model is validated; the study's ``fit`` records which kind of budget each row had."""
 
+import copy
 import time
 
 import pyro
 import pytest
+import torch
 
 from dvae.data import Normalizer
 from dvae.infer.trainer import TrainConfig, Trainer
@@ -53,7 +55,7 @@ def _trainer(lg, **train):
 def test_training_stops_at_the_first_update_past_the_budget_and_validation_is_not_counted(lg):
     trainer = _trainer(lg, batch_size=10)
     assert trainer.batches_per_epoch == 1  # an epoch is one update, then a validation
-    validate = trainer._validate
+    validate = trainer.validate
     validations = []
 
     def slow_validate():  # 0.15 CPU s per validation, more than the whole budget: none of it counted
@@ -61,7 +63,7 @@ def test_training_stops_at_the_first_update_past_the_budget_and_validation_is_no
         validations.append(1)
         return validate()
 
-    trainer._validate = slow_validate
+    trainer.validate = slow_validate
     update_cpu = []
     step = trainer.svi.step
 
@@ -94,7 +96,7 @@ def test_the_part_epoch_cut_short_is_validated_and_kept(lg):
     trainer.svi.step = slow_step
     run = CpuBudget(trainer, 0.25)
     seen = []
-    run._on_validate = lambda out: seen.append(out["neg_elbo_per_step"])
+    run.on_validate = lambda out: seen.append(out["neg_elbo_per_step"])
     run.fit()
     assert run.updates == 3 and trainer.state["epoch"] == 0 and trainer.state["batch_in_epoch"] == 3
     assert len(seen) == 1  # the part-epoch's validation, the only one: its parameters are the best
@@ -123,3 +125,124 @@ def test_fit_records_a_cpu_budget_and_old_rows_read_as_wall(lg):
         "early stopping"
     # a wall-clock row of before: ended well before its limit, so early stopping ended it
     assert B.stop_cell(old, 150.0) == "early stopping (before the limit)" and B.stop_cell(old, 62.0) == "not recorded"
+
+
+class _FakeCpu:
+    """A process clock (``time.process_time``) that moves only when told: 1 s an update and 100 s a
+    validation (instrumented below), nothing else; so the budget's stop falls on a known update."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def instrument(self, trainer) -> None:
+        step, validate = trainer.svi.step, trainer.validate
+
+        def step_one_second(*a, **k):
+            out = step(*a, **k)
+            self.t += 1.0
+            return out
+
+        def validate_a_hundred_seconds():
+            self.t += 100.0
+            return validate()
+
+        trainer.svi.step, trainer.validate = step_one_second, validate_a_hundred_seconds
+
+
+class _OldRule:
+    """CpuBudget's rule as it was before the trainer had hooks (its own wrappers around the update and
+    the validation, the latent diagnostics left on: they do not change training), kept as the oracle."""
+
+    def __init__(self, trainer, seconds, on_validate):
+        self.trainer, self.clock, self.updates, self.exhausted = trainer, Clock(), 0, False
+        step, validate = trainer.svi.step, trainer.validate
+
+        def timed_step(*a, **k):
+            loss = step(*a, **k)
+            self.updates += 1
+            if self.clock.now() >= seconds:
+                self.exhausted = True
+                trainer.request_stop()
+            return loss
+
+        def paused_validate():
+            with self.clock.paused():
+                out = validate()
+                on_validate(out)
+                return out
+
+        trainer.svi.step, trainer.validate = timed_step, paused_validate
+        self.validate = paused_validate
+
+    def fit(self):
+        t = self.trainer
+        self.clock.resume()
+        rows = t.fit(progress=False)
+        self.clock.pause()
+        if self.exhausted and t.state["batch_in_epoch"] > 0:
+            out = self.validate()
+            if out["neg_elbo_per_step"] < t.state["best_valid"]:
+                epochs = t.state["epoch"] + t.state["batch_in_epoch"] / t.batches_per_epoch
+                t.state.update(best_valid=out["neg_elbo_per_step"], best_epoch=round(epochs, 2))
+                t.best_model = copy.deepcopy(t.model.state_dict())
+        return rows
+
+
+DIAGNOSTICS = {"valid_kl_per_dim", "active_units", "posterior_mean_var", "posterior_collapse"}
+
+
+def _plain(rows):
+    """The rows without their timings and latent diagnostics."""
+    return [{k: v for k, v in r.items() if k != "epoch_seconds" and k not in DIAGNOSTICS} for r in rows]
+
+
+def _untimed(state):
+    """The trainer's state without its wall-clock seconds."""
+    out = {k: v for k, v in state.items() if k != "train_seconds"}
+    out["partial"] = {k: v for k, v in state["partial"].items() if k != "seconds"}
+    return out
+
+
+def _same_parameters(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("seconds", [10.0, 12.0])
+def test_a_budget_run_trains_exactly_as_before_the_hooks(lg, monkeypatch, seconds):
+    """A seeded run under a budget on a fake CPU clock (1 s an update, 100 s a validation): the budget
+    of 10 s ends training at the end of epoch 2 (it equals an unbudgeted run of 2 epochs), that of 12 s
+    after the second update of epoch 3 (the part-epoch validated); either way the same metric rows,
+    parameters, best parameters and counts as the rule of before, and no validation second counted."""
+    fake = _FakeCpu()
+    monkeypatch.setattr(time, "process_time", fake)
+    runs = {}
+    for how in ("hooks", "old"):
+        fake.t = 0.0
+        trainer = _trainer(lg)
+        assert trainer.batches_per_epoch == 5
+        fake.instrument(trainer)
+        seen = []
+        run = CpuBudget(trainer, seconds, on_validate=seen.append) if how == "hooks" else \
+            _OldRule(trainer, seconds, seen.append)
+        rows = run.fit()
+        runs[how] = trainer, rows, seen, run
+        assert run.exhausted and run.updates == seconds and run.clock.used == seconds  # validations: paused
+        assert ("active_units" in rows[0]) == (how == "old")  # the budget skips the diagnostics
+    (new, new_rows, new_seen, run), (old, old_rows, old_seen, _) = runs["hooks"], runs["old"]
+    assert _plain(new_rows) == _plain(old_rows) and len(new_rows) == 2
+    assert new_seen == old_seen and len(new_seen) == (2 if seconds == 10.0 else 3)
+    _same_parameters(new.model.state_dict(), old.model.state_dict())
+    _same_parameters(new.best_model, old.best_model)
+    assert _untimed(new.state) == _untimed(old.state)
+    assert run.epochs == seconds / 5 and run.stop_reason == "cpu_budget"
+    if seconds == 10.0:  # the budget ran out at an epoch's end: an unbudgeted run of 2 epochs, no budget at all
+        free = _trainer(lg, epochs=2)
+        free_rows = free.fit(progress=False)
+        assert _plain(free_rows) == _plain(new_rows) and free.state["stop_reason"] == "epochs"
+        _same_parameters(free.model.state_dict(), new.model.state_dict())
+        _same_parameters(free.best_model, new.best_model)
+    else:
+        assert new.state["best_epoch"] in (2, 2.4) and new.state["batch_in_epoch"] == 2
