@@ -45,7 +45,8 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.bench_quality import Clock, _bounds, _finite, _load  # noqa: E402
+from bench.bench_quality import _bounds, _finite, _load  # noqa: E402
+from studies.compare.budget import CpuBudget  # noqa: E402
 from bench.bench_training import machine_info  # noqa: E402
 
 from dvae.models import MODELS  # noqa: E402
@@ -109,46 +110,27 @@ def run_one(spec: dict) -> dict:
     trainer = Trainer(model, train_config, _prepare(data, normalizer, "train"), _prepare(data, normalizer, "valid"),
                       normalizer.log_det_per_step, torch.device("cpu"), x_log_std=normalizer.log_std)
     test = data.subset("test")
-    clock, budget, curve, updates = Clock(), spec["budget"], [], [0]
+    curve = []
     last_test = [-math.inf]
-    step = trainer.svi.step
 
-    def timed_step(*a, **k):
-        loss = step(*a, **k)
-        updates[0] += 1
-        if clock.now() >= budget:
-            trainer.request_stop()
-        return loss
+    def record(out):  # each epoch's validation (and every test_every CPU seconds the test bound), the clock paused
+        point = {"cpu_seconds": run.clock.used, "updates": run.updates, "epoch": trainer.state["epoch"],
+                 "lr": trainer.lr, "valid_neg_elbo_per_step": _finite(out["neg_elbo_per_step"])}
+        if run.clock.used - last_test[0] >= spec["test_every"]:
+            last_test[0] = run.clock.used
+            point["test_neg_elbo_per_step"] = _bounds(model, test, normalizer, 0, spec["seed"] + 2)["neg_elbo_per_step"]
+            if spec.get("verbose"):  # the curve in the log as it grows (a long run stopped early keeps it)
+                print(f"  {spec['dataset']} {spec['family']} {spec['objective']} epoch {point['epoch']} "
+                      f"cpu {point['cpu_seconds']:.1f} lr {point['lr']:.3g} valid {point['valid_neg_elbo_per_step']:.4f} "
+                      f"test {point['test_neg_elbo_per_step']:.4f}", flush=True)
+        curve.append(point)
 
-    validate = trainer._validate
-
-    def paused_validate():
-        clock.pause()
-        try:
-            out = validate()
-            point = {"cpu_seconds": clock.used, "updates": updates[0], "epoch": trainer.state["epoch"],
-                     "lr": trainer.lr, "valid_neg_elbo_per_step": _finite(out["neg_elbo_per_step"])}
-            if clock.used - last_test[0] >= spec["test_every"]:
-                last_test[0] = clock.used
-                point["test_neg_elbo_per_step"] = _bounds(model, test, normalizer, 0, spec["seed"] + 2)["neg_elbo_per_step"]
-                if spec.get("verbose"):  # the curve in the log as it grows (a long run stopped early keeps it)
-                    print(f"  {spec['dataset']} {spec['family']} {spec['objective']} epoch {point['epoch']} "
-                          f"cpu {point['cpu_seconds']:.1f} lr {point['lr']:.3g} valid {point['valid_neg_elbo_per_step']:.4f} "
-                          f"test {point['test_neg_elbo_per_step']:.4f}", flush=True)
-            curve.append(point)
-            return out
-        finally:
-            clock.resume()
-
-    trainer.svi.step = timed_step
-    trainer._validate = paused_validate
-    trainer._diagnostics = lambda kl: {}  # drawn under fork_rng: they do not change training
-    t0 = time.perf_counter()
-    clock.resume()
-    trainer.fit(progress=False)
-    clock.pause()
+    # the latent diagnostics are skipped (drawn under their own random stream: they do not change training);
+    # no extra validation of a part-epoch at the budget
+    run = CpuBudget(trainer, spec["budget"], on_validate=record, keep_last=False)
+    run.fit()
     result = {k: spec[k] for k in ("dataset", "family", "objective", "train_samples", "flags", "budget", "seed")}
-    result.update(train_cpu_seconds=clock.used, train_wall_seconds=time.perf_counter() - t0, updates=updates[0],
+    result.update(train_cpu_seconds=run.clock.used, train_wall_seconds=run.wall_seconds, updates=run.updates,
                   epochs=trainer.state["epoch"], stopped_by="budget" if trainer.stopped else trainer.state["stop_reason"],
                   best_epoch=trainer.state["best_epoch"], lr_reductions=trainer.state["lr_reductions"],
                   final_lr=trainer.lr, best_valid_neg_elbo_per_step=_finite(trainer.state["best_valid"]), curve=curve,

@@ -56,7 +56,7 @@ if ROOT not in sys.path:
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from studies.compare.budget import Clock  # noqa: E402  (one clock for the study and the benches)
+from studies.compare.budget import Clock, CpuBudget  # noqa: E402  (one budget for the study and the benches)
 from bench.bench_training import machine_info  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "polyphonic", "Nottingham.pickle")  # ../shared
@@ -153,51 +153,26 @@ def run_defaults(spec: dict) -> dict:
     model = build_model(model_config)
     trainer = Trainer(model, train_config, prepare(data, normalizer, "train"), prepare(data, normalizer, "valid"),
                       normalizer.log_det_per_step, torch.device("cpu"), x_log_std=normalizer.log_std)
-    clock, budget, curve = Clock(), spec["budget"], []
-    updates = [0]
-    step = trainer.svi.step
+    curve = []
 
-    def timed_step(*a, **k):  # one update; stop at the budget
-        t = time.process_time()
-        loss = step(*a, **k)
-        updates[0] += 1
-        result["max_update_cpu_seconds"] = max(result["max_update_cpu_seconds"], time.process_time() - t)
-        if clock.now() >= budget:
-            trainer.request_stop()
-        return loss
-
-    def paused(fn):  # validation and diagnostics are not training time
-        def wrapped(*a, **k):
-            clock.pause()
-            try:
-                return fn(*a, **k)
-            finally:
-                clock.resume()
-        return wrapped
-
-    validate = trainer._validate
-
-    def timed_validate():
-        out = validate()
-        curve.append({"cpu_seconds": clock.used, "updates": updates[0], "epoch": trainer.state["epoch"],
+    def record(out):  # each epoch's validation, the clock paused
+        curve.append({"cpu_seconds": run.clock.used, "updates": run.updates, "epoch": trainer.state["epoch"],
                       "valid_neg_elbo_per_step": _finite(out["neg_elbo_per_step"])})
-        return out
 
-    trainer.svi.step = timed_step
-    trainer._validate = paused(timed_validate)
-    # the latent diagnostics of every epoch (KL per dimension, active units; drawn under fork_rng, so they
-    # leave training as it is) only cost wall time here: off, unless --diagnostics
-    trainer._diagnostics = paused(trainer._diagnostics) if spec.get("diagnostics") else (lambda kl: {})
+    # the budget's clock paused around validation; the latent diagnostics of every epoch (KL per dimension,
+    # active units; drawn under their own random stream, so they leave training as it is) only cost time
+    # here: off, unless --diagnostics (then paused too). No extra validation of a part-epoch at the budget.
+    run = CpuBudget(trainer, spec["budget"], on_validate=record, keep_last=False,
+                    diagnostics=bool(spec.get("diagnostics")))
     result = {"arm": "A", "flags": spec.get("flags", ""), "max_update_cpu_seconds": 0.0,
               "model_config": vars(model_config).copy(), "train_config": vars(train_config).copy()}
-    t0 = time.perf_counter()
-    clock.resume()
-    trainer.fit(progress=False)
-    clock.pause()
+    run.fit()
     stop = "budget" if trainer.stopped else ("epochs" if trainer.state.get("stop_reason") == "epochs"
                                                else "early stopping")
-    result.update(train_cpu_seconds=clock.used, train_wall_seconds=time.perf_counter() - t0, updates=updates[0],
-                  epochs=trainer.state["epoch"] + trainer.state["batch_in_epoch"] / trainer.batches_per_epoch,
+    # max_update_cpu_seconds: the most training CPU seconds between two update boundaries (an update and
+    # the bookkeeping around it): the budget is overrun by less than that
+    result.update(train_cpu_seconds=run.clock.used, train_wall_seconds=run.wall_seconds, updates=run.updates,
+                  max_update_cpu_seconds=run.longest_update, epochs=run.epochs,
                   stopped_by=stop, curve=curve, best_epoch=trainer.state["best_epoch"],
                   best_valid_neg_elbo_per_step=_finite(trainer.state["best_valid"]),
                   skipped_updates=trainer.state["skipped_updates"])

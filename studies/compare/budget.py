@@ -5,7 +5,9 @@ busy; the comparison study (``studies.compare``) and the benchmarks (``bench/ben
 ``bench/bench_convergence.py``) instead give every run the same number of CPU seconds of its own
 process (``time.process_time()``, which counts all of the process's threads: run with one torch thread
 to compare like with like), with the clock paused while the model is evaluated. The one implementation
-of that clock is here.
+of that clock and budget is here (the benchmarks' arm of ``Trainer.fit`` runs under :class:`CpuBudget`
+too; bench_quality's Pyro-example arm, a loop of its own, uses :class:`Clock`). It stands on
+``Trainer``'s public hooks alone.
 
     budget = CpuBudget(trainer, seconds=150.0)
     budget.fit()            # Trainer.fit, stopped at the first update boundary past 150 CPU seconds
@@ -61,26 +63,33 @@ class CpuBudget:
 
     The clock runs while the trainer trains and is paused around each epoch's validation (which still
     chooses the best parameters, as in ``dvae train``); the per-epoch latent diagnostics, drawn under
-    their own random stream so that they do not change training, are skipped. When the budget runs out
-    inside an epoch, that part-epoch's parameters are validated too (clock paused) and kept as the best
-    if they are (``keep_last``), as a wall-clock limit's last part-epoch is.
+    their own random stream so that they do not change training, are skipped (``diagnostics=True``: kept
+    in the rows, the clock paused around them too). When the budget runs out inside an epoch, that
+    part-epoch's parameters are validated too (clock paused) and kept as the best if they are
+    (``keep_last``), as a wall-clock limit's last part-epoch is.
 
     ``on_validate(out)``: called after every validation with its result, the clock paused.
+
+    After :meth:`fit`: ``clock.used`` (training CPU seconds), ``updates``, ``wall_seconds``, ``exhausted``,
+    ``longest_update`` (the most training CPU seconds between two update boundaries: an update and the
+    bookkeeping around it, so ``clock.used < seconds + longest_update``), :attr:`epochs`, :attr:`stop_reason`.
 
     Built on the trainer's public hooks alone (``Trainer.fit``'s ``on_update``, ``on_validate``,
     ``evaluating`` and ``diagnostics``; ``Trainer.validate``): after every update the budget is checked,
     and once spent, ``request_stop`` ends training at the next update boundary."""
 
     def __init__(self, trainer, seconds: float, on_validate: Optional[Callable[[dict], None]] = None,
-                 keep_last: bool = True):
+                 keep_last: bool = True, diagnostics: bool = False):
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"CpuBudget: seconds must be a positive number, got {seconds!r}")
         if getattr(trainer.config, "time_limit", None) is not None:
             raise ValueError("CpuBudget: the trainer has a wall-clock time_limit; set it to None")
         self.trainer, self.seconds, self.keep_last = trainer, float(seconds), keep_last
-        self.on_validate = on_validate
+        self.on_validate, self.diagnostics = on_validate, diagnostics
         self.clock = Clock()
         self.updates = 0
+        self.longest_update = 0.0
+        self._last_update = 0.0  # the clock at the last update boundary
         self.wall_seconds = 0.0
         self.exhausted = False
         """True when the budget ended training (not epochs or early stopping)."""
@@ -88,7 +97,10 @@ class CpuBudget:
     def _after_update(self, loss: float) -> None:
         """One update done; a stop at the next update boundary once the budget is spent."""
         self.updates += 1
-        if self.clock.now() >= self.seconds:
+        now = self.clock.now()
+        self.longest_update = max(self.longest_update, now - self._last_update)
+        self._last_update = now
+        if now >= self.seconds:
             self.exhausted = True
             self.trainer.request_stop()
 
@@ -107,10 +119,11 @@ class CpuBudget:
         """``trainer.fit`` under the budget; returns its metric rows. ``stop_reason`` then says why it ended."""
         t = self.trainer
         t0 = time.perf_counter()
+        self._last_update = self.clock.now()
         self.clock.resume()
         try:
             rows = t.fit(progress=False, on_update=self._after_update, on_validate=self._validated,
-                         evaluating=self.clock.paused, diagnostics=False)
+                         evaluating=self.clock.paused, diagnostics=self.diagnostics)
         finally:
             self.clock.pause()
         if self.exhausted and self.keep_last and t.state.get("batch_in_epoch", 0) > 0:

@@ -231,6 +231,8 @@ def test_a_budget_run_trains_exactly_as_before_the_hooks(lg, monkeypatch, second
         runs[how] = trainer, rows, seen, run
         assert run.exhausted and run.updates == seconds and run.clock.used == seconds  # validations: paused
         assert ("active_units" in rows[0]) == (how == "old")  # the budget skips the diagnostics
+        if how == "hooks":
+            assert run.longest_update == 1.0  # every update took its second, nothing else counted
     (new, new_rows, new_seen, run), (old, old_rows, old_seen, _) = runs["hooks"], runs["old"]
     assert _plain(new_rows) == _plain(old_rows) and len(new_rows) == 2
     assert new_seen == old_seen and len(new_seen) == (2 if seconds == 10.0 else 3)
@@ -246,3 +248,33 @@ def test_a_budget_run_trains_exactly_as_before_the_hooks(lg, monkeypatch, second
         _same_parameters(free.best_model, new.best_model)
     else:
         assert new.state["best_epoch"] in (2, 2.4) and new.state["batch_in_epoch"] == 2
+
+
+def test_diagnostics_kept_on_request_are_not_counted_and_change_nothing(lg, monkeypatch):
+    """``diagnostics=True``: the rows carry them, the clock is paused around them too (50 fake seconds
+    each), and the training is the budget run's without them."""
+    import dvae.infer.diagnostics as diagnostics_module
+
+    fake = _FakeCpu()
+    monkeypatch.setattr(time, "process_time", fake)
+    report = diagnostics_module.latent_report
+
+    def slow_report(*a, **k):
+        fake.t += 50.0
+        return report(*a, **k)
+
+    monkeypatch.setattr(diagnostics_module, "latent_report", slow_report)
+    runs = []
+    for diagnostics in (True, False):
+        fake.t = 0.0
+        trainer = _trainer(lg)
+        fake.instrument(trainer)
+        run = CpuBudget(trainer, 7.0, diagnostics=diagnostics)
+        rows = run.fit()
+        assert run.clock.used == 7.0 and run.updates == 7 and len(rows) == 1
+        assert ("active_units" in rows[0]) == diagnostics
+        runs.append((trainer, rows))
+    (a, rows_a), (b, rows_b) = runs
+    assert _plain(rows_a) == _plain(rows_b)
+    _same_parameters(a.model.state_dict(), b.model.state_dict())
+    _same_parameters(a.best_model, b.best_model)
