@@ -24,6 +24,17 @@ def make_batch(lengths=(7, 5, 3), x_dim=3, u_dim=2, seed=0):
     return collate(xs, us)
 
 
+def write_random_walks(directory, episodes: int = 12, steps: int = 9, **extra):
+    """``directory/traj.npz``, seeded: ``obs`` (episodes, steps, 2) Gaussian random walks, ``actions``
+    (episodes, steps - 1, 1) Gaussian noise, and any ``extra`` arrays beside them (e.g. ``labels``).
+    Returns its path (the command line's tiny data of the end-to-end tests)."""
+    g = np.random.default_rng(0)
+    obs = np.cumsum(g.standard_normal((episodes, steps, 2)), axis=1).astype(np.float32)  # (N, T+1, 2)
+    actions = g.standard_normal((episodes, steps - 1, 1)).astype(np.float32)  # (N, T, 1)
+    np.savez(directory / "traj.npz", obs=obs, actions=actions, **extra)
+    return directory / "traj.npz"
+
+
 def run_cli(capsys, *args):
     """Run the ``dvae`` command line in this process: (exit status, its JSON output or None, stderr)."""
     from dvae.cli import main

@@ -21,7 +21,7 @@ from dvae.infer.elbo import elbo_terms, iw_bound
 from dvae.infer.smc import evaluate_pf
 from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
-from studies.compare.budget import CpuBudget
+from studies.compare.budget import train_best
 
 
 def prepare(data, norm: Normalizer, split: str):
@@ -43,16 +43,7 @@ def fit(family: str, data, norm: Normalizer, budget: float, seed: int, device: s
     model = build_model(ModelConfig(family, x_dim=data.x_dim, u_dim=data.u_dim)).to(device)
     trainer = Trainer(model, TrainConfig(epochs=epochs, time_limit=None, seed=seed, device=device, **train),
                       prepare(data, norm, "train"), prepare(data, norm, "valid"), norm.log_det_per_step)
-    run = CpuBudget(trainer, budget)
-    flush = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
-    try:
-        run.fit()
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-    if trainer.best_model is not None:
-        model.load_state_dict(trainer.best_model)
-    model.eval()
+    run = train_best(trainer, budget)  # the best-on-validation parameters, in eval mode
     return model, {"budget_kind": "cpu", "train_cpu_seconds": round(run.clock.used, 1),
                    "train_seconds": round(run.wall_seconds, 1), "epochs": round(run.epochs, 2),
                    "updates": run.updates, "best_epoch": trainer.state["best_epoch"], "stop_reason": run.stop_reason,

@@ -144,3 +144,24 @@ class CpuBudget:
     def stop_reason(self) -> str:
         """cpu_budget, or the trainer's own reason (epochs, converged)."""
         return "cpu_budget" if self.exhausted else str(self.trainer.state.get("stop_reason"))
+
+
+def train_best(trainer, seconds: float) -> CpuBudget:
+    """``trainer.fit`` under ``CpuBudget(trainer, seconds)``, denormal floats flushed to zero on the CPU
+    as ``dvae train`` does (the process-wide flag switched back after), then the best-on-validation
+    parameters loaded into ``trainer.model`` (where a validation ran), the model in eval mode: the
+    study's fit before scoring. Returns the budget (``clock.used``, ``updates``, ``epochs``,
+    ``stop_reason``, ``wall_seconds``)."""
+    import torch
+
+    run = CpuBudget(trainer, seconds)
+    flush = trainer.device.type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
+    try:
+        run.fit()
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    if trainer.best_model is not None:
+        trainer.model.load_state_dict(trainer.best_model)
+    trainer.model.eval()
+    return run

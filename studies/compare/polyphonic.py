@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from studies.compare import COMMAND, Context, Section, all_families, markdown_table, stored_run, to_run
 from studies.compare import _bounds as B
-from studies.compare.budget import CpuBudget
+from studies.compare.budget import train_best
 from studies.compare.review import beside
 from dvae.errors import DataError
 from dvae.files import atomic_write, save_figure
@@ -144,7 +144,6 @@ def train_and_eval(data: Path, family: str, budget: float, iw_samples: int, seed
     import dataclasses
 
     import pyro
-    import torch
 
     from dvae.device import resolve_device
     from dvae.fitting import new_run_config, prepare, train_options
@@ -165,16 +164,7 @@ def train_and_eval(data: Path, family: str, budget: float, iw_samples: int, seed
     model = build_model(config.model).to(dev)
     trainer = Trainer(model, train, prepare(loaded, norm, "train"), prepare(loaded, norm, "valid"),
                       norm.log_det_per_step, dev, x_log_std=norm.log_std)
-    run = CpuBudget(trainer, budget)
-    flush = dev.type == "cpu" and torch.set_flush_denormal(True)  # as `dvae train` does
-    try:
-        run.fit()
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-    if trainer.best_model is not None:
-        model.load_state_dict(trainer.best_model)
-    model.eval()
+    run = train_best(trainer, budget)  # the best-on-validation parameters, in eval mode
     xs, us = loaded.subset("test")
     t0 = time.perf_counter()
     pyro.set_rng_seed(seed)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dvae.cli import main
-from tests.conftest import run_cli as run
+from tests.conftest import run_cli as run, write_random_walks
 
 TINY = ["--epochs", "1", "--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8",
         "--batch-size", "8", "--seed", "0", "--no-progress"]
@@ -19,11 +19,7 @@ POLY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data
 
 @pytest.fixture(scope="module")
 def traj(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    g = np.random.default_rng(0)
-    obs = np.cumsum(g.standard_normal((12, 11, 2)), axis=1).astype(np.float32)
-    np.savez(d / "traj.npz", obs=obs, actions=g.standard_normal((12, 10, 1)).astype(np.float32))
-    return d / "traj.npz"
+    return write_random_walks(tmp_path_factory.mktemp("data"), steps=11)
 
 
 @pytest.mark.parametrize("family", ["dmm", "vrnn", "vrae", "lgssm", "vae"])

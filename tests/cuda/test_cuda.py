@@ -4,7 +4,6 @@ synchronisation, the fused shared Adam, pinned non-blocking copies, masks on the
 world-model env leaving the caller's CUDA stream alone. docs/performance.md ("CUDA") says what to
 expect."""
 
-import json
 
 import numpy as np
 import pyro
@@ -14,6 +13,7 @@ import torch
 from bench.host_reads import HostReads, count_update, count_validation, optimizer_counters, tiny_trainer
 from dvae.data import collate
 from tests.conftest import run_cli as run
+from tests.infer.test_resume_devices import train_and_resume, traj  # noqa: F401  (traj: the same fixture)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -24,26 +24,12 @@ def _on_cuda(family):
     return tiny_trainer(family, device=CUDA)  # the trainer's CUDA choices: fused shared Adam, resident data
 
 
-@pytest.fixture(scope="module")
-def traj(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    g = np.random.default_rng(0)
-    obs = np.cumsum(g.standard_normal((12, 9, 2)), axis=1).astype(np.float32)
-    np.savez(d / "traj.npz", obs=obs, actions=g.standard_normal((12, 8, 1)).astype(np.float32))
-    return d / "traj.npz"
-
-
 def test_train_2_and_resume_to_4_equals_training_4_on_cuda(capsys, tmp_path, traj):
-    args = ["train", "--data", traj, "--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8",
-            "--batch-size", "4", "--seed", "0", "--no-progress", "--no-plots", "--patience", "0", "--device", "cuda"]
-    assert run(capsys, *args, "--epochs", "4", "--out", tmp_path / "full")[0] == 0
-    assert run(capsys, *args, "--epochs", "2", "--out", tmp_path / "part")[0] == 0
-    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    assert ckpt["rng_cuda"] is not None and len(ckpt["rng_cuda"]) == torch.cuda.device_count()
-    code, _, err = run(capsys, "train", "--resume", tmp_path / "part", "--epochs", "4", "--no-progress", "--no-plots")
-    assert code == 0, err
-    full = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
-    part = [json.loads(line) for line in open(tmp_path / "part" / "metrics.jsonl")]
+    full, part = train_and_resume(capsys, tmp_path, traj, "--device", "cuda")
+    for name in ("full", "part"):  # the checkpoints hold the CUDA random state (the resumed run read part's)
+        ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        assert ckpt["rng_cuda"] is not None and len(ckpt["rng_cuda"]) == torch.cuda.device_count()
+    assert [r["epoch"] for r in part] == [1, 2, 3, 4]
     for a, b in zip(full, part):  # the same draws; cuDNN's kernels may sum in another order: near-equal
         for key in ("train_loss", "valid_neg_elbo_per_step", "valid_kl_per_step"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)

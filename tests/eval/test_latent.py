@@ -13,6 +13,7 @@ from dvae.cli import main
 from dvae.data import collate
 from dvae.eval.latent import (decode_codes, lerp, pca, pendulum_energy, sequence_codes, slerp, traverse, tsne)
 from dvae.models import ModelConfig, build_model
+from tests.conftest import write_random_walks
 
 
 def tiny(family, u_dim=2):
@@ -131,12 +132,7 @@ TINY = ["--epochs", "1", "--z-dim", "3", "--rnn-dim", "8", "--transition-dim", "
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    d = tmp_path_factory.mktemp("latent")
-    g = np.random.default_rng(0)
-    obs = np.cumsum(g.standard_normal((14, 9, 2)), axis=1).astype(np.float32)
-    np.savez(d / "traj.npz", obs=obs, actions=g.standard_normal((14, 8, 1)).astype(np.float32),
-             labels=np.arange(14) % 3)
-    return d / "traj.npz"
+    return write_random_walks(tmp_path_factory.mktemp("latent"), episodes=14, labels=np.arange(14) % 3)
 
 
 def _run(capsys, *args):

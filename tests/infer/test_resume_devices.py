@@ -12,7 +12,7 @@ import torch
 from dvae.infer import rng
 from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
-from tests.conftest import run_cli as run
+from tests.conftest import run_cli as run, write_random_walks
 
 
 class FakeCuda:
@@ -83,22 +83,23 @@ def test_capture_holds_no_cuda_state_where_cuda_was_never_used_and_restore_reads
 
 @pytest.fixture(scope="module")
 def traj(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    g = np.random.default_rng(0)
-    obs = np.cumsum(g.standard_normal((12, 9, 2)), axis=1).astype(np.float32)
-    np.savez(d / "traj.npz", obs=obs, actions=g.standard_normal((12, 8, 1)).astype(np.float32))
-    return d / "traj.npz"
+    return write_random_walks(tmp_path_factory.mktemp("data"))
 
 
-def test_train_2_epochs_and_resume_to_4_equals_training_4(capsys, tmp_path, traj):
+def train_and_resume(capsys, tmp_path, traj, *extra):
+    """``dvae train`` of 4 epochs in one go (``tmp_path/full``) and of 2 resumed to 4 (``tmp_path/part``),
+    with ``extra`` flags (``--device cuda``): the two runs' metrics rows."""
     args = ["train", "--data", traj, "--z-dim", "2", "--rnn-dim", "8", "--transition-dim", "8", "--emission-dim", "8",
-            "--batch-size", "4", "--seed", "0", "--no-progress", "--no-plots", "--patience", "0"]
+            "--batch-size", "4", "--seed", "0", "--no-progress", "--no-plots", "--patience", "0", *extra]
     assert run(capsys, *args, "--epochs", "4", "--out", tmp_path / "full")[0] == 0
     assert run(capsys, *args, "--epochs", "2", "--out", tmp_path / "part")[0] == 0
     code, _, err = run(capsys, "train", "--resume", tmp_path / "part", "--epochs", "4", "--no-progress", "--no-plots")
     assert code == 0, err
-    full = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
-    part = [json.loads(line) for line in open(tmp_path / "part" / "metrics.jsonl")]
+    return tuple([json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")] for name in ("full", "part"))
+
+
+def test_train_2_epochs_and_resume_to_4_equals_training_4(capsys, tmp_path, traj):
+    full, part = train_and_resume(capsys, tmp_path, traj)
     assert [r["epoch"] for r in part] == [1, 2, 3, 4]
     for a, b in zip(full, part):  # CPU: the same operations in the same order give the same numbers
         for key in a:

@@ -12,7 +12,7 @@ from dvae.data import Normalizer
 from dvae.infer.trainer import TrainConfig, Trainer
 from dvae.models import ModelConfig, build_model
 from studies.compare import _bounds as B
-from studies.compare.budget import Clock, CpuBudget
+from studies.compare.budget import Clock, CpuBudget, train_best
 from studies.compare.exact import collect_data
 
 
@@ -278,3 +278,21 @@ def test_diagnostics_kept_on_request_are_not_counted_and_change_nothing(lg, monk
     assert _plain(rows_a) == _plain(rows_b)
     _same_parameters(a.model.state_dict(), b.model.state_dict())
     _same_parameters(a.best_model, b.best_model)
+
+
+def test_train_best_leaves_the_best_parameters_in_eval_mode_and_denormals_as_they_were(lg):
+    trainer = _trainer(lg, epochs=3)
+    seen = []  # the parameters at each validation, scripted so that the first epoch's are the best
+
+    def scripted_validate():
+        seen.append(copy.deepcopy(trainer.model.state_dict()))
+        v = [1.0, 2.0, 3.0][len(seen) - 1]
+        return {"neg_elbo_per_step": v, "recon_per_step": v, "kl_per_step": 0.0}
+
+    trainer.validate = scripted_validate
+    run = train_best(trainer, 100.0)  # the epoch cap ends it, long before the budget
+    assert run.stop_reason == "epochs" and run.updates == 15 and not run.exhausted and len(seen) == 3
+    assert not trainer.model.training and trainer.state["best_epoch"] == 1
+    _same_parameters(trainer.model.state_dict(), seen[0])  # the best, not the last
+    assert not all(torch.equal(seen[0][k], seen[2][k]) for k in seen[0])
+    assert torch.tensor([1e-40]) * 1.0 != 0  # the process-wide flush flag is off again
