@@ -170,7 +170,7 @@ def run_defaults(spec: dict) -> dict:
     stop = "budget" if trainer.stopped else ("epochs" if trainer.state.get("stop_reason") == "epochs"
                                                else "early stopping")
     # max_update_cpu_seconds: the most training CPU seconds between two update boundaries (an update and
-    # the bookkeeping around it): the budget is overrun by less than that
+    # the bookkeeping around it): about the most the budget is overrun by
     result.update(train_cpu_seconds=run.clock.used, train_wall_seconds=run.wall_seconds, updates=run.updates,
                   max_update_cpu_seconds=run.longest_update, epochs=run.epochs,
                   stopped_by=stop, curve=curve, best_epoch=trainer.state["best_epoch"],

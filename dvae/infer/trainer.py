@@ -324,7 +324,7 @@ class Trainer:
         """Train until ``epochs`` (total; None: no cap), the time limit, convergence or :meth:`request_stop`.
         ``on_epoch(row, improved)`` runs after every epoch (write checkpoints there). Returns all rows.
 
-        The other hooks, for budgets and curves (none changes training):
+        The other hooks, for budgets and curves (a run with them trains as one without, unless they stop it):
 
         - ``on_update(loss)``: after every update is booked (``state["step"]`` counts it), with its per-step
           loss (NaN for a skipped one); may call :meth:`request_stop`, which takes effect before the next.
@@ -394,8 +394,8 @@ class Trainer:
         ``neg_elbo_per_step``, ``recon_per_step``, ``kl_per_step``, ...), scored by the program form training
         runs (the vectorized one by default: the same ELBO as the per-step one, fewer sites and host reads);
         a data-parallel trainer reduces them across ranks (every rank calls it). :meth:`fit` calls it after
-        every epoch. Its draws come from the training's random stream, as they always have (a seeded run
-        validated at other points draws other numbers after)."""
+        every epoch. It draws from the training's random stream (the diagnostics do not): a call at another
+        point than :meth:`fit`'s changes the draws that follow."""
         return evaluate(self.model, self.valid_xs, self.valid_us, self.log_det, self.config.eval_batch_size,
                         device=self.device, cs=self.valid_cs, x_log_std=self.x_log_std,
                         vectorized=self.config.vectorized)

@@ -72,7 +72,7 @@ class CpuBudget:
 
     After :meth:`fit`: ``clock.used`` (training CPU seconds), ``updates``, ``wall_seconds``, ``exhausted``,
     ``longest_update`` (the most training CPU seconds between two update boundaries: an update and the
-    bookkeeping around it, so ``clock.used < seconds + longest_update``), :attr:`epochs`, :attr:`stop_reason`.
+    bookkeeping around it: about the most the budget is overrun by), :attr:`epochs`, :attr:`stop_reason`.
 
     Built on the trainer's public hooks alone (``Trainer.fit``'s ``on_update``, ``on_validate``,
     ``evaluating`` and ``diagnostics``; ``Trainer.validate``): after every update the budget is checked,
@@ -133,6 +133,7 @@ class CpuBudget:
                 t.best_model = copy.deepcopy(t.model.state_dict())
         self.wall_seconds = time.perf_counter() - t0
         return rows
+
     @property
     def epochs(self) -> float:
         """The epochs trained: the finished ones plus the part of the one the budget cut short (then the
