@@ -24,7 +24,11 @@ def finite_float(text: str) -> float:
 def options_from_flags(flags: Union[str, Sequence[str]]) -> dict:
     """``dvae train`` flags as written (``"--model vrae --lr 3e-3 --per-step"``, or that as a list of
     words) as the options of ``dvae.fit``: underscored names, a flag without a value True, numbers as
-    numbers (``dvae.fit`` checks names, types and choices; the last of a flag given twice wins)."""
+    numbers, ``--no-NAME`` False where NAME is an option and no_NAME is not (``--no-bidirectional``; but
+    ``--no-bucket`` is the option no_bucket) (``dvae.fit`` checks names, types and choices; the last of a
+    flag given twice wins)."""
+    from dvae.train_options import TRAIN_OPTIONS
+
     words, options, i = (shlex.split(flags) if isinstance(flags, str) else list(flags)), {}, 0
     while i < len(words):
         if not words[i].startswith("--"):
@@ -41,6 +45,9 @@ def options_from_flags(flags: Union[str, Sequence[str]]) -> dict:
                     break
                 except ValueError:
                     pass
-        options[name.replace("-", "_")] = value
+        key = name.replace("-", "_")
+        if value is True and key not in TRAIN_OPTIONS and key.startswith("no_") and key[3:] in TRAIN_OPTIONS:
+            key, value = key[3:], False  # --no-NAME of a switch that is on by default (--no-bidirectional)
+        options[key] = value
         i += 1
     return options

@@ -94,6 +94,8 @@ def train_configs(a, data):
                         likelihood=likelihood, missing=a.missing == "nan",
                         # frames: conv nets where the family has them (others read frames as vectors)
                         frame_shape=data.meta.get("frame_shape") if MODELS[a.model].frames else None)
+    if model.bidirectional is None:  # the family's default, written out in config.json
+        model.bidirectional = MODELS[a.model].default_bidirectional(model)
     epochs = a.epochs if a.epochs is not None else (None if a.time_limit is not None else DEFAULT_EPOCHS)
     train = TrainConfig(epochs=epochs, time_limit=a.time_limit, batch_size=a.batch_size,
                         lr=a.lr if a.lr is not None else default_lr(a.model), optimizer=a.optimizer, lr_decay=a.lr_decay, clip_norm=a.clip_norm, kl_start=a.kl_start,

@@ -78,8 +78,8 @@ def train_options(model: str = ModelConfig.model, data: str = "pendulum", out: O
             raise ValueError(f"{name} = {value!r}: expected one of {', '.join(allowed[name])}")
         default = TRAIN_OPTIONS.get(name, "")
         if isinstance(default, bool) or name in ("per_step", "no_bucket", "bidirectional", "condition"):
-            ok = isinstance(value, (bool, np.bool_))
-            want = "a bool"
+            ok = isinstance(value, (bool, np.bool_)) or (value is None and default is None)
+            want = "a bool" + (" or None" if default is None else "")
         elif name in _FLOAT_OPTIONS:
             ok = (value is None and default is None) or (isinstance(value, (int, float, np.integer, np.floating))
                                                          and not isinstance(value, bool))

@@ -70,8 +70,9 @@ def add_train(sub) -> None:
                    help="posterior-collapse warning: validation KL per step (nats) counted as collapsed")
     p.add_argument("--collapse-epochs", type=int, default=tc.collapse_epochs,
                    help="posterior-collapse warning: consecutive collapsed epochs before it warns")
-    p.add_argument("--bidirectional", action="store_true",
-                   help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}))")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=mc.bidirectional,
+                   help="bidirectional encoder RNN (vrae; dmm guide: q(z_t | z_{t-1}, x_{1:T}); default: the "
+                        "family's, on for the dmm's dks, mean_field and iaf guides, off for ltr and the vrae)")
     p.add_argument("--emission-scale", choices=["constant", "state"], default=mc.emission_scale,
                    help="Gaussian observation scale: one learned per dimension (constant) or read from the "
                         "state with the mean (state: from z_t; vrnn: from (z_t, h_{t-1}))")

@@ -159,7 +159,15 @@ class DynamicalVAE(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.bidirectional is None:  # the family's default, recorded in the config (as config.json saves it)
+            config.bidirectional = self.default_bidirectional(config)
         self.config = config
+
+    @classmethod
+    def default_bidirectional(cls, config: ModelConfig) -> bool:
+        """``ModelConfig.bidirectional`` when it is None: off (a family with a bidirectional encoder that
+        trains better with it says so here)."""
+        return False
 
     @property
     def device(self) -> torch.device:

@@ -44,10 +44,12 @@ class ModelConfig:
     """DMM on images: [H, W] of each frame (x_t is the frame flattened, x_dim = H * W); the emitter is then a
     transposed-conv net (:class:`dvae.nn.ConvEmitter`) and the guide reads each frame through a conv net
     (:class:`dvae.nn.FrameEncoder`) before its RNN. None: MLPs on the vector x_t."""
-    bidirectional: bool = False
+    bidirectional: Optional[bool] = None
     """Bidirectional encoder RNN (VRAE and DMM only): the VRAE's q(z | x) reads the forward RNN's last state
     and the backward RNN's first; the DMM's combiner reads both RNN states at each step,
-    q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T}))."""
+    q(z_t | z_{t-1}, x_{1:T}) (mean field: q(z_t | x_{1:T})). None: the family's default
+    (``DynamicalVAE.default_bidirectional``: on for the DMM's dks, mean_field and iaf guides, off for its
+    filtering guide ltr and for the VRAE), resolved when the model is built and recorded here."""
     c_dim: int = 0
     """Dimension of the per-sequence condition c of a conditional VRAE, DMM or DSAE (0: unconditional)."""
     missing: bool = False

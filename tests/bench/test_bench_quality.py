@@ -78,9 +78,9 @@ def test_the_variant_flags_are_the_train_verbs_settings():
     from dvae.cli import build_parser
     from dvae.flags import options_from_flags
 
-    flags = "--model vrnn --lr=3e-3 --per-step --z-dim 4 --rnn-type lstm --kl-start 1 --seed 2"
-    assert options_from_flags(flags) == {"model": "vrnn", "lr": 3e-3, "per_step": True, "z_dim": 4, "rnn_type": "lstm",
-                                   "kl_start": 1, "seed": 2}
+    flags = "--model dmm --lr=3e-3 --per-step --z-dim 4 --rnn-type lstm --kl-start 1 --seed 2 --no-bidirectional --no-bucket"
+    assert options_from_flags(flags) == {"model": "dmm", "lr": 3e-3, "per_step": True, "z_dim": 4, "rnn_type": "lstm",
+                                         "kl_start": 1, "seed": 2, "bidirectional": False, "no_bucket": True}
     ours = vars(train_args({"data": "pendulum", "seed": 0, "flags": flags}))
     theirs = vars(build_parser().parse_args(["train", "--data", "pendulum", *flags.split()]))
     theirs.pop("verb")

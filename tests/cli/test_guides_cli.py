@@ -36,3 +36,28 @@ def test_bad_guide_flags_give_one_line(capsys, tmp_path, traj, args, message):  
     code, _, err = run(capsys, "train", "--data", traj, *TINY, *args, "--out", tmp_path / "run")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "run" / "config.json")
+
+
+@pytest.mark.parametrize("args, bidirectional, encoder_width", [
+    ([], True, 2 * 8),                                        # the DMM's default: forward and backward RNNs
+    (["--no-bidirectional"], False, 8),                       # the backward RNN alone (Pyro's DMM example)
+    (["--guide", "ltr"], False, 8),                           # the filter: a forward RNN, never bidirectional
+    (["--guide", "mean_field"], True, 2 * 8),
+    (["--model", "vrae"], False, None),                       # the VRAE's default: a forward RNN
+    (["--model", "vrnn"], False, None),                       # no bidirectional encoder at all
+])
+def test_the_family_default_of_bidirectional_is_written_out_in_config_json(capsys, tmp_path, traj, args, bidirectional,
+                                                                           encoder_width):  # noqa: F811
+    """`--bidirectional` unset is the family's default, resolved when the run starts: config.json says which
+    (so a run reloads the same networks whatever later defaults become), and the model has those networks."""
+    import dvae
+
+    code, _, err = run(capsys, "train", "--data", traj, *TINY, "--rnn-dim", "8", *args, "--no-plots",
+                       "--out", tmp_path / "run")
+    assert code == 0, err
+    cfg = json.loads(open(tmp_path / "run" / "config.json").read())["model"]
+    assert cfg["bidirectional"] is bidirectional
+    model = dvae.load(tmp_path / "run").model
+    if encoder_width is not None:
+        assert model.encoder.out_dim == encoder_width and (model.encoder.rnn_back is not None) == bidirectional
+

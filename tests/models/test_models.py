@@ -96,7 +96,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(family):
 
 def test_dmm_mean_field_guide_ignores_the_previous_latent():
     m = tiny("dmm", guide="mean_field")
-    h = torch.randn(2, 8)
+    h = torch.randn(2, m.encoder.out_dim)  # (B, width of h_t: both directions by default)
     a = m.combiner(torch.randn(2, 4), h)
     b = m.combiner(torch.randn(2, 4), h)
     torch.testing.assert_close(a, b)

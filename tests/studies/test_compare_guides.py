@@ -32,7 +32,7 @@ def test_the_guides_section_runs_quick(tmp_path):
         # each run used its own guide
         cfg = json.loads((tmp_path / "w" / "guides" / key / "config.json").read_text())["model"]
         assert cfg["guide"] == key.split("_bidirectional")[0] and cfg["bidirectional"] == key.endswith("bidirectional")
-    assert res["guides"]["iaf"]["command"].endswith("--guide iaf --num-iafs 1")
+    assert res["guides"]["iaf"]["command"].endswith("--guide iaf --num-iafs 1 --no-bidirectional")
     assert f"{exact['test']:.3f}" in next(line for line in doc.splitlines() if line.startswith("| exact NLL"))
     assert (tmp_path / "figures" / "compare-guides.png").stat().st_size > 10_000
     assert "(figures/compare-guides.png)" in doc
