@@ -30,7 +30,7 @@ import math
 import pickle
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from studies.compare import COMMAND, Context, Section, all_families, markdown_table, stored_run, to_run
 from studies.compare import _bounds as B

@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from bench.host_reads import HostReads, count_update, count_validation, optimizer_counters, tiny_trainer
+from bench.host_reads import count_update, count_validation, optimizer_counters, tiny_trainer
 from dvae.data import collate
 from tests.conftest import run_cli as run
 from tests.infer.test_resume_devices import train_and_resume, traj  # noqa: F401  (traj: the same fixture)

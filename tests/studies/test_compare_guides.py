@@ -3,7 +3,6 @@
 import json
 import math
 
-import pytest
 
 from studies.compare.cli import main
 from studies.compare.guides import GUIDES
