@@ -33,7 +33,9 @@ def _trainer(family="dmm", n=4, **kw):
     """A tiny run (``n`` sequences, batches of 2); validated on other noise than it trains on, so that a
     high rate meets plateaus. Plateaus in epochs alone unless ``plateau_updates`` is given."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family, x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8))
+    # bidirectional=False: the DMM these seeded runs were chosen with (its plateaus are what the tests need)
+    model = build_model(ModelConfig(family, x_dim=2, z_dim=2, rnn_dim=8, transition_dim=8, emission_dim=8,
+                                    bidirectional=False))
     return Trainer(model, TrainConfig(**{"batch_size": 2, "plateau_updates": 0, **kw}), (_xs(n, seed=0), None),
                    (_xs(4, seed=1), None))
 
