@@ -3,16 +3,18 @@
 Works on the common model interface (``encode``, and the per-step Pyro program ``model``), so it
 imports no model family:
 
-- :func:`sequence_codes`: one code per sequence, (N, z_dim). For a model with one code per sequence
-  (the VRAE) it is the posterior mean of z; for a model with a latent per step (DMM, VRNN, the static
-  VAE, the LGSSM) it is the mean over the sequence's real steps of the posterior mean of z_t.
-  The posterior mean is exact where the model exposes it (``posterior_params``, or ``encode``'s
+- :func:`sequence_codes`: one code per sequence, (N, code_dim). For a model that declares a code per
+  sequence (``DynamicalVAE.sequence_code``: the VRAE's z, the DSAE's static code v) it is the posterior
+  mean of that code; for a model with latents per step only (DMM, VRNN, the static VAE, the LGSSM) it
+  is the mean over the sequence's real steps of the posterior mean of z_t. The posterior mean is exact
+  where the model exposes it (``code_posterior``; per step ``posterior_params``, or ``encode``'s
   ``loc``), otherwise the mean of ``num_samples`` posterior draws.
 - :func:`pca` (numpy: the eigenvectors of the covariance) and :func:`tsne` (scikit-learn, an
   optional extra: ``pip install dvae[latent]``; None when it is not installed): 2-D maps of codes.
 - :func:`lerp`, :func:`slerp` and :func:`traverse`: paths between or around codes;
   :func:`decode_codes`: the emitter means of the sequences a model generates from given codes (a
-  model with one code per sequence: its site ``"z"`` is conditioned on each code).
+  model with a code per sequence: its declared site is conditioned on each code; its other latents,
+  the DSAE's dynamic z_t, are drawn once and shared by every code: common random numbers).
 - :func:`latent_report`: all of it on a data set, plots as PNG (matplotlib, Agg); ``dvae latent``.
 """
 
@@ -40,8 +42,9 @@ PENDULUM = "Pendulum-v1"
 @torch.no_grad()
 def sequence_codes(model, xs: Sequence[np.ndarray], us: Optional[Sequence[np.ndarray]] = None,
                    batch_size: int = 64, num_samples: int = 64) -> np.ndarray:
-    """One code per sequence, (N, z_dim), for sequences ``xs`` (L_i, x_dim) in the model's units
-    (standardised as in training) and controls ``us`` (L_i, u_dim) or None; see the module docstring."""
+    """One code per sequence, (N, code_dim), for sequences ``xs`` (L_i, x_dim) in the model's units
+    (standardised as in training) and controls ``us`` (L_i, u_dim) or None; see the module docstring
+    and :func:`code_name`."""
     assert len(xs) > 0, "no sequences to encode"
     was_training = model.training
     model.eval()
@@ -52,12 +55,29 @@ def sequence_codes(model, xs: Sequence[np.ndarray], us: Optional[Sequence[np.nda
                         None if us is None else [torch.from_numpy(np.asarray(u)) for u in us[sl]]).to(model.device)
         codes.append(_posterior_mean(model, batch, num_samples).cpu().numpy())
     model.train(was_training)
-    return np.concatenate(codes, 0)  # (N, z_dim)
+    return np.concatenate(codes, 0)  # (N, code_dim)
+
+
+def code_name(model) -> str:
+    """What :func:`sequence_codes` maps for ``model``: ``"SITE (per sequence)"`` for a model that declares
+    a code per sequence (``sequence_code``), else ``"mean over steps of z_t"``."""
+    site = getattr(model, "sequence_code", None)
+    return "mean over steps of z_t" if site is None else f"{site} (per sequence)"
 
 
 def _posterior_mean(model, batch: SequenceBatch, num_samples: int) -> torch.Tensor:
-    """(B, z_dim): the posterior mean of the sequence's code, or of z_t averaged over real steps."""
-    if hasattr(model, "posterior_params"):  # q(z | x, u) in closed form (VRAE)
+    """(B, code_dim): the posterior mean of the sequence's code, or of z_t averaged over real steps."""
+    site = getattr(model, "sequence_code", None)
+    if site is not None:  # one code per sequence: q(code | x, u) in closed form, else the draws' mean
+        params = model.code_posterior(batch)
+        if params is not None:
+            return params[0]  # (B, code_dim)
+        draws = model.encode(batch, num_samples=num_samples)
+        if site not in draws or draws[site].shape[:2] != (num_samples, batch.batch_size) or draws[site].dim() != 3:
+            raise ValueError(f"{getattr(model, 'name', type(model).__name__)}.encode must return its sequence code "
+                             f"{site!r} as ({num_samples}, {batch.batch_size}, code_dim)")
+        return draws[site].mean(0)  # (B, code_dim)
+    if hasattr(model, "posterior_params"):  # q(z_t | x, u) in closed form (STORN)
         loc = model.posterior_params(batch)[0]
     else:
         out = model.encode(batch, num_samples=num_samples)
@@ -144,35 +164,87 @@ def traverse(z: np.ndarray, dim: int, values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def decode_problem(model) -> Optional[str]:
+    """Why :func:`decode_codes` cannot decode codes of ``model`` (it declares no code per sequence), or None."""
+    if getattr(model, "sequence_code", None) is not None:
+        return None
+    return (f"decoding a code needs a model with one latent code per sequence (vrae, dsae); "
+            f"{getattr(model, 'name', type(model).__name__)} has a latent per time step")
+
+
 @torch.no_grad()
-def decode_codes(model, codes, num_steps: int, u: Optional[np.ndarray] = None) -> np.ndarray:
+def decode_codes(model, codes, num_steps: int, u: Optional[np.ndarray] = None,
+                 seed: Optional[int] = None) -> np.ndarray:
     """The emitter means (n, T, x_dim), model units, of the sequences generated from ``codes``
-    (n, z_dim) by a model with one code per sequence (its Pyro site ``"z"`` conditioned on each code),
-    under controls ``u`` (T, u_dim) or (n, T, u_dim) in the model's units (required when it has any)."""
+    (n, code_dim) by a model with one code per sequence (its declared site ``model.sequence_code``, the
+    VRAE's ``"z"`` or the DSAE's ``"v"``, conditioned on each code), under controls ``u`` (T, u_dim) or
+    (n, T, u_dim) in the model's units (required when it has any).
+
+    Common random numbers: the model's other latent sites (the DSAE's dynamic z_0 .. z_{T-1}, drawn
+    from its prior p(z_t | z_{<t}, u), which does not read v) are drawn ONCE, by the program run on the
+    first code and the first row's controls, and every code is decoded with that same draw (its sites
+    conditioned on it), so that the rows differ only by what the code changes. ``seed``: that draw is
+    made under ``torch.manual_seed(seed)`` (the same seed, the same draw: decodes of several paths share
+    it); None: from the current random stream. Either way the caller's random stream is left as it was
+    by the draw. The observation sites are drawn row by row (a model whose decoder reads its previous
+    sample, the VRAE's feedback decoder, feeds those back); the means are of their distributions."""
+    problem = decode_problem(model)
+    if problem is not None:
+        raise ValueError(problem)
+    site = model.sequence_code
     codes = torch.as_tensor(np.asarray(codes), dtype=torch.float32, device=model.device)
+    if codes.dim() != 2 or num_steps < 1:
+        raise ValueError(f"decode_codes needs codes (n, code_dim) and num_steps >= 1, got {tuple(codes.shape)} "
+                         f"and {num_steps}")
     n, T = codes.shape[0], num_steps
-    assert codes.dim() == 2 and T >= 1, (codes.shape, T)
-    x = torch.zeros(n, T, model.config.x_dim, device=model.device)  # (n, T, x_dim): not observed
     u_t = None
     if model.config.u_dim:
         if u is None:
             raise ValueError("this model takes controls: pass u of shape (num_steps, u_dim)")
         u_t = torch.as_tensor(np.asarray(u), dtype=torch.float32, device=model.device)
-        u_t = u_t.expand(n, T, model.config.u_dim) if u_t.dim() == 2 else u_t
-        assert u_t.shape == (n, T, model.config.u_dim), u_t.shape
-    batch = SequenceBatch(x, u_t, torch.ones(n, T, dtype=torch.bool, device=model.device),
-                          torch.full((n,), T, dtype=torch.long, device=model.device))
+        u_t = u_t.expand(n, T, model.config.u_dim) if u_t.dim() == 2 else u_t  # (n, T, u_dim)
+        if u_t.shape != (n, T, model.config.u_dim):
+            raise ValueError(f"u must have shape ({T}, {model.config.u_dim}) or ({n}, {T}, {model.config.u_dim}), "
+                             f"got {tuple(u_t.shape)}")
     was_training = model.training
     model.eval()
-    program = poutine.condition(poutine.uncondition(model.model), data={"z": codes})
-    trace = poutine.trace(program).get_trace(batch)
-    model.train(was_training)
-    site = trace.nodes.get("z")
-    if site is None or site["value"].shape != codes.shape:
-        raise ValueError(f"decoding a code needs a model with one latent code per sequence (vrae); "
-                         f"{getattr(model, 'name', type(model).__name__)} has a latent per time step")
+    try:
+        shared = _shared_latents(model, codes[:1], T, None if u_t is None else u_t[:1], seed)  # name -> (1, ...)
+        data = {site: codes, **{k: v.expand((n,) + v.shape[1:]) for k, v in shared.items()}}  # (n, ...) each
+        program = poutine.condition(poutine.uncondition(model.model), data=data)
+        trace = poutine.trace(program).get_trace(_blank_batch(model, n, T, u_t))
+    finally:
+        model.train(was_training)
+    node = trace.nodes.get(site)
+    if node is None or node["type"] != "sample" or node["value"].shape != codes.shape:
+        got = None if node is None else tuple(node["value"].shape)
+        raise ValueError(f"{getattr(model, 'name', type(model).__name__)} declares the sequence code {site!r}, but "
+                         f"its model's site {site!r} has shape {got}, not the codes' {tuple(codes.shape)}")
     means = torch.stack([trace.nodes[f"x_{t}"]["fn"].mean for t in range(T)], 1)  # (n, T, x_dim)
     return means.cpu().numpy()
+
+
+def _blank_batch(model, n: int, T: int, u: Optional[torch.Tensor]) -> SequenceBatch:
+    """n sequences of T steps, all real, with x zeros (unconditioned: not observed) and controls u (n, T, u_dim)."""
+    x = torch.zeros(n, T, model.config.x_dim, device=model.device)  # (n, T, x_dim)
+    return SequenceBatch(x, u, torch.ones(n, T, dtype=torch.bool, device=model.device),
+                         torch.full((n,), T, dtype=torch.long, device=model.device))
+
+
+def _shared_latents(model, code: torch.Tensor, T: int, u: Optional[torch.Tensor], seed: Optional[int]) -> dict:
+    """One draw of every latent site of ``model.model`` other than its sequence code, by the program run on
+    one row (``code`` (1, code_dim), ``u`` (1, T, u_dim) or None): name -> value (1, ...). The caller's
+    random stream is left as it was; ``seed`` seeds the draw. Observation sites (observed in the model,
+    drawn here) are not latents."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        program = poutine.condition(poutine.uncondition(model.model), data={model.sequence_code: code})
+        trace = poutine.trace(program).get_trace(_blank_batch(model, 1, T, u))
+    return {name: node["value"] for name, node in trace.nodes.items()
+            if node["type"] == "sample" and name != model.sequence_code and not node["is_observed"]
+            and not node["infer"].get("was_observed", False)}
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -272,24 +344,31 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
                   pair: Optional[Sequence[int]] = None, dim: Optional[int] = None, num_points: int = 7,
                   span: float = 2.0, use_tsne: bool = True, seed: int = 0) -> dict:
     """Encode ``data.subset(split)`` (data units), map the codes to 2-D and, for a model with one code
-    per sequence, interpolate and traverse; write PNGs into ``out_dir`` and return a JSON-able summary.
+    per sequence (``sequence_code``: the VRAE's z, the DSAE's v), interpolate and traverse; write PNGs
+    into ``out_dir`` and return a JSON-able summary (``code``: which code was mapped, :func:`code_name`;
+    ``code_dim`` its size; ``z_dim`` the size of z: the code's for the VRAE and per-step families).
 
     ``pair`` (i, j): positions in the split of the two sequences to interpolate between (default: the
-    ones with the lowest and the highest label). Decoding runs under zero controls in data units (the
-    same controls for every code, so that only the code differs), for as many steps as sequence i.
-    ``dim``: the latent dimension to traverse (default: the one whose posterior means vary most across
-    the set), from sequence i's code, over ``span`` prior standard deviations either side of 0.
+    ones with the lowest and the highest label). Decoding runs under zero controls in data units and,
+    for a model with latents besides its code (the DSAE's dynamic z_t), with one draw of those (seeded
+    by ``seed``) for every code of every path (:func:`decode_codes`), so that only the code differs;
+    for as many steps as sequence i. ``dim``: the code's dimension to traverse (default: the one whose
+    posterior means vary most across the set), from sequence i's code, over ``span`` prior standard
+    deviations either side of 0.
     """
     xs, us = data.subset(split)
     if len(xs) < 2:
         raise DataError(f"{data.source}: split {split!r} has {len(xs)} sequence(s); the latent map needs 2 or more")
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    codes = sequence_codes(model, normalizer.x(xs), normalizer.u(us))  # (N, z_dim)
+    codes = sequence_codes(model, normalizer.x(xs), normalizer.u(us))  # (N, code_dim)
     labels, label_name = sequence_labels(data, split, label)
     idx = data.indices(split)
     name = getattr(model, "name", type(model).__name__)
-    out = {"num_sequences": len(xs), "z_dim": int(codes.shape[1]), "label": label_name, "plots": []}
+    site = getattr(model, "sequence_code", None)
+    code_dim = int(codes.shape[1])
+    out = {"num_sequences": len(xs), "z_dim": code_dim if site in (None, "z") else int(model.config.z_dim),
+           "code": code_name(model), "code_dim": code_dim, "label": label_name, "plots": []}
     k = min(2, codes.shape[1])
     p = pca(codes, k)
     points = p.scores if k == 2 else np.concatenate([p.scores, np.zeros((len(codes), 1))], 1)
@@ -315,10 +394,9 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
     u = None
     if model.config.u_dim:
         u = normalizer.u([np.zeros((T, model.config.u_dim), np.float32)])[0]  # (T, u_dim): zero torque
-    try:
-        decode_codes(model, codes[:1], 1, None if u is None else u[:1])
-    except ValueError as e:
-        out["interpolation"] = out["traversal"] = f"skipped: {e}"
+    problem = decode_problem(model)
+    if problem is not None:
+        out["interpolation"] = out["traversal"] = f"skipped: {problem}"
         return out
     from dvae.eval.names import obs_names
 
@@ -326,8 +404,8 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
     alpha = np.linspace(0.0, 1.0, num_points)  # 0: sequence i's code, 1: sequence j's
     decoded = {}
     for kind, fn in (("linear", lerp), ("spherical (slerp)", slerp)):
-        path_codes = fn(codes[i], codes[j], num_points)  # (n, z_dim)
-        curves = normalizer.x_inverse(decode_codes(model, path_codes, T, u))  # (n, T, x_dim), data units
+        path_codes = fn(codes[i], codes[j], num_points)  # (n, code_dim)
+        curves = normalizer.x_inverse(decode_codes(model, path_codes, T, u, seed))  # (n, T, x_dim), data units
         decoded[f"{kind} interpolation, {idx[i]} -> {idx[j]}"] = (curves, alpha, "alpha (0: seq i, 1: seq j)")
     path = os.path.join(out_dir, "latent_interpolation.png")
     plot_decoded(decoded, path, dim_names)
@@ -336,11 +414,12 @@ def latent_report(model, normalizer, data, split: str, out_dir: str, label: str 
                             "labels": [float(labels[i]), float(labels[j])], "num_steps": T, "num_points": num_points}
     d = int(np.argmax(codes.var(0))) if dim is None else int(dim)
     if not 0 <= d < codes.shape[1]:
-        raise ValueError(f"--dim {d}: the latent has dimensions 0..{codes.shape[1] - 1}")
+        raise ValueError(f"--dim {d}: the code has dimensions 0..{codes.shape[1] - 1}")
     values = np.linspace(-span, span, num_points)
-    curves = normalizer.x_inverse(decode_codes(model, traverse(codes[i], d, values), T, u))
+    curves = normalizer.x_inverse(decode_codes(model, traverse(codes[i], d, values), T, u, seed))
     path = os.path.join(out_dir, "latent_traversal.png")
-    plot_decoded({f"traversal of z[{d}] from sequence {idx[i]}": (curves, values, f"z[{d}]")}, path, dim_names)
+    plot_decoded({f"traversal of {site}[{d}] from sequence {idx[i]}": (curves, values, f"{site}[{d}]")}, path,
+                 dim_names)
     out["plots"].append(path)
     out["traversal"] = {"dim": d, "values": values.tolist(), "from": idx[i]}
     return out

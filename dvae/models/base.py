@@ -156,6 +156,12 @@ class DynamicalVAE(nn.Module):
     step_by_step_problem: Optional[str] = None
     """Why this model cannot run step by step (``predict``, the world model, the particle filter), or None
     (a forward state-space model). Read before any such use, which it refuses with a ValueError."""
+    sequence_code: Optional[str] = None
+    """The Pyro site of the model's one latent code per sequence (batch (B,), event (code_dim,)) in its
+    per-step ``model`` and ``guide``, which ``encode`` returns under the same key as (S, B, code_dim):
+    ``"z"`` for the VRAE, the static code ``"v"`` for the DSAE; None for a family whose latents are all
+    per step. :mod:`dvae.eval.latent` (``dvae latent``) maps this code, and decodes codes by conditioning
+    this site."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -318,6 +324,12 @@ class DynamicalVAE(nn.Module):
         """The inference RNN's input [x_input, u]: (B, T, x_in_dim + u_dim)."""
         y = self.x_input(batch.x, batch.obs_mask)
         return y if batch.u is None else torch.cat([y, batch.u], -1)
+
+    def code_posterior(self, batch: SequenceBatch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """loc, scale (B, code_dim) of the guide's q(code | x, u, c) for the :attr:`sequence_code`, where it
+        is a diagonal Gaussian in closed form; None where it is not (or the family has no sequence code):
+        its posterior mean is then the mean of ``encode``'s draws."""
+        return None
 
     # --- states over the contract ------------------------------------------------------------------
     def latent_path(self, batch: SequenceBatch) -> torch.Tensor:

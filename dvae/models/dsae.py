@@ -85,6 +85,7 @@ def _kl_coded_prior(q, p):
 class DSAE(DynamicalVAE):
     name = "dsae"
     conditional = True
+    sequence_code = "v"
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -138,6 +139,10 @@ class DSAE(DynamicalVAE):
         """loc, scale (B, v_dim) of q(v | x, u, c)."""
         y = append_condition(self.encoder_input(batch), self.condition(batch))  # (B, T, enc_in)
         return self.v_posterior(self.v_encoder.final(y, batch.lengths))
+
+    def code_posterior(self, batch: SequenceBatch):
+        """q(v | x, u, c) of the sequence code ``"v"``: :meth:`code_params`."""
+        return self.code_params(batch)
 
     def dynamic_params(self, batch: SequenceBatch, v):
         """loc, scale (B, T, z_dim) of q(z_t | x, u, v, c), given the code v (B, v_dim)."""

@@ -67,6 +67,7 @@ class VRAE(DynamicalVAE):
     name = "vrae"
     conditional = True
     bidirectional_encoder = True
+    sequence_code = "z"
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -111,6 +112,10 @@ class VRAE(DynamicalVAE):
         """loc, scale (B, z_dim) of q(z | x, u, c)."""
         y = self.encoder_input(batch)  # (B, T, x_in_dim + u_dim)
         return self.posterior(self.encoder.final(append_condition(y, self.condition(batch)), batch.lengths))
+
+    def code_posterior(self, batch: SequenceBatch):
+        """q(z | x, u, c) of the sequence code ``"z"``: :meth:`posterior_params`."""
+        return self.posterior_params(batch)
 
     # --- the contract: one code, a decoder run step by step ------------------------------------------
     def initial_state(self, n: int, c=None):

@@ -1,23 +1,32 @@
 """Latent-space tools: PCA against numpy's SVD, interpolation paths, decoding against the decoder run
-by hand, and `dvae latent` end to end."""
+by hand (the VRAE's code z; the DSAE's static code v with its dynamic z_t drawn once and shared), and
+`dvae latent` end to end."""
 
 import json
 import os
 import sys
 
 import numpy as np
+import pyro
 import pytest
 import torch
+from pyro import poutine
 
 from dvae.cli import main
 from dvae.data import collate
-from dvae.eval.latent import (decode_codes, lerp, pca, pendulum_energy, sequence_codes, slerp, traverse, tsne)
+from dvae.eval.latent import (code_name, decode_codes, decode_problem, lerp, pca, pendulum_energy, sequence_codes,
+                              slerp, traverse, tsne)
 from dvae.models import ModelConfig, build_model
+from dvae.models.base import repeat_batch
 from tests.conftest import write_random_walks
 
 
-def tiny(family, u_dim=2):
-    return build_model(ModelConfig(family, x_dim=3, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8, emission_dim=8))
+def tiny(family, u_dim=2, **kw):
+    return build_model(ModelConfig(family, x_dim=3, u_dim=u_dim, z_dim=4, rnn_dim=8, transition_dim=8, emission_dim=8,
+                                   **kw))
+
+
+V_DIM = 2  # the DSAE's static code, not z_dim (4)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -93,6 +102,78 @@ def test_decoded_codes_are_the_decoder_run_by_hand(u_dim):
 def test_decoding_needs_one_code_per_sequence():
     with pytest.raises(ValueError, match="one latent code per sequence"):
         decode_codes(tiny("dmm"), np.zeros((2, 4)), 5, np.zeros((5, 2)))
+    assert decode_problem(tiny("dmm")).endswith("dmm has a latent per time step")
+    assert decode_problem(tiny("vrae")) is None and decode_problem(tiny("dsae", v_dim=V_DIM)) is None
+    assert [code_name(tiny(f, v_dim=V_DIM)) for f in ("vrae", "dsae", "dmm")] == [
+        "z (per sequence)", "v (per sequence)", "mean over steps of z_t"]
+
+
+def _walks(seed):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(L, 3, generator=g).numpy() for L in (5, 3, 7)]
+    us = [torch.randn(L, 2, generator=g).numpy() for L in (5, 3, 7)]
+    return xs, us
+
+
+def test_dsae_codes_are_the_posterior_mean_of_its_static_code_v():
+    m = tiny("dsae", v_dim=V_DIM)
+    xs, us = _walks(4)
+    codes = sequence_codes(m, xs, us, batch_size=2)
+    assert codes.shape == (3, V_DIM)  # v, not the z_t (z_dim 4)
+    batch = collate([torch.from_numpy(x) for x in xs], [torch.from_numpy(u) for u in us])
+    S = 4000  # the guide's own draws of its site "v": their mean is the code, within 5 standard errors
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        v = poutine.trace(m.guide).get_trace(repeat_batch(batch, S)).nodes["v"]["value"].reshape(S, 3, V_DIM)
+    assert np.all(np.abs(v.mean(0).numpy() - codes) < 5 * v.std(0).numpy() / np.sqrt(S))
+    alone = sequence_codes(m, xs[1:2], us[1:2])  # padding beside longer sequences changes nothing
+    np.testing.assert_allclose(codes[1], alone[0], rtol=1e-5, atol=1e-6)
+
+    class DrawnCode(type(m)):  # the same model, its q(v | x) not exposed in closed form: encode's draws
+        def code_posterior(self, batch):
+            return None
+
+    drawn = DrawnCode(m.config)
+    drawn.load_state_dict(m.state_dict())
+    pyro.set_rng_seed(1)
+    np.testing.assert_allclose(sequence_codes(drawn, xs, us, num_samples=S), codes, atol=5 * v.std(0).max() / np.sqrt(S))
+
+
+def test_dsae_codes_decode_with_one_draw_of_z_shared_by_every_code():
+    m = tiny("dsae", v_dim=V_DIM)
+    g = torch.Generator().manual_seed(5)
+    T = 6
+    codes = torch.randn(2, V_DIM, generator=g)  # two different v
+    u = torch.randn(T, 2, generator=g)
+    got = decode_codes(m, codes.numpy(), T, u.numpy(), seed=11)
+    assert got.shape == (2, T, 3)
+    with torch.no_grad():  # the model program by hand, on the first code from seed 11: z_t ~ p(z_t | z_{<t}, u)
+        torch.manual_seed(11)  # (which does not read v), x_t drawn as the unconditioned program draws it
+        state, p_z = m.start(codes[:1])
+        zs = []
+        for t in range(T):
+            if t:
+                state, p_z = m.transition_step(state, x, u[None, t - 1])
+            state = m.with_latent(state, p_z.sample())
+            x = m.emission(state).sample()  # (1, 3)
+            zs.append(state["z"][0])
+        z = torch.stack(zs)  # (T, z_dim): the one draw
+        for i in range(2):  # p(x_t | z_t, v_i): its mean, with that same z for both codes
+            expected = m.emitter(torch.cat([z, codes[i].expand(T, V_DIM)], -1))[0]  # (T, 3)
+            np.testing.assert_allclose(got[i], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(got[0] - got[1]).max() > 1e-3
+
+
+def test_a_dsae_traversal_of_v_is_the_same_for_the_same_v_and_differs_where_v_does():
+    m = tiny("dsae", v_dim=V_DIM)
+    T, u = 5, np.zeros((5, 2), np.float32)
+    path = traverse(np.array([0.3, -0.7]), 1, [-2.0, 0.5, 0.5, 2.0])  # rows 1 and 2: the same v
+    a = decode_codes(m, path, T, u, seed=3)
+    np.testing.assert_array_equal(a, decode_codes(m, path, T, u, seed=3))  # the same seed, the same draw of z
+    np.testing.assert_allclose(a[1], a[2], rtol=1e-6, atol=1e-7)  # the same v, the same z: the same sequence
+    assert np.abs(a[0] - a[3]).max() > 1e-3 and np.abs(a[0] - a[1]).max() > 1e-4  # v differs
+    np.testing.assert_allclose(decode_codes(m, path[3:], T, u, seed=3)[0], a[3], rtol=1e-5, atol=1e-6)  # alone too
+    assert np.abs(decode_codes(m, path, T, u, seed=4) - a).max() > 1e-3  # another seed, another draw of z
 
 
 def test_sequence_codes_are_posterior_means():
@@ -147,6 +228,7 @@ def test_dvae_latent_writes_the_maps_interpolations_and_traversal(capsys, tmp_pa
                           "--num-points", "4", "--dim", "1")
     assert code == 0, err
     assert out["num_sequences"] == 14 and out["label"] == "labels" and out["z_dim"] == 3
+    assert out["code"] == "z (per sequence)" and out["code_dim"] == 3
     names = {os.path.basename(p) for p in out["plots"]}
     assert {"latent_pca.png", "latent_interpolation.png", "latent_traversal.png"} <= names
     assert all(os.path.getsize(p) > 5000 for p in out["plots"])
@@ -167,3 +249,19 @@ def test_dvae_latent_on_a_model_with_a_latent_per_step_maps_the_codes_only(capsy
     assert code == 0, err
     assert [os.path.basename(p) for p in out["plots"]] == ["latent_pca.png"]
     assert out["interpolation"].startswith("skipped") and out["tsne"] == "skipped: --no-tsne"
+    assert out["interpolation"].endswith("vae has a latent per time step") and out["traversal"] == out["interpolation"]
+    assert out["code"] == "mean over steps of z_t" and out["code_dim"] == out["z_dim"] == 3
+
+
+def test_dvae_latent_on_a_dsae_maps_and_decodes_its_static_code_v(capsys, tmp_path, labelled):
+    run = tmp_path / "dsae"
+    assert _run(capsys, "train", "--model", "dsae", "--v-dim", "2", "--data", labelled, *TINY, "--out", run)[0] == 0
+    code, out, err = _run(capsys, "latent", run, "--split", "all", "--no-tsne", "--num-points", "3", "--dim", "1",
+                          "--out", tmp_path / "png")
+    assert code == 0, err
+    assert out["code"] == "v (per sequence)" and out["code_dim"] == 2 and out["z_dim"] == 3
+    names = [os.path.basename(p) for p in out["plots"]]
+    assert names == ["latent_pca.png", "latent_interpolation.png", "latent_traversal.png"]
+    assert all(os.path.getsize(p) > 5000 for p in out["plots"])
+    assert out["interpolation"]["labels"] == [0.0, 2.0] and out["interpolation"]["num_points"] == 3
+    assert out["traversal"]["dim"] == 1 and out["traversal"]["values"] == [-2.0, 0.0, 2.0]
