@@ -50,14 +50,15 @@ def add_score(sub) -> None:
 
 def add_latent(sub) -> None:
     p = sub.add_parser("latent", help="latent codes in 2-D (PCA, t-SNE) coloured by a label; interpolation and "
-                                      "traversal of VRAE codes, decoded; PNGs")
+                                      "traversal of the codes per sequence (the vrae's z, the dsae's static v, its "
+                                      "z_t drawn once for all), decoded; PNGs")
     add_run_and_split(p)
     p.add_argument("--label", default="auto",
                    help="colour: auto, energy (Pendulum), length, index, or an (N,) array of the .npz (e.g. labels)")
     p.add_argument("--pair", type=int, nargs=2, metavar=("I", "J"), default=None,
                    help="positions in the split of the two sequences to interpolate between "
                         "(default: lowest and highest label)")
-    p.add_argument("--dim", type=int, default=None, help="latent dimension to traverse (default: the most varied)")
+    p.add_argument("--dim", type=int, default=None, help="dimension of the code to traverse (default: the most varied)")
     p.add_argument("--num-points", type=int, default=7, help="codes along each interpolation and the traversal")
     p.add_argument("--span", type=finite_float, default=2.0, help="traversal: prior standard deviations either side of 0")
     p.add_argument("--no-tsne", action="store_true", help="skip t-SNE (it needs scikit-learn: pip install dvae[latent])")
