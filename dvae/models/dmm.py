@@ -163,10 +163,11 @@ class DMM(DynamicalVAE):
         pyro.module("dmm", self)
         B, T = batch.batch_size, batch.num_steps
         h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim or 2 rnn_dim)
+        h_t = h.unbind(1)  # T tensors (B, rnn_dim): unbind, not h[:, t] (a backward linear in T)
         z, zs = self.z_q_0.expand(B, -1), []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
-                loc, scale = self.combiner(z, h[:, t])  # (B, z_dim) each
+                loc, scale = self.combiner(z, h_t[t])  # (B, z_dim) each
                 if self.iafs:  # z_t = f(x), x ~ N(loc, scale): a flow step, no closed-form KL
                     q_t = FlowStep.draw(loc, scale, self.iafs)
                 else:
@@ -231,8 +232,8 @@ class DMM(DynamicalVAE):
         B, T = batch.batch_size, batch.num_steps
         h = self.encoder(self._encoder_input(batch), batch.lengths)  # (B, T, rnn_dim or 2 rnn_dim)
         z, steps = self.z_q_0.expand(B, -1), []
-        for t in range(T):
-            loc, scale = self.combiner(z, h[:, t])  # (B, z_dim) each
+        for h_t in h.unbind(1):  # (B, rnn_dim) per step: unbind, not h[:, t] (a backward linear in T)
+            loc, scale = self.combiner(z, h_t)  # (B, z_dim) each
             step = FlowStep.draw(loc, scale, self.iafs)
             z = step.value
             steps.append(step)

@@ -159,8 +159,9 @@ class DSAE(DynamicalVAE):
             with poutine.scale(scale=annealing_factor):
                 v = pyro.sample("v", dist.Normal(loc_v, scale_v).to_event(1))  # (B, v_dim)
             loc, scale = self.dynamic_params(batch, v)  # (B, T, z_dim) each
+            loc_t, scale_t = loc.unbind(1), scale.unbind(1)  # T tensors (B, z_dim): unbind, not loc[:, t]
             for t in pyro.markov(range(batch.num_steps)):
-                q = dist.Normal(loc[:, t], scale[:, t]).to_event(1)
+                q = dist.Normal(loc_t[t], scale_t[t]).to_event(1)
                 with poutine.scale(scale=annealing_factor):
                     zs.append(pyro.sample(f"z_{t}", q.mask(batch.mask[:, t])))  # (B, z_dim)
         return torch.stack(zs, 1)

@@ -109,14 +109,18 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     no update there, so neither the filter's nor the smoother's real steps depend on them."""
     Bsz, T = a.shape[:2]
     m, P = m0.expand(Bsz, -1), P0.expand(Bsz, -1, -1)  # (B, s), (B, s, s)
+    # per-step views by unbind, not A[:, t]: each indexing's backward fills a zero tensor of the whole
+    # (B, T, ...) input, which made a backward pass quadratic in T (and an OOM on MuseData's long rolls)
+    A_t, C_t, a_t = A.unbind(1), C.unbind(1), a.unbind(1)  # T tensors (B, s, s), (B, a, s), (B, a)
+    drive_t = (None,) * T if drive is None else drive.unbind(1)  # T tensors (B, s) or None
     log_p, pred, filt = [], [], []
     for t in range(T):
         if t > 0:
-            m, P = kalman_predict(m, P, A[:, t], Q, None if drive is None else drive[:, t])
+            m, P = kalman_predict(m, P, A_t[t], Q, drive_t[t])
         pred.append((m, P))
-        loc, L = kalman_predictive(m, P, C[:, t], R)
-        log_p.append(_gaussian_log_prob(a[:, t], loc, L))  # (B,)
-        m_new, P_new = kalman_update(m, P, C[:, t], R, a[:, t], loc, L)
+        loc, L = kalman_predictive(m, P, C_t[t], R)
+        log_p.append(_gaussian_log_prob(a_t[t], loc, L))  # (B,)
+        m_new, P_new = kalman_update(m, P, C_t[t], R, a_t[t], loc, L)
         if mask is None:
             m, P = m_new, P_new
         else:  # a padded step is not observed: the belief stays the prediction (the smoother's real steps unchanged)
@@ -134,10 +138,11 @@ def kalman_smooth(A, pred, filt):
     from :func:`kalman_path`'s moments and the transition matrices A (B, T, s, s) (A[:, t] takes s_{t-1}
     to s_t)."""
     ms, Ps = [filt[-1][0]], [filt[-1][1]]
+    A_t = A.unbind(1)  # T tensors (B, s, s): unbind, not A[:, t] (see kalman_path)
     for t in range(len(filt) - 2, -1, -1):
         mf, Pf = filt[t]
         mp, Pp = pred[t + 1]
-        G = torch.linalg.solve(Pp, A[:, t + 1] @ Pf).transpose(-1, -2)  # (B, s, s): Pf A^T Pp^{-1}
+        G = torch.linalg.solve(Pp, A_t[t + 1] @ Pf).transpose(-1, -2)  # (B, s, s): Pf A^T Pp^{-1}
         ms.insert(0, mf + _mv(G, ms[0] - mp))
         Ps.insert(0, Pf + G @ (Ps[0] - Pp) @ G.transpose(-1, -2))
     return torch.stack(ms, 1), torch.stack(Ps, 1)
@@ -315,10 +320,11 @@ class KVAE(DynamicalVAE):
         (Pyro's diagonal-to-full one is not taken), so both forms take the one-draw estimate."""
         pyro.module(self.name, self)
         loc, scale = self.recognition(batch.x, batch.obs_mask)  # (B, T, z_dim) each
+        loc_t, scale_t = loc.unbind(1), scale.unbind(1)  # T tensors (B, z_dim): unbind, not loc[:, t]
         zs = []
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             for t in pyro.markov(range(batch.num_steps)):
-                q = FlowStep.draw(loc[:, t], scale[:, t], ())  # N(loc, scale), holding its draw
+                q = FlowStep.draw(loc_t[t], scale_t[t], ())  # N(loc, scale), holding its draw
                 with poutine.scale(scale=annealing_factor):
                     zs.append(pyro.sample(f"z_{t}", q.mask(batch.mask[:, t])))  # (B, z_dim)
         return torch.stack(zs, 1)

@@ -179,8 +179,8 @@ class RVAE(DynamicalVAE):
                 with poutine.scale(scale=annealing_factor):
                     zs.append(pyro.sample(f"z_{t}", self._standard(B).mask(batch.mask[:, t])))  # (B, z_dim)
             z = torch.stack(zs, 1)  # (B, T, z_dim)
-            h = self.decoder_states(batch, z)  # (B, T, 2 rnn_dim)
+            h = self.decoder_states(batch, z).unbind(1)  # T tensors (B, 2 rnn_dim): unbind, not h[:, t]
             for t in range(T):
-                p_x = observation_dist(self.emitter(h[:, t]), self.config.likelihood, batch.step_obs_mask(t))
+                p_x = observation_dist(self.emitter(h[t]), self.config.likelihood, batch.step_obs_mask(t))
                 pyro.sample(f"x_{t}", p_x.mask(batch.mask[:, t]), obs=batch.x[:, t])
         return z

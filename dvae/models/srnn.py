@@ -115,9 +115,10 @@ class SRNN(DynamicalVAE):
         B, T = batch.batch_size, batch.num_steps
         d, a = self._guide_inputs(batch)
         z, zs = d.new_zeros(B, self.config.z_dim), []  # z_{-1} = 0
+        a_t, d_t = a.unbind(1), d.unbind(1)  # T tensors each: unbind, not a[:, t] (a backward linear in T)
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T)):
-                loc, scale = self._guide_step(z, a[:, t], d[:, t])
+                loc, scale = self._guide_step(z, a_t[t], d_t[t])
                 with poutine.scale(scale=annealing_factor):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1).mask(batch.mask[:, t]))
                 zs.append(z)
@@ -130,8 +131,9 @@ class SRNN(DynamicalVAE):
         B, T = batch.batch_size, batch.num_steps
         d, a = self._guide_inputs(batch)
         z, locs, scales, zs = d.new_zeros(B, self.config.z_dim), [], [], []
+        a_t, d_t = a.unbind(1), d.unbind(1)  # T tensors each: unbind, not a[:, t] (a backward linear in T)
         for t in range(T):
-            loc, scale = self._guide_step(z, a[:, t], d[:, t])
+            loc, scale = self._guide_step(z, a_t[t], d_t[t])
             z = loc + torch.empty_like(loc).normal_() * scale  # (B, z_dim), as Normal.rsample
             locs.append(loc), scales.append(scale), zs.append(z)
         path = torch.stack(zs, 1)  # (B, T, z_dim)

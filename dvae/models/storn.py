@@ -95,10 +95,11 @@ class STORN(DynamicalVAE):
         """q(z | x, u), one site per step. Returns the sampled path (B, T, z_dim)."""
         pyro.module(self.name, self)
         loc, scale = self.posterior_params(batch)  # (B, T, z_dim) each
+        loc_t, scale_t = loc.unbind(1), scale.unbind(1)  # T tensors (B, z_dim): unbind, not loc[:, t]
         zs = []
         with pyro.plate("sequences", batch.batch_size, dim=-1):
             for t in pyro.markov(range(batch.num_steps)):
-                q = dist.Normal(loc[:, t], scale[:, t]).to_event(1)
+                q = dist.Normal(loc_t[t], scale_t[t]).to_event(1)
                 with poutine.scale(scale=annealing_factor):
                     zs.append(pyro.sample(f"z_{t}", q.mask(batch.mask[:, t])))  # (B, z_dim)
         return torch.stack(zs, 1)

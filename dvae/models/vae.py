@@ -88,11 +88,12 @@ class VAE(DynamicalVAE):
         pyro.module("vae", self)
         B, T = batch.batch_size, batch.num_steps
         loc, scale = self.encoder(self.x_input(batch.x, batch.obs_mask))  # (B, T, z_dim) each
+        loc_t, scale_t = loc.unbind(1), scale.unbind(1)  # T tensors (B, z_dim): unbind, not loc[:, t]
         zs = []
         with pyro.plate("sequences", B, dim=-1):
             for t in pyro.markov(range(T), history=0):
                 with poutine.scale(scale=annealing_factor):
-                    z = pyro.sample(f"z_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1).mask(batch.mask[:, t]))
+                    z = pyro.sample(f"z_{t}", dist.Normal(loc_t[t], scale_t[t]).to_event(1).mask(batch.mask[:, t]))
                 zs.append(z)
         return torch.stack(zs, 1)  # (B, T, z_dim)
 

@@ -176,9 +176,9 @@ class VRAE(DynamicalVAE):
             zeros = batch.x.new_zeros(B, self.config.z_dim)
             with poutine.scale(scale=annealing_factor):
                 z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (B, z_dim)
-            s = self.decoder_states(batch, z)  # (B, T, rnn_dim)
+            s = self.decoder_states(batch, z).unbind(1)  # T tensors (B, rnn_dim): unbind, not s[:, t]
             for t in pyro.markov(range(T)):
-                pyro.sample(f"x_{t}", observation_dist(self.emitter(s[:, t]), self.config.likelihood,
+                pyro.sample(f"x_{t}", observation_dist(self.emitter(s[t]), self.config.likelihood,
                                                        batch.step_obs_mask(t)).mask(batch.mask[:, t]), obs=batch.x[:, t])
         return z
 
