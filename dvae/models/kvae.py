@@ -105,8 +105,11 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     unused) or None; mask (B, T) or None.
 
     Returns log p(a_t | a_{<t}, u) (B, T) (zero on padded steps), and the predicted and filtered
-    moments of every step, lists of (m (B, s), P (B, s, s)). Padded steps (trailing) are not observed:
-    no update there, so neither the filter's nor the smoother's real steps depend on them."""
+    moments of every step, lists of (m (B, s), P (B, s, s)). On padded steps (trailing) the belief is
+    frozen at the last real step's filtered one: neither predicted nor updated, so no real step depends
+    on them, and hundreds of padded steps of a learned A_t with a spectral radius above 1 cannot grow it
+    to inf (whose NaN reached the gradient through ``torch.where`` and stopped KVAE training on
+    Nottingham). :func:`kalman_smooth` takes the same mask."""
     Bsz, T = a.shape[:2]
     m, P = m0.expand(Bsz, -1), P0.expand(Bsz, -1, -1)  # (B, s), (B, s, s)
     # per-step views by unbind, not A[:, t]: each indexing's backward fills a zero tensor of the whole
@@ -115,17 +118,15 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     drive_t = (None,) * T if drive is None else drive.unbind(1)  # T tensors (B, s) or None
     log_p, pred, filt = [], [], []
     for t in range(T):
+        keep = None if mask is None else mask[:, t, None]  # (B, 1): a real step
         if t > 0:
-            m, P = kalman_predict(m, P, A_t[t], Q, drive_t[t])
+            m_new, P_new = kalman_predict(m, P, A_t[t], Q, drive_t[t])
+            m, P = (m_new, P_new) if keep is None else (torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P))
         pred.append((m, P))
         loc, L = kalman_predictive(m, P, C_t[t], R)
         log_p.append(_gaussian_log_prob(a_t[t], loc, L))  # (B,)
         m_new, P_new = kalman_update(m, P, C_t[t], R, a_t[t], loc, L)
-        if mask is None:
-            m, P = m_new, P_new
-        else:  # a padded step is not observed: the belief stays the prediction (the smoother's real steps unchanged)
-            keep = mask[:, t, None]
-            m, P = torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P)
+        m, P = (m_new, P_new) if keep is None else (torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P))
         filt.append((m, P))
     log_p = torch.stack(log_p, 1)  # (B, T)
     if mask is not None:
@@ -133,16 +134,19 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     return log_p, pred, filt
 
 
-def kalman_smooth(A, pred, filt):
+def kalman_smooth(A, pred, filt, mask=None):
     """Rauch-Tung-Striebel smoothed marginals of s given the whole path: loc (B, T, s), cov (B, T, s, s),
-    from :func:`kalman_path`'s moments and the transition matrices A (B, T, s, s) (A[:, t] takes s_{t-1}
-    to s_t)."""
+    from :func:`kalman_path`'s moments (with the same ``mask`` (B, T) or None) and the transition matrices
+    A (B, T, s, s) (A[:, t] takes s_{t-1} to s_t). A padded step, whose belief the filter froze, is the
+    identity transition without noise: the smoothed marginals of the real steps ignore it."""
     ms, Ps = [filt[-1][0]], [filt[-1][1]]
     A_t = A.unbind(1)  # T tensors (B, s, s): unbind, not A[:, t] (see kalman_path)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     for t in range(len(filt) - 2, -1, -1):
         mf, Pf = filt[t]
         mp, Pp = pred[t + 1]
-        G = torch.linalg.solve(Pp, A_t[t + 1] @ Pf).transpose(-1, -2)  # (B, s, s): Pf A^T Pp^{-1}
+        A_next = A_t[t + 1] if mask is None else torch.where(mask[:, t + 1, None, None], A_t[t + 1], eye)  # (B, s, s)
+        G = torch.linalg.solve(Pp, A_next @ Pf).transpose(-1, -2)  # (B, s, s): Pf A^T Pp^{-1}
         ms.insert(0, mf + _mv(G, ms[0] - mp))
         Ps.insert(0, Pf + G @ (Ps[0] - Pp) @ G.transpose(-1, -2))
     return torch.stack(ms, 1), torch.stack(Ps, 1)
@@ -353,6 +357,6 @@ class KVAE(DynamicalVAE):
         rep = repeat_batch(batch, num_samples)
         a = self.guide(rep)  # (S * B, T, z_dim)
         _, (A, pred, filt) = self.path_log_prob(rep, a)
-        loc, cov = kalman_smooth(A, pred, filt)
+        loc, cov = kalman_smooth(A, pred, filt, rep.mask)
         out = {"z": a, "state_loc": loc, "state_cov": cov}
         return {k: v.reshape((num_samples, batch.batch_size) + v.shape[1:]) for k, v in out.items()}

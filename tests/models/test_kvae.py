@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 
 from dvae.data import collate
+from dvae.data.batch import SequenceBatch
 from dvae.eval.exact import kalman_log_likelihood
 from dvae.infer import DynamicalELBO, elbo_terms
 from dvae.infer.elbo import iw_bound
@@ -299,3 +300,33 @@ def test_frames_go_through_conv_nets_and_both_forms_agree():
     assert m.generate(3, num_samples=2)["x"].shape == (2, 3, 64)
     with pytest.raises(ValueError, match="frame_shape"):
         build_model(ModelConfig("kvae", x_dim=60, frame_shape=[8, 8]))
+
+
+def test_long_padding_under_an_unstable_system_leaves_everything_finite_and_the_real_steps_unchanged():
+    """A learned A_t with a spectral radius above 1 (1.5 here; training on Nottingham reached 1.05) over
+    hundreds of padded steps: the filter's belief is frozen there, so the loss and its gradient stay
+    finite (the predicted covariance used to grow to inf, and its NaN reached the gradient through
+    torch.where), and the real steps' log p and smoothed marginals are those of the unpadded sequence."""
+    m = kvae(K=1, u_dim=0)
+    A, _, C, Q, R, m0, P0 = one_system(m)
+    m.set_system(1.5 * np.eye(m.s_dim), np.zeros((m.s_dim, 0)), C, Q, R, m0, P0)
+    torch.manual_seed(4)
+    a_short = torch.randn(1, 3, 2, dtype=torch.float64)
+    a = torch.cat([a_short, torch.randn(1, 397, 2, dtype=torch.float64)], 1)  # (1, 400, 2)
+    a = torch.cat([a, torch.randn(1, 400, 2, dtype=torch.float64)], 0).requires_grad_()  # row 0: 3 real steps
+    x = torch.zeros(2, 400, 3, dtype=torch.float64)
+    mask = torch.arange(400)[None, :] < torch.tensor([[3], [5]])  # (2, 400): 3 and 5 real steps, then padding
+    long = SequenceBatch(x, None, mask, mask.sum(1))
+    short = collate([x[0, :3]])
+    log_p, (A_t, pred, filt) = m.path_log_prob(long, a)
+    log_p.sum().backward()
+    assert torch.isfinite(log_p).all() and torch.isfinite(a.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert torch.isfinite(pred[-1][1][0]).all() and pred[-1][1][0].abs().max() < 1e3  # frozen, not 1.5^800
+    want, (A_s, pred_s, filt_s) = m.path_log_prob(short, a_short)
+    torch.testing.assert_close(log_p[0, :3].detach(), want[0], rtol=1e-12, atol=1e-12)
+    from dvae.models.kvae import kalman_smooth
+    loc, cov = kalman_smooth(A_t.detach(), pred, filt, long.mask)
+    loc_s, cov_s = kalman_smooth(A_s, pred_s, filt_s)
+    torch.testing.assert_close(loc[0, :3].detach(), loc_s[0].detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cov[0, :3].detach(), cov_s[0].detach(), rtol=1e-10, atol=1e-10)
