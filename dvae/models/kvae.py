@@ -99,10 +99,13 @@ def kalman_predict(m, P, A, Q, drive=None):
     return m, A @ P @ A.transpose(-1, -2) + Q
 
 
-def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
+def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None, moments=True):
     """The Kalman filter along a path of codes: a (B, T, a_dim); A (B, T, s, s) (A[:, 0] unused), C
     (B, T, a, s), Q (s, s), R (a, a), m0 (s,), P0 (s, s), drive (B, T, s) = B_t u_{t-1} (drive[:, 0]
-    unused) or None; mask (B, T) or None.
+    unused) or None; mask (B, T) or None. A and C may also be functions of t giving A_t (B, s, s) and C_t
+    (B, a, s), so that no (B, T, s, s) tensor is made (the KVAE mixes its matrices step by step when it
+    only scores a path). ``moments=False``: the moments are not kept (None, None), so that without a
+    gradient the memory does not grow with T.
 
     Returns log p(a_t | a_{<t}, u) (B, T) (zero on padded steps), and the predicted and filtered
     moments of every step, lists of (m (B, s), P (B, s, s)). On padded steps (trailing) the belief is
@@ -114,24 +117,29 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None):
     m, P = m0.expand(Bsz, -1), P0.expand(Bsz, -1, -1)  # (B, s), (B, s, s)
     # per-step views by unbind, not A[:, t]: each indexing's backward fills a zero tensor of the whole
     # (B, T, ...) input, which made a backward pass quadratic in T (and an OOM on MuseData's long rolls)
-    A_t, C_t, a_t = A.unbind(1), C.unbind(1), a.unbind(1)  # T tensors (B, s, s), (B, a, s), (B, a)
+    A_at = A if callable(A) else A.unbind(1).__getitem__  # t -> A_t (B, s, s)
+    C_at = C if callable(C) else C.unbind(1).__getitem__  # t -> C_t (B, a, s)
+    a_t = a.unbind(1)  # T tensors (B, a)
     drive_t = (None,) * T if drive is None else drive.unbind(1)  # T tensors (B, s) or None
     log_p, pred, filt = [], [], []
     for t in range(T):
         keep = None if mask is None else mask[:, t, None]  # (B, 1): a real step
         if t > 0:
-            m_new, P_new = kalman_predict(m, P, A_t[t], Q, drive_t[t])
+            m_new, P_new = kalman_predict(m, P, A_at(t), Q, drive_t[t])
             m, P = (m_new, P_new) if keep is None else (torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P))
-        pred.append((m, P))
-        loc, L = kalman_predictive(m, P, C_t[t], R)
+        if moments:
+            pred.append((m, P))
+        C_t = C_at(t)
+        loc, L = kalman_predictive(m, P, C_t, R)
         log_p.append(_gaussian_log_prob(a_t[t], loc, L))  # (B,)
-        m_new, P_new = kalman_update(m, P, C_t[t], R, a_t[t], loc, L)
+        m_new, P_new = kalman_update(m, P, C_t, R, a_t[t], loc, L)
         m, P = (m_new, P_new) if keep is None else (torch.where(keep, m_new, m), torch.where(keep[..., None], P_new, P))
-        filt.append((m, P))
+        if moments:
+            filt.append((m, P))
     log_p = torch.stack(log_p, 1)  # (B, T)
     if mask is not None:
         log_p = torch.where(mask, log_p, log_p.new_zeros(()))
-    return log_p, pred, filt
+    return (log_p, pred, filt) if moments else (log_p, None, None)
 
 
 def kalman_smooth(A, pred, filt, mask=None):
@@ -178,7 +186,7 @@ class KalmanPath(PriorPath):
         raise TypeError("the KVAE prior's steps are Kalman predictives, not diagonal Gaussians")
 
     def step_log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return self.model.path_log_prob(self.batch, value)[0]  # (B, T)
+        return self.model.path_log_prob(self.batch, value, moments=False)[0]  # (B, T)
 
     def rsample(self, sample_shape=torch.Size()):
         raise NotImplementedError("the KVAE prior path is scored, not sampled: generate runs the per-step program")
@@ -255,19 +263,30 @@ class KVAE(DynamicalVAE):
         self.raw_Q.copy_(raw(Q)), self.raw_R.copy_(raw(R)), self.raw_P0.copy_(raw(P0))
         return self
 
-    def path_log_prob(self, batch: SequenceBatch, a: torch.Tensor):
+    def path_log_prob(self, batch: SequenceBatch, a: torch.Tensor, moments: bool = True):
         """Along a path of codes a (B, T, a_dim): log p(a_t | a_{<t}, u) (B, T) (zero on padding), and
-        (A_t (B, T, s, s), predicted and filtered moments) for the smoother. The RNN over a_{<t} is one
-        multi-step call; the filter runs step by step."""
+        (A_t (B, T, s, s), predicted and filtered moments) for the smoother, or None with ``moments=False``:
+        then the matrices are mixed step by step and no moment is kept, so that memory without a gradient
+        does not grow with T (an evaluation's K = 10 draws of 64 MuseData rolls of 4273 steps would need
+        11 GB for each (B, T, s, s) tensor). The RNN over a_{<t} is one multi-step call; the filter runs
+        step by step."""
         rec = self.weights_rnn.initial(batch.batch_size)
         h = Recurrence.output(rec)[:, None]  # (B, 1, rnn_dim): h_0
         if batch.num_steps > 1:
             h = torch.cat([h, self.weights_rnn.scan(a[:, :-1], rec)], 1)  # (B, T, rnn_dim)
-        _, A, Bm, C = self.mixture(h)  # (B, T, s, s), (B, T, s, u), (B, T, a, s)
-        drive = None if batch.u is None else _mv(Bm[:, 1:], batch.u[:, :-1])  # (B, T - 1, s): B_t u_{t-1}
-        if drive is not None:
+        alpha = torch.softmax(self.weights(h), -1)  # (B, T, K)
+        drive = None
+        if batch.u is not None:  # B_t u_{t-1} = sum_k alpha_t[k] B_k u_{t-1}: (B, T - 1, s), then step 0's zeros
+            drive = torch.einsum("btk,ksu,btu->bts", alpha[:, 1:], self.B, batch.u[:, :-1])
             drive = torch.cat([torch.zeros_like(drive[:, :1]), drive], 1)  # (B, T, s)
         Q, R, m0, P0 = self.noise()
+        if not moments:
+            alpha_t = alpha.unbind(1)  # T tensors (B, K)
+            A_at = lambda t: torch.einsum("bk,kij->bij", alpha_t[t], self.A)  # noqa: E731  (B, s, s)
+            C_at = lambda t: torch.einsum("bk,kij->bij", alpha_t[t], self.C)  # noqa: E731  (B, a, s)
+            return kalman_path(a, A_at, C_at, Q, R, m0, P0, drive, batch.mask, moments=False)[0], None
+        A = torch.einsum("btk,kij->btij", alpha, self.A)  # (B, T, s, s)
+        C = torch.einsum("btk,kij->btij", alpha, self.C)  # (B, T, a, s)
         log_p, pred, filt = kalman_path(a, A, C, Q, R, m0, P0, drive, batch.mask)
         return log_p, (A, pred, filt)
 

@@ -330,3 +330,27 @@ def test_long_padding_under_an_unstable_system_leaves_everything_finite_and_the_
     loc_s, cov_s = kalman_smooth(A_s, pred_s, filt_s)
     torch.testing.assert_close(loc[0, :3].detach(), loc_s[0].detach(), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(cov[0, :3].detach(), cov_s[0].detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_scoring_without_moments_mixes_step_by_step_and_gives_the_same_value_and_gradient():
+    """``moments=False`` (what the ELBO's ``KalmanPath`` calls): the matrices mixed step by step and no
+    moment kept, so that an evaluation's memory does not grow as (B, T, s, s); the same log p and the
+    same gradients as the path with its moments, controls and padding included."""
+    m = kvae(u_dim=2)
+    batch = f64(make_batch(lengths=(5, 3), x_dim=3, u_dim=2))
+    torch.manual_seed(2)
+    a = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    results = []
+    for moments in (True, False):
+        m.zero_grad()
+        a.grad = None
+        log_p, rest = m.path_log_prob(batch, a, moments=moments)
+        assert (rest is None) == (not moments)
+        log_p.sum().backward()
+        results.append((log_p.detach(), a.grad.clone(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    (lp1, ga1, gp1), (lp2, ga2, gp2) = results
+    torch.testing.assert_close(lp2, lp1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ga2, ga1, rtol=1e-10, atol=1e-12)
+    assert len(gp1) == len(gp2) > 0
+    for g1, g2 in zip(gp1, gp2):
+        torch.testing.assert_close(g2, g1, rtol=1e-10, atol=1e-12)
