@@ -116,7 +116,7 @@ def kalman_path(a, A, C, Q, R, m0, P0, drive=None, mask=None, moments=True):
     Bsz, T = a.shape[:2]
     m, P = m0.expand(Bsz, -1), P0.expand(Bsz, -1, -1)  # (B, s), (B, s, s)
     # per-step views by unbind, not A[:, t]: each indexing's backward fills a zero tensor of the whole
-    # (B, T, ...) input, which made a backward pass quadratic in T (and an OOM on MuseData's long rolls)
+    # (B, T, ...) input, which made a backward pass quadratic in T
     A_at = A if callable(A) else A.unbind(1).__getitem__  # t -> A_t (B, s, s)
     C_at = C if callable(C) else C.unbind(1).__getitem__  # t -> C_t (B, a, s)
     a_t = a.unbind(1)  # T tensors (B, a)
