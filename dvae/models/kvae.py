@@ -66,6 +66,11 @@ def _chol(M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky_ex(0.5 * (M + M.transpose(-1, -2))).L
 
 
+def _mix(alpha: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """sum_k alpha[..., k] M[k]: weights alpha (..., K) over K matrices M (K, p, q) -> (..., p, q)."""
+    return torch.einsum("...k,kij->...ij", alpha, M)
+
+
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product: (..., p, q) @ (..., q) -> (..., p)."""
     return (M @ v[..., None])[..., 0]
@@ -238,12 +243,15 @@ class KVAE(DynamicalVAE):
         """(Q, R, m0, P0) as tensors."""
         return self._covariance(self.raw_Q), self._covariance(self.raw_R), self.m0, self._covariance(self.raw_P0)
 
+    def mixture_weights(self, h: torch.Tensor) -> torch.Tensor:
+        """alpha (..., K) = softmax(W h) from the RNN output h (..., rnn_dim)."""
+        return torch.softmax(self.weights(h), -1)
+
     def mixture(self, h: torch.Tensor):
         """alpha (..., K) from the RNN output h (..., rnn_dim), and the mixed (A, B, C) (..., s, s),
         (..., s, u), (..., a, s)."""
-        alpha = torch.softmax(self.weights(h), -1)
-        mix = lambda M: torch.einsum("...k,kij->...ij", alpha, M)  # noqa: E731
-        return alpha, mix(self.A), mix(self.B), mix(self.C)
+        alpha = self.mixture_weights(h)
+        return alpha, _mix(alpha, self.A), _mix(alpha, self.B), _mix(alpha, self.C)
 
     @torch.no_grad()
     def set_system(self, A, B, C, Q, R, m0, P0) -> "KVAE":
@@ -274,19 +282,18 @@ class KVAE(DynamicalVAE):
         h = Recurrence.output(rec)[:, None]  # (B, 1, rnn_dim): h_0
         if batch.num_steps > 1:
             h = torch.cat([h, self.weights_rnn.scan(a[:, :-1], rec)], 1)  # (B, T, rnn_dim)
-        alpha = torch.softmax(self.weights(h), -1)  # (B, T, K)
+        alpha = self.mixture_weights(h)  # (B, T, K)
         drive = None
-        if batch.u is not None:  # B_t u_{t-1} = sum_k alpha_t[k] B_k u_{t-1}: (B, T - 1, s), then step 0's zeros
-            drive = torch.einsum("btk,ksu,btu->bts", alpha[:, 1:], self.B, batch.u[:, :-1])
+        if batch.u is not None:  # B_t u_{t-1}: (B, T - 1, s), then step 0's zeros
+            drive = _mv(_mix(alpha[:, 1:], self.B), batch.u[:, :-1])
             drive = torch.cat([torch.zeros_like(drive[:, :1]), drive], 1)  # (B, T, s)
         Q, R, m0, P0 = self.noise()
         if not moments:
             alpha_t = alpha.unbind(1)  # T tensors (B, K)
-            A_at = lambda t: torch.einsum("bk,kij->bij", alpha_t[t], self.A)  # noqa: E731  (B, s, s)
-            C_at = lambda t: torch.einsum("bk,kij->bij", alpha_t[t], self.C)  # noqa: E731  (B, a, s)
+            A_at = lambda t: _mix(alpha_t[t], self.A)  # noqa: E731  (B, s, s)
+            C_at = lambda t: _mix(alpha_t[t], self.C)  # noqa: E731  (B, a, s)
             return kalman_path(a, A_at, C_at, Q, R, m0, P0, drive, batch.mask, moments=False)[0], None
-        A = torch.einsum("btk,kij->btij", alpha, self.A)  # (B, T, s, s)
-        C = torch.einsum("btk,kij->btij", alpha, self.C)  # (B, T, a, s)
+        A, C = _mix(alpha, self.A), _mix(alpha, self.C)  # (B, T, s, s), (B, T, a, s)
         log_p, pred, filt = kalman_path(a, A, C, Q, R, m0, P0, drive, batch.mask)
         return log_p, (A, pred, filt)
 
@@ -307,7 +314,7 @@ class KVAE(DynamicalVAE):
         """h_0 learned, s_0 ~ N(m0, P0); p(a_0) = N(C_0 m0, C_0 P0 C_0^T + R)."""
         _, R, m0, P0 = self.noise()
         rec = self.weights_rnn.initial(n)
-        C = torch.einsum("nk,kij->nij", torch.softmax(self.weights(Recurrence.output(rec)), -1), self.C)  # (n, a, s)
+        C = _mix(self.mixture_weights(Recurrence.output(rec)), self.C)  # (n, a, s)
         return self._step_state(rec, m0.expand(n, -1), P0.expand(n, -1, -1), C, R)
 
     def transition_step(self, state: State, x, u=None, obs_mask=None):
